@@ -9,6 +9,25 @@
 //  - full-tensor max (map max m_s, max(C), max(O), max(p)): the gradient is split evenly among tied maxima;
 //  - the aggregate L = max_s(-v_s) is Python's builtin max over a list: the FIRST maximal token gets it all;
 //  - relu'(0) = 0, |x|'(0) = 0; A&E hinge max(0, 1-m): no gradient when 1-m <= 0.
+//  - the TV-dependent switch of rho (binding) is a step: no gradient flows through it.
+// Arithmetic: every intermediate is double (the TS twin uses doubles too); only gradients and maps are rounded
+// to float. Gradients are exactly zero outside the kept token range, at pixels that are never read (nearest
+// subsampling) and for layers whose resolution feeds no map used by the mode.
+//
+// Semantics the TS twin must share (decided here, not spelled out in types.ts):
+//  - TokenDiagnostics::value: the per-token value v_s (m, TV, TV - coef*JSD, w_tv*TV + w_max*m); for the A&E
+//    hinge it is max(0, 1 - m_s), so L = max_s value_s there and L = max_s(-value_s) otherwise.
+//  - coefficient: in tv_bind mode the schedule's value at step_index for every token (it only acts where the
+//    token has a JSD term), 0 in other modes. The entry in force is the last one with from_step <= step_index;
+//    the schedule must start at from_step 0.
+//  - Attribute maps are built only in tv_bind mode when some token has an attribute; the attribute_maps output
+//    is all zeros otherwise, and zeros for tokens without attribute. Attribute indices are range-checked in
+//    every mode (<= 0 means none).
+//  - Validation beyond the obvious: attention_resolution >= 2 (reflect padding and TV need two rows);
+//    temperature, smoothing_sigma and binding_epsilon > 0; attribute_resolutions have no duplicates and, when
+//    tv_bind has an attribute, EACH listed resolution must have at least one layer; binding_coefficients is
+//    non-empty, starts at from_step 0 and ascends strictly; text_length >= 3; eot_index in 2..T-1 for UntilEot.
+//    Probabilities are checked for NaN/Inf only where they are read (kept tokens of the sampled pixels).
 #pragma once
 
 #include <cstddef>
@@ -33,6 +52,8 @@ struct LayerView {
   int resolution = 0;
   LayerPlace place = LayerPlace::Down;
 };
+
+inline constexpr int kDefaultGradientThreads = 1;
 
 struct CoefficientStep {
   int from_step;
@@ -88,14 +109,19 @@ struct InvalidArgument : std::invalid_argument {
       : std::invalid_argument(message), field(std::move(field_)), range_error(is_range) {}
 };
 
-// Validates layers + options; throws InvalidArgument. Called by forward/backward too.
+// Validates layers + options (not the probability values); throws InvalidArgument. attention_loss calls it.
 void validate(const std::vector<LayerView>& layers, const LossOptions& options);
 
-// Forward + (optionally) analytic backward in one call.
+// Forward + (optionally) analytic backward in one call. Large buffers live in a thread_local workspace
+// (reused across calls); safe to call from several threads at once.
 // grads: nullptr, or one float* per layer with that layer's length; overwritten (not accumulated).
 // object_maps_out / attribute_maps_out: optional (K*r0*r0 floats each) smoothed maps for visualisation.
 LossResult attention_loss(const std::vector<LayerView>& layers, const LossOptions& options,
                           float* const* grads, float* object_maps_out = nullptr,
                           float* attribute_maps_out = nullptr);
+
+// Threads that write large gradient buffers (>= 8 MB in total): 1 or 2 (clamped). Default: the environment
+// variable DIVBIND_THREADS when set, else kDefaultGradientThreads. Process-wide; for benchmarks and tuning.
+void set_gradient_threads(int threads);
 
 }  // namespace divbind

@@ -1,0 +1,48 @@
+#!/usr/bin/env node
+/**
+ * The `divbind-native` command line. This file only assembles the commands; each lives in
+ * lib/cli/commands/<name>.ts and exports a make<Name>Command() factory.
+ */
+import { Command, type CommanderError } from 'commander';
+import { makeGenerateCommand } from './commands/generate';
+import { makeInfoCommand } from './commands/info';
+import { makePrepareCommand } from './commands/prepare';
+import { makeTokensCommand } from './commands/tokens';
+import { EXIT } from './exit-codes';
+
+// eslint-disable-next-line @typescript-eslint/no-var-requires
+const pkg = require('../../../package.json') as { version: string };
+
+/** commander's own usage errors exit 2, like most CLIs; --help and --version exit 0. */
+function exitOnUsageError(err: CommanderError): never {
+  if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') {
+    process.exit(EXIT.OK);
+  }
+  process.exit(EXIT.USAGE);
+}
+
+export function makeProgram(): Command {
+  const program = new Command('divbind-native')
+    .description('Divide & Bind / Attend-and-Excite guided Stable Diffusion on onnxruntime-node')
+    .version(pkg.version)
+    .showHelpAfterError()
+    .exitOverride(exitOnUsageError);
+  for (const command of [makeGenerateCommand(), makeTokensCommand(), makePrepareCommand(), makeInfoCommand()]) {
+    // addCommand() does not pass settings down to the subcommand, so set them on each.
+    program.addCommand(command.exitOverride(exitOnUsageError).showHelpAfterError());
+  }
+  return program;
+}
+
+if (require.main === module) {
+  const onSignal = (signal: NodeJS.Signals) => {
+    process.stderr.write(`\ninterrupted (${signal})\n`);
+    process.exit(EXIT.INTERRUPTED);
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  makeProgram().parseAsync(process.argv).catch((err: unknown) => {
+    process.stderr.write(`error: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(EXIT.FAILURE);
+  });
+}

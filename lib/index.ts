@@ -1,0 +1,21 @@
+/**
+ * divbind-native: Divide & Bind / Attend-and-Excite for Stable Diffusion ONNX exports on Node.js.
+ *
+ * - Loss core: attentionLoss / attentionLossAsync (native C++ addon, CUDA, or the pure-TS twin).
+ * - Pipeline: DivBindPipeline.load(modelDir) → generate({ prompt, mode, tokens, seed, … }).
+ * - Graph tooling: prepareModel(modelDir) exposes the UNet's cross-attention maps and builds its VJP graph.
+ */
+export * from './loss/types';
+export { attentionLoss, attentionLossAsync, availableBackends } from './loss/index';
+export { DivBindPipeline } from './pipeline/pipeline';
+export type { GenerateOptions, GenerateResult, GeneratedImage, LoadOptions, GenerateLossOptions } from './pipeline/pipeline';
+export type { GuidanceMode, RefinementPreset, RefinementCaps } from './pipeline/guidance';
+export { defaultThresholds, refinementCaps, stepSizes } from './pipeline/guidance';
+export type { StepEvent } from './pipeline/sampler';
+export { defaultModelDir } from './pipeline/defaults';
+export { prepareModel } from './onnx/prepare';
+export type { PrepareOptions, PrepareResult } from './onnx/prepare';
+export { ClipTokenizer } from './tokenizer/clip';
+export { createScheduler, fromConfig } from './schedulers/index';
+export type { Scheduler, SchedulerName } from './schedulers/index';
+export { randnTorchCpu } from './pipeline/noise';

@@ -1,0 +1,452 @@
+// Finding the cross-attention probabilities of an exported SD UNet and exposing them as graph outputs.
+//
+// A cross-attention Softmax is recognised by structure, not by name (spec onnx-and-runtime.md §3, §9.1 item 4):
+//   scores = MatMul(q, k) [→ Mul/Div by a scalar] → Softmax(last axis), or the SDPA form
+//   MatMul(Mul(q, √s), Mul(kᵀ, √s)) → Softmax,
+// with the softmax's last dim equal to the text length and its key operand k reached from the text input
+// (`encoder_hidden_states`) through data-movement and projection ops only (Transpose, Reshape, MatMul with a
+// constant weight, Add of a bias, …). Self-attention keys come from LayerNorm(hidden states) and stop the walk.
+// `/attn2/`-style scope names only break ties (walk inconclusive) and label the layers.
+
+import {
+  DataType, attr, attrInt, indexGraph, makeNode, makeTensor, makeValueInfo, opsetVersion,
+  type GraphIndex, type GraphProto, type ModelProto, type NodeProto,
+} from './proto';
+import { cloneModelShallow, copyGraphFields, realGraphInputs, withFixedInputDims, type ShapeMap } from './shapes';
+
+export type AttentionPlace = 'down' | 'mid' | 'up';
+export type AttentionPattern = 'matmul' | 'matmul-mul' | 'matmul-div' | 'sdpa';
+/** 'BH-N-T': [B·heads, HW, T] (classic processors); 'B-H-N-T': [B, heads, HW, T] (SDPA). */
+export type AttentionLayout = 'BH-N-T' | 'B-H-N-T';
+
+export interface CrossAttentionLayer {
+  /** 0-based, in graph (execution) order. */
+  index: number;
+  softmaxNode: string;
+  softmaxOutput: string;
+  /** The scores MatMul node. */
+  matmulNode: string;
+  pattern: AttentionPattern;
+  layout: AttentionLayout;
+  /** Dims of the softmax output. */
+  dims: number[];
+  batch: number;
+  heads: number;
+  /** Query positions (latent pixels at this layer's resolution). */
+  hw: number;
+  /** Latent height and width at this layer. */
+  h: number;
+  w: number;
+  /** h when the latent is square (h === w), else null: use h and w. */
+  resolution: number | null;
+  textLength: number;
+  place: AttentionPlace;
+  /** Where `place` came from: module scope names, or graph order + resolution. */
+  placeFrom: 'names' | 'order';
+  /** Module scope from the node name ('/down_blocks.0/attentions.0/transformer_blocks.0/attn2'), or ''. */
+  scope: string;
+  /** 'structure': keys traced to the text input; 'name': walk inconclusive, accepted on its /attn2/ scope. */
+  detectedBy: 'structure' | 'name';
+}
+
+export interface FindAttentionOptions {
+  /** Name of the latent input (default: 'sample', else the only rank-4 float input). */
+  sampleInput?: string;
+  /** Name of the text-embedding input (default: 'encoder_hidden_states', else the only rank-3 float input). */
+  textInput?: string;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Refusing fused exports
+
+const FUSED_OPS: ReadonlySet<string> = new Set([
+  'MultiHeadAttention', 'Attention', 'PackedAttention', 'PackedMultiHeadAttention', 'BiasSplitGelu', 'GroupNorm',
+  'NhwcConv', 'BiasAdd', 'FusedMatMul', 'SkipLayerNormalization', 'SkipGroupNorm', 'BiasGelu', 'FastGelu',
+]);
+
+export const SUPPORTED_EXPORTS_HINT =
+  'divbind-native works with plain PyTorch/Optimum ONNX exports at opset 14-17, fp32 (fp16 UNets are refused: '
+  + 're-export in fp32, the gradient pass needs it); Olive/ORT-transformers-optimised graphs hide the attention '
+  + 'maps. Re-export the UNet without ORT transformer optimisation, e.g. `optimum-cli export onnx --model <id> '
+  + '--task text-to-image <dir>` (no --optimize), or diffusers\' convert_stable_diffusion_checkpoint_to_onnx.py.';
+
+/** Throws when the graph uses fused/contrib ops in which the attention probabilities do not exist. */
+export function assertUnfusedExport(model: ModelProto): void {
+  for (const node of model.graph!.node) {
+    const domain = node.domain ?? '';
+    const op = node.op_type ?? '';
+    const contrib = domain !== '' && domain !== 'ai.onnx';
+    // ONNX opset 23 has its own (default-domain) Attention op: fused as well.
+    if (contrib || (FUSED_OPS.has(op) && (op === 'Attention' || op === 'GroupNorm' || contrib))) {
+      throw new Error(`Unsupported UNet export: node '${node.name || node.output[0]}' is the fused op `
+        + `${contrib ? `${domain}.` : ''}${op}, so the attention probabilities are not in the graph. ${SUPPORTED_EXPORTS_HINT}`);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Finding the layers
+
+function numel(shapes: ShapeMap, name: string): number | undefined {
+  const s = shapes.get(name);
+  return s === undefined ? undefined : s.dims.reduce((a, b) => a * b, 1);
+}
+
+/** Tensors computable from initializers and Constants alone (folded weights, Identity copies of initializers). */
+function constantTensors(graph: GraphProto): Set<string> {
+  const c = new Set<string>(graph.initializer.map((t) => t.name ?? ''));
+  for (const n of graph.node) {
+    const ins = n.input.filter((i) => i !== '');
+    const random = /^Random/.test(n.op_type ?? '');
+    if (!random && ins.every((i) => c.has(i)) && (ins.length > 0 || n.op_type === 'Constant')) {
+      for (const o of n.output) if (o) c.add(o);
+    }
+  }
+  return c;
+}
+
+const PASS_INPUT0: ReadonlySet<string> = new Set(['Transpose', 'Reshape', 'Squeeze', 'Unsqueeze', 'Flatten',
+  'Identity', 'Cast', 'Expand', 'Slice', 'Split', 'Tile', 'Contiguous']);
+const PASS_LINEAR: ReadonlySet<string> = new Set(['MatMul', 'Gemm', 'Add', 'Sub', 'Mul', 'Div']);
+
+interface WalkContext {
+  index: GraphIndex;
+  consts: Set<string>;
+  shapes: ShapeMap;
+  graphInputs: Set<string>;
+}
+
+/**
+ * Follows a tensor back through data-movement ops and projections by constant weights/biases/scalars; returns the
+ * graph input it comes from, or undefined when the path stops at any other op (LayerNorm, Softmax, Conv, an Add of
+ * two activations, …).
+ */
+function traceToGraphInput(ctx: WalkContext, start: string): string | undefined {
+  let name = start;
+  for (let depth = 0; depth < 64; depth++) {
+    if (ctx.graphInputs.has(name)) return name;
+    if (ctx.consts.has(name)) return undefined;
+    const p = ctx.index.producer.get(name);
+    if (p === undefined) return undefined;
+    const op = p.node.op_type ?? '';
+    if ((p.node.domain ?? '') !== '') return undefined;
+    if (PASS_INPUT0.has(op)) {
+      name = p.node.input[0] ?? '';
+      continue;
+    }
+    if (PASS_LINEAR.has(op)) {
+      const live = p.node.input.filter((i) => i !== '' && !ctx.consts.has(i) && (numel(ctx.shapes, i) ?? 2) > 1);
+      if (live.length !== 1) return undefined;
+      name = live[0]!;
+      continue;
+    }
+    return undefined;
+  }
+  return undefined;
+}
+
+function isScalarOperand(ctx: WalkContext, name: string): boolean {
+  return (numel(ctx.shapes, name) ?? 2) === 1;
+}
+
+/** Unwraps Mul(x, scalar) / Div(x, scalar): returns x, or undefined when `name` is not such a product. */
+function unwrapScalarScale(ctx: WalkContext, name: string, ops: ReadonlyArray<string>): { inner: string; op: string } | undefined {
+  const p = ctx.index.producer.get(name);
+  if (p === undefined || !ops.includes(p.node.op_type ?? '') || (p.node.domain ?? '') !== '') return undefined;
+  const [a, b] = p.node.input;
+  if (a === undefined || b === undefined) return undefined;
+  if (isScalarOperand(ctx, b) && !isScalarOperand(ctx, a)) return { inner: a, op: p.node.op_type! };
+  if (p.node.op_type === 'Mul' && isScalarOperand(ctx, a) && !isScalarOperand(ctx, b)) return { inner: b, op: 'Mul' };
+  return undefined;
+}
+
+function scopeOf(nodeName: string): string {
+  const k = nodeName.lastIndexOf('/');
+  return k > 0 ? nodeName.slice(0, k) : '';
+}
+
+function placeFromName(name: string): AttentionPlace | undefined {
+  if (/(^|[/.])down_blocks?[./]/.test(name)) return 'down';
+  if (/(^|[/.])mid_block[./]/.test(name)) return 'mid';
+  if (/(^|[/.])up_blocks?[./]/.test(name)) return 'up';
+  return undefined;
+}
+
+/** Latent (h, w) at a layer with `hw` query positions: the stride-2 downsamplings give ceil(H/f) × ceil(W/f). */
+function layerHW(hw: number, H: number, W: number): { h: number; w: number } | undefined {
+  for (let f = 1; f <= 1024; f *= 2) {
+    const h = Math.ceil(H / f);
+    const w = Math.ceil(W / f);
+    if (h * w === hw) return { h, w };
+    if (h * w < hw) break;
+  }
+  return undefined;
+}
+
+function pickInput(graph: GraphProto, shapes: ShapeMap, preferred: string | undefined, fallback: string, rank: number,
+  what: string): string {
+  const inputs = realGraphInputs(graph).map((v) => v.name ?? '');
+  if (preferred !== undefined) {
+    if (!inputs.includes(preferred)) throw new RangeError(`${what} '${preferred}' is not an input of the UNet (inputs: ${inputs.join(', ')})`);
+    return preferred;
+  }
+  if (inputs.includes(fallback)) return fallback;
+  const cands = inputs.filter((n) => {
+    const s = shapes.get(n);
+    return s !== undefined && s.dims.length === rank && (s.elemType === DataType.FLOAT || s.elemType === DataType.FLOAT16);
+  });
+  if (cands.length !== 1) {
+    throw new Error(`Cannot tell which UNet input is the ${what} (no input named '${fallback}', ${cands.length} rank-${rank} `
+      + `float inputs among ${inputs.join(', ')}): name it in the options`);
+  }
+  return cands[0]!;
+}
+
+/**
+ * Finds every cross-attention Softmax of a UNet graph, in graph order. `shapes` must come from inferStaticShapes
+ * for the dims the layers are wanted at. Throws for fused exports and when no cross-attention is found.
+ */
+export function findCrossAttention(model: ModelProto, shapes: ShapeMap, opts: FindAttentionOptions = {}): CrossAttentionLayer[] {
+  assertUnfusedExport(model);
+  const graph = model.graph!;
+  const sampleName = pickInput(graph, shapes, opts.sampleInput, 'sample', 4, 'latent input (sample)');
+  const textName = pickInput(graph, shapes, opts.textInput, 'encoder_hidden_states', 3, 'text input (encoder_hidden_states)');
+  const sample = shapes.get(sampleName)!;
+  const text = shapes.get(textName);
+  if (text === undefined || text.dims.length !== 3) throw new Error(`The text input '${textName}' must have static dims [B, T, D]`);
+  const [batch, , H, W] = sample.dims as [number, number, number, number];
+  const T = text.dims[1]!;
+  const ctx: WalkContext = {
+    index: indexGraph(graph), consts: constantTensors(graph), shapes,
+    graphInputs: new Set(realGraphInputs(graph).map((v) => v.name ?? '')),
+  };
+
+  const found: Array<Omit<CrossAttentionLayer, 'index' | 'place' | 'placeFrom'>> = [];
+  for (const node of graph.node) {
+    if (node.op_type !== 'Softmax' || (node.domain ?? '') !== '') continue;
+    const out = node.output[0] ?? '';
+    const s = shapes.get(out);
+    if (s === undefined || (s.dims.length !== 3 && s.dims.length !== 4)) continue;
+    const rank = s.dims.length;
+    const axis = attrInt(node, 'axis', (opsetVersion(model) ?? 13) >= 13 ? -1 : 1);
+    if (axis !== -1 && axis !== rank - 1) continue;
+    if (s.dims[rank - 1] !== T) continue;
+
+    // Scores: optional scalar Mul/Div after the MatMul, or the SDPA split scale before it.
+    let scoresName = node.input[0] ?? '';
+    let pattern: AttentionPattern = 'matmul';
+    const post = unwrapScalarScale(ctx, scoresName, ['Mul', 'Div']);
+    if (post !== undefined) {
+      scoresName = post.inner;
+      pattern = post.op === 'Div' ? 'matmul-div' : 'matmul-mul';
+    }
+    const mm = ctx.index.producer.get(scoresName);
+    if (mm === undefined || mm.node.op_type !== 'MatMul') continue;
+    let keyName = mm.node.input[1] ?? '';
+    const qPre = unwrapScalarScale(ctx, mm.node.input[0] ?? '', ['Mul']);
+    const kPre = unwrapScalarScale(ctx, keyName, ['Mul']);
+    if (qPre !== undefined && kPre !== undefined && pattern === 'matmul') {
+      pattern = 'sdpa';
+      keyName = kPre.inner;
+    }
+
+    const source = traceToGraphInput(ctx, keyName);
+    const scope = scopeOf(node.name ?? '');
+    let detectedBy: CrossAttentionLayer['detectedBy'];
+    if (source === textName) detectedBy = 'structure';
+    else if (source === undefined && /(^|\/)attn2(\/|$)/.test(scope)) detectedBy = 'name';
+    else continue;
+
+    const layout: AttentionLayout = rank === 4 ? 'B-H-N-T' : 'BH-N-T';
+    const hw = s.dims[rank - 2]!;
+    let heads: number;
+    if (rank === 4) {
+      if (s.dims[0] !== batch) throw new Error(`Softmax '${node.name}' has batch ${s.dims[0]} but the sample has batch ${batch}`);
+      heads = s.dims[1]!;
+    } else {
+      if (s.dims[0]! % batch !== 0) {
+        throw new Error(`Softmax '${node.name}' has leading dim ${s.dims[0]}, not a multiple of the sample batch ${batch}`);
+      }
+      heads = s.dims[0]! / batch;
+    }
+    const lw = layerHW(hw, H, W);
+    if (lw === undefined) {
+      throw new Error(`Softmax '${node.name}' attends from ${hw} positions, which matches no downsampling of the ${H}×${W} latent`);
+    }
+    found.push({
+      softmaxNode: node.name ?? '', softmaxOutput: out, matmulNode: mm.node.name ?? '', pattern, layout, dims: [...s.dims],
+      batch, heads, hw, h: lw.h, w: lw.w, resolution: lw.h === lw.w ? lw.h : null, textLength: T, scope, detectedBy,
+    });
+  }
+  if (found.length === 0) {
+    throw new Error(`No cross-attention Softmax found in the UNet (no Softmax over ${T} text positions whose keys come from `
+      + `'${textName}'). ${SUPPORTED_EXPORTS_HINT}`);
+  }
+
+  // Place: module names when every layer has one, else graph order around the lowest resolution.
+  const named = found.map((f) => placeFromName(f.scope));
+  const byName = named.every((p) => p !== undefined);
+  const minHw = Math.min(...found.map((f) => f.hw));
+  const first = found.findIndex((f) => f.hw === minHw);
+  let last = first;
+  while (last + 1 < found.length && found[last + 1]!.hw === minHw) last++;
+  return found.map((f, index) => ({
+    index,
+    ...f,
+    place: byName ? named[index]! : index < first ? 'down' : index <= last ? 'mid' : 'up',
+    placeFrom: byName ? 'names' : 'order',
+  }));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Instrumentation
+
+export interface InstrumentOptions extends FindAttentionOptions {
+  /**
+   * Expose the head-averaged map ReduceMean over heads, [B, HW, T] (true), or the raw probabilities in the graph's
+   * layout (false). Default: DEFAULT_HEAD_AVERAGE (see its comment for the measurement).
+   */
+  headAverage?: boolean;
+  /** Output name prefix (default 'attn_'): outputs are `${prefix}${index}`. */
+  outputPrefix?: string;
+  /** Layers to expose (default: all found by findCrossAttention). */
+  layers?: CrossAttentionLayer[];
+}
+
+/**
+ * Default for InstrumentOptions.headAverage: head-averaged maps. Measured with bench/prepare.bench.ts on the tiny
+ * fixture UNet (batch 1, ORT CPU, level 'all', 2 threads, medians of 20 runs, 4 alternating rounds; shared 2-core
+ * machine at load average ~11, so ±40 % noise): instrumented UNet 118 ms averaged vs 173 ms raw, VJP graph 350 ms
+ * averaged vs 300 ms raw; per guidance step (UNet + VJP) 468 vs 472 ms, no measurable difference. The averaged form
+ * wins on what the tiny model cannot show: onnxruntime-node copies every output and cotangent through JS, and for
+ * SD 1.5 at 512² the raw maps are 8 heads × 16 layers (≈ 50 MB per step each way at 64²) against 1/8 of that, and
+ * the losses average over heads anyway (the native loss takes heads = 1).
+ */
+export const DEFAULT_HEAD_AVERAGE = true;
+
+export interface ManifestLayer {
+  index: number;
+  /** Graph output name ('attn_0', …). */
+  output: string;
+  /** Name of the source Softmax node (and its output tensor). */
+  source: string;
+  sourceOutput: string;
+  place: AttentionPlace;
+  placeFrom: 'names' | 'order';
+  scope: string;
+  /** Latent side at this layer (null when non-square: see h, w). */
+  resolution: number | null;
+  h: number;
+  w: number;
+  hw: number;
+  /** Heads of the source layer. */
+  heads: number;
+  /** True: the output is the mean over heads, dims [B, HW, T] (heads = 1 for the loss). */
+  headAveraged: boolean;
+  textLength: number;
+  /** Dims of the exposed output. */
+  dims: number[];
+  layout: AttentionLayout;
+  pattern: AttentionPattern;
+}
+
+export interface InstrumentResult {
+  /** The instrumented model (new plain-object graph; tensors shared with the input model). */
+  model: ModelProto;
+  layers: ManifestLayer[];
+  outputs: string[];
+  /** `shapes` plus the tensors added by the instrumentation. */
+  shapes: ShapeMap;
+}
+
+/**
+ * Adds one graph output per cross-attention layer (`attn_<i>`), with the graph inputs fixed to the dims `shapes`
+ * was inferred for. The original outputs stay first. The input model is not modified.
+ */
+export function instrumentUnet(model: ModelProto, shapes: ShapeMap, opts: InstrumentOptions = {}): InstrumentResult {
+  const headAverage = opts.headAverage ?? DEFAULT_HEAD_AVERAGE;
+  if (typeof headAverage !== 'boolean') throw new TypeError(`Expected a boolean for headAverage but received ${String(headAverage)}`);
+  const prefix = opts.outputPrefix ?? 'attn_';
+  const layers = opts.layers ?? findCrossAttention(model, shapes, opts);
+  const graph = model.graph!;
+
+  // Fix the inputs to the inferred dims, so every declared shape below holds.
+  const fixed = new Map<string, number[]>();
+  for (const vi of realGraphInputs(graph)) {
+    const s = shapes.get(vi.name ?? '');
+    if (s === undefined) throw new RangeError(`shapes has no entry for graph input '${vi.name}': pass the map from inferStaticShapes`);
+    fixed.set(vi.name ?? '', s.dims);
+  }
+  const g = copyGraphFields(withFixedInputDims(model, fixed).graph!);
+  const taken = new Set<string>([...g.input, ...g.output].map((v) => v.name ?? ''));
+  for (const n of g.node) for (const o of n.output) taken.add(o);
+  for (const t of g.initializer) taken.add(t.name ?? '');
+  const outShapes: ShapeMap = new Map(shapes);
+  const newOutputs = [];
+  const manifest: ManifestLayer[] = [];
+  const opset = opsetVersion(model) ?? 17;
+  const inserts: Array<{ after: string; nodes: NodeProto[] }> = [];
+
+  for (const L of layers) {
+    const output = `${prefix}${L.index}`;
+    if (taken.has(output)) throw new Error(`Cannot add output '${output}': the UNet already has a tensor of that name; pass another outputPrefix`);
+    const src = shapes.get(L.softmaxOutput)!;
+    const nodes: NodeProto[] = [];
+    let dims: number[];
+    const tag = `/divbind/${output}`;
+    if (!headAverage) {
+      nodes.push(makeNode('Identity', [L.softmaxOutput], [output], { name: `${tag}/Identity` }));
+      dims = [...src.dims];
+    } else {
+      let x = L.softmaxOutput;
+      if (L.layout === 'BH-N-T') {
+        // [B·h, HW, T] is batch-major (b·h + head), as torch's reshape/permute and diffusers' head_to_batch_dim lay it out.
+        const shapeName = `${tag}/split_heads_shape`;
+        const split = `${tag}/split_heads`;
+        g.initializer.push(makeTensor(shapeName, DataType.INT64, [4], BigInt64Array.from([L.batch, L.heads, L.hw, L.textLength].map(BigInt))));
+        nodes.push(makeNode('Reshape', [x, shapeName], [split], { name: `${tag}/Reshape` }));
+        outShapes.set(shapeName, { elemType: DataType.INT64, dims: [4] });
+        outShapes.set(split, { elemType: src.elemType, dims: [L.batch, L.heads, L.hw, L.textLength] });
+        x = split;
+      }
+      if (opset >= 18) {
+        const axesName = `${tag}/axes`;
+        g.initializer.push(makeTensor(axesName, DataType.INT64, [1], BigInt64Array.of(1n)));
+        outShapes.set(axesName, { elemType: DataType.INT64, dims: [1] });
+        nodes.push(makeNode('ReduceMean', [x, axesName], [output], { name: `${tag}/ReduceMean`, attributes: [attr.int('keepdims', 0)] }));
+      } else {
+        nodes.push(makeNode('ReduceMean', [x], [output], {
+          name: `${tag}/ReduceMean`, attributes: [attr.ints('axes', [1]), attr.int('keepdims', 0)],
+        }));
+      }
+      dims = [L.batch, L.hw, L.textLength];
+    }
+    inserts.push({ after: L.softmaxOutput, nodes });
+    outShapes.set(output, { elemType: src.elemType, dims });
+    newOutputs.push(makeValueInfo(output, src.elemType, dims));
+    manifest.push({
+      index: L.index, output, source: L.softmaxNode, sourceOutput: L.softmaxOutput, place: L.place, placeFrom: L.placeFrom,
+      scope: L.scope, resolution: L.resolution, h: L.h, w: L.w, hw: L.hw, heads: L.heads, headAveraged: headAverage,
+      textLength: L.textLength, dims, layout: L.layout, pattern: L.pattern,
+    });
+  }
+  // Keep topological order: each new node goes right after its Softmax.
+  const after = new Map(inserts.map((i) => [i.after, i.nodes]));
+  const nodes: NodeProto[] = [];
+  for (const n of g.node) {
+    nodes.push(n);
+    for (const o of n.output) {
+      const extra = after.get(o);
+      if (extra !== undefined) nodes.push(...extra);
+    }
+  }
+  g.node = nodes;
+  g.output = [...g.output, ...newOutputs];
+  return { model: cloneModelShallow(model, g), layers: manifest, outputs: manifest.map((m) => m.output), shapes: outShapes };
+}
+
+/** Human-readable one-line summary of a layer ('attn_3 down 16×16 2 heads [1, 256, 77] (…/attn2/Softmax)'). */
+export function describeLayer(m: ManifestLayer): string {
+  return `${m.output} ${m.place} ${m.h}×${m.w} ${m.heads} head${m.heads === 1 ? '' : 's'}${m.headAveraged ? ' (averaged)' : ''} `
+    + `[${m.dims.join(', ')}] (${m.source || m.sourceOutput})`;
+}

@@ -1,0 +1,230 @@
+/**
+ * The Divide & Bind / Attend-and-Excite sampling loop (spec §3), independent of how the UNet is run: the
+ * pipeline plugs in a GuidedUnet (instrumented UNet + VJP graph on onnxruntime) and a NoisePredictor (the CFG
+ * UNet call). One denoising iteration i with timestep t:
+ *   1. gradient pass: maps ← UNet(z, t, cond) at batch 1; (L, θ) from the loss core;
+ *   2. iterative refinement when i is a threshold key and θ < threshold: repeat { forward, loss, z ← z − α_i ∇L
+ *      (when L ≠ 0); stop when θ of that forward ≥ threshold or at the cap }, then one more forward for a fresh L;
+ *   3. if i < maxIterToAlter and L ≠ 0: z ← z − α_i ∇L;
+ *   4. CFG step on z, scheduler step.
+ * The UNet always sees scheduler.scaleModelInput(z, t) (identity for PNDM/DDIM, as in the reference code).
+ * Passes that cannot change the result are skipped: no gradient pass after the last guided index, and the
+ * gradient (VJP) is only computed when an update will use it.
+ */
+import { attentionLoss } from '../loss/index';
+import type { AttentionLayer, LayerPlace, LossBackend, LossOptions, LossResult, TokenDiagnostics } from '../loss/types';
+import type { Scheduler } from '../schedulers/scheduler';
+import { lastGuidedIndex, type GuidanceMode, type RefinementCaps } from './guidance';
+
+export interface GuidedLayerInfo {
+  name: string;
+  heads: number;
+  resolution: number;
+  place: LayerPlace;
+}
+
+export interface GuidedForward {
+  /** One Float32Array per layer (heads, HW, T), batch 1. */
+  maps: Float32Array[];
+  /** Whatever the backward needs (inputs, residuals). */
+  state: unknown;
+}
+
+export interface GuidedUnet {
+  readonly layers: readonly GuidedLayerInfo[];
+  forward(sample: Float32Array, timestep: number, cond: Float32Array): Promise<GuidedForward>;
+  /** ∂L/∂sample for the forward `fwd`, given ∂L/∂maps (one per layer; null = zero). */
+  vjp(fwd: GuidedForward, cotangents: Array<Float32Array | null>): Promise<Float32Array>;
+}
+
+export interface NoisePredictor {
+  /** ε̂ with classifier-free guidance: ε_u + s·(ε_c − ε_u), from one batch-2 call when the model allows it. */
+  predict(latents: Float32Array, timestep: number, guidanceScale: number): Promise<Float32Array>;
+}
+
+export interface GuidanceSettings {
+  mode: GuidanceMode;
+  /** Loss options (tokenIndices etc.); stepIndex is set per step by the loop. */
+  loss: LossOptions;
+  lossBackend?: LossBackend;
+  maxIterToAlter: number;
+  thresholds: Record<number, number>;
+  caps: RefinementCaps;
+  /** α_i per loop index (length = number of timesteps). */
+  stepSizes: Float64Array;
+}
+
+export interface StepEvent {
+  /** Loop index i (0-based) and total number of timesteps. */
+  index: number;
+  total: number;
+  timestep: number;
+  /** Loss and indicator of the last gradient pass of this step (null when none ran). */
+  loss: number | null;
+  indicator: number | null;
+  tokens: TokenDiagnostics[] | null;
+  /** Refinement iterations run at this step. */
+  refinementIterations: number;
+  /** Latent updates applied at this step. */
+  updates: number;
+  ms: { guidance: number; unetForward: number; vjp: number; loss: number; cfg: number; scheduler: number; total: number };
+}
+
+export interface SamplerHooks {
+  signal?: AbortSignal;
+  onStep?: (event: StepEvent) => void;
+  /** Called with the smoothed maps of the first gradient pass of the given loop indices. */
+  captureMapsAt?: ReadonlySet<number>;
+  onMaps?: (index: number, maps: NonNullable<LossResult['maps']>, tokens: TokenDiagnostics[]) => void;
+}
+
+export interface SamplerResult {
+  latents: Float32Array;
+  steps: StepEvent[];
+}
+
+function abortIfNeeded(signal?: AbortSignal): void {
+  if (signal?.aborted) {
+    // Always an Error named AbortError (signal.reason may be a DOMException, which is not an Error in Node 20).
+    const reason: unknown = signal.reason;
+    const detail = reason instanceof Error || (typeof reason === 'object' && reason !== null && 'message' in reason) ? `: ${(reason as { message: string }).message}` : '';
+    throw Object.assign(new Error(`generation aborted${detail}`), { name: 'AbortError', cause: reason });
+  }
+}
+
+/** Runs the denoising loop from `latents` (already scaled by initNoiseSigma); returns the final latents. */
+export async function sampleLatents(
+  initialLatents: Float32Array,
+  scheduler: Scheduler,
+  unet: NoisePredictor,
+  guidanceScale: number,
+  guided: { unet: GuidedUnet; cond: Float32Array; settings: GuidanceSettings } | null,
+  hooks: SamplerHooks = {},
+): Promise<SamplerResult> {
+  let latents: Float32Array = Float32Array.from(initialLatents);
+  const timesteps = scheduler.timesteps;
+  const total = timesteps.length;
+  const steps: StepEvent[] = [];
+  const lastGuided = guided && guided.settings.mode !== 'none'
+    ? lastGuidedIndex(guided.settings.maxIterToAlter, guided.settings.thresholds)
+    : -1;
+  if (guided && guided.settings.stepSizes.length < Math.min(total, lastGuided + 1)) {
+    throw new RangeError(`stepSizes has ${guided.settings.stepSizes.length} entries but the scheduler has ${total} timesteps`);
+  }
+
+  for (let i = 0; i < total; i++) {
+    abortIfNeeded(hooks.signal);
+    const t = timesteps[i];
+    const t0 = performance.now();
+    const ms = { guidance: 0, unetForward: 0, vjp: 0, loss: 0, cfg: 0, scheduler: 0, total: 0 };
+    let event: Pick<StepEvent, 'loss' | 'indicator' | 'tokens' | 'refinementIterations' | 'updates'> = {
+      loss: null, indicator: null, tokens: null, refinementIterations: 0, updates: 0,
+    };
+
+    if (guided && i <= lastGuided) {
+      // The gradient pass sees the scaled model input too (Euler: x = z/√(σ²+1); identity for PNDM/DDIM), so
+      // ∂L/∂z = c·∂L/∂x with the scalar c read off the scheduler.
+      const inputScale = scheduler.scaleModelInput(Float32Array.of(1), t)[0];
+      const g = await guideStep(latents, t, i, inputScale, guided, ms, hooks);
+      latents = g.latents;
+      event = g.event;
+      ms.guidance = performance.now() - t0;
+    }
+
+    abortIfNeeded(hooks.signal);
+    const tc = performance.now();
+    const eps = await unet.predict(scheduler.scaleModelInput(latents, t), t, guidanceScale);
+    const ts = performance.now();
+    ms.cfg = ts - tc;
+    latents = scheduler.step(eps, t, latents).prevSample;
+    ms.scheduler = performance.now() - ts;
+    ms.total = performance.now() - t0;
+    const stepEvent: StepEvent = { index: i, total, timestep: t, ...event, ms };
+    steps.push(stepEvent);
+    hooks.onStep?.(stepEvent);
+  }
+  return { latents, steps };
+}
+
+interface Evaluation {
+  fwd: GuidedForward;
+  result: LossResult;
+}
+
+async function guideStep(
+  start: Float32Array,
+  t: number,
+  i: number,
+  inputScale: number,
+  guided: { unet: GuidedUnet; cond: Float32Array; settings: GuidanceSettings },
+  ms: StepEvent['ms'],
+  hooks: SamplerHooks,
+): Promise<{ latents: Float32Array; event: Pick<StepEvent, 'loss' | 'indicator' | 'tokens' | 'refinementIterations' | 'updates'> }> {
+  const { unet, cond, settings } = guided;
+  const alpha = settings.stepSizes[i];
+  const lossOptions: LossOptions = { ...settings.loss, mode: settings.mode as LossOptions['mode'], stepIndex: i };
+  const layerInfo = unet.layers;
+  let z = start;
+
+  const evaluate = async (sample: Float32Array, wantMaps: boolean): Promise<Evaluation> => {
+    const a = performance.now();
+    const x = inputScale === 1 ? sample : sample.map((v) => v * inputScale);
+    const fwd = await unet.forward(x, t, cond);
+    const b = performance.now();
+    const layers: AttentionLayer[] = fwd.maps.map((data, k) => ({
+      data, heads: layerInfo[k].heads, resolution: layerInfo[k].resolution, place: layerInfo[k].place, name: layerInfo[k].name,
+    }));
+    const result = attentionLoss(layers, lossOptions, { backend: settings.lossBackend, computeGrad: true, returnMaps: wantMaps });
+    ms.unetForward += b - a;
+    ms.loss += performance.now() - b;
+    return { fwd, result };
+  };
+  const gradient = async (ev: Evaluation): Promise<Float32Array> => {
+    const a = performance.now();
+    const g = await unet.vjp(ev.fwd, ev.result.grads ?? []);
+    if (inputScale !== 1) for (let k = 0; k < g.length; k++) g[k] *= inputScale;
+    ms.vjp += performance.now() - a;
+    return g;
+  };
+  const descend = (sample: Float32Array, grad: Float32Array): Float32Array => {
+    const out = new Float32Array(sample.length);
+    for (let k = 0; k < sample.length; k++) out[k] = sample[k] - alpha * grad[k];
+    return out;
+  };
+
+  // 1. Gradient pass.
+  let ev = await evaluate(z, hooks.captureMapsAt?.has(i) ?? false);
+  if (ev.result.maps && hooks.onMaps) hooks.onMaps(i, ev.result.maps, ev.result.tokens);
+  let updates = 0;
+  let iterations = 0;
+
+  // 2. Iterative refinement. Its first forward is at the same z as step 1, so step 1's evaluation is reused.
+  const threshold = settings.thresholds[i];
+  if (threshold !== undefined && ev.result.indicator < threshold) {
+    const cap = i === 0 ? settings.caps.initStep : settings.caps.other;
+    let current = ev;
+    for (;;) {
+      if (hooks.signal?.aborted) abortIfNeeded(hooks.signal);
+      iterations++;
+      if (iterations > 1) current = await evaluate(z, false);
+      if (current.result.loss !== 0) {
+        z = descend(z, await gradient(current));
+        updates++;
+      }
+      // θ of this iteration's forward (before its update) decides, as in the reference loop.
+      if (current.result.indicator >= threshold || iterations >= cap) break;
+    }
+    // One more forward on the final z for a fresh loss.
+    ev = await evaluate(z, false);
+  }
+
+  // 3. The regular update.
+  if (i < settings.maxIterToAlter && ev.result.loss !== 0) {
+    z = descend(z, await gradient(ev));
+    updates++;
+  }
+  return {
+    latents: z,
+    event: { loss: ev.result.loss, indicator: ev.result.indicator, tokens: ev.result.tokens, refinementIterations: iterations, updates },
+  };
+}

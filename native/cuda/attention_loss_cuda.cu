@@ -1,0 +1,1431 @@
+// CUDA twin of native/core/attention_loss.cc. Spec: ../shared/spec/divide-and-bind.md §1, §2, §9.
+// The CPU core is the oracle; every formula below mirrors one of its stages (same order of operations where
+// it matters for rounding), in double, with only the outputs rounded to float.
+//
+// Shape legend: T text length; kept tokens [lo, lo+tk); r0 object resolution, n0 = r0*r0; K object tokens;
+// a layer is probs (heads, r*r, T). Sources: s = 0 object maps (layers with r == r0), s = 1 attribute maps
+// (tv_bind with attributes: layers with r in attribute_resolutions, nearest-sampled to r0).
+//
+// Kernels, in stream order (three launches per call):
+//  1. aggregate_kernel   grid (n0, sources): one block per output pixel reads the kept-token row of every
+//     (layer, head) map of the source at the sampled pixel (warps over maps, lanes along T: coalesced), sums in
+//     double, then the temperature softmax over the kept tokens -> soft[s][o][j]. Each input value is read
+//     once; NaN/Inf found here is reported through an atomicMin key (first layer, then first index).
+//  2. token_forward_kernel  grid (K): smoothing, max, TV, JSD, per-token value v_s -> stats[K]; the last block
+//     to finish picks the selected token as the CPU does (first maximum) and runs the analytic backward of the
+//     small (r0 x r0) stages down to the softmax column -> cg[s][o].
+//  3. write_grads_kernel  (device path) every gradient float written exactly once, zeros included, so no
+//     separate memset pass is needed. The host path instead copies soft/cg back and expands the rows on the
+//     host like the CPU core does.
+// Small call descriptions (map pointers, layer list, token columns) travel as kernel parameters.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <stdexcept>
+
+#include "attention_loss_cuda.h"
+#include "attention_loss_cuda_internal.h"
+
+namespace divbind::cuda {
+namespace {
+
+// ------------------------------------------------------------------------------------------------
+// Error handling: every CUDA call and launch is checked; failures become std::runtime_error.
+
+[[noreturn]] void throw_cuda(cudaError_t e, const char* what, int line) {
+  std::ostringstream m;
+  m << "CUDA error in " << what << " (attention_loss_cuda.cu:" << line << "): " << cudaGetErrorName(e) << ": "
+    << cudaGetErrorString(e);
+  throw std::runtime_error(m.str());
+}
+
+#define DB_CUDA(call)                                            \
+  do {                                                           \
+    const cudaError_t db_err_ = (call);                          \
+    if (db_err_ != cudaSuccess) throw_cuda(db_err_, #call, __LINE__); \
+  } while (0)
+
+// After a <<<...>>> launch: configuration errors surface here, execution errors at the next sync.
+#define DB_LAUNCHED(name) DB_CUDA(cudaGetLastError())
+
+constexpr int kThreads = 256;  // every kernel; the reductions assume a multiple of 32, at most 1024
+constexpr int kStats = 16;     // per token: m, tv, jsd, has_jsd, coefficient, value; [8, 16) JSD scalars
+enum Stat { kMax = 0, kTv = 1, kJsd = 2, kHasJsd = 3, kCoef = 4, kValue = 5, kJsdScalars = 8 };
+enum Mode { kModeMax = 0, kModeTv = 1, kModeTvBind = 2, kModeTvMax = 3 };
+constexpr unsigned long long kNoNan = ~0ull;
+
+// One (layer, head) map of a source as the aggregation reads it.
+struct MapDesc {
+  const float* head;  // probs of this head: (res*res, T)
+  int res;            // storage resolution (r, or r0 for rows the host path packed already sampled)
+  int orig_res;       // the layer's resolution (for error messages)
+  int layer;          // index into the caller's layer list
+  int head_index;
+};
+
+// One gradient buffer as the write kernel sees it (device path).
+struct WriteLayer {
+  float* grad;
+  int heads;
+  int res;
+  int obj;   // r == r0
+  int attr;  // r in attribute_resolutions (and attributes active)
+};
+
+// Small call descriptions travel as kernel parameters (no host-to-device copy on the critical path) when they
+// fit; larger ones are uploaded. Kernel parameters above 4 KB need CUDA >= 12.1 on sm_70+ (this is sm_90).
+constexpr int kInlineMaps = 192;    // SD 1.x tv_bind: 40 object + 80 attribute maps
+constexpr int kInlineLayers = 64;   // SD 1.x: 16 cross-attention layers
+constexpr int kInlineTokens = 32;
+
+struct Meta {
+  MapDesc maps[kInlineMaps];
+  WriteLayer layers[kInlineLayers];
+};
+
+struct Params {
+  int T, lo, tk, r0, n0, K;
+  int mode, hinge, neighbor, smoothing, attr_active;
+  int inline_meta;  // maps / layers are in the Meta kernel parameter, else at maps / wlayers
+  int inline_cols;  // token columns are in cols, else at tok_col / attr_col
+  int with_backward;
+  float inv_T;      // 1/T, for the write kernel's element -> (pixel, token) split
+  double w[3];
+  double temperature, rho_low, rho_high, tv_switch, eps, coef, w_tv, w_max;
+  double inv_maps[2];
+  int map_begin[2], map_count[2];
+  int cols[2][kInlineTokens];
+  const MapDesc* maps;
+  const WriteLayer* wlayers;
+  const int* tok_col;   // (K) column in the kept range
+  const int* attr_col;  // (K) column or -1
+  double* soft;         // (2, n0, tk) token softmax per source
+  double* amap;         // (K, n0) smoothed object maps
+  double* cmap;         // (K, n0) smoothed attribute maps (tokens with an attribute)
+  double* pmap;         // (K, n0) spatial softmax p of the object map (tokens with a JSD term)
+  double* qmap;         // (K, n0) spatial softmax q of the rescaled attribute map
+  double* scratch;      // (8, n0) backward scratch
+  double* stats;        // (K, kStats)
+  double* cg;           // (2, n0) gradient coefficient per pixel: temperature * dS * S_col / N
+  int* sel;             // selected token, any gradient, attribute gradient
+  unsigned long long* nan_key;  // atomicMin target; reset to kNoNan by token_forward_kernel for the next call
+  unsigned long long* nan_out;  // this call's key, copied back to the host
+  unsigned* counter;            // token blocks done; the last one runs the backward, then resets it to 0
+  float* out_obj;   // (K, n0) or null
+  float* out_attr;  // (K, n0) or null
+};
+
+__device__ __forceinline__ int tok_col_at(const Params& P, int i) { return P.inline_cols ? P.cols[0][i] : P.tok_col[i]; }
+__device__ __forceinline__ int attr_col_at(const Params& P, int i) {
+  return P.inline_cols ? P.cols[1][i] : P.attr_col[i];
+}
+
+// ------------------------------------------------------------------------------------------------
+// Block helpers
+
+__device__ __forceinline__ double warp_sum(double v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ double warp_max(double v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Reduction over the whole block; every thread gets the result. sh: 33 doubles of shared memory.
+template <bool kIsMax>
+__device__ double block_reduce(double v, double* sh) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = kIsMax ? warp_max(v) : warp_sum(v);
+  if (lane == 0) sh[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    double x = lane < nw ? sh[lane] : (kIsMax ? -INFINITY : 0.0);
+    x = kIsMax ? warp_max(x) : warp_sum(x);
+    if (lane == 0) sh[32] = x;
+  }
+  __syncthreads();
+  const double r = sh[32];
+  __syncthreads();  // sh may be reused right away
+  return r;
+}
+// N reductions at once (bit i of kMaxMask: value i is a max, else a sum); one set of barriers for all.
+// sh: 33 * N doubles of shared memory.
+template <int N, unsigned kMaxMask>
+__device__ void block_reduce_n(double (&v)[N], double* sh) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+#pragma unroll
+  for (int i = 0; i < N; ++i) v[i] = ((kMaxMask >> i) & 1u) ? warp_max(v[i]) : warp_sum(v[i]);
+  if (lane == 0)
+#pragma unroll
+    for (int i = 0; i < N; ++i) sh[i * 33 + warp] = v[i];
+  __syncthreads();
+  if (warp == 0) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      const bool is_max = (kMaxMask >> i) & 1u;
+      double x = lane < nw ? sh[i * 33 + lane] : (is_max ? -INFINITY : 0.0);
+      x = is_max ? warp_max(x) : warp_sum(x);
+      if (lane == 0) sh[i * 33 + 32] = x;
+    }
+  }
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < N; ++i) v[i] = sh[i * 33 + 32];
+  __syncthreads();
+}
+__device__ __forceinline__ double block_sum(double v, double* sh) { return block_reduce<false>(v, sh); }
+__device__ __forceinline__ double block_max(double v, double* sh) { return block_reduce<true>(v, sh); }
+
+__device__ __forceinline__ int nearest_index(int o, int n_in, int n_out) {
+  return static_cast<int>((static_cast<long long>(o) * n_in) / n_out);
+}
+__device__ __forceinline__ int reflect(int i, int n) { return i < 0 ? -i : (i >= n ? 2 * n - 2 - i : i); }
+__device__ __forceinline__ double sgn(double d) { return d > 0 ? 1.0 : (d < 0 ? -1.0 : 0.0); }
+
+// ------------------------------------------------------------------------------------------------
+// 1. Aggregation + token softmax. grid (n0, sources), block kThreads.
+//    soft[s][o][j] = softmax_j(temperature * (1/N_s) * sum_{maps} probs[map, sampled(o), lo + j])
+
+__device__ void report_nonfinite(const Params& P, const MapDesc& d, int s, int o, int t) {
+  const int y = nearest_index(o / P.r0, d.orig_res, P.r0), x = nearest_index(o % P.r0, d.orig_res, P.r0);
+  const unsigned long long hw = static_cast<unsigned long long>(d.orig_res) * d.orig_res;
+  unsigned long long index = ((d.head_index * hw) + static_cast<unsigned long long>(y) * d.orig_res + x) * P.T + t;
+  index = index < (1ull << 40) ? index : (1ull << 40) - 1;
+  // The CPU core scans object layers first, then attribute layers, each in layer order: same key order.
+  const unsigned long long key = (static_cast<unsigned long long>(s) << 62) |
+                                 (static_cast<unsigned long long>(d.layer & 0x3fffff) << 40) | index;
+  atomicMin(P.nan_key, key);
+}
+
+constexpr int kAggChunks = 4;  // kept tokens per pass: 4 x 32 lanes (T = 77 needs one pass)
+
+__global__ void __launch_bounds__(kThreads, 4) aggregate_kernel(const __grid_constant__ Params P,
+                                                             const __grid_constant__ Meta meta) {
+  __shared__ double red[kThreads / 32][kAggChunks * 32];
+  __shared__ double sh[33];
+  const int o = blockIdx.x, s = blockIdx.y;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  const int oy = o / P.r0, ox = o % P.r0;
+  const MapDesc* maps = (P.inline_meta ? meta.maps : P.maps) + P.map_begin[s];
+  const int nm = P.map_count[s];
+  double* out = P.soft + (static_cast<size_t>(s) * P.n0 + o) * P.tk;
+
+  for (int base = 0; base < P.tk; base += kAggChunks * 32) {
+    double acc[kAggChunks] = {};
+    // one warp per (layer, head) map, lanes along the tokens (coalesced); two maps = eight loads in flight
+    int m = warp;
+    for (; m + nw < nm; m += 2 * nw) {
+      const MapDesc d0 = maps[m], d1 = maps[m + nw];
+      // nearest sampling: output o reads input floor(o * res / r0); 32-bit (o < r0 <= 4096, res <= 4096)
+      const float* r0p = d0.head + (static_cast<long long>((oy * d0.res) / P.r0) * d0.res + (ox * d0.res) / P.r0) * P.T +
+                         P.lo + base;
+      const float* r1p = d1.head + (static_cast<long long>((oy * d1.res) / P.r0) * d1.res + (ox * d1.res) / P.r0) * P.T +
+                         P.lo + base;
+      float v0[kAggChunks], v1[kAggChunks];
+#pragma unroll
+      for (int u = 0; u < kAggChunks; ++u) {
+        const bool ok = base + u * 32 + lane < P.tk;
+        v0[u] = ok ? __ldg(r0p + u * 32 + lane) : 0.f;
+        v1[u] = ok ? __ldg(r1p + u * 32 + lane) : 0.f;
+      }
+#pragma unroll
+      for (int u = 0; u < kAggChunks; ++u) {
+        const int t = P.lo + base + u * 32 + lane;
+        if (!isfinite(v0[u])) report_nonfinite(P, d0, s, o, t);
+        if (!isfinite(v1[u])) report_nonfinite(P, d1, s, o, t);
+        acc[u] += v0[u];
+        acc[u] += v1[u];
+      }
+    }
+    if (m < nm) {
+      const MapDesc d0 = maps[m];
+      const float* r0p = d0.head + (static_cast<long long>((oy * d0.res) / P.r0) * d0.res + (ox * d0.res) / P.r0) * P.T +
+                         P.lo + base;
+#pragma unroll
+      for (int u = 0; u < kAggChunks; ++u) {
+        const bool ok = base + u * 32 + lane < P.tk;
+        const float v = ok ? __ldg(r0p + u * 32 + lane) : 0.f;
+        if (!isfinite(v)) report_nonfinite(P, d0, s, o, P.lo + base + u * 32 + lane);
+        acc[u] += v;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kAggChunks; ++u) red[warp][u * 32 + lane] = acc[u];
+    __syncthreads();
+    for (int j = threadIdx.x; j < kAggChunks * 32 && base + j < P.tk; j += blockDim.x) {
+      double sum = 0;
+      for (int w = 0; w < nw; ++w) sum += red[w][j];
+      out[base + j] = sum * P.inv_maps[s];  // mean over the source's (layer, head) maps
+    }
+    __syncthreads();
+  }
+  // S[o, :] = softmax(temperature * mean[o, :]) over the kept tokens (CPU: token_softmax_forward)
+  double mx = -INFINITY;
+  for (int j = threadIdx.x; j < P.tk; j += blockDim.x) mx = fmax(mx, P.temperature * out[j]);
+  mx = block_max(mx, sh);
+  double z = 0;
+  for (int j = threadIdx.x; j < P.tk; j += blockDim.x) {
+    const double e = exp(P.temperature * out[j] - mx);
+    out[j] = e;
+    z += e;
+  }
+  z = block_sum(z, sh);
+  const double inv = 1.0 / z;
+  for (int j = threadIdx.x; j < P.tk; j += blockDim.x) out[j] *= inv;
+}
+
+// ------------------------------------------------------------------------------------------------
+// 2. Per-token forward. grid (K), block kThreads; every loop strides over the n0 pixels.
+
+// A[y, x] = sum_{a,b} w[a] w[b] S[refl(y+a-1), refl(x+b-1)] for column col of soft (n0, tk)
+__device__ double smooth_at(const Params& P, const double* soft, int col, int p) {
+  if (!P.smoothing) return soft[static_cast<size_t>(p) * P.tk + col];
+  const int r0 = P.r0, y = p / r0, x = p % r0;
+  double acc = 0;
+  for (int a = 0; a < 3; ++a) {
+    const int yy = reflect(y + a - 1, r0);
+    for (int b = 0; b < 3; ++b) {
+      const int xx = reflect(x + b - 1, r0);
+      acc += P.w[a] * P.w[b] * soft[static_cast<size_t>(yy * r0 + xx) * P.tk + col];
+    }
+  }
+  return acc;
+}
+
+// Per-thread partial sums of TV's two terms: TV = H/pairs + V/pairs (CPU: tv_forward)
+__device__ void tv_partials(const Params& P, const double* A, double* h, double* v) {
+  const int r0 = P.r0;
+  for (int p = threadIdx.x; p < P.n0; p += blockDim.x) {
+    const int y = p / r0, x = p % r0;
+    if (x + 1 < r0) *h += fabs(A[p] - A[p + 1]);
+    if (P.neighbor) {
+      if (y + 1 < r0) *v += fabs(A[p] - A[p + r0]);
+    } else if (y >= 1) {
+      *v += fabs(A[(r0 - 1) * r0 + x] - A[p]);
+    }
+  }
+}
+
+struct JsdScalars {
+  double m_o, m_c, scale, zp, mxq, zq, pmax, tau;
+};
+
+// CPU: jsd_forward's scalars. p = softmax(O), q = softmax(C * m_o / m_c), tau = rho * max(p). sh: 99 doubles.
+__device__ JsdScalars jsd_scalars(const Params& P, const double* A, const double* C, double rho, double* sh) {
+  JsdScalars j;
+  double r1[2] = {-INFINITY, -INFINITY};  // max(O), max(C)
+  for (int p = threadIdx.x; p < P.n0; p += blockDim.x) {
+    r1[0] = fmax(r1[0], A[p]);
+    r1[1] = fmax(r1[1], C[p]);
+  }
+  block_reduce_n<2, 3u>(r1, sh);
+  j.m_o = r1[0];
+  j.m_c = r1[1];
+  j.scale = j.m_o / j.m_c;
+  double r2[2] = {0.0, -INFINITY};  // sum exp(O - m_o), max(C * scale)
+  for (int p = threadIdx.x; p < P.n0; p += blockDim.x) {
+    r2[0] += exp(1.0 * A[p] - j.m_o);
+    r2[1] = fmax(r2[1], j.scale * C[p]);
+  }
+  block_reduce_n<2, 2u>(r2, sh);
+  j.zp = r2[0];
+  j.mxq = r2[1];
+  double r3[2] = {0.0, -INFINITY};  // sum exp(C * scale - mxq), max(p)
+  for (int p = threadIdx.x; p < P.n0; p += blockDim.x) {
+    r3[0] += exp(j.scale * C[p] - j.mxq);
+    r3[1] = fmax(r3[1], exp(1.0 * A[p] - j.m_o) / j.zp);
+  }
+  block_reduce_n<2, 2u>(r3, sh);
+  j.zq = r3[0];
+  j.pmax = r3[1];
+  j.tau = rho * j.pmax;
+  return j;
+}
+__device__ __forceinline__ double p_at(const JsdScalars& j, const double* A, int p) {
+  return exp(1.0 * A[p] - j.m_o) / j.zp;
+}
+__device__ __forceinline__ double q_at(const JsdScalars& j, const double* C, int p) {
+  return exp(j.scale * C[p] - j.mxq) / j.zq;
+}
+
+__device__ __forceinline__ double binding_rho(const Params& P, double tv) {
+  return tv < P.tv_switch ? P.rho_low : P.rho_high;
+}
+
+// ------------------------------------------------------------------------------------------------
+// 3. Selection + backward of the small stages, run by one block (the last token block to finish).
+
+// Taps of the reflect-padded 3-tap filter that read input index yy: pairs (output y, tap a).
+__device__ __forceinline__ int smooth_taps(int yy, int n, int* ys, int* as) {
+  int c = 0;
+  for (int a = 0; a < 3; ++a) {
+    const int y = yy - a + 1;
+    if (y >= 0 && y < n) { ys[c] = y; as[c] = a; ++c; }
+  }
+  if (yy == 1) { ys[c] = 0; as[c] = 0; ++c; }              // output 0 reads refl(-1) = 1
+  if (yy == n - 2) { ys[c] = n - 1; as[c] = 2; ++c; }      // output n-1 reads refl(n) = n-2
+  return c;
+}
+
+// d_in[p] = sum over (output, tap) reading p of w[a] w[b] d_out[output] (CPU: smooth_backward, gathered)
+__device__ double smooth_adjoint_at(const Params& P, const double* d_out, int p) {
+  if (!P.smoothing) return d_out[p];
+  const int r0 = P.r0, yy = p / r0, xx = p % r0;
+  int ys[5], as[5], xs[5], bs[5];
+  const int ny = smooth_taps(yy, r0, ys, as), nx = smooth_taps(xx, r0, xs, bs);
+  double acc = 0;
+  for (int u = 0; u < ny; ++u)
+    for (int v = 0; v < nx; ++v) acc += P.w[as[u]] * P.w[bs[v]] * d_out[ys[u] * r0 + xs[v]];
+  return acc;
+}
+
+// Run by the last token block to finish (see token_forward_kernel). Other blocks wrote the stats and maps it
+// reads, so those reads bypass L1 (__ldcg) after the fence; the selected token's maps are copied to scratch.
+__device__ void token_backward_body(const Params& P, double* sh, int* s_sel) {
+  const int n = P.n0;
+  if (threadIdx.x == 0) {
+    // L = max_s(-v_s) (or max_s hinge_s): Python's builtin max keeps the FIRST maximal element.
+    int sel = 0;
+    for (int s = 1; s < P.K; ++s) {
+      const double cand = P.hinge ? __ldcg(P.stats + s * kStats + kValue) : -__ldcg(P.stats + s * kStats + kValue);
+      const double best =
+          P.hinge ? __ldcg(P.stats + sel * kStats + kValue) : -__ldcg(P.stats + sel * kStats + kValue);
+      if (cand > best) sel = s;
+    }
+    *s_sel = sel;
+  }
+  __syncthreads();
+  const int s = *s_sel;
+  const double* st = P.stats + static_cast<size_t>(s) * kStats;
+  const double m = __ldcg(st + kMax), tv = __ldcg(st + kTv);
+  const bool has_jsd = __ldcg(st + kHasJsd) != 0.0;
+  bool any = true;
+  double d_m = 0, d_tv = 0;
+  switch (P.mode) {
+    case kModeMax:
+      if (P.hinge && !(1.0 - m > 0)) any = false;  // hinge: no gradient when 1 - m <= 0
+      else d_m = -1.0;
+      break;
+    case kModeTv: d_tv = -1.0; break;
+    case kModeTvMax: d_m = -P.w_max; d_tv = -P.w_tv; break;
+    default: d_tv = -1.0; break;
+  }
+  const bool jsd_grad = P.mode == kModeTvBind && has_jsd;
+  if (threadIdx.x == 0) {
+    P.sel[0] = s;
+    P.sel[1] = any ? 1 : 0;
+    P.sel[2] = any && jsd_grad ? 1 : 0;
+  }
+  double* cg0 = P.cg;
+  double* cg1 = P.cg + n;
+  if (!any) {
+    for (int p = threadIdx.x; p < n; p += blockDim.x) cg0[p] = cg1[p] = 0.0;
+    return;
+  }
+  double* A = P.scratch;  // (8, n0): copies of A, C, p, q; dA, dC, gp, gq
+  double* C = A + n;
+  double* Pv = C + n;
+  double* Qv = Pv + n;
+  double* dA = Qv + n;
+  double* dC = dA + n;
+  double* gp = dC + n;
+  double* gq = gp + n;
+  const size_t at = static_cast<size_t>(s) * n;
+  for (int p = threadIdx.x; p < n; p += blockDim.x) {
+    A[p] = __ldcg(P.amap + at + p);
+    if (jsd_grad) {
+      C[p] = __ldcg(P.cmap + at + p);
+      Pv[p] = __ldcg(P.pmap + at + p);
+      Qv[p] = __ldcg(P.qmap + at + p);
+    }
+    dA[p] = dC[p] = 0.0;
+  }
+  __syncthreads();
+
+  // ties of A at its max (shared by the map max and the binding rescale)
+  double cnt = 0;
+  for (int p = threadIdx.x; p < n; p += blockDim.x) cnt += A[p] == m ? 1.0 : 0.0;
+  const double ties_a = block_sum(cnt, sh);
+
+  if (jsd_grad) {
+    // In the forward this was (CPU jsd_forward): JSD of p' = relu(p - tau) + eps and q' = relu(q - tau) + eps
+    const double rho = binding_rho(P, tv), d_j = P.coef;
+    JsdScalars js;  // from the forward of this token
+    const double* sj = st + kJsdScalars;
+    js.m_o = __ldcg(sj + 0); js.m_c = __ldcg(sj + 1); js.scale = __ldcg(sj + 2); js.zp = __ldcg(sj + 3);
+    js.mxq = __ldcg(sj + 4); js.zq = __ldcg(sj + 5); js.pmax = __ldcg(sj + 6); js.tau = __ldcg(sj + 7);
+    // 4. j += 1/2 p' (ln p' - ln M) + 1/2 q' (ln q' - ln M): dj/dp' = 1/2 ln(p'/M), same for q'
+    // 3. p' = relu(p - tau) + eps, q' = relu(q - tau) + eps (relu'(0) = 0)
+    double part = 0, pt = 0;
+    for (int p = threadIdx.x; p < n; p += blockDim.x) {
+      const double pv = Pv[p], qv = Qv[p];
+      const double pp = fmax(pv - js.tau, 0.0) + P.eps, qq = fmax(qv - js.tau, 0.0) + P.eps;
+      const double mm = 0.5 * (pp + qq);
+      const double g_p = pv - js.tau > 0 ? d_j * 0.5 * log(pp / mm) : 0.0;
+      const double g_q = qv - js.tau > 0 ? d_j * 0.5 * log(qq / mm) : 0.0;
+      part += g_p + g_q;
+      pt += pv == js.pmax ? 1.0 : 0.0;
+      gp[p] = g_p;
+      gq[p] = g_q;
+    }
+    double r2[2] = {part, pt};
+    block_reduce_n<2, 0u>(r2, sh);
+    const double d_tau = -r2[0];
+    const double ties_p = r2[1];
+    // 2. tau = rho * max(p): split evenly among ties
+    const double share_tau = rho * d_tau / ties_p;
+    double qg = 0;
+    for (int p = threadIdx.x; p < n; p += blockDim.x) {
+      if (Pv[p] == js.pmax) gp[p] += share_tau;
+      qg += Qv[p] * gq[p];
+    }
+    qg = block_sum(qg, sh);
+    // 1b. q = softmax(C * m_o / m_c): g_x = q (g_q - <q, g_q>)
+    double ds = 0, ct = 0, pg = 0;
+    for (int p = threadIdx.x; p < n; p += blockDim.x) {
+      const double gx = Qv[p] * (gq[p] - qg);
+      dC[p] += gx * js.scale;
+      ds += gx * C[p];
+      ct += C[p] == js.m_c ? 1.0 : 0.0;
+      pg += Pv[p] * gp[p];
+    }
+    double r3[3] = {ds, ct, pg};
+    block_reduce_n<3, 0u>(r3, sh);
+    const double d_scale = r3[0];
+    const double ties_c = r3[1];
+    pg = r3[2];
+    // scale = max(O) / max(C);  1a. p = softmax(O): d_o = p (g_p - <p, g_p>)
+    const double share_o = (d_scale / js.m_c) / ties_a;
+    const double share_c = (-d_scale * js.m_o / (js.m_c * js.m_c)) / ties_c;
+    for (int p = threadIdx.x; p < n; p += blockDim.x) {
+      if (A[p] == js.m_o) dA[p] += share_o;
+      if (C[p] == js.m_c) dC[p] += share_c;
+      dA[p] += Pv[p] * (gp[p] - pg);
+    }
+  }
+  if (d_m != 0.0) {
+    // In the forward this was: m = max(A); split evenly among ties
+    const double share = d_m / ties_a;
+    for (int p = threadIdx.x; p < n; p += blockDim.x)
+      if (A[p] == m) dA[p] += share;
+  }
+  if (d_tv != 0.0) {
+    // In the forward this was: TV = H/pairs + V/pairs (gathered per pixel: each |.| pair it takes part in)
+    const int r0 = P.r0, last = (r0 - 1) * r0;
+    const double g = d_tv / (static_cast<double>(r0) * (r0 - 1));
+    for (int p = threadIdx.x; p < n; p += blockDim.x) {
+      const int y = p / r0, x = p % r0;
+      double acc = 0;
+      if (P.neighbor) {
+        if (y + 1 < r0) acc += g * sgn(A[p] - A[p + r0]);
+        if (y >= 1) acc -= g * sgn(A[p - r0] - A[p]);
+      } else {
+        if (y >= 1) acc -= g * sgn(A[last + x] - A[p]);
+        if (y == r0 - 1)
+          for (int yy = 1; yy < r0; ++yy) acc += g * sgn(A[last + x] - A[yy * r0 + x]);
+      }
+      if (x + 1 < r0) acc += g * sgn(A[p] - A[p + 1]);
+      if (x >= 1) acc -= g * sgn(A[p - 1] - A[p]);
+      dA[p] += acc;
+    }
+  }
+  __syncthreads();
+  // smoothing backward, then the softmax column: cg[o] = temperature * dS[o] * S[o, col] / N
+  const double* soft0 = P.soft;
+  const double* soft1 = P.soft + static_cast<size_t>(n) * P.tk;
+  const int col = tok_col_at(P, s), acol = attr_col_at(P, s);
+  for (int p = threadIdx.x; p < n; p += blockDim.x) {
+    const double g0 = smooth_adjoint_at(P, dA, p) * P.temperature;
+    cg0[p] = soft0[static_cast<size_t>(p) * P.tk + col] * g0 * P.inv_maps[0];
+    if (jsd_grad) {
+      const double g1 = smooth_adjoint_at(P, dC, p) * P.temperature;
+      cg1[p] = soft1[static_cast<size_t>(p) * P.tk + acol] * g1 * P.inv_maps[1];
+    } else {
+      cg1[p] = 0.0;
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) token_forward_kernel(const __grid_constant__ Params P) {
+  __shared__ double sh[3 * 33];
+  const int i = blockIdx.x, n = P.n0;
+  if (i == 0 && threadIdx.x == 0) {  // the aggregation is complete: hand its NaN key over, re-arm for the next call
+    *P.nan_out = *P.nan_key;
+    *P.nan_key = kNoNan;
+  }
+  double* A = P.amap + static_cast<size_t>(i) * n;
+  double* C = P.cmap + static_cast<size_t>(i) * n;
+  const int col = tok_col_at(P, i);
+  const int acol = attr_col_at(P, i);
+  const bool has_attr = P.attr_active && acol >= 0;
+  const double* soft0 = P.soft;
+  const double* soft1 = P.soft + static_cast<size_t>(n) * P.tk;
+  for (int p = threadIdx.x; p < n; p += blockDim.x) {
+    const double a = smooth_at(P, soft0, col, p);
+    A[p] = a;
+    if (P.out_obj) P.out_obj[static_cast<size_t>(i) * n + p] = static_cast<float>(a);
+    if (has_attr) {
+      const double c = smooth_at(P, soft1, acol, p);
+      C[p] = c;
+      if (P.out_attr) P.out_attr[static_cast<size_t>(i) * n + p] = static_cast<float>(c);
+    } else if (P.out_attr) {
+      P.out_attr[static_cast<size_t>(i) * n + p] = 0.f;
+    }
+  }
+  __syncthreads();
+  double r[3] = {-INFINITY, 0.0, 0.0};  // max(A), H and V sums of TV
+  for (int p = threadIdx.x; p < n; p += blockDim.x) r[0] = fmax(r[0], A[p]);
+  tv_partials(P, A, &r[1], &r[2]);
+  block_reduce_n<3, 1u>(r, sh);
+  const double m = r[0];
+  const double pairs = static_cast<double>(P.r0) * (P.r0 - 1);
+  const double tv = r[1] / pairs + r[2] / pairs;
+  double value = 0, jsd = 0, coef = 0;
+  bool has_jsd = false;
+  switch (P.mode) {
+    case kModeMax: value = P.hinge ? fmax(0.0, 1.0 - m) : m; break;
+    case kModeTv: value = tv; break;
+    case kModeTvMax: value = P.w_tv * tv + P.w_max * m; break;
+    default:  // tv_bind: the coefficient is reported for every token, used where there is a JSD term
+      value = tv;
+      coef = P.coef;
+      if (has_attr) {
+        const JsdScalars js = jsd_scalars(P, A, C, binding_rho(P, tv), sh);
+        double* pm = P.pmap + static_cast<size_t>(i) * n;  // kept for the backward
+        double* qm = P.qmap + static_cast<size_t>(i) * n;
+        double part = 0;
+        for (int p = threadIdx.x; p < n; p += blockDim.x) {
+          const double pv = p_at(js, A, p), qv = q_at(js, C, p);
+          pm[p] = pv;
+          qm[p] = qv;
+          const double pp = fmax(pv - js.tau, 0.0) + P.eps;  // p' = relu(p - tau) + eps
+          const double qq = fmax(qv - js.tau, 0.0) + P.eps;  // q' = relu(q - tau) + eps
+          const double lm = log(0.5 * (pp + qq));                         // ln M
+          part += 0.5 * pp * (log(pp) - lm) + 0.5 * qq * (log(qq) - lm);
+        }
+        jsd = block_sum(part, sh);
+        has_jsd = true;
+        if (threadIdx.x == 0) {
+          double* sj = P.stats + static_cast<size_t>(i) * kStats + kJsdScalars;
+          sj[0] = js.m_o; sj[1] = js.m_c; sj[2] = js.scale; sj[3] = js.zp;
+          sj[4] = js.mxq; sj[5] = js.zq; sj[6] = js.pmax; sj[7] = js.tau;
+        }
+        value = tv - P.coef * jsd;
+      }
+      break;
+  }
+  if (threadIdx.x == 0) {
+    double* st = P.stats + static_cast<size_t>(i) * kStats;
+    st[kMax] = m;
+    st[kTv] = tv;
+    st[kJsd] = jsd;
+    st[kHasJsd] = has_jsd ? 1.0 : 0.0;
+    st[kCoef] = coef;
+    st[kValue] = value;
+  }
+  if (!P.with_backward) return;
+  // The last token block to finish runs the selection and the backward (one launch less): classic
+  // fence + atomic counter; the counter is re-armed to 0 for the next call.
+  __shared__ int last, s_sel;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(P.counter, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  if (threadIdx.x == 0) *P.counter = 0u;
+  token_backward_body(P, sh, &s_sel);
+}
+
+// ------------------------------------------------------------------------------------------------
+// 4. Gradient write (device path). grid (X, layers): block (bx, l) writes the image rows (head, y) = bx, bx + X,
+//    ... of layer l, res*T contiguous floats each, so every gradient float is written exactly once (no memset
+//    pass). Image rows no output samples are zero-filled with 16-byte stores; the others are written flat
+//    (16-byte stores; each element split into pixel x and token t). In the forward this was:
+//    S = softmax(temperature * mean), mean = (1/N) sum of the sampled rows, so an input pixel's row is
+//    sum over the outputs o that sample it of cg[o] * (delta_{j,col} - S[o, j]) on the kept tokens t = lo + j
+//    (one output, or none, unless res < r0), and 0 elsewhere. dev/README.md has the earlier versions.
+
+__device__ __forceinline__ int ceil_div_ll(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
+
+// n floats at p (4-byte aligned) set to zero by the whole block: scalar head to 16-byte alignment, float4 body.
+__device__ void block_zero(float* p, long long n) {
+  const long long misalign = static_cast<long long>((reinterpret_cast<uintptr_t>(p) & 15) >> 2);
+  const long long head = min(n, misalign ? 4 - misalign : 0);
+  for (long long i = threadIdx.x; i < head; i += blockDim.x) p[i] = 0.f;
+  float4* q = reinterpret_cast<float4*>(p + head);
+  const long long n4 = (n - head) >> 2;
+  const float4 z = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (long long i = threadIdx.x; i < n4; i += blockDim.x) q[i] = z;
+  for (long long i = head + n4 * 4 + threadIdx.x; i < n; i += blockDim.x) p[i] = 0.f;
+}
+
+// Element i (= x * T + t) of an image row that has non-zero entries.
+struct RowCtx {
+  const double* cg0;    // cg[0] at (y, 0) when the layer is an object layer (res == r0), else null
+  const double* soft0;  // S[0] at (y, 0)
+  const double* cg1;    // cg[1] when attribute outputs sample this row, else null
+  const double* soft1;
+  const int* ox;  // (2, res) shared: outputs [ox[x], ox[res + x]) sample input column x
+  int col0, col1, oy0, oy1, res, r0, T, lo, tk;
+  float inv_T;
+  bool fast_div, single;  // single: at most one output per input row/column (res >= r0)
+};
+
+__device__ __forceinline__ float row_value(const RowCtx& c, int i) {
+  int x = c.fast_div ? __float2int_rz(__int2float_rn(i) * c.inv_T) : i / c.T;  // off by at most one when fast
+  int t = i - x * c.T;
+  if (t < 0) {
+    --x;
+    t += c.T;
+  } else if (t >= c.T) {
+    ++x;
+    t -= c.T;
+  }
+  const int j = t - c.lo;
+  if (j < 0 || j >= c.tk) return 0.f;
+  double v = 0;
+  if (c.cg0) v += c.cg0[x] * ((j == c.col0 ? 1.0 : 0.0) - c.soft0[static_cast<size_t>(x) * c.tk + j]);
+  if (c.cg1) {
+    const double d1 = j == c.col1 ? 1.0 : 0.0;
+    if (c.single) {
+      if (c.ox[x] < c.ox[c.res + x]) {
+        const int o = c.oy0 * c.r0 + c.ox[x];
+        v += c.cg1[o] * (d1 - c.soft1[static_cast<size_t>(o) * c.tk + j]);
+      }
+    } else {
+      for (int oy = c.oy0; oy < c.oy1; ++oy)
+        for (int ox = c.ox[x]; ox < c.ox[c.res + x]; ++ox) {
+          const int o = oy * c.r0 + ox;
+          v += c.cg1[o] * (d1 - c.soft1[static_cast<size_t>(o) * c.tk + j]);
+        }
+    }
+  }
+  return static_cast<float>(v);
+}
+
+// pass 0 (zero pass, launched at the start of the call on a second stream, overlapping the small stages): the
+// image rows that are zero whatever the loss selects (layers with no role; rows of attribute-only layers that
+// no output samples). pass 1 (after the backward): every other image row, values or zeros.
+__global__ void __launch_bounds__(kThreads) write_grads_kernel(const __grid_constant__ Params P,
+                                                               const __grid_constant__ Meta meta, int pass) {
+  extern __shared__ int ox_range[];  // (2, res)
+  const WriteLayer L = P.inline_meta ? meta.layers[blockIdx.y] : P.wlayers[blockIdx.y];
+  const int r0 = P.r0, res = L.res, T = P.T;
+  const bool any = pass == 1 && P.sel[1] != 0;  // sel is only written by the backward, read in pass 1 only
+  const bool obj = any && L.obj;
+  const bool attr = any && P.sel[2] != 0 && L.attr;
+  if (attr) {  // outputs o with floor(o * res / r0) == x: [ceil(x r0 / res), ceil((x+1) r0 / res))
+    for (int x = threadIdx.x; x < res; x += blockDim.x) {
+      ox_range[x] = ceil_div_ll(static_cast<long long>(x) * r0, res);
+      ox_range[res + x] = min(r0, ceil_div_ll(static_cast<long long>(x + 1) * r0, res));
+    }
+    __syncthreads();
+  }
+  const long long image_rows = static_cast<long long>(L.heads) * res;
+  const long long span = static_cast<long long>(res) * T;
+  for (long long ir = blockIdx.x; ir < image_rows; ir += gridDim.x) {
+    const int y = static_cast<int>(ir % res);
+    float* dst = L.grad + ir * span;
+    RowCtx c;
+    c.oy0 = c.oy1 = 0;
+    if (L.attr) {
+      c.oy0 = ceil_div_ll(static_cast<long long>(y) * r0, res);
+      c.oy1 = min(r0, ceil_div_ll(static_cast<long long>(y + 1) * r0, res));
+    }
+    const bool structural_zero = !L.obj && c.oy0 >= c.oy1;
+    if (structural_zero != (pass == 0)) continue;  // the other pass owns this image row
+    if (!obj && !(attr && c.oy0 < c.oy1)) {
+      block_zero(dst, span);
+      continue;
+    }
+    if (!attr) c.oy0 = c.oy1 = 0;
+    const int sel = P.sel[0];
+    c.cg0 = obj ? P.cg + static_cast<size_t>(y) * r0 : nullptr;
+    c.soft0 = P.soft + static_cast<size_t>(y) * r0 * P.tk;
+    c.cg1 = c.oy0 < c.oy1 ? P.cg + P.n0 : nullptr;
+    c.soft1 = P.soft + static_cast<size_t>(P.n0) * P.tk;
+    c.col0 = tok_col_at(P, sel);
+    c.col1 = attr_col_at(P, sel);
+    c.ox = ox_range;
+    c.res = res;
+    c.r0 = r0;
+    c.T = T;
+    c.lo = P.lo;
+    c.tk = P.tk;
+    c.inv_T = P.inv_T;
+    c.single = res >= r0;
+    c.fast_div = span < (1LL << 24);  // i and i * (1/T) exact enough in float
+    const int n = static_cast<int>(span);
+    if ((reinterpret_cast<uintptr_t>(dst) & 15) == 0) {
+      float4* d4 = reinterpret_cast<float4*>(dst);
+      for (int i4 = threadIdx.x; i4 < n / 4; i4 += blockDim.x) {
+        const int i = i4 * 4;
+        d4[i4] = make_float4(row_value(c, i), row_value(c, i + 1), row_value(c, i + 2), row_value(c, i + 3));
+      }
+      for (int i = (n / 4) * 4 + threadIdx.x; i < n; i += blockDim.x) dst[i] = row_value(c, i);
+    } else {
+      for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = row_value(c, i);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Host side: plan, cached per-device workspace, the two entry points.
+
+struct Plan {
+  int T = 0, lo = 1, tk = 0, r0 = 0, n0 = 0, K = 0;
+  std::vector<int> obj_layers, attr_layers;
+  long long obj_maps = 0, attr_maps = 0;
+  bool attr_active = false;
+  std::vector<int> tok_col, attr_col;
+  double coef = 0;
+  std::vector<char> is_obj, is_attr;  // per layer
+};
+
+// Mirrors the CPU core's planning; called after divbind::validate accepted the arguments.
+Plan make_plan(const std::vector<LayerView>& layers, const LossOptions& o) {
+  Plan plan;
+  plan.T = o.text_length;
+  plan.lo = 1;
+  const int hi = o.token_slice == TokenSlice::AllButLast ? o.text_length - 2 : o.eot_index - 1;
+  plan.tk = hi - plan.lo + 1;
+  plan.r0 = o.attention_resolution;
+  plan.n0 = plan.r0 * plan.r0;
+  plan.K = static_cast<int>(o.token_indices.size());
+  bool any_attr = false;
+  for (int k : o.token_indices) plan.tok_col.push_back(k - plan.lo);
+  for (int s = 0; s < plan.K; ++s) {
+    const int a = o.attribute_indices.empty() ? -1 : o.attribute_indices[size_t(s)];
+    plan.attr_col.push_back(a <= 0 ? -1 : a - plan.lo);
+    any_attr |= a > 0;
+  }
+  plan.attr_active = o.mode == LossMode::TvBind && any_attr;
+  for (const auto& c : o.binding_coefficients)
+    if (c.from_step <= o.step_index) plan.coef = c.coefficient;  // before the first entry: 0
+  plan.is_obj.assign(layers.size(), 0);
+  plan.is_attr.assign(layers.size(), 0);
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const LayerView& l = layers[i];
+    if (l.resolution == plan.r0) {
+      plan.obj_layers.push_back(int(i));
+      plan.obj_maps += l.heads;
+      plan.is_obj[i] = 1;
+    }
+    if (plan.attr_active && std::find(o.attribute_resolutions.begin(), o.attribute_resolutions.end(),
+                                      l.resolution) != o.attribute_resolutions.end()) {
+      plan.attr_layers.push_back(int(i));
+      plan.attr_maps += l.heads;
+      plan.is_attr[i] = 1;
+    }
+  }
+  return plan;
+}
+
+inline int64_t sampled_pixel(int o, int r, int r0) {
+  const int y = o / r0, x = o % r0;
+  return int64_t((int64_t(y) * r) / r0) * r + (int64_t(x) * r) / r0;
+}
+
+// Byte layout shared by the device arena and the pinned host arena (each uses the parts it needs).
+struct Layout {
+  size_t nan_key, counter, maps, tok_col, attr_col, wlayers, soft, amap, cmap, pmap, qmap, scratch, cg, stats, sel, nan_out, out_maps,
+      packed, total;
+  static size_t align(size_t v) { return (v + 255) & ~size_t(255); }
+  Layout(const Plan& p, size_t n_maps, size_t n_layers, size_t packed_floats) {
+    size_t at = 0;
+    auto take = [&at](size_t bytes) {
+      const size_t here = at;
+      at = align(at + bytes);
+      return here;
+    };
+    const size_t n0 = size_t(p.n0), K = size_t(p.K);
+    nan_key = take(16);  // offset 0 in every layout: the NaN key and the token counter outlive the call
+    counter = nan_key + 8;
+    maps = take(n_maps * sizeof(MapDesc));
+    tok_col = take(K * sizeof(int));
+    attr_col = take(K * sizeof(int));
+    wlayers = take(n_layers * sizeof(WriteLayer));
+    soft = take(2 * n0 * size_t(p.tk) * sizeof(double));
+    amap = take(K * n0 * sizeof(double));
+    cmap = take(K * n0 * sizeof(double));
+    pmap = take(K * n0 * sizeof(double));
+    qmap = take(K * n0 * sizeof(double));
+    scratch = take(8 * n0 * sizeof(double));
+    cg = take(2 * n0 * sizeof(double));
+    stats = take(K * kStats * sizeof(double));  // stats, sel, nan_out: read back in one copy
+    sel = take(4 * sizeof(int));
+    nan_out = take(sizeof(unsigned long long));
+    out_maps = take(2 * K * n0 * sizeof(float));
+    packed = take(packed_floats * sizeof(float));
+    total = at;
+  }
+  size_t meta_begin() const { return maps; }  // maps, columns and write layers: uploaded in one copy when needed
+  size_t meta_end() const { return soft; }
+  size_t results_begin() const { return stats; }
+  size_t results_end() const { return nan_out + sizeof(unsigned long long); }
+};
+
+struct Workspace {
+  std::mutex mutex;
+  int device = 0;
+  int sm_count = 0;
+  cudaStream_t stream = nullptr;  // host path
+  cudaEvent_t ev[6] = {};  // stage timing (benchmark only)
+  cudaStream_t aux = nullptr;  // device path: the gradient zero pass, forked from the caller's stream
+  cudaEvent_t fork = nullptr, join = nullptr;
+  char* dev = nullptr;
+  size_t dev_cap = 0;
+  char* host = nullptr;  // pinned
+  size_t host_cap = 0;
+  bool key_armed = false;  // nan_key holds kNoNan (re-armed in-kernel by every completed call)
+
+  void reserve(size_t bytes) {
+    if (bytes > dev_cap) {
+      if (dev) DB_CUDA(cudaFree(dev));
+      dev = nullptr;
+      dev_cap = 0;
+      key_armed = false;
+      DB_CUDA(cudaMalloc(&dev, bytes));
+      dev_cap = bytes;
+    }
+    if (bytes > host_cap) {
+      if (host) DB_CUDA(cudaFreeHost(host));
+      host = nullptr;
+      host_cap = 0;
+      DB_CUDA(cudaMallocHost(&host, bytes));
+      host_cap = bytes;
+    }
+  }
+};
+
+// One workspace per device, created on first use and kept for the life of the process.
+Workspace& workspace_for_current_device() {
+  static std::mutex registry_mutex;
+  static std::map<int, std::unique_ptr<Workspace>> registry;
+  int device = 0;
+  DB_CUDA(cudaGetDevice(&device));
+  std::lock_guard<std::mutex> lock(registry_mutex);
+  auto& slot = registry[device];
+  if (!slot) {
+    auto ws = std::make_unique<Workspace>();
+    ws->device = device;
+    DB_CUDA(cudaDeviceGetAttribute(&ws->sm_count, cudaDevAttrMultiProcessorCount, device));
+    DB_CUDA(cudaStreamCreateWithFlags(&ws->stream, cudaStreamNonBlocking));
+    for (cudaEvent_t& e : ws->ev) DB_CUDA(cudaEventCreate(&e));
+    DB_CUDA(cudaStreamCreateWithFlags(&ws->aux, cudaStreamNonBlocking));
+    DB_CUDA(cudaEventCreateWithFlags(&ws->fork, cudaEventDisableTiming));
+    DB_CUDA(cudaEventCreateWithFlags(&ws->join, cudaEventDisableTiming));
+    slot = std::move(ws);
+  }
+  return *slot;
+}
+
+void require_device() {
+  std::string why;
+  if (device_count(&why) == 0) throw std::runtime_error("CUDA backend unavailable: " + why);
+}
+
+void check_grads(const std::vector<LayerView>& layers, float* const* grads) {
+  if (!grads) return;
+  for (size_t i = 0; i < layers.size(); ++i)
+    if (!grads[i])
+      throw InvalidArgument("grads[" + std::to_string(i) + "]",
+                            "grads[" + std::to_string(i) +
+                                "]: is a null buffer; pass one buffer per layer or no grads",
+                            false);
+}
+
+// Device-path arguments must be memory the device can read/write: a host pointer would fault in a kernel.
+void check_device_pointer(const void* ptr, const std::string& field) {
+  if (!ptr) return;
+  cudaPointerAttributes attr{};
+  const cudaError_t e = cudaPointerGetAttributes(&attr, ptr);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    throw InvalidArgument(field, field + ": is not CUDA memory (" + cudaGetErrorString(e) +
+                                     "); attention_loss_device takes device pointers, use attention_loss_host "
+                                     "for host buffers",
+                          false);
+  }
+  const bool ok = attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged ||
+                  (attr.type == cudaMemoryTypeHost && attr.devicePointer == ptr);
+  if (!ok)
+    throw InvalidArgument(field, field + ": is host memory the device cannot address; attention_loss_device "
+                                         "takes device pointers, use attention_loss_host for host buffers",
+                          false);
+}
+
+// Fills the scalars and workspace pointers; the caller fills the map/layer descriptions (inline or uploaded).
+Params make_params(const Plan& plan, const LossOptions& o, const Layout& lay, char* dev, size_t n_obj_maps,
+                   size_t n_attr_maps, char* host_meta) {
+  Params P{};
+  P.T = plan.T;
+  P.lo = plan.lo;
+  P.tk = plan.tk;
+  P.r0 = plan.r0;
+  P.n0 = plan.n0;
+  P.K = plan.K;
+  P.mode = o.mode == LossMode::Max ? kModeMax
+           : o.mode == LossMode::Tv ? kModeTv
+           : o.mode == LossMode::TvBind ? kModeTvBind
+                                        : kModeTvMax;
+  P.hinge = o.mode == LossMode::Max && o.max_variant == MaxVariant::AttendExcite;
+  P.neighbor = o.tv_vertical == TvVertical::Neighbor;
+  P.smoothing = o.smoothing;
+  P.attr_active = plan.attr_active;
+  P.inv_T = 1.0f / float(plan.T);
+  // Same expressions as the CPU core's make_kernel, so the weights are bit-identical.
+  const double e = std::exp(-1.0 / (4.0 * o.smoothing_sigma * o.smoothing_sigma));
+  const double s = 1.0 + 2.0 * e;
+  P.w[0] = e / s;
+  P.w[1] = 1.0 / s;
+  P.w[2] = e / s;
+  P.temperature = o.temperature;
+  P.rho_low = o.binding_rho_low_tv;
+  P.rho_high = o.binding_rho_high_tv;
+  P.tv_switch = o.binding_tv_switch;
+  P.eps = o.binding_epsilon;
+  P.coef = plan.coef;
+  P.w_tv = o.tv_max_weight_tv;
+  P.w_max = o.tv_max_weight_max;
+  P.inv_maps[0] = plan.obj_maps > 0 ? 1.0 / double(plan.obj_maps) : 0.0;
+  P.inv_maps[1] = plan.attr_maps > 0 ? 1.0 / double(plan.attr_maps) : 0.0;
+  P.map_begin[0] = 0;
+  P.map_count[0] = int(n_obj_maps);
+  P.map_begin[1] = int(n_obj_maps);
+  P.map_count[1] = int(n_attr_maps);
+  P.inline_cols = plan.K <= kInlineTokens;
+  if (P.inline_cols) {
+    for (int i = 0; i < plan.K; ++i) {
+      P.cols[0][i] = plan.tok_col[size_t(i)];
+      P.cols[1][i] = plan.attr_col[size_t(i)];
+    }
+  } else {
+    std::memcpy(host_meta + lay.tok_col, plan.tok_col.data(), plan.tok_col.size() * sizeof(int));
+    std::memcpy(host_meta + lay.attr_col, plan.attr_col.data(), plan.attr_col.size() * sizeof(int));
+  }
+  P.maps = reinterpret_cast<const MapDesc*>(dev + lay.maps);
+  P.wlayers = reinterpret_cast<const WriteLayer*>(dev + lay.wlayers);
+  P.tok_col = reinterpret_cast<const int*>(dev + lay.tok_col);
+  P.attr_col = reinterpret_cast<const int*>(dev + lay.attr_col);
+  P.soft = reinterpret_cast<double*>(dev + lay.soft);
+  P.amap = reinterpret_cast<double*>(dev + lay.amap);
+  P.cmap = reinterpret_cast<double*>(dev + lay.cmap);
+  P.pmap = reinterpret_cast<double*>(dev + lay.pmap);
+  P.qmap = reinterpret_cast<double*>(dev + lay.qmap);
+  P.scratch = reinterpret_cast<double*>(dev + lay.scratch);
+  P.stats = reinterpret_cast<double*>(dev + lay.stats);
+  P.cg = reinterpret_cast<double*>(dev + lay.cg);
+  P.sel = reinterpret_cast<int*>(dev + lay.sel);
+  P.nan_key = reinterpret_cast<unsigned long long*>(dev + lay.nan_key);
+  P.nan_out = reinterpret_cast<unsigned long long*>(dev + lay.nan_out);
+  P.counter = reinterpret_cast<unsigned*>(dev + lay.counter);
+  return P;
+}
+
+// Puts the map and layer descriptions where the kernels will read them: in the Meta kernel parameter when they
+// fit, else in the pinned host arena for upload. Returns whether anything must be uploaded.
+bool place_meta(Params& P, Meta& meta, const std::vector<MapDesc>& maps, const std::vector<WriteLayer>& wl,
+                const Layout& lay, char* host_meta) {
+  P.inline_meta = maps.size() <= size_t(kInlineMaps) && wl.size() <= size_t(kInlineLayers);
+  if (P.inline_meta) {
+    std::copy(maps.begin(), maps.end(), meta.maps);
+    std::copy(wl.begin(), wl.end(), meta.layers);
+  } else {
+    std::memcpy(host_meta + lay.maps, maps.data(), maps.size() * sizeof(MapDesc));
+    std::memcpy(host_meta + lay.wlayers, wl.data(), wl.size() * sizeof(WriteLayer));
+  }
+  return !P.inline_meta || !P.inline_cols;
+}
+
+// Kernels 1-2 on stream: aggregation, then the per-token forward whose last block runs the backward when
+// with_backward. marks: null, or two events recorded after each (stage timing for the benchmark).
+void launch_core(Workspace& ws, Params& P, const Meta& meta, bool with_backward, cudaStream_t stream,
+                 const cudaEvent_t* marks) {
+  const int sources = P.attr_active ? 2 : 1;
+  P.with_backward = with_backward ? 1 : 0;
+  if (!ws.key_armed) {  // first call on this arena, or the last call did not complete
+    DB_CUDA(cudaMemsetAsync(P.nan_key, 0xff, sizeof(unsigned long long), stream));
+    DB_CUDA(cudaMemsetAsync(P.counter, 0, sizeof(unsigned), stream));
+  }
+  ws.key_armed = false;  // until this call completes
+  aggregate_kernel<<<dim3(unsigned(P.n0), unsigned(sources)), kThreads, 0, stream>>>(P, meta);
+  DB_LAUNCHED("aggregate_kernel");
+  if (marks) DB_CUDA(cudaEventRecord(marks[0], stream));
+  token_forward_kernel<<<unsigned(P.K), kThreads, 0, stream>>>(P);
+  DB_LAUNCHED("token_forward_kernel");
+  if (marks) DB_CUDA(cudaEventRecord(marks[1], stream));
+}
+
+// Reads the per-token stats (pinned host copy) into a LossResult with the CPU core's aggregation rules.
+LossResult assemble_result(const Plan& plan, const LossOptions& o, const double* stats) {
+  LossResult result;
+  result.tokens.resize(size_t(plan.K));
+  for (int s = 0; s < plan.K; ++s) {
+    const double* st = stats + size_t(s) * kStats;
+    TokenDiagnostics& d = result.tokens[size_t(s)];
+    d.token_index = o.token_indices[size_t(s)];
+    d.attribute_index = plan.attr_col[size_t(s)] >= 0 ? plan.attr_col[size_t(s)] + plan.lo : -1;
+    d.max_attention = st[kMax];
+    d.tv = st[kTv];
+    d.has_jsd = st[kHasJsd] != 0.0;
+    d.jsd = d.has_jsd ? st[kJsd] : 0.0;
+    d.coefficient = st[kCoef];
+    d.value = st[kValue];
+  }
+  const bool hinge = o.mode == LossMode::Max && o.max_variant == MaxVariant::AttendExcite;
+  int selected = 0;
+  for (int s = 1; s < plan.K; ++s) {
+    const double cand = hinge ? result.tokens[size_t(s)].value : -result.tokens[size_t(s)].value;
+    const double best = hinge ? result.tokens[size_t(selected)].value : -result.tokens[size_t(selected)].value;
+    if (cand > best) selected = s;
+  }
+  result.loss = hinge ? result.tokens[size_t(selected)].value : -result.tokens[size_t(selected)].value;
+  const bool by_max = o.mode == LossMode::Max || o.mode == LossMode::TvMax;
+  result.indicator = std::numeric_limits<double>::infinity();
+  for (const TokenDiagnostics& d : result.tokens) result.indicator = std::min(result.indicator, by_max ? d.max_attention : d.tv);
+  return result;
+}
+
+// Turns a NaN/Inf key from the device into the CPU core's InvalidArgument (same field, same message).
+[[noreturn]] void throw_nonfinite(unsigned long long key, const std::vector<LayerView>& layers, const Plan& plan,
+                                  float value) {
+  const int layer = int((key >> 40) & 0x3fffff);
+  const unsigned long long at = key & ((1ull << 40) - 1);
+  const LayerView& l = layers[size_t(layer)];
+  const unsigned long long hw = (unsigned long long)l.resolution * l.resolution;
+  const unsigned long long head = at / (hw * plan.T), rem = at % (hw * plan.T);
+  const std::string field = "layers[" + std::to_string(layer) + "].data";
+  std::ostringstream m;
+  m << field << ": holds " << value << " at index " << at << " (head " << head << ", pixel " << rem / plan.T
+    << ", token " << rem % plan.T << "); attention probabilities must be finite";
+  throw InvalidArgument(field, m.str(), true);
+}
+
+// Host-side expansion of the gradient rows (host path), mirroring the CPU core's aggregate_backward_rows and
+// write_layer_gradient: rows of one resolution are built once in double, rounded, and copied per head.
+void expand_grads_host(const std::vector<LayerView>& layers, const LossOptions& o, const Plan& plan,
+                       float* const* grads, const int* sel, const double* soft, const double* cg) {
+  const int s = sel[0];
+  const bool any = sel[1] != 0, attr_g = sel[2] != 0;
+  const int T = plan.T, tk = plan.tk, n0 = plan.n0, r0 = plan.r0;
+  std::vector<char> written(layers.size(), 0);
+  if (any) {
+    std::vector<int> resolutions;
+    for (int id : plan.obj_layers) resolutions.push_back(layers[size_t(id)].resolution);
+    if (attr_g)
+      for (int id : plan.attr_layers) resolutions.push_back(layers[size_t(id)].resolution);
+    std::sort(resolutions.begin(), resolutions.end());
+    resolutions.erase(std::unique(resolutions.begin(), resolutions.end()), resolutions.end());
+    std::vector<int> row_of_pixel;
+    std::vector<double> rows;
+    std::vector<float> rows_f;
+    for (int r : resolutions) {
+      row_of_pixel.assign(size_t(r) * r, -1);
+      rows.clear();
+      auto add = [&](int src, int col) {
+        const double* sf = soft + size_t(src) * n0 * tk;
+        const double* c = cg + size_t(src) * n0;
+        for (int p = 0; p < n0; ++p) {
+          const int64_t pix = sampled_pixel(p, r, r0);
+          int& row = row_of_pixel[size_t(pix)];
+          if (row < 0) {
+            row = int(rows.size() / size_t(tk));
+            rows.resize(rows.size() + size_t(tk), 0.0);
+          }
+          double* dst = rows.data() + size_t(row) * tk;
+          const double* sp = sf + size_t(p) * tk;
+          for (int j = 0; j < tk; ++j) dst[j] += c[p] * ((j == col ? 1.0 : 0.0) - sp[j]);
+        }
+      };
+      if (r == r0) add(0, plan.tok_col[size_t(s)]);
+      if (attr_g && std::find(o.attribute_resolutions.begin(), o.attribute_resolutions.end(), r) !=
+                        o.attribute_resolutions.end())
+        add(1, plan.attr_col[size_t(s)]);
+      const size_t n_rows = rows.size() / size_t(tk);
+      rows_f.assign(n_rows * size_t(T), 0.0f);
+      for (size_t i = 0; i < n_rows; ++i)
+        for (int j = 0; j < tk; ++j) rows_f[i * T + plan.lo + j] = static_cast<float>(rows[i * tk + j]);
+      for (size_t i = 0; i < layers.size(); ++i) {
+        const LayerView& l = layers[i];
+        if (l.resolution != r) continue;
+        const int64_t hw = int64_t(r) * r;
+        for (int h = 0; h < l.heads; ++h) {
+          float* head = grads[i] + int64_t(h) * hw * T;
+          int64_t p = 0;
+          while (p < hw) {
+            int64_t q = p;
+            while (q < hw && row_of_pixel[size_t(q)] < 0) ++q;
+            if (q > p) std::memset(head + p * T, 0, size_t(q - p) * T * sizeof(float));
+            if (q < hw)
+              std::memcpy(head + q * T, rows_f.data() + size_t(row_of_pixel[size_t(q)]) * T, size_t(T) * sizeof(float));
+            p = q + 1;
+          }
+        }
+        written[i] = 1;
+      }
+    }
+  }
+  for (size_t i = 0; i < layers.size(); ++i)
+    if (!written[i]) std::memset(grads[i], 0, size_t(layers[i].length) * sizeof(float));
+}
+
+LossResult run_device(const std::vector<LayerView>& layers, const LossOptions& options, float* const* grads,
+                      float* object_maps, float* attribute_maps, cudaStream_t stream, detail::StageTimes* times) {
+  validate(layers, options);
+  check_grads(layers, grads);
+  require_device();
+  for (size_t i = 0; i < layers.size(); ++i) {
+    check_device_pointer(layers[i].probs, "layers[" + std::to_string(i) + "].data");
+    if (grads) check_device_pointer(grads[i], "grads[" + std::to_string(i) + "]");
+  }
+  check_device_pointer(object_maps, "objectMaps");
+  check_device_pointer(attribute_maps, "attributeMaps");
+  const Plan plan = make_plan(layers, options);
+  Workspace& ws = workspace_for_current_device();
+  std::lock_guard<std::mutex> lock(ws.mutex);
+
+  std::vector<MapDesc> maps;
+  for (int src = 0; src < 2; ++src)
+    for (int id : src == 0 ? plan.obj_layers : plan.attr_layers) {
+      const LayerView& l = layers[size_t(id)];
+      const int64_t per_head = int64_t(l.resolution) * l.resolution * plan.T;
+      for (int h = 0; h < l.heads; ++h) maps.push_back({l.probs + h * per_head, l.resolution, l.resolution, id, h});
+    }
+  std::vector<WriteLayer> wl;
+  long long max_image_rows = 1;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const LayerView& l = layers[i];
+    wl.push_back({grads ? grads[i] : nullptr, l.heads, l.resolution, plan.is_obj[i] ? 1 : 0, plan.is_attr[i] ? 1 : 0});
+    max_image_rows = std::max(max_image_rows, (long long)l.heads * l.resolution);
+  }
+  if (grads && wl.size() > 65535)
+    throw InvalidArgument("layers", "layers: at most 65535 layers are supported by the CUDA backend, got " +
+                                        std::to_string(wl.size()), true);
+  for (const LayerView& l : layers)
+    if (grads && (long long)l.resolution * plan.T > 0x7fffffffLL)
+      throw InvalidArgument("layers", "layers: resolution * T must stay below 2^31 for the CUDA backend", true);
+  const Layout lay(plan, maps.size(), wl.size(), 0);
+  ws.reserve(lay.total);
+  Meta meta{};
+  Params P = make_params(plan, options, lay, ws.dev, size_t(plan.obj_maps), size_t(plan.attr_maps), ws.host);
+  const bool upload = place_meta(P, meta, maps, wl, lay, ws.host);
+  P.out_obj = object_maps;
+  P.out_attr = attribute_maps;
+  cudaEvent_t* ev = times ? ws.ev : nullptr;  // [0] start, [1] uploaded, [2] aggregated, [3] tokens, [5] written
+  int max_res = 1;
+  for (const LayerView& l : layers) max_res = std::max(max_res, l.resolution);
+  // one block per image row (head, y) of the largest layer, one grid row per layer; blocks loop beyond 65535
+  const dim3 write_grid(unsigned(std::min<long long>(max_image_rows, 65535)), unsigned(wl.size()));
+  const size_t write_smem = 2 * size_t(max_res) * sizeof(int);
+  if (ev) DB_CUDA(cudaEventRecord(ev[0], stream));
+  if (grads) {  // fork: the zero pass runs on the workspace's second stream while the small stages run here
+    DB_CUDA(cudaEventRecord(ws.fork, stream));
+    DB_CUDA(cudaStreamWaitEvent(ws.aux, ws.fork, 0));
+    write_grads_kernel<<<write_grid, kThreads, write_smem, ws.aux>>>(P, meta, 0);
+    DB_LAUNCHED("write_grads_kernel (zero pass)");
+    DB_CUDA(cudaEventRecord(ws.join, ws.aux));
+  }
+  if (upload)
+    DB_CUDA(cudaMemcpyAsync(ws.dev + lay.meta_begin(), ws.host + lay.meta_begin(), lay.meta_end() - lay.meta_begin(),
+                            cudaMemcpyHostToDevice, stream));
+  if (ev) DB_CUDA(cudaEventRecord(ev[1], stream));
+  launch_core(ws, P, meta, grads != nullptr, stream, ev ? ev + 2 : nullptr);
+  if (grads) {
+    write_grads_kernel<<<write_grid, kThreads, write_smem, stream>>>(P, meta, 1);
+    DB_LAUNCHED("write_grads_kernel");
+    DB_CUDA(cudaStreamWaitEvent(stream, ws.join, 0));  // join the zero pass
+  }
+  if (ev) DB_CUDA(cudaEventRecord(ev[5], stream));
+  DB_CUDA(cudaMemcpyAsync(ws.host + lay.results_begin(), ws.dev + lay.results_begin(),
+                          lay.results_end() - lay.results_begin(), cudaMemcpyDeviceToHost, stream));
+  DB_CUDA(cudaStreamSynchronize(stream));
+  ws.key_armed = true;
+  if (ev) {
+    DB_CUDA(cudaEventElapsedTime(&times->total_ms, ev[0], ev[5]));
+    DB_CUDA(cudaEventElapsedTime(&times->upload_ms, ev[0], ev[1]));
+    DB_CUDA(cudaEventElapsedTime(&times->aggregate_ms, ev[1], ev[2]));
+    DB_CUDA(cudaEventElapsedTime(&times->tokens_ms, ev[2], ev[3]));
+    DB_CUDA(cudaEventElapsedTime(&times->write_ms, ev[3], ev[5]));
+  }
+  const unsigned long long key = *reinterpret_cast<const unsigned long long*>(ws.host + lay.nan_out);
+  if (key != kNoNan) {
+    const int layer = int((key >> 40) & 0x3fffff);
+    float value = 0;
+    DB_CUDA(cudaMemcpy(&value, layers[size_t(layer)].probs + (key & ((1ull << 40) - 1)), sizeof(float),
+                       cudaMemcpyDeviceToHost));
+    throw_nonfinite(key, layers, plan, value);
+  }
+  return assemble_result(plan, options, reinterpret_cast<const double*>(ws.host + lay.stats));
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------------
+// Public entry points
+
+int device_count(std::string* error) {
+  try {
+    int n = 0;
+    const cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();
+      if (error) *error = std::string("cudaGetDeviceCount: ") + cudaGetErrorName(e) + ": " + cudaGetErrorString(e);
+      return 0;
+    }
+    if (n == 0) {
+      if (error) *error = "the CUDA driver reports no device";
+      return 0;
+    }
+    if (error) error->clear();
+    return n;
+  } catch (const std::exception& ex) {
+    if (error) *error = ex.what();
+    return 0;
+  } catch (...) {
+    if (error) *error = "unknown error while counting CUDA devices";
+    return 0;
+  }
+}
+
+LossResult attention_loss_host(const std::vector<LayerView>& layers, const LossOptions& options, float* const* grads,
+                               float* object_maps, float* attribute_maps) {
+  validate(layers, options);
+  check_grads(layers, grads);
+  require_device();
+  const Plan plan = make_plan(layers, options);
+  Workspace& ws = workspace_for_current_device();
+  std::lock_guard<std::mutex> lock(ws.mutex);
+  const size_t T = size_t(plan.T), n0 = size_t(plan.n0);
+
+  // Only the rows the loss reads travel: every pixel of the object layers, the sampled pixels of the
+  // attribute layers (packed already sampled, so the kernel sees an r0 x r0 layer).
+  size_t packed = 0;
+  for (int id : plan.obj_layers) packed += size_t(layers[size_t(id)].heads) * n0 * T;
+  for (int id : plan.attr_layers) packed += size_t(layers[size_t(id)].heads) * n0 * T;
+  std::vector<MapDesc> maps;
+  maps.reserve(size_t(plan.obj_maps + plan.attr_maps));
+  const Layout probe(plan, size_t(plan.obj_maps + plan.attr_maps), 0, packed);
+  ws.reserve(probe.total);
+  const Layout& lay = probe;
+  float* hp = reinterpret_cast<float*>(ws.host + lay.packed);
+  const float* dp = reinterpret_cast<const float*>(ws.dev + lay.packed);
+  size_t at = 0;
+  for (int src = 0; src < 2; ++src)
+    for (int id : src == 0 ? plan.obj_layers : plan.attr_layers) {
+      const LayerView& l = layers[size_t(id)];
+      const int r = l.resolution;
+      const int64_t per_head = int64_t(r) * r * plan.T;
+      for (int h = 0; h < l.heads; ++h) {
+        const float* head = l.probs + h * per_head;
+        if (src == 0) {
+          std::memcpy(hp + at, head, n0 * T * sizeof(float));
+        } else {
+          for (size_t o = 0; o < n0; ++o)
+            std::memcpy(hp + at + o * T, head + sampled_pixel(int(o), r, plan.r0) * plan.T, T * sizeof(float));
+        }
+        maps.push_back({dp + at, plan.r0, r, id, h});
+        at += n0 * T;
+      }
+    }
+  Meta meta{};
+  Params P = make_params(plan, options, lay, ws.dev, size_t(plan.obj_maps), size_t(plan.attr_maps), ws.host);
+  place_meta(P, meta, maps, {}, lay, ws.host);
+  const bool want_maps = object_maps || attribute_maps;
+  float* dev_maps = reinterpret_cast<float*>(ws.dev + lay.out_maps);
+  P.out_obj = want_maps ? dev_maps : nullptr;
+  P.out_attr = want_maps ? dev_maps + size_t(plan.K) * n0 : nullptr;
+  cudaStream_t stream = ws.stream;
+  // descriptors (when not inline) and the packed rows: [meta_begin, meta_end) then the packed block
+  DB_CUDA(cudaMemcpyAsync(ws.dev + lay.meta_begin(), ws.host + lay.meta_begin(), lay.meta_end() - lay.meta_begin(),
+                          cudaMemcpyHostToDevice, stream));
+  DB_CUDA(cudaMemcpyAsync(ws.dev + lay.packed, ws.host + lay.packed, packed * sizeof(float), cudaMemcpyHostToDevice,
+                          stream));
+  launch_core(ws, P, meta, grads != nullptr, stream, nullptr);
+  DB_CUDA(cudaMemcpyAsync(ws.host + lay.results_begin(), ws.dev + lay.results_begin(),
+                          lay.results_end() - lay.results_begin(), cudaMemcpyDeviceToHost, stream));
+  if (grads)  // the token softmax and the per-pixel coefficients: all the host expansion needs
+    DB_CUDA(cudaMemcpyAsync(ws.host + lay.soft, ws.dev + lay.soft, 2 * n0 * size_t(plan.tk) * sizeof(double),
+                            cudaMemcpyDeviceToHost, stream));
+  if (grads)
+    DB_CUDA(cudaMemcpyAsync(ws.host + lay.cg, ws.dev + lay.cg, 2 * n0 * sizeof(double), cudaMemcpyDeviceToHost,
+                            stream));
+  if (want_maps)
+    DB_CUDA(cudaMemcpyAsync(ws.host + lay.out_maps, ws.dev + lay.out_maps, 2 * size_t(plan.K) * n0 * sizeof(float),
+                            cudaMemcpyDeviceToHost, stream));
+  DB_CUDA(cudaStreamSynchronize(stream));
+  ws.key_armed = true;
+  const unsigned long long key = *reinterpret_cast<const unsigned long long*>(ws.host + lay.nan_out);
+  if (key != kNoNan) {
+    const int layer = int((key >> 40) & 0x3fffff);
+    throw_nonfinite(key, layers, plan, layers[size_t(layer)].probs[key & ((1ull << 40) - 1)]);
+  }
+  LossResult result = assemble_result(plan, options, reinterpret_cast<const double*>(ws.host + lay.stats));
+  const float* hm = reinterpret_cast<const float*>(ws.host + lay.out_maps);
+  if (object_maps) std::memcpy(object_maps, hm, size_t(plan.K) * n0 * sizeof(float));
+  if (attribute_maps) std::memcpy(attribute_maps, hm + size_t(plan.K) * n0, size_t(plan.K) * n0 * sizeof(float));
+  if (grads)
+    expand_grads_host(layers, options, plan, grads, reinterpret_cast<const int*>(ws.host + lay.sel),
+                      reinterpret_cast<const double*>(ws.host + lay.soft),
+                      reinterpret_cast<const double*>(ws.host + lay.cg));
+  return result;
+}
+
+LossResult attention_loss_device(const std::vector<LayerView>& layers, const LossOptions& options,
+                                 float* const* grads_device, float* object_maps_device,
+                                 float* attribute_maps_device, void* cuda_stream) {
+  return run_device(layers, options, grads_device, object_maps_device, attribute_maps_device,
+                    static_cast<cudaStream_t>(cuda_stream), nullptr);
+}
+
+namespace detail {
+
+LossResult attention_loss_device_timed(const std::vector<LayerView>& layers, const LossOptions& options,
+                                       float* const* grads_device, float* object_maps_device,
+                                       float* attribute_maps_device, void* cuda_stream, StageTimes* times) {
+  StageTimes local;
+  return run_device(layers, options, grads_device, object_maps_device, attribute_maps_device,
+                    static_cast<cudaStream_t>(cuda_stream), times ? times : &local);
+}
+
+__global__ void busy_wait_kernel(unsigned long long ns) {
+  const unsigned long long start = clock64();
+  // clock64 counts SM cycles; 2 GHz is an upper bound for these parts, so this waits at least ns nanoseconds
+  while (clock64() - start < ns * 2ull) {
+  }
+}
+
+void enqueue_busy_wait(void* cuda_stream, unsigned microseconds) {
+  busy_wait_kernel<<<1, 1, 0, static_cast<cudaStream_t>(cuda_stream)>>>(1000ull * microseconds);
+  DB_LAUNCHED("busy_wait_kernel");
+}
+
+TrafficEstimate estimate_traffic(const std::vector<LayerView>& layers, const LossOptions& options, bool with_grads) {
+  validate(layers, options);
+  const Plan plan = make_plan(layers, options);
+  TrafficEstimate t;
+  const double row_bytes = double(plan.tk) * sizeof(float);
+  t.bytes_read = double(plan.obj_maps) * plan.n0 * row_bytes;
+  for (int id : plan.attr_layers) {
+    const int r = layers[size_t(id)].resolution;
+    // distinct sampled pixels: for r >= r0 every output reads its own pixel, for r < r0 all r*r are read
+    const double pixels = r >= plan.r0 ? double(plan.n0) : double(r) * r;
+    t.bytes_read += double(layers[size_t(id)].heads) * pixels * row_bytes;
+  }
+  if (with_grads)
+    for (const LayerView& l : layers) t.bytes_written += double(l.length) * sizeof(float);
+  return t;
+}
+
+}  // namespace detail
+}  // namespace divbind::cuda
