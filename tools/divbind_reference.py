@@ -22,7 +22,6 @@ Usage: /usr/bin/python3 -c "import sys; sys.path.insert(0, 'tools'); import divb
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np

@@ -170,7 +170,8 @@ def case_list():
     add('tie_constant_region_max_unsmoothed', 117, 16, [(16, 1, 'down'), (16, 2, 'up')],
         [hot(2, [(6.5 / 16, 6.5 / 16)], 0.15, 0.4), hot(5, [B], 0.1, 1.0)],
         dict(mode='max', tokenIndices=[2, 5], smoothing=False),
-        layer_kw=dict(const_regions=[(3, 10, 3, 10)], noise=0.3, bias=0.1), checks=['tied_max:0', 'winner:0'], tie_tokens=[0])
+        layer_kw=dict(const_regions=[(3, 10, 3, 10)], noise=0.3, bias=0.1), checks=['tied_max:0', 'winner:0'],
+        tie_tokens=[0])
     # 7x7 blocks of identical pixels (at every resolution) under the object's and the attribute's blobs: the
     # smoothed maps tie over their 5x5 interiors, so max(O), max(C) and max(p) all split the gradient.
     add('tie_constant_region_bind_smoothed', 118, 16, [(32, 1, 'down'), (16, 1, 'down'), (16, 1, 'up')],
@@ -332,7 +333,8 @@ def run_checks(case, layers_np, options, result):
             assert result['loss'] == 0.0 and all(not np.any(g) for g in result['grads']), check
         elif kind == 'equals_tv':
             tv = ref.loss_and_grads(layers_np, **dict(kw, mode='tv'))
-            assert tv['loss'] == result['loss'] and all(np.array_equal(a, b) for a, b in zip(tv['grads'], result['grads']))
+            assert tv['loss'] == result['loss'], check
+            assert all(np.array_equal(a, b) for a, b in zip(tv['grads'], result['grads'])), check
         elif kind == 'differs_all_but_last':
             other = ref.loss_and_grads(layers_np, **dict(kw, token_slice='all-but-last', eot_index=None))
             assert abs(other['loss'] - result['loss']) > 1e-6, check

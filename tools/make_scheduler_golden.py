@@ -21,9 +21,9 @@ Shared: betas.npy, alphas_cumprod.npy (1000,) float32 (diffusers computes them i
 Cross-checks before writing: the spec §3 PNDM facts (51 timesteps, [981, 961, 961, 941, ..., 1], t at
 i = 10/20/24, the D&B step sizes 20*sqrt(1 - 0.01 i)); PNDM's i = 1 output does not depend on the sample passed
 in and equals formula (9) applied to sample_in[0] with (eps0 + eps1) / 2 over 981 -> 961; the AB2/AB3/AB4 steps
-use (3 eps2 - eps0) / 2 etc. (eps1 is never in the history); the PNDM transfer (9) with a single eps equals the DDIM eta = 0 step; and DDIM equals
-Euler (leading) in Euler's sigma-scaled variables except at the last step (DDIM ends at alphas_cumprod[0],
-Euler at sigma = 0).
+use (3 eps2 - eps0) / 2 etc. (eps1 is never in the history); the PNDM transfer (9) with a single eps equals
+the DDIM eta = 0 step; and DDIM equals Euler (leading) in Euler's sigma-scaled variables except at the last
+step (DDIM ends at alphas_cumprod[0], Euler at sigma = 0).
 """
 from __future__ import annotations
 

@@ -18,7 +18,6 @@ float32 linspace and cumprod); every step is evaluated in float64 from those flo
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import numpy as np
 import torch

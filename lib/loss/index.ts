@@ -47,8 +47,9 @@ function native(): { binding: NativeBinding | null; error: Error | null } {
 
 const JS_BACKEND: Backend = { name: 'js', run: jsAttentionLoss, runAsync: jsAttentionLossAsync };
 
-function cudaUnavailable(reason: string): Error {
-  return new Error(`The 'cuda' loss backend is not available: ${reason}. Use backend 'native' (CPU) or 'js', or omit backend to pick the best available.`);
+function cudaUnavailable(reason: string, nativeLoads = true): Error {
+  const alternatives = nativeLoads ? "backend 'native' (CPU) or 'js'" : "backend 'js'";
+  return new Error(`The 'cuda' loss backend is not available: ${reason}. Use ${alternatives}, or omit backend to pick the best available.`);
 }
 
 let cudaState: { backend: Backend | null; error: Error | null } | undefined;
@@ -87,7 +88,7 @@ function selectBackend(requested: NormalizedCallOptions['backend']): Backend {
     }
     case 'cuda': {
       const { binding, error } = native();
-      if (!binding) throw cudaUnavailable(`the native addon did not load (${error?.message ?? 'unknown error'})`);
+      if (!binding) throw cudaUnavailable(`the native addon did not load (${error?.message ?? 'unknown error'})`, false);
       return cudaBackend(binding);
     }
     case 'auto': {

@@ -1,10 +1,13 @@
 /**
  * Initial-noise generation.
  *
- * `randnTorchCpu` reproduces `torch.manual_seed(seed); torch.randn(shape)` on PyTorch's CPU generator bit for bit
- * (implemented from PyTorch's BSD sources: c10 mt19937, ATen uniform_real / normal_distribution, and the CPU
- * `normal_fill` kernels). Seeds from the official Divide & Bind notebooks use a CUDA generator (Philox), which this
- * does not reproduce; for per-seed parity with those runs import the latents with `readLatentsNpy`.
+ * `randnTorchCpu` / `TorchCpuGenerator` reproduce `torch.manual_seed(seed); torch.randn(shape)` on PyTorch's CPU
+ * generator bit for bit (implemented from PyTorch's BSD sources: c10 mt19937, ATen uniform_real_distribution /
+ * normal_distribution, and the CPU `normal_fill` kernels, including the AVX2 one with its Cephes log/sincos and the
+ * multiply-adds GCC fuses in it). Verified against torch 1.13.1 (x86-64, AVX2 dispatch); other builds that fuse
+ * differently, or the portable kernel used on ARM, can differ in the last bit (see TorchCpuKernel).
+ * Seeds from the official Divide & Bind notebooks use a CUDA generator (Philox), which this does not reproduce; for
+ * per-seed parity with those runs import the latents with `readLatentsNpy`.
  */
 import * as fs from 'node:fs';
 import { parseNpy } from '../util/npy';

@@ -21,7 +21,7 @@ const CLASS_TO_NAME: Record<string, SchedulerName> = {
 /** Per-class defaults of the keys that differ between diffusers' scheduler classes. */
 const CLASS_DEFAULTS: Record<SchedulerName, Partial<SchedulerConfig>> = {
   pndm: { timestep_spacing: 'leading', skip_prk_steps: false },
-  ddim: { timestep_spacing: 'leading', clip_sample: true },
+  ddim: { timestep_spacing: 'leading', clip_sample: true, set_alpha_to_one: true },
   euler: { timestep_spacing: 'linspace' },
 };
 

@@ -125,3 +125,30 @@ test('createSession feeds unreachable data files from memory; createSessionFromM
   t.is(maxAbsDiff(await runGolden(s2), ref), 0);
   await t.throwsAsync(createSessionFromModel(loaded.model), { instanceOf: TypeError });
 });
+
+test('saveModel across filesystems falls back to "memory" (no copy) and createSession then works', async (t) => {
+  // /dev/shm is a tmpfs: a hard link from there into the temp dir on another filesystem fails with EXDEV.
+  if (!fs.existsSync('/dev/shm') || fs.statSync('/dev/shm').dev === fs.statSync(os.tmpdir()).dev) {
+    t.log('no second filesystem (/dev/shm) here: skipped');
+    t.pass();
+    return;
+  }
+  const shm = fs.mkdtempSync('/dev/shm/divbind-io-test-');
+  t.teardown(() => fs.rmSync(shm, { recursive: true, force: true }));
+  for (const f of ['model.onnx', 'weights.pb']) fs.copyFileSync(path.join(EXT_WEIGHTSPB, f), path.join(shm, f));
+  const loaded = loadModel(path.join(shm, 'model.onnx'));
+  const ref = await runGolden(await createSession(loaded.path));
+  const d = tmpDir(t);
+  const saved = saveModel(loaded.model, path.join(d, 'unet.onnx'), { sourceDir: shm });
+  t.deepEqual(saved.externalData.map((e) => [e.location, e.method, e.target]), [['weights.pb', 'memory', path.join(shm, 'weights.pb')]]);
+  t.false(fs.existsSync(path.join(d, 'weights.pb')), 'nothing copied');
+  const s = await createSession(saved.path, {}, { externalData: saved.externalData.map((e) => ({ location: e.location, source: e.source })) });
+  t.is(maxAbsDiff(await runGolden(s), ref), 0);
+});
+
+test('loadModel lists conventional data files the model does not reference', (t) => {
+  const d = tmpDir(t);
+  fs.copyFileSync(path.join(VARIANTS, 'opset17-int64-static/model.onnx'), path.join(d, 'model.onnx'));
+  fs.writeFileSync(path.join(d, 'weights.pb'), 'stale');
+  t.deepEqual(loadModel(path.join(d, 'model.onnx')).unreferencedDataFiles, ['weights.pb']);
+});

@@ -317,11 +317,57 @@ export function buildVjp(model: ModelProto, options: VjpOptions): VjpResult {
   // recomputed inside the backward (they are cheap and often tiny shape vectors).
   const dynamic = new Set<string>([...inputNames].filter((n) => !inits.has(n)));
   for (const n of nodes) if (n.inputs.some((i) => dynamic.has(i))) for (const o of n.outputs) dynamic.add(o);
-  const residualNames = [...reads].filter((t) => dynamic.has(t) && !inputNames.has(t));
-  const inputReads = graph.input.filter((vi) => reads.has(vi.name ?? '') && !inits.has(vi.name ?? ''));
-  const staticReads = [...reads].filter((t) => !dynamic.has(t));
+  const size = (t: string): number => numel(info(t)?.dims ?? []);
+  const isFloat = (t: string): boolean => isFloatType(info(t)?.elemType ?? 0);
+  // Attention probabilities are most of the residual bytes ([B·h, HW, HW] per self-attention layer) but are
+  // cheap to rebuild from q and k: a chain of same-size ops (Softmax, scaling, Reshape/Transpose) that starts
+  // at a MatMul whose operands are at least 4× smaller is recomputed in the backward instead of passed.
+  const recomputed = new Set<NodeView>();
+  const SAME_SIZE_OPS = new Set(['Softmax', 'Mul', 'Div', 'Add', 'Sub', 'Reshape', 'Transpose', 'Identity', 'Cast']);
+  const chainFrom = (t: string): NodeView[] | undefined => {
+    const chain: NodeView[] = [];
+    let cur = t;
+    for (let depth = 0; depth < 8; depth++) {
+      const p = producer.get(cur);
+      if (!p || p.outputs.length !== 1 || (p.domain !== '' && p.domain !== 'ai.onnx')) return undefined;
+      chain.push(p);
+      if (p.opType === 'MatMul') {
+        const operands = p.inputs.reduce((sum, i) => sum + size(i), 0);
+        return operands * 4 <= size(cur) ? chain : undefined;
+      }
+      if (!SAME_SIZE_OPS.has(p.opType)) return undefined;
+      const data = p.inputs.filter((i) => i && dynamic.has(i) && isFloat(i));
+      if (data.length !== 1 || size(data[0]) !== size(cur)) return undefined;
+      cur = data[0];
+    }
+    return undefined;
+  };
+  for (const t of reads) {
+    if (!dynamic.has(t) || inputNames.has(t)) continue;
+    for (const n of chainFrom(t) ?? []) recomputed.add(n);
+  }
+  const recomputedOut = new Set<string>();
+  for (const n of recomputed) for (const o of n.outputs) recomputedOut.add(o);
+  const needed = new Set<string>([...reads]);
+  for (const n of recomputed) for (const i of n.inputs) if (i) needed.add(i);
+  const residualNames: string[] = [];
+  const foldedConsts: TensorProto[] = [];
+  const staticReads: string[] = [];
+  for (const t of needed) {
+    if (recomputedOut.has(t) || inputNames.has(t) || inits.has(t)) continue;
+    if (!dynamic.has(t)) {
+      staticReads.push(t);
+      continue;
+    }
+    // Integer side values of recomputed nodes (reshape targets from Shape chains) fold to constants.
+    const v = isFloat(t) ? undefined : folder.get(t);
+    if (v) foldedConsts.push(toTensorProto({ ...v, name: t }));
+    else residualNames.push(t);
+  }
+  const inputReads = graph.input.filter((vi) => needed.has(vi.name ?? '') && !inits.has(vi.name ?? ''));
   const constNodes = closure(staticReads, (t) => inits.has(t)).map((n) => n.source as NodeProto);
-  stats.forwardNodes = constNodes.length;
+  const recomputedNodes = nodes.filter((n) => recomputed.has(n)).map((n) => n.source as NodeProto);
+  stats.forwardNodes = constNodes.length + recomputedNodes.length;
   stats.residualNames = residualNames;
   stats.residuals = residualNames.length;
   stats.residualBytes = residualNames.reduce((s, r) => {
@@ -334,11 +380,11 @@ export function buildVjp(model: ModelProto, options: VjpOptions): VjpResult {
     input: graph.input.map(staticInput),
     output: [...graph.output, ...residualNames.filter((r) => !existingOutputs.has(r)).map(valueInfo)],
   } as GraphProto);
-  const bwdNodes = [...constNodes, ...newNodes];
+  const bwdNodes = [...constNodes, ...recomputedNodes, ...newNodes];
   const backward = makeModel({
     name: `${graph.name || 'graph'}_backward`,
     node: bwdNodes,
-    initializer: [...usedInits(bwdNodes), ...newInits],
+    initializer: [...usedInits(bwdNodes), ...foldedConsts, ...newInits],
     input: [...inputReads.map(staticInput), ...residualNames.map(valueInfo), ...cotangentInputs],
     output: [gradOutput],
     value_info: [],

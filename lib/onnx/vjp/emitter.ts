@@ -13,6 +13,8 @@ export class Emitter {
   /** Output → [source, source dims] of emitted Reshapes, and → [source, perm] of emitted Transposes. */
   private readonly reshapeOf = new Map<string, [string, number[]]>();
   private readonly transposeOf = new Map<string, [string, number[]]>();
+  /** Output → [g, s] of emitted g·s products with a scalar s, so a MatMul rule can scale its smaller result. */
+  private readonly scaledBy = new Map<string, [string, string]>();
 
   /**
    * @param opset   default-domain opset of the model (decides the op signatures used)
@@ -105,6 +107,18 @@ export class Emitter {
     const y = this.op1('Transpose', [x], { perm: attr.ints(perm) });
     this.transposeOf.set(y, [x, [...perm]]);
     return y;
+  }
+
+  /** g · s for a scalar tensor s, remembered so that consumers may apply s later to a smaller tensor. */
+  scale(g: string, s: string): string {
+    const y = this.op1('Mul', [g, s]);
+    this.scaledBy.set(y, [g, s]);
+    return y;
+  }
+
+  /** [g, s] when `x` was emitted by `scale(g, s)`. */
+  scaledOf(x: string): [string, string] | undefined {
+    return this.scaledBy.get(x);
   }
 
   /** Drops emitted nodes and constants nothing reads (left behind by the Reshape/Transpose folding). */

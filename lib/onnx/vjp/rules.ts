@@ -38,6 +38,7 @@ const gy0 = (c: RuleContext): string => {
   return g;
 };
 const normAxis = (a: number, rank: number): number => (a < 0 ? a + rank : a);
+const sameShape = (a: number[], b: number[]): boolean => a.length === b.length && a.every((v, i) => v === b[i]);
 const range = (a: number, b: number): number[] => Array.from({ length: Math.max(0, b - a) }, (_, i) => a + i);
 
 /** Elementwise rule gx = gy ⊙ f(x, y) for single-input ops. */
@@ -146,18 +147,21 @@ function matmulRule(c: RuleContext) {
   const n = b2[b2.length - 1];
   const k = a2[a2.length - 1];
   const y2 = [...batch, m, n];
-  const gy = e.reshape(gy0(c), yd, y2);
+  // A gradient g·s with a scalar s (see the Mul rule): multiply the matmul products by s instead.
+  const scaled = e.scaledOf(gy0(c));
+  const gy = e.reshape(scaled ? scaled[0] : gy0(c), yd, y2);
+  const rescale = (t: string) => (scaled ? e.op1('Mul', [t, scaled[1]]) : t);
   const swapLast = (r: number) => [...range(0, r - 2), r - 1, r - 2];
   if (c.needs(0)) {
     // y = a·b ⇒ ga = gy·bᵀ, summed over broadcast batch axes.
     const bT = e.transpose(e.reshape(b, bd, b2), swapLast(b2.length));
-    const ga2 = e.op1('MatMul', [gy, bT]);
+    const ga2 = rescale(e.op1('MatMul', [gy, bT]));
     c.addGrad(0, e.reshape(e.unbroadcast(ga2, [...batch, m, k], a2), a2, ad));
   }
   if (c.needs(1)) {
     // gb = aᵀ·gy, summed over broadcast batch axes.
     const aT = e.transpose(e.reshape(a, ad, a2), swapLast(a2.length));
-    const gb2 = e.op1('MatMul', [aT, gy]);
+    const gb2 = rescale(e.op1('MatMul', [aT, gy]));
     c.addGrad(1, e.reshape(e.unbroadcast(gb2, [...batch, k, n], b2), b2, bd));
   }
 }
@@ -426,8 +430,12 @@ export const RULES: Record<string, Rule> = {
   },
   Mul: (c) => {
     const [a, b] = c.node.inputs;
-    if (c.needs(0)) c.addGrad(0, c.e.unbroadcast(c.e.op1('Mul', [gy0(c), b]), outDims(c), inDims(c, 0)));
-    if (c.needs(1)) c.addGrad(1, c.e.unbroadcast(c.e.op1('Mul', [gy0(c), a]), outDims(c), inDims(c, 1)));
+    // y = a·s with a scalar s (attention scores × scale): remembered, so the MatMul rule before it applies s
+    // to its own, smaller results instead of a pass over the scores.
+    const prod = (i: number, other: string) => (numel(inDims(c, 1 - i)) === 1 && sameShape(outDims(c), inDims(c, i))
+      ? c.e.scale(gy0(c), other) : c.e.unbroadcast(c.e.op1('Mul', [gy0(c), other]), outDims(c), inDims(c, i)));
+    if (c.needs(0)) c.addGrad(0, prod(0, b));
+    if (c.needs(1)) c.addGrad(1, prod(1, a));
   },
   Div: (c) => {
     const [, b] = c.node.inputs;
