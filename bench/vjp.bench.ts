@@ -36,6 +36,8 @@ interface Timing {
   medianMs: number;
   p10Ms: number;
   p90Ms: number;
+  /** Median process CPU time (user + system) of one step: stable on a loaded machine where wall time is not. */
+  cpuMedianMs: number;
   /** VJP modes: median of the runner's forward() (residuals: forward with residual outputs; recompute: 0). */
   forwardPartMs?: number;
   /** VJP modes: median of run() (the VJP graph, or the backward graph). */
@@ -52,12 +54,16 @@ export interface VjpBenchResult {
   threads: number;
   iterations: number;
   cpus: string;
+  /** 1/5/15-minute load averages when the run ended: wall times are only comparable at similar load. */
+  loadAverage: number[];
   timings: Timing[];
   /**
    * Extra cost of one guidance step over the forward that computes the maps anyway, ÷ the plain forward:
    * recompute = VJP graph / forward; residuals = (forward with residuals + backward − forward with maps) / forward.
    */
   ratio: { recompute: number; residuals: number; residualsBackwardOnly: number };
+  /** The same ratios from CPU time (recompute, residuals; no split of the residuals parts). */
+  ratioCpu: { recompute: number; residuals: number };
   targets: { recompute: number; residuals: number };
   fastest: 'recompute' | 'residuals';
 }
@@ -132,11 +138,16 @@ async function measure(mode: Mode, modelPath: string, iterations: number, thread
   parts.f.length = 0;
   parts.r.length = 0;
   const times: number[] = [];
+  const cpu: number[] = [];
   for (let k = 0; k < iterations; k++) {
+    const c0 = process.cpuUsage();
     const t0 = performance.now();
     await step();
     times.push(performance.now() - t0);
+    const c = process.cpuUsage(c0);
+    cpu.push((c.user + c.system) / 1000);
   }
+  cpu.sort((a, b) => a - b);
   await release();
   times.sort((a, b) => a - b);
   if (parts.f.length > 0) {
@@ -144,7 +155,7 @@ async function measure(mode: Mode, modelPath: string, iterations: number, thread
     extra.runPartMs = quantile(parts.r.sort((a, b) => a - b), 0.5);
   }
   return {
-    mode, medianMs: quantile(times, 0.5), p10Ms: quantile(times, 0.1), p90Ms: quantile(times, 0.9),
+    mode, medianMs: quantile(times, 0.5), cpuMedianMs: quantile(cpu, 0.5), p10Ms: quantile(times, 0.1), p90Ms: quantile(times, 0.9),
     maxRssMB: process.resourceUsage().maxRSS / 1024, ...extra,
   };
 }
@@ -172,7 +183,7 @@ export async function runVjpBench(options: VjpBenchOptions = {}): Promise<VjpBen
     const t = await inChild(mode, opts);
     timings.push(t);
     const split = t.forwardPartMs !== undefined ? ` [forward() ${t.forwardPartMs.toFixed(1)} + run() ${t.runPartMs!.toFixed(1)}]` : '';
-    console.log(`${mode.padEnd(13)} median ${t.medianMs.toFixed(1)} ms${split} (p10 ${t.p10Ms.toFixed(1)}, p90 ${t.p90Ms.toFixed(1)}), ` +
+    console.log(`${mode.padEnd(13)} median ${t.medianMs.toFixed(1)} ms${split}, CPU ${t.cpuMedianMs.toFixed(1)} ms (p10 ${t.p10Ms.toFixed(1)}, p90 ${t.p90Ms.toFixed(1)}), ` +
       `peak RSS ${t.maxRssMB.toFixed(0)} MB${t.residualMB !== undefined ? `, residuals ${t.residualMB.toFixed(1)} MB` : ''}`);
   }
   const fwd = timings.find((t) => t.mode === 'forward')!.medianMs;
@@ -183,14 +194,20 @@ export async function runVjpBench(options: VjpBenchOptions = {}): Promise<VjpBen
     residuals: (res.medianMs - fwdMaps) / fwd,
     residualsBackwardOnly: res.runPartMs! / fwd,
   };
+  const cpuOf = (m: Mode) => timings.find((t) => t.mode === m)!.cpuMedianMs;
+  const ratioCpu = {
+    recompute: cpuOf('recompute') / cpuOf('forward'),
+    residuals: (cpuOf('residuals') - cpuOf('forward-maps')) / cpuOf('forward'),
+  };
   const os = await import('node:os');
   const result: VjpBenchResult = {
     model: path.relative(ROOT, opts.model), date: new Date().toISOString(), threads: opts.threads, iterations: opts.iterations,
-    cpus: `${os.cpus().length} × ${os.cpus()[0]?.model ?? '?'}`, timings, ratio,
+    cpus: `${os.cpus().length} × ${os.cpus()[0]?.model ?? '?'}`, loadAverage: os.loadavg(), timings, ratio, ratioCpu,
     targets: { recompute: 3.0, residuals: 2.2 }, fastest: ratio.recompute <= ratio.residuals ? 'recompute' : 'residuals',
   };
   console.log(`VJP ÷ forward: recompute ${ratio.recompute.toFixed(2)} (target ≤ 3.0), residuals ${ratio.residuals.toFixed(2)} ` +
-    `(target ≤ 2.2; backward graph alone ${ratio.residualsBackwardOnly.toFixed(2)})`);
+    `(target ≤ 2.2; backward graph alone ${ratio.residualsBackwardOnly.toFixed(2)}); from CPU time: recompute ` +
+    `${ratioCpu.recompute.toFixed(2)}, residuals ${ratioCpu.residuals.toFixed(2)}`);
   const out = options.out ?? path.join(ROOT, 'bench/results/vjp.json');
   fs.mkdirSync(path.dirname(out), { recursive: true });
   fs.writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);

@@ -30,7 +30,7 @@ import sd_modules as sm  # noqa: E402
 def collate_external_data(src_model: str, src_dir: str, out_dir: str, location: str = 'model.onnx_data') -> None:
     """Rewrites src_model so all external tensors live in out_dir/location, copying the bytes in chunks."""
     import onnx
-    from onnx.external_data_helper import ExternalDataInfo, set_external_data
+    from onnx.external_data_helper import ExternalDataInfo
     model = onnx.load(src_model, load_external_data=False)
     if not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         # Under 2 GB torch embeds the weights; move them out (only small models reach this branch).
@@ -59,8 +59,11 @@ def collate_external_data(src_model: str, src_dir: str, out_dir: str, location: 
                     out.write(chunk)
                     remaining -= len(chunk)
             os.remove(src)  # free scratch space as we go
+            # (onnx's set_external_data insists on raw_data, which an externally stored tensor lacks.)
             del tensor.external_data[:]
-            set_external_data(tensor, location=location, offset=offset, length=length)
+            for key, value in (('location', location), ('offset', str(offset)), ('length', str(length))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
             offset += length
     onnx.save(model, os.path.join(out_dir, 'model.onnx'))
 

@@ -100,7 +100,7 @@ def run(mode: str, dtype: torch.dtype, models, latent0: np.ndarray):
     with torch.no_grad():
         hidden = te(ids)[0]
     cond, uncond = hidden[0:1], hidden[1:2]
-    sched = sched_ref.Pndm()  # SD 1.5's PNDM config (the one in models/tiny-sd/scheduler/)
+    sched = sched_ref.PNDMScheduler(**mrm.SD15_SCHEDULER)  # = models/tiny-sd/scheduler/scheduler_config.json
     sched.set_timesteps(NUM_INFERENCE_STEPS)
     timesteps = [int(t) for t in sched.timesteps]
     alphas = step_sizes(len(timesteps))

@@ -37,7 +37,7 @@ if [ "$build" != OK ]; then tail -40 "$OUTDIR/build.log"; fi
 if [ "$build" = OK ]; then
   note "parity (ctest)"
   set +e
-  (cd "$BUILD" && timeout 300 ctest --output-on-failure -V) 2>&1 | tee "$OUTDIR/parity.log"
+  (cd "$BUILD" && timeout 150 ctest --output-on-failure -V) 2>&1 | tee "$OUTDIR/parity.log"
   rc=${PIPESTATUS[0]}
   set -e
   if [ "$rc" = 0 ]; then
@@ -48,7 +48,7 @@ if [ "$build" = OK ]; then
 
   note "benchmark"
   set +e
-  timeout 240 "$BUILD/divbind_cuda_bench" "$OUTDIR/bench.json" 200 2>&1 | tee "$OUTDIR/bench.log"
+  timeout 120 "$BUILD/divbind_cuda_bench" "$OUTDIR/bench.json" 200 2>&1 | tee "$OUTDIR/bench.log"
   rc=${PIPESTATUS[0]}
   set -e
   if [ "$rc" = 0 ]; then bench=OK; else bench="FAIL(rc=$rc)"; fi
@@ -58,7 +58,7 @@ if [ "$build" = OK ]; then
     sanitize=PASS
     for tool in memcheck racecheck; do
       set +e
-      DIVBIND_PARITY_QUICK=1 timeout 240 compute-sanitizer --tool "$tool" --error-exitcode 3 \
+      DIVBIND_PARITY_QUICK=1 timeout 120 compute-sanitizer --tool "$tool" --error-exitcode 3 \
         "$BUILD/divbind_cuda_parity" >"$OUTDIR/sanitize-$tool.log" 2>&1
       rc=$?
       set -e

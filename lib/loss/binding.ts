@@ -53,7 +53,6 @@ function checkShape(value: unknown, file: string): NativeBinding {
 }
 
 function requireAddon(file: string): NativeBinding {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
   return checkShape(require(file), file);
 }
 
@@ -62,7 +61,6 @@ function findPrebuild(root: string, attempts: Attempt[]): string | null {
   const dir = path.join(root, 'prebuilds');
   let gyp: NodeGypBuild;
   try {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
     gyp = require('node-gyp-build') as NodeGypBuild;
   } catch (e) {
     attempts.push({ what: `${dir} (prebuilds)`, error: `node-gyp-build is not installed: ${errorText(e)}` });

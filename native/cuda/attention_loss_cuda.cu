@@ -57,8 +57,8 @@ namespace {
 #define DB_LAUNCHED(name) DB_CUDA(cudaGetLastError())
 
 constexpr int kThreads = 256;  // every kernel; the reductions assume a multiple of 32, at most 1024
-constexpr int kStats = 16;     // per token: m, tv, jsd, has_jsd, coefficient, value; [8, 16) JSD scalars
-enum Stat { kMax = 0, kTv = 1, kJsd = 2, kHasJsd = 3, kCoef = 4, kValue = 5, kJsdScalars = 8 };
+constexpr int kStats = 8;      // per token: m, tv, jsd, has_jsd, coefficient, value
+enum Stat { kMax = 0, kTv = 1, kJsd = 2, kHasJsd = 3, kCoef = 4, kValue = 5 };
 enum Mode { kModeMax = 0, kModeTv = 1, kModeTvBind = 2, kModeTvMax = 3 };
 constexpr unsigned long long kNoNan = ~0ull;
 
@@ -110,9 +110,7 @@ struct Params {
   double* soft;         // (2, n0, tk) token softmax per source
   double* amap;         // (K, n0) smoothed object maps
   double* cmap;         // (K, n0) smoothed attribute maps (tokens with an attribute)
-  double* pmap;         // (K, n0) spatial softmax p of the object map (tokens with a JSD term)
-  double* qmap;         // (K, n0) spatial softmax q of the rescaled attribute map
-  double* scratch;      // (8, n0) backward scratch
+  double* scratch;      // (6, n0) backward scratch
   double* stats;        // (K, kStats)
   double* cg;           // (2, n0) gradient coefficient per pixel: temperature * dS * S_col / N
   int* sel;             // selected token, any gradient, attribute gradient
@@ -431,22 +429,15 @@ __device__ void token_backward_body(const Params& P, double* sh, int* s_sel) {
     for (int p = threadIdx.x; p < n; p += blockDim.x) cg0[p] = cg1[p] = 0.0;
     return;
   }
-  double* A = P.scratch;  // (8, n0): copies of A, C, p, q; dA, dC, gp, gq
+  double* A = P.scratch;  // (6, n0): A, C copies, dA, dC, gp, gq
   double* C = A + n;
-  double* Pv = C + n;
-  double* Qv = Pv + n;
-  double* dA = Qv + n;
+  double* dA = C + n;
   double* dC = dA + n;
   double* gp = dC + n;
   double* gq = gp + n;
-  const size_t at = static_cast<size_t>(s) * n;
   for (int p = threadIdx.x; p < n; p += blockDim.x) {
-    A[p] = __ldcg(P.amap + at + p);
-    if (jsd_grad) {
-      C[p] = __ldcg(P.cmap + at + p);
-      Pv[p] = __ldcg(P.pmap + at + p);
-      Qv[p] = __ldcg(P.qmap + at + p);
-    }
+    A[p] = __ldcg(P.amap + static_cast<size_t>(s) * n + p);
+    C[p] = jsd_grad ? __ldcg(P.cmap + static_cast<size_t>(s) * n + p) : 0.0;
     dA[p] = dC[p] = 0.0;
   }
   __syncthreads();
@@ -459,15 +450,12 @@ __device__ void token_backward_body(const Params& P, double* sh, int* s_sel) {
   if (jsd_grad) {
     // In the forward this was (CPU jsd_forward): JSD of p' = relu(p - tau) + eps and q' = relu(q - tau) + eps
     const double rho = binding_rho(P, tv), d_j = P.coef;
-    JsdScalars js;  // from the forward of this token
-    const double* sj = st + kJsdScalars;
-    js.m_o = __ldcg(sj + 0); js.m_c = __ldcg(sj + 1); js.scale = __ldcg(sj + 2); js.zp = __ldcg(sj + 3);
-    js.mxq = __ldcg(sj + 4); js.zq = __ldcg(sj + 5); js.pmax = __ldcg(sj + 6); js.tau = __ldcg(sj + 7);
+    const JsdScalars js = jsd_scalars(P, A, C, rho, sh);
     // 4. j += 1/2 p' (ln p' - ln M) + 1/2 q' (ln q' - ln M): dj/dp' = 1/2 ln(p'/M), same for q'
     // 3. p' = relu(p - tau) + eps, q' = relu(q - tau) + eps (relu'(0) = 0)
     double part = 0, pt = 0;
     for (int p = threadIdx.x; p < n; p += blockDim.x) {
-      const double pv = Pv[p], qv = Qv[p];
+      const double pv = p_at(js, A, p), qv = q_at(js, C, p);
       const double pp = fmax(pv - js.tau, 0.0) + P.eps, qq = fmax(qv - js.tau, 0.0) + P.eps;
       const double mm = 0.5 * (pp + qq);
       const double g_p = pv - js.tau > 0 ? d_j * 0.5 * log(pp / mm) : 0.0;
@@ -485,18 +473,18 @@ __device__ void token_backward_body(const Params& P, double* sh, int* s_sel) {
     const double share_tau = rho * d_tau / ties_p;
     double qg = 0;
     for (int p = threadIdx.x; p < n; p += blockDim.x) {
-      if (Pv[p] == js.pmax) gp[p] += share_tau;
-      qg += Qv[p] * gq[p];
+      if (p_at(js, A, p) == js.pmax) gp[p] += share_tau;
+      qg += q_at(js, C, p) * gq[p];
     }
     qg = block_sum(qg, sh);
     // 1b. q = softmax(C * m_o / m_c): g_x = q (g_q - <q, g_q>)
     double ds = 0, ct = 0, pg = 0;
     for (int p = threadIdx.x; p < n; p += blockDim.x) {
-      const double gx = Qv[p] * (gq[p] - qg);
+      const double gx = q_at(js, C, p) * (gq[p] - qg);
       dC[p] += gx * js.scale;
       ds += gx * C[p];
       ct += C[p] == js.m_c ? 1.0 : 0.0;
-      pg += Pv[p] * gp[p];
+      pg += p_at(js, A, p) * gp[p];
     }
     double r3[3] = {ds, ct, pg};
     block_reduce_n<3, 0u>(r3, sh);
@@ -509,7 +497,7 @@ __device__ void token_backward_body(const Params& P, double* sh, int* s_sel) {
     for (int p = threadIdx.x; p < n; p += blockDim.x) {
       if (A[p] == js.m_o) dA[p] += share_o;
       if (C[p] == js.m_c) dC[p] += share_c;
-      dA[p] += Pv[p] * (gp[p] - pg);
+      dA[p] += p_at(js, A, p) * (gp[p] - pg);
     }
   }
   if (d_m != 0.0) {
@@ -600,25 +588,15 @@ __global__ void __launch_bounds__(kThreads) token_forward_kernel(const __grid_co
       coef = P.coef;
       if (has_attr) {
         const JsdScalars js = jsd_scalars(P, A, C, binding_rho(P, tv), sh);
-        double* pm = P.pmap + static_cast<size_t>(i) * n;  // kept for the backward
-        double* qm = P.qmap + static_cast<size_t>(i) * n;
         double part = 0;
         for (int p = threadIdx.x; p < n; p += blockDim.x) {
-          const double pv = p_at(js, A, p), qv = q_at(js, C, p);
-          pm[p] = pv;
-          qm[p] = qv;
-          const double pp = fmax(pv - js.tau, 0.0) + P.eps;  // p' = relu(p - tau) + eps
-          const double qq = fmax(qv - js.tau, 0.0) + P.eps;  // q' = relu(q - tau) + eps
+          const double pp = fmax(p_at(js, A, p) - js.tau, 0.0) + P.eps;  // p' = relu(p - tau) + eps
+          const double qq = fmax(q_at(js, C, p) - js.tau, 0.0) + P.eps;  // q' = relu(q - tau) + eps
           const double lm = log(0.5 * (pp + qq));                         // ln M
           part += 0.5 * pp * (log(pp) - lm) + 0.5 * qq * (log(qq) - lm);
         }
         jsd = block_sum(part, sh);
         has_jsd = true;
-        if (threadIdx.x == 0) {
-          double* sj = P.stats + static_cast<size_t>(i) * kStats + kJsdScalars;
-          sj[0] = js.m_o; sj[1] = js.m_c; sj[2] = js.scale; sj[3] = js.zp;
-          sj[4] = js.mxq; sj[5] = js.zq; sj[6] = js.pmax; sj[7] = js.tau;
-        }
         value = tv - P.coef * jsd;
       }
       break;
@@ -713,15 +691,12 @@ __device__ __forceinline__ float row_value(const RowCtx& c, int i) {
   return static_cast<float>(v);
 }
 
-// pass 0 (zero pass, launched at the start of the call on a second stream, overlapping the small stages): the
-// image rows that are zero whatever the loss selects (layers with no role; rows of attribute-only layers that
-// no output samples). pass 1 (after the backward): every other image row, values or zeros.
 __global__ void __launch_bounds__(kThreads) write_grads_kernel(const __grid_constant__ Params P,
-                                                               const __grid_constant__ Meta meta, int pass) {
+                                                               const __grid_constant__ Meta meta) {
   extern __shared__ int ox_range[];  // (2, res)
   const WriteLayer L = P.inline_meta ? meta.layers[blockIdx.y] : P.wlayers[blockIdx.y];
   const int r0 = P.r0, res = L.res, T = P.T;
-  const bool any = pass == 1 && P.sel[1] != 0;  // sel is only written by the backward, read in pass 1 only
+  const bool any = P.sel[1] != 0;
   const bool obj = any && L.obj;
   const bool attr = any && P.sel[2] != 0 && L.attr;
   if (attr) {  // outputs o with floor(o * res / r0) == x: [ceil(x r0 / res), ceil((x+1) r0 / res))
@@ -738,17 +713,14 @@ __global__ void __launch_bounds__(kThreads) write_grads_kernel(const __grid_cons
     float* dst = L.grad + ir * span;
     RowCtx c;
     c.oy0 = c.oy1 = 0;
-    if (L.attr) {
+    if (attr) {
       c.oy0 = ceil_div_ll(static_cast<long long>(y) * r0, res);
       c.oy1 = min(r0, ceil_div_ll(static_cast<long long>(y + 1) * r0, res));
     }
-    const bool structural_zero = !L.obj && c.oy0 >= c.oy1;
-    if (structural_zero != (pass == 0)) continue;  // the other pass owns this image row
-    if (!obj && !(attr && c.oy0 < c.oy1)) {
+    if (!obj && c.oy0 >= c.oy1) {
       block_zero(dst, span);
       continue;
     }
-    if (!attr) c.oy0 = c.oy1 = 0;
     const int sel = P.sel[0];
     c.cg0 = obj ? P.cg + static_cast<size_t>(y) * r0 : nullptr;
     c.soft0 = P.soft + static_cast<size_t>(y) * r0 * P.tk;
@@ -838,7 +810,7 @@ inline int64_t sampled_pixel(int o, int r, int r0) {
 
 // Byte layout shared by the device arena and the pinned host arena (each uses the parts it needs).
 struct Layout {
-  size_t nan_key, counter, maps, tok_col, attr_col, wlayers, soft, amap, cmap, pmap, qmap, scratch, cg, stats, sel, nan_out, out_maps,
+  size_t nan_key, counter, maps, tok_col, attr_col, wlayers, soft, amap, cmap, scratch, cg, stats, sel, nan_out, out_maps,
       packed, total;
   static size_t align(size_t v) { return (v + 255) & ~size_t(255); }
   Layout(const Plan& p, size_t n_maps, size_t n_layers, size_t packed_floats) {
@@ -858,9 +830,7 @@ struct Layout {
     soft = take(2 * n0 * size_t(p.tk) * sizeof(double));
     amap = take(K * n0 * sizeof(double));
     cmap = take(K * n0 * sizeof(double));
-    pmap = take(K * n0 * sizeof(double));
-    qmap = take(K * n0 * sizeof(double));
-    scratch = take(8 * n0 * sizeof(double));
+    scratch = take(6 * n0 * sizeof(double));
     cg = take(2 * n0 * sizeof(double));
     stats = take(K * kStats * sizeof(double));  // stats, sel, nan_out: read back in one copy
     sel = take(4 * sizeof(int));
@@ -881,8 +851,6 @@ struct Workspace {
   int sm_count = 0;
   cudaStream_t stream = nullptr;  // host path
   cudaEvent_t ev[6] = {};  // stage timing (benchmark only)
-  cudaStream_t aux = nullptr;  // device path: the gradient zero pass, forked from the caller's stream
-  cudaEvent_t fork = nullptr, join = nullptr;
   char* dev = nullptr;
   size_t dev_cap = 0;
   char* host = nullptr;  // pinned
@@ -922,9 +890,6 @@ Workspace& workspace_for_current_device() {
     DB_CUDA(cudaDeviceGetAttribute(&ws->sm_count, cudaDevAttrMultiProcessorCount, device));
     DB_CUDA(cudaStreamCreateWithFlags(&ws->stream, cudaStreamNonBlocking));
     for (cudaEvent_t& e : ws->ev) DB_CUDA(cudaEventCreate(&e));
-    DB_CUDA(cudaStreamCreateWithFlags(&ws->aux, cudaStreamNonBlocking));
-    DB_CUDA(cudaEventCreateWithFlags(&ws->fork, cudaEventDisableTiming));
-    DB_CUDA(cudaEventCreateWithFlags(&ws->join, cudaEventDisableTiming));
     slot = std::move(ws);
   }
   return *slot;
@@ -1021,8 +986,6 @@ Params make_params(const Plan& plan, const LossOptions& o, const Layout& lay, ch
   P.soft = reinterpret_cast<double*>(dev + lay.soft);
   P.amap = reinterpret_cast<double*>(dev + lay.amap);
   P.cmap = reinterpret_cast<double*>(dev + lay.cmap);
-  P.pmap = reinterpret_cast<double*>(dev + lay.pmap);
-  P.qmap = reinterpret_cast<double*>(dev + lay.qmap);
   P.scratch = reinterpret_cast<double*>(dev + lay.scratch);
   P.stats = reinterpret_cast<double*>(dev + lay.stats);
   P.cg = reinterpret_cast<double*>(dev + lay.cg);
@@ -1223,28 +1186,20 @@ LossResult run_device(const std::vector<LayerView>& layers, const LossOptions& o
   P.out_obj = object_maps;
   P.out_attr = attribute_maps;
   cudaEvent_t* ev = times ? ws.ev : nullptr;  // [0] start, [1] uploaded, [2] aggregated, [3] tokens, [5] written
-  int max_res = 1;
-  for (const LayerView& l : layers) max_res = std::max(max_res, l.resolution);
-  // one block per image row (head, y) of the largest layer, one grid row per layer; blocks loop beyond 65535
-  const dim3 write_grid(unsigned(std::min<long long>(max_image_rows, 65535)), unsigned(wl.size()));
-  const size_t write_smem = 2 * size_t(max_res) * sizeof(int);
   if (ev) DB_CUDA(cudaEventRecord(ev[0], stream));
-  if (grads) {  // fork: the zero pass runs on the workspace's second stream while the small stages run here
-    DB_CUDA(cudaEventRecord(ws.fork, stream));
-    DB_CUDA(cudaStreamWaitEvent(ws.aux, ws.fork, 0));
-    write_grads_kernel<<<write_grid, kThreads, write_smem, ws.aux>>>(P, meta, 0);
-    DB_LAUNCHED("write_grads_kernel (zero pass)");
-    DB_CUDA(cudaEventRecord(ws.join, ws.aux));
-  }
   if (upload)
     DB_CUDA(cudaMemcpyAsync(ws.dev + lay.meta_begin(), ws.host + lay.meta_begin(), lay.meta_end() - lay.meta_begin(),
                             cudaMemcpyHostToDevice, stream));
   if (ev) DB_CUDA(cudaEventRecord(ev[1], stream));
   launch_core(ws, P, meta, grads != nullptr, stream, ev ? ev + 2 : nullptr);
   if (grads) {
-    write_grads_kernel<<<write_grid, kThreads, write_smem, stream>>>(P, meta, 1);
+    // one block per image row (head, y) of the largest layer, one grid row per layer; blocks loop beyond 65535
+    int max_res = 1;
+    for (const LayerView& l : layers) max_res = std::max(max_res, l.resolution);
+    const unsigned bx = unsigned(std::min<long long>(max_image_rows, 65535));
+    write_grads_kernel<<<dim3(bx, unsigned(wl.size())), kThreads, 2 * size_t(max_res) * sizeof(int), stream>>>(P,
+                                                                                                               meta);
     DB_LAUNCHED("write_grads_kernel");
-    DB_CUDA(cudaStreamWaitEvent(stream, ws.join, 0));  // join the zero pass
   }
   if (ev) DB_CUDA(cudaEventRecord(ev[5], stream));
   DB_CUDA(cudaMemcpyAsync(ws.host + lay.results_begin(), ws.dev + lay.results_begin(),

@@ -192,3 +192,78 @@ test('tokenizer files use CLIP\'s layout and agree with the golden token ids', (
     t.true(c.ids.slice(1 + body.length).every((id) => id === golden.eot), c.prompt);
   }
 });
+
+/**
+ * The trajectory fixture is consistent with the exported models: for mode 'none', ORT's text encoder + CFG UNet
+ * pass at the first timestep + PNDM's first step (formula (9), t → t − 100) reproduce latents[0], and the VAE
+ * decodes the final latent to image.npy. The few scheduler lines here only serve as an oracle for the fixture.
+ * Tolerances: latents[0] 1e-4 absolute (|values| ≤ ~4; float32 ORT vs the float64 golden), image ±1 level.
+ */
+test('trajectory fixture (mode none) matches the ONNX models: first PNDM step and decoded image', async (t) => {
+  const TRAJ = path.join(GOLDEN, 'trajectories');
+  const index = JSON.parse(fs.readFileSync(path.join(TRAJ, 'index.json'), 'utf8')) as {
+    cases: { name: string; options: { prompt: string; guidanceScale: number }; record: { timesteps: number[] } }[];
+  };
+  const none = index.cases.find((c) => c.name === 'none');
+  if (!none) return t.fail('trajectories/index.json has no "none" case');
+  const tokens = JSON.parse(fs.readFileSync(path.join(GOLDEN, 'tokenizer/tokens.json'), 'utf8')) as {
+    cases: { prompt: string; ids: number[] }[];
+  };
+  const idsOf = (p: string): number[] => {
+    const c = tokens.cases.find((x) => x.prompt === p);
+    if (!c) throw new Error(`no golden token ids for ${JSON.stringify(p)}`);
+    return c.ids;
+  };
+  const te = await session(path.join(MODELS, 'tiny-sd/text_encoder/model.onnx'));
+  const ids = Int32Array.from([...idsOf(''), ...idsOf(none.options.prompt)]);
+  const ehs = (await te.run({ input_ids: new ort.Tensor('int32', ids, [2, 77]) })).last_hidden_state;
+  await te.release();
+
+  const unet = await session(path.join(MODELS, 'tiny-sd/unet/model.onnx'));
+  const z0 = readNpy(path.join(TRAJ, 'initial_latent.npy')).data as Float32Array;
+  const n = z0.length;
+  const batch = new Float32Array(2 * n);
+  batch.set(z0, 0);
+  batch.set(z0, n);
+  const t0 = none.record.timesteps[0];
+  const out = await unet.run({ sample: new ort.Tensor('float32', batch, [2, 4, 32, 32]),
+    timestep: new ort.Tensor('int64', BigInt64Array.of(BigInt(t0)), [1]), encoder_hidden_states: ehs });
+  await unet.release();
+  const eps2 = out.out_sample.data as Float32Array;
+
+  // alphas_cumprod of SD 1.5's scaled_linear schedule; PNDM (9) from t0 to t0 − 1000/10.
+  const acp: number[] = [];
+  let prod = 1;
+  for (let i = 0; i < 1000; i++) {
+    const b = (Math.sqrt(0.00085) + (i / 999) * (Math.sqrt(0.012) - Math.sqrt(0.00085))) ** 2;
+    prod *= 1 - b;
+    acp.push(prod);
+  }
+  const a = acp[t0];
+  const ap = acp[t0 - 100];
+  const denom = a * Math.sqrt(1 - ap) + Math.sqrt(a * (1 - a) * ap);
+  const expected = readNpy(path.join(TRAJ, 'none/latents.npy')).data as Float32Array;
+  let d = 0;
+  for (let i = 0; i < n; i++) {
+    const eps = eps2[i] + none.options.guidanceScale * (eps2[n + i] - eps2[i]);
+    const x = Math.sqrt(ap / a) * z0[i] - ((ap - a) * eps) / denom;
+    d = Math.max(d, Math.abs(x - expected[i]));
+  }
+  t.log(`latents[0] max |ort − golden| = ${d.toExponential(2)}`);
+  t.true(d <= 1e-4, `latents[0]: ${d}`);
+
+  const vae = await session(path.join(MODELS, 'tiny-sd/vae_decoder/model.onnx'));
+  const zFinal = (expected as Float32Array).subarray(10 * n, 11 * n).map((v) => v / 0.18215);
+  const img = (await vae.run({ latent_sample: new ort.Tensor('float32', Float32Array.from(zFinal), [1, 4, 32, 32]) })).sample.data as Float32Array;
+  await vae.release();
+  const golden = readNpy(path.join(TRAJ, 'none/image.npy'));
+  t.deepEqual(golden.shape, [256, 256, 3]);
+  const g8 = golden.data as Uint8Array;
+  let worst = 0;
+  for (let y = 0; y < 256; y++) for (let x = 0; x < 256; x++) for (let c = 0; c < 3; c++) {
+    const v = Math.round(255 * Math.min(1, Math.max(0, img[c * 65536 + y * 256 + x] / 2 + 0.5)));
+    worst = Math.max(worst, Math.abs(v - g8[(y * 256 + x) * 3 + c]));
+  }
+  t.log(`image max |ort − golden| = ${worst}/255`);
+  t.true(worst <= 1, `image differs by ${worst}/255`);
+});

@@ -165,12 +165,17 @@ class ShapesWorld:
         sd = torch.where(shape[:, None, None] == 0, circle, torch.where(shape[:, None, None] == 1, square, tri))
         return (0.5 - sd).clamp(0.0, 1.0)
 
-    def sample(self, b: int, g: torch.Generator, with_captions: bool = False) -> Batch:
+    def sample(self, b: int, g: torch.Generator, cg: torch.Generator, with_captions: bool = False) -> Batch:
+        """g: generator on the device (geometry, colours of the background); cg: CPU generator for the discrete
+        choices (count, shapes, colours, caption form), which the captions need on the host anyway. Drawing them
+        on the host keeps the GPU queue free of device→host synchronisations."""
         dev = self.device
-        n = torch.multinomial(self.count_probs, b, replacement=True, generator=_cpu_gen(g)).to(dev) + 1
-        shape = torch.randint(0, len(SHAPES), (b, MAX_OBJECTS), generator=g, device=dev)
+        n_c = torch.multinomial(self.count_probs, b, replacement=True, generator=cg) + 1
+        shape_c = torch.randint(0, len(SHAPES), (b, MAX_OBJECTS), generator=cg)
         # Distinct colours within a scene keep "every object with its colour" unambiguous for the benchmark.
-        colour = torch.rand(b, len(COLOUR_NAMES), generator=g, device=dev).argsort(dim=1)[:, :MAX_OBJECTS]
+        colour_c = torch.rand(b, len(COLOUR_NAMES), generator=cg).argsort(dim=1)[:, :MAX_OBJECTS]
+        ids, caps = self._captions(n_c, shape_c, colour_c, cg, with_captions)
+        n, shape, colour, ids = (_to(t, dev) for t in (n_c, shape_c, colour_c, ids))
         present = torch.arange(MAX_OBJECTS, device=dev)[None] < n[:, None]
         centres, r = self._layout(b, n, g)
         rot = (torch.rand(b, MAX_OBJECTS, generator=g, device=dev) - 0.5) * (math.pi / 6)
@@ -195,16 +200,14 @@ class ShapesWorld:
             box[:, j, 3] = torch.where(anyy, idx + 1, torch.zeros_like(idx)).max(dim=1).values
         shape = torch.where(present, shape, torch.full_like(shape, -1))
         colour = torch.where(present, colour, torch.full_like(colour, -1))
-        ids, caps = self._captions(n, shape, colour, g, with_captions)
         return Batch(images=img.clamp(-1, 1), input_ids=ids, count=n, shape=shape, colour=colour, box=box,
                      captions=caps)
 
     # -- captions ----------------------------------------------------------------------------------------
 
-    def _captions(self, n: torch.Tensor, shape: torch.Tensor, colour: torch.Tensor, g: torch.Generator,
+    def _captions(self, n: torch.Tensor, shape: torch.Tensor, colour: torch.Tensor, cg: torch.Generator,
                   with_text: bool) -> Tuple[torch.Tensor, Optional[List[str]]]:
         b = n.shape[0]
-        cg = _cpu_gen(g)
         # Random caption order, empty / uncoloured captions: drawn on the CPU (tiny), ids assembled in Python.
         order = torch.rand(b, MAX_OBJECTS, generator=cg).argsort(dim=1).tolist()
         u = torch.rand(b, 2, generator=cg).tolist()
@@ -232,15 +235,13 @@ class ShapesWorld:
             rows.append(ids + [eot] * (clip_bpe.MAX_LENGTH - len(ids)))
             if with_text:
                 texts.append(caption(objs, coloured) if objs else '')
-        return torch.tensor(rows, dtype=torch.int64, device=self.device), (texts if with_text else None)
+        return torch.tensor(rows, dtype=torch.int64), (texts if with_text else None)
 
 
-def _cpu_gen(g: torch.Generator) -> torch.Generator:
-    """A CPU generator derived from g (torch.multinomial/argsort helpers on small CPU tensors need one)."""
-    if g.device.type == 'cpu':
-        return g
-    seed = int(torch.randint(0, 2 ** 62, (1,), generator=g, device=g.device).item())
-    return torch.Generator().manual_seed(seed)
+def _to(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    if dev.type == 'cuda':
+        return t.pin_memory().to(dev, non_blocking=True)  # pinned: the copy does not wait for queued kernels
+    return t.to(dev)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

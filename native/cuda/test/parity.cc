@@ -335,6 +335,7 @@ LossOptions base_options(LossMode mode, int T, std::vector<int> tokens, std::vec
 }  // namespace
 
 int main() {
+  std::setvbuf(stdout, nullptr, _IONBF, 0);  // a hang or crash still shows the last finished case
   std::string why;
   const int devices = divbind::cuda::device_count(&why);
   std::mt19937_64 rng(std::random_device{}());
