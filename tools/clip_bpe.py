@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import unicodedata
 from collections import Counter
@@ -163,7 +164,6 @@ def build_vocab(merges: Sequence[Tuple[str, str]]) -> Dict[str, int]:
 
 
 def write_tokenizer_files(folder: str, merges: Sequence[Tuple[str, str]]) -> Dict[str, int]:
-    import os
     os.makedirs(folder, exist_ok=True)
     vocab = build_vocab(merges)
     with open(os.path.join(folder, 'vocab.json'), 'w', encoding='utf-8') as f:
@@ -198,7 +198,6 @@ class ClipTokenizer:
 
     @classmethod
     def from_folder(cls, folder: str) -> 'ClipTokenizer':
-        import os
         with open(os.path.join(folder, 'vocab.json'), encoding='utf-8') as f:
             vocab = json.load(f)
         with open(os.path.join(folder, 'merges.txt'), encoding='utf-8') as f:

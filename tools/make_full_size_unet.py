@@ -27,6 +27,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sd_modules as sm  # noqa: E402
 
 
+SD15_CHANNELS = (320, 640, 1280, 1280)
+SD15_PARAMETERS = 859_520_964  # runwayml/stable-diffusion-v1-5 unet, as diffusers counts it
+
+
 def collate_external_data(src_model: str, src_dir: str, out_dir: str, location: str = 'model.onnx_data') -> None:
     """Rewrites src_model so all external tensors live in out_dir/location, copying the bytes in chunks."""
     import onnx
@@ -87,6 +91,9 @@ def main():
             p.requires_grad_(False)
     n = sum(p.numel() for p in unet.parameters())
     print(f'built: {n:,} parameters ({n * 4 / 2**30:.2f} GiB fp32) in {time.time() - t0:.1f}s', flush=True)
+    if channels == SD15_CHANNELS and n != SD15_PARAMETERS:
+        # The count is an independent check that sd_modules reproduces SD 1.5's layout exactly.
+        raise SystemExit(f'expected {SD15_PARAMETERS:,} parameters (diffusers SD 1.5 UNet), got {n:,}')
     sample = torch.randn(1, 4, 64, 64)
     ehs = torch.randn(1, 77, 768)
     ts = torch.tensor([981], dtype=torch.int64)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates every committed fixture under test/fixtures/ (models, model golden data, trajectories, loss,
 # noise and scheduler golden data). Deterministic: fixed seeds, same code → same files.
-#   tools/make_golden.sh            (from anywhere; takes ~10 minutes on 2 cores)
+#   tools/make_golden.sh            (from anywhere; ~30 minutes on 2 busy cores, most of it reference_pipeline.py)
 # Needs Debian's python3-torch (1.13), python3-onnx and python3-numpy at /usr/bin/python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from typing import Dict, List, Tuple
 
 import torch

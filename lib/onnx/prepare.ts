@@ -43,7 +43,10 @@ export interface PrepareOptions {
   cacheDir?: string;
   /** Expose head-averaged maps (default DEFAULT_HEAD_AVERAGE) or raw per-head probabilities. */
   headAverage?: boolean;
-  /** VJP design passed to buildVjp (default 'recompute'). */
+  /**
+   * VJP design passed to buildVjp. Default 'residuals': the guidance step runs the forward anyway (for the maps), so
+   * only the backward graph is extra — measured faster per step than 'recompute' (bench/results/vjp.json).
+   */
   design?: 'recompute' | 'residuals';
   /** Run each written graph once (default true). */
   verify?: boolean;
@@ -296,7 +299,7 @@ export async function prepareModel(modelDir: string, opts: PrepareOptions = {}):
     inputDims[vi.name!] = d.map((x) => (typeof x === 'number' ? x : batch));
   }
   const headAverage = opts.headAverage ?? DEFAULT_HEAD_AVERAGE;
-  const design = opts.design ?? 'recompute';
+  const design = opts.design ?? 'residuals';
 
   // Where to write: beside the model, else the cache. Nothing is created before the save stage.
   const besideModel = path.join(path.dirname(unetPath), 'divbind');

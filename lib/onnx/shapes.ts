@@ -211,6 +211,8 @@ export async function inferStaticShapes(model: ModelProto, inputDims: Readonly<R
     missing = [...outputNames].filter((n) => !shapes.has(n));
   }
 
+  shapes.delete(`${dummy}_in`);
+  shapes.delete(`${dummy}_out`);
   if (missing.length > 0 && !opts.allowPartial) {
     throw new Error(`Shape inference left ${missing.length} tensor(s) without a static shape, e.g. `
       + `${missing.slice(0, 5).map((n) => `'${n}'`).join(', ')}. The graph may contain ops whose output shape depends `

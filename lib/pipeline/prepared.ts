@@ -5,10 +5,9 @@
  */
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { readManifest, type Manifest } from '../onnx/manifest';
-import { prepareModel } from '../onnx/prepare';
+import { cacheDirFor, prepareModel } from '../onnx/prepare';
 import type { ModelFolder } from './model-folder';
 import type { PreparedUnetFiles } from './unet';
 
@@ -37,12 +36,9 @@ export interface FindPreparedOptions {
   onProgress?: (message: string) => void;
 }
 
-/** The directories prepare may have used, in the order it tries them (same rule as lib/onnx/prepare.ts). */
+/** The directories prepare may have used, in the order it tries them. */
 export function candidatePreparedDirs(modelDir: string, cacheDir?: string): string[] {
-  const root = path.resolve(modelDir);
-  const key = crypto.createHash('sha256').update(root).digest('hex').slice(0, 16);
-  const cacheRoot = path.resolve(cacheDir ?? path.join(os.homedir(), '.cache', 'divbind-native'));
-  return [path.join(root, 'unet', 'divbind'), path.join(cacheRoot, `${path.basename(root)}-${key}`)];
+  return [path.join(path.resolve(modelDir), 'unet', 'divbind'), cacheDirFor(modelDir, cacheDir)];
 }
 
 function sha256File(file: string): string {

@@ -49,10 +49,11 @@ test('prepare writes the instrumented UNet, VJP graph and manifest; a second run
   t.deepEqual(m.attention.layers.map((l) => l.output), [...Array(10).keys()].map((i) => `attn_${i}`));
   t.deepEqual(m.attention.layers.map((l) => [l.place, l.resolution, l.heads]),
     [['down', 32, 2], ['down', 16, 2], ['down', 8, 2], ['mid', 4, 2], ['up', 8, 2], ['up', 8, 2], ['up', 16, 2], ['up', 16, 2], ['up', 32, 2], ['up', 32, 2]]);
-  t.is(m.vjp.design, 'recompute');
+  t.is(m.vjp.design, 'residuals');
   t.is(m.vjp.gradient, 'grad_sample');
   t.is(m.vjp.cotangents.attn_0, 'grad_attn_0');
-  for (const f of [m.files.unet, m.files.vjp!]) t.true(fs.existsSync(path.join(r.dir, f)), f);
+  t.true((m.vjp.residuals ?? []).length > 0);
+  for (const f of [m.files.unet, m.files.forward!, m.files.backward!]) t.true(fs.existsSync(path.join(r.dir, f)), f);
   t.deepEqual(readManifest(r.dir), JSON.parse(JSON.stringify(m)));
   t.deepEqual([...new Set(stages.map((s) => s.stage))], ['validate', 'load', 'shapes', 'attention', 'vjp', 'save', 'verify', 'done']);
   t.true(stages.every((s, i) => i === 0 || s.fraction >= stages[i - 1]!.fraction));

@@ -190,6 +190,8 @@ def export(ckpt_path: str, out: str) -> dict:
         if os.path.isfile(src):
             shutil.copyfile(src, os.path.join(out, extra))
 
+    write_readme(out, ck, ae_ck, state)
+
     import onnx
     sizes = {}
     for sub in ('text_encoder', 'unet', 'vae_decoder'):
@@ -201,6 +203,61 @@ def export(ckpt_path: str, out: str) -> dict:
             'fold_max_abs_err': err}
     print(json.dumps(info, indent=2))
     return info
+
+
+def write_readme(out: str, ck: dict, ae_ck: dict, state: dict) -> None:
+    """models/shapes-sd/README.md: recipe, training numbers read from the checkpoint, what the model draws."""
+    curves = ck.get('curves') or {}
+    unet_curve = curves.get('unet') or []
+    last = [r[1] for r in unet_curve[-10:]]
+    final_loss = f'{sum(last) / len(last):.4f} (mean of the last {len(last)} logged points)' if last else 'n/a'
+    cfg = ck['config']
+    text = f"""# shapes-sd: the bundled small text-to-image model
+
+A Stable-Diffusion-architecture model trained from scratch on the **Shapes world** (tools/shapes/data.py):
+64×64 scenes of 1-3 shapes (circle, square, triangle) in 8 named colours ({', '.join(D.COLOUR_NAMES)}) on a grey
+background, with captions such as "a red circle and a blue square". Because the truth of every scene is known,
+the project can *measure* what Divide & Bind claims (fewer missing objects, correct colour binding) with
+`divbind-native eval` (lib/eval/).
+
+## Files
+Standard diffusers ONNX layout (OnnxStableDiffusionPipeline), opset {OPSET}, float32:
+`model_index.json`, `scheduler/` (SD 1.5 PNDM config), `tokenizer/` (CLIP BPE learnt over the caption words, each
+word one token), `text_encoder/`, `unet/` (dynamic batch, int64 timestep [1]), `vae_decoder/` (latent
+standardisation folded in; SD's 0.18215 convention), `reference/` (PyTorch outputs on fixed inputs for runtime
+checks), `loss.png` / `loss.json` (training curves), `samples.png` (PyTorch preview at the end of training; the
+prompts are listed in the training log).
+
+## Architecture
+- Text encoder: CLIP text transformer, hidden {cfg['text_encoder']['hidden_size']}, {cfg['text_encoder']['num_layers']} layers, {cfg['text_encoder']['num_heads']} heads, causal mask, 77 positions.
+- Autoencoder: 64×64×3 → 16×16×4 latent (4× per side, not SD's 8×), encoder + SD-style VAE decoder
+  (block_out_channels {tuple(cfg['vae']['block_out_channels'])}); plain autoencoder (MSE + 0.5·L1, latent noise).
+- UNet: SD layout, block_out_channels {tuple(cfg['unet']['block_out_channels'])}, {cfg['unet']['layers_per_block']} layer per block, {cfg['unet']['num_heads']} heads, cross-attention dim
+  {cfg['unet']['cross_attention_dim']}. Levels: 16² cross-attention only (no self-attention), 8² cross + self, 4² resnets, mid at 4² (cross + self).
+- D&B: `model_index.json` declares `"divbind": {{"attentionResolution": 16, "attributeResolutions": [16]}}`: object
+  and attribute maps both come from the 16×16 cross-attention layers (8² and 4² are too coarse for 2-3 objects).
+- Image size: the pipeline must run at the latent size 16×16 (64×64 pixels). Note: the VAE scale factor is 4
+  (`vae_decoder/config.json` "vae_scale_factor": 4), not SD's 8.
+
+## Training recipe (tools/shapes/train.py, bench/gpu/train.sh)
+1. Autoencoder: {state.get('ae_step')} steps (AdamW 2e-3), eval MSE {state.get('ae_eval_mse', float('nan')):.5f} on [-1, 1] images.
+2. Text encoder + UNet jointly: ε-prediction DDPM, SD 1.5 schedule (scaled_linear 0.00085-0.012, 1000 steps),
+   10 % empty captions (classifier-free guidance), 20 % captions without colour words, AdamW 7e-4 (warm-up 200
+   steps, cosine to 10 % over the wall-clock budget), grad-norm clip 1, bf16 autocast on CUDA, EMA 0.999 (exported).
+   {state.get('unet_step')} steps at batch {ck.get('batch')}, seed {ck.get('seed')}, torch {ck.get('torch')}; final ε-MSE {final_loss}.
+3. Export: `python3 tools/shapes/export.py <out>/ckpt-ema.pt models/shapes-sd` (torch 1.13, CPU).
+
+![loss curve](loss.png)
+
+## What it draws, and its limits
+- Prompts in the caption grammar: "a [colour] shape", "… and …", "…, … and …" with the words above. Other words
+  tokenize into byte pieces the model never saw: expect noise-like or arbitrary scenes.
+- Scenes are 64×64 only; colours and shapes are the 8 × 3 above; no textures, no overlap semantics.
+- It is a small model trained for minutes: objects can be missing, merged or miscoloured — exactly what the
+  benchmark measures. See `divbind-native eval` for numbers per guidance method.
+"""
+    with open(os.path.join(out, 'README.md'), 'w') as f:
+        f.write(text)
 
 
 def _mk(out: str, sub: str) -> str:

@@ -126,8 +126,8 @@ class Trainer:
         self.amp = dev.type == 'cuda' and not args.no_amp and torch.cuda.is_bf16_supported()
         self.world = D.ShapesWorld(dev)
         self.cfg = M.default_config()
+        torch.manual_seed(args.seed)  # the default inits of all modules below
         self.te, self.unet, self.ae = M.build(self.cfg, len(self.world.vocab))
-        torch.manual_seed(args.seed)
         M.sm.init_text_encoder_(self.te, args.seed + 1)
         for m in (self.te, self.unet, self.ae):
             m.to(dev)
@@ -148,6 +148,8 @@ class Trainer:
         self.curves = {'ae': [], 'unet': []}
         self.resume()
         self.state['runs'] += 1
+        if self.amp:
+            self.probe_amp()
         n = {k: M.param_count(m) for k, m in (('text_encoder', self.te), ('unet', self.unet),
                                                 ('vae_encoder', self.ae.encoder), ('vae_decoder', self.ae.decoder))}
         self.log(f'torch {torch.__version__} device {dev}'
@@ -203,6 +205,24 @@ class Trainer:
                                      and v.numel() > 1 else v.cpu() if torch.is_tensor(v) else v)
                                  for k, v in st.items()}
         save_atomic({'optimizer': small, 'rng': rng_state(self.g, self.cg, self.device)}, p['optim'])
+
+    def probe_amp(self) -> None:
+        """One forward + backward of every model under bf16 autocast on a tiny batch; on any error, train in fp32
+        (TF32) instead of failing: the GPU run gets one try."""
+        try:
+            b = self.world.sample(4, torch.Generator(device=self.device).manual_seed(0), torch.Generator().manual_seed(0))
+            with self.autocast():
+                z = self.ae.encoder(b.images)
+                y = self.ae.decoder(z)
+                p = self.unet(torch.zeros_like(z).float(), torch.tensor([1, 2, 3, 999], device=self.device),
+                              self.te.hidden(b.input_ids))
+            (y.float().mean() + p.float().mean()).backward()
+            self.log('bf16 autocast probe ok')
+        except Exception as exc:  # noqa: BLE001 - any failure means: do not use autocast
+            self.amp = False
+            self.log(f'bf16 autocast probe failed, training in fp32/TF32: {exc!r}')
+        for m in (self.ae, self.te, self.unet):
+            m.zero_grad(set_to_none=True)
 
     # -- phases ------------------------------------------------------------------------------------------
 
@@ -412,7 +432,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument('--start-time', type=float, default=None, help='epoch seconds the budget counts from')
     ap.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto')
     ap.add_argument('--batch', type=int, default=None, help='default 512 on CUDA, 16 on CPU')
-    ap.add_argument('--lr', type=float, default=1e-3)
+    ap.add_argument('--lr', type=float, default=7e-4)
     ap.add_argument('--ae-lr', type=float, default=2e-3)
     ap.add_argument('--ae-fraction', type=float, default=0.15, help='share of the budget for the autoencoder')
     ap.add_argument('--ae-max-steps', type=int, default=3000)

@@ -275,7 +275,7 @@ function convRule(c: RuleContext) {
 function sliceRule(c: RuleContext) {
   if (!c.needs(0)) return;
   const e = c.e;
-  const [x, startsN, endsN, axesN, stepsN] = c.node.inputs;
+  const [, startsN, endsN, axesN, stepsN] = c.node.inputs;
   const xd = inDims(c, 0);
   const yd = outDims(c);
   const r = xd.length;
