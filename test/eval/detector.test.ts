@@ -70,6 +70,46 @@ test('detector finds and classifies ≥ 95 % of rendered objects, ≤ 5 % spurio
   t.true(spurious <= 0.05, `spurious ${spurious}`);
 });
 
+/** 3×3 box blur then uniform noise in ±amp (a fixed LCG): generated images are softer and noisier than renders. */
+function degrade(rgb: Uint8Array, w: number, h: number, amp: number, seed: number): Uint8Array {
+  const out = new Uint8Array(rgb.length);
+  let s = seed >>> 0;
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      for (let c = 0; c < 3; c++) {
+        let sum = 0, n = 0;
+        for (let dy = -1; dy <= 1; dy++) {
+          for (let dx = -1; dx <= 1; dx++) {
+            const xx = x + dx, yy = y + dy;
+            if (xx < 0 || yy < 0 || xx >= w || yy >= h) continue;
+            sum += rgb[(yy * w + xx) * 3 + c];
+            n++;
+          }
+        }
+        s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+        const noise = ((s / 2 ** 32) * 2 - 1) * amp;
+        out[(y * w + x) * 3 + c] = Math.max(0, Math.min(255, Math.round(sum / n + noise)));
+      }
+    }
+  }
+  return out;
+}
+
+test('detector stays ≥ 90 % on blurred, noisy renders (±20 levels)', (t) => {
+  const { scenes, images } = tiles();
+  let total = 0, found = 0;
+  scenes.forEach((scene, i) => {
+    const det = detect({ rgb: degrade(images[i], 64, 64, 20, i + 1), width: 64, height: 64 });
+    for (const obj of scene.objects) {
+      total++;
+      const [x0, y0, x1, y1] = obj.box;
+      if (det.some((d) => d.colour === obj.colour && d.shape === obj.shape && d.cx >= x0 && d.cx <= x1 && d.cy >= y0 && d.cy <= y1)) found++;
+    }
+  });
+  t.log(`degraded: ${found}/${total} (${((100 * found) / total).toFixed(1)} %)`);
+  t.true(found / total >= 0.9);
+});
+
 test('scoring a rendered scene against its own caption is perfect', (t) => {
   const { scenes, images } = tiles();
   let perfect = 0;

@@ -129,7 +129,7 @@ class ShapesWorld:
         dev = self.device
         r = MIN_R + (MAX_R - MIN_R) * torch.rand(b, MAX_OBJECTS, generator=g, device=dev)
         # Fewer objects may be larger; three must be smaller to fit.
-        r = r * torch.where(n[:, None] == 3, torch.tensor(0.85, device=dev), torch.tensor(1.0, device=dev))
+        r = r * (1.0 - 0.15 * (n[:, None] == 3).to(r.dtype))  # no scalar tensors: each would be a blocking copy
         centres = torch.zeros(b, MAX_OBJECTS, 2, device=dev)
         k = 24
         for j in range(MAX_OBJECTS):
@@ -165,7 +165,8 @@ class ShapesWorld:
         sd = torch.where(shape[:, None, None] == 0, circle, torch.where(shape[:, None, None] == 1, square, tri))
         return (0.5 - sd).clamp(0.0, 1.0)
 
-    def sample(self, b: int, g: torch.Generator, cg: torch.Generator, with_captions: bool = False) -> Batch:
+    def sample(self, b: int, g: torch.Generator, cg: torch.Generator, with_captions: bool = False,
+               with_boxes: bool = True) -> Batch:
         """g: generator on the device (geometry, colours of the background); cg: CPU generator for the discrete
         choices (count, shapes, colours, caption form), which the captions need on the host anyway. Drawing them
         on the host keeps the GPU queue free of device→host synchronisations."""
@@ -190,6 +191,8 @@ class ShapesWorld:
             cov = self._coverage(shape[:, j], centres[:, j], r[:, j], rot[:, j]) * present[:, j, None, None]
             col = self.palette[colour[:, j]][:, :, None, None]
             img = img * (1 - cov[:, None]) + col * cov[:, None]
+            if not with_boxes:  # training does not need them
+                continue
             inside = cov >= 0.5
             anyx, anyy = inside.any(dim=1), inside.any(dim=2)  # (B, 64) over columns / rows
             idx = torch.arange(SIZE, device=dev)[None].expand(b, SIZE)

@@ -162,9 +162,9 @@ class Trainer:
         o = self.args.out
         return {k: os.path.join(o, f'ckpt-{k}.pt') for k in ('ae', 'unet', 'ema', 'optim')}
 
-    def resume(self) -> None:
+    def resume(self, force: bool = False) -> None:
         p = self.paths()
-        if self.args.fresh or not os.path.exists(p['unet']):
+        if (self.args.fresh and not force) or not os.path.exists(p['unet']):
             return
         dev = self.device
         u = load(p['unet'], dev)
@@ -235,11 +235,11 @@ class Trainer:
         a = self.args
         self.ae.train()
         t0 = time.time()
-        acc, n_acc = 0.0, 0
+        acc, n_acc = torch.zeros((), device=self.device), 0
         first = True  # at least one step per phase and run, so that a tiny budget still exercises every path
         while (first or time.time() < deadline) and self.state['ae_step'] < a.ae_max_steps:
             first = False
-            x = self.world.sample(self.batch, self.g, self.cg).images
+            x = self.world.sample(self.batch, self.g, self.cg, with_boxes=False).images
             with self.autocast():
                 z = self.ae.encoder(x)
                 # Latent noise makes the decoder tolerant of the small errors of sampled latents.
@@ -250,23 +250,25 @@ class Trainer:
             loss.backward()
             self.ae_opt.step()
             self.state['ae_step'] += 1
-            acc += float(loss.detach())
+            acc += loss.detach()  # read back only when logging (no per-step device sync)
             n_acc += 1
             if self.state['ae_step'] % a.log_every == 0:
-                self.curves['ae'].append([self.state['ae_step'], acc / n_acc])
-                self.log(f'ae step {self.state["ae_step"]} loss {acc / n_acc:.5f}')
-                acc, n_acc = 0.0, 0
+                mean = float(acc) / n_acc
+                self.curves['ae'].append([self.state['ae_step'], mean])
+                self.log(f'ae step {self.state["ae_step"]} loss {mean:.5f}')
+                acc.zero_()
+                n_acc = 0
         if n_acc:
-            self.curves['ae'].append([self.state['ae_step'], acc / n_acc])
+            self.curves['ae'].append([self.state['ae_step'], float(acc) / n_acc])
         self.state['elapsed_ae'] += time.time() - t0
         self.ae.eval()
         # Per-channel latent statistics over fresh scenes: UNet latents are standardised with them.
         with torch.no_grad():
-            zs = torch.cat([self.ae.encoder(self.world.sample(self.batch, self.g, self.cg).images).float()
+            zs = torch.cat([self.ae.encoder(self.world.sample(self.batch, self.g, self.cg, with_boxes=False).images).float()
                             for _ in range(max(1, 1024 // self.batch) if self.device.type == 'cuda' else 4)])
             self.ae.latent_mean.copy_(zs.mean(dim=(0, 2, 3)))
             self.ae.latent_std.copy_(zs.std(dim=(0, 2, 3)))
-            x = self.world.sample(self.batch, self.g, self.cg).images
+            x = self.world.sample(self.batch, self.g, self.cg, with_boxes=False).images
             mse = F.mse_loss(self.ae.decoder(self.ae.encoder(x)), x).item()
         self.state['ae_eval_mse'] = mse
         self.log(f'ae done: {self.state["ae_step"]} steps, eval MSE {mse:.5f} (PSNR {10 * math.log10(4 / mse):.1f} dB), '
@@ -300,7 +302,7 @@ class Trainer:
             lr = self.lr_at(frac, step)
             for grp in self.opt.param_groups:
                 grp['lr'] = lr
-            batch = self.world.sample(self.batch, self.g, self.cg)
+            batch = self.world.sample(self.batch, self.g, self.cg, with_boxes=False)
             with torch.no_grad(), self.autocast():
                 x0 = self.ae.normalise(self.ae.encoder(batch.images).float())
             t = torch.randint(0, 1000, (self.batch,), generator=self.g, device=dev)
@@ -329,6 +331,18 @@ class Trainer:
             if self.state['unet_step'] % a.log_every == 0:
                 el = time.time() - t_phase
                 mean = float(acc) / n_acc
+                if not math.isfinite(mean):
+                    # Diverged: go back to the last checkpoint (always one: saved after the AE phase) with half
+                    # the learning rate rather than lose the run.
+                    self.args.lr *= 0.5
+                    self.log(f'non-finite loss at unet step {self.state["unet_step"]}: reloading the last '
+                             f'checkpoint, lr now {self.args.lr:.2e}')
+                    lr_keep = self.args.lr
+                    self.resume(force=True)
+                    self.args.lr = lr_keep
+                    acc.zero_()
+                    n_acc = 0
+                    continue
                 self.curves['unet'].append([self.state['unet_step'], mean, lr, round(self.state['elapsed_unet'] + el, 2)])
                 self.log(f'unet step {self.state["unet_step"]} loss {mean:.5f} lr {lr:.2e} '
                          f'{n_run / max(1e-6, time.time() - t_start):.1f} steps/s')
@@ -406,12 +420,21 @@ class Trainer:
         t_begin = time.time()
         self.log(f'phase unet until t+{work_end - self.t_start:.0f}s')
         self.train_unet(t_begin, work_end)
-        self.save()
+        finite = all(bool(torch.isfinite(p).all()) for m in (self.te, self.unet, self.ema_te, self.ema_unet)
+                     for p in m.parameters())
+        if finite:
+            self.save()
+        else:  # diverged after the last check: keep the last good checkpoint on disk and use it
+            self.log('non-finite weights at the end: keeping the last checkpoint')
+            self.resume(force=True)
         self.log(f'saved checkpoints at unet step {self.state["unet_step"]} (t+{time.time() - self.t_start:.0f}s)')
         with open(os.path.join(a.out, 'loss.json'), 'w') as f:
             json.dump({'curves': self.curves, 'state': self.state, 'batch': self.batch, 'config': self.cfg,
                        'columns': {'ae': ['step', 'loss'], 'unet': ['step', 'loss', 'lr', 'elapsed_s']}}, f)
-        pngio.plot_losses(os.path.join(a.out, 'loss.png'), self.curves)
+        try:
+            pngio.plot_losses(os.path.join(a.out, 'loss.png'), self.curves)
+        except Exception as exc:  # noqa: BLE001 - the checkpoints are safe; a plot must not fail the run
+            self.log(f'loss plot failed: {exc!r}')
         # A preview needs ≥ 5 UNet calls at batch 32 (≈ 1/3 of a training step each, scaled by batch).
         call_s = getattr(self, 'last_step_s', 0.0) / 3 * 32 / self.batch
         if a.no_preview or self.t_end - time.time() < 5 * call_s + 1:
