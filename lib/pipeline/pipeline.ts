@@ -11,6 +11,7 @@ import { availableBackends } from '../loss/index';
 import { ClipTokenizer } from '../tokenizer/clip';
 import { fromConfig, type Scheduler, type SchedulerName } from '../schedulers/index';
 import { defaultThresholds, refinementCaps, stepSizes, type GuidanceMode, type RefinementCaps, type RefinementPreset } from './guidance';
+import { defaultModelDir } from './defaults';
 import { readModelFolder, type ModelFolder } from './model-folder';
 import { randnTorchCpu, readLatentsNpy } from './noise';
 import { type SessionOptions } from './ort';
@@ -28,7 +29,10 @@ export type { GuidanceMode, RefinementPreset, RefinementCaps, StepEvent, Selecti
 export interface LoadOptions {
   /** onnxruntime session options for every model. */
   session?: SessionOptions;
-  /** Prepare the UNet (instrumentation + VJP graph) when it is not prepared yet, instead of failing. */
+  /**
+   * Prepare the UNet (instrumentation + VJP graph) when it is not prepared yet, instead of failing.
+   * Default: true for the bundled default model (a few seconds, once), false for a folder you pass.
+   */
   prepare?: boolean;
   /** Where prepared graphs go when the model folder is read-only. */
   cacheDir?: string;
@@ -135,10 +139,14 @@ export class DivBindPipeline {
     private readonly unpreparedReason: string | null,
   ) {}
 
-  /** Loads a Stable Diffusion ONNX folder. Guided modes need the prepared UNet (`divbind-native prepare`). */
-  static async load(modelDir: string, options: LoadOptions = {}): Promise<DivBindPipeline> {
+  /**
+   * Loads a Stable Diffusion ONNX folder (default: the bundled model). Guided modes need the prepared UNet
+   * (`divbind-native prepare`).
+   */
+  static async load(modelDir?: string, options: LoadOptions = {}): Promise<DivBindPipeline> {
     const progress = options.onProgress ?? (() => {});
-    const folder = readModelFolder(modelDir);
+    const isDefault = modelDir === undefined;
+    const folder = readModelFolder(modelDir ?? defaultModelDir());
     const tokenizer = ClipTokenizer.fromDirectory(folder.tokenizerDir);
     progress('loading text encoder');
     const textEncoder = await TextEncoder.load(folder.textEncoderFile, options.session);
@@ -150,7 +158,7 @@ export class DivBindPipeline {
     let prepared: PreparedInfo | null = null;
     let unpreparedReason: string | null = null;
     try {
-      prepared = await loadPreparedUnet(folder, { prepare: options.prepare ?? false, cacheDir: options.cacheDir, onProgress: progress });
+      prepared = await loadPreparedUnet(folder, { prepare: options.prepare ?? isDefault, cacheDir: options.cacheDir, onProgress: progress });
       progress('loading prepared UNet graphs');
       guided = await OrtGuidedUnet.load(prepared.files, options.session, prepared.memoryExternalData);
     } catch (err) {

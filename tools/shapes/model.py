@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-from dataclasses import asdict
 from typing import Dict, List, Tuple
 
 import torch

@@ -139,6 +139,8 @@ export function makeGenerateCommand(): Command {
 
 export async function runGenerate(prompt: string, o: GenerateCliOptions): Promise<void> {
   const modelDir = o.model ?? defaultModelDir();
+  // The bundled default model is prepared on first use; a folder you pass needs `prepare` or --prepare.
+  const prepare = o.prepare || o.model === undefined;
   const progress = createProgress(o.quiet || o.json);
   const threads = o.threads !== undefined ? num(o.threads, 'threads') : undefined;
   const tokens = tokenSpecFromFlags(o);
@@ -152,7 +154,7 @@ export async function runGenerate(prompt: string, o: GenerateCliOptions): Promis
   }
   progress.note(`model ${modelDir}`);
   const pipe = await DivBindPipeline.load(modelDir, {
-    prepare: o.prepare,
+    prepare,
     session: threads !== undefined ? { intraOpNumThreads: threads } : undefined,
     onProgress: (m) => progress.note(m),
   });
