@@ -5,6 +5,7 @@
  */
 import { Command, type CommanderError } from 'commander';
 import { makeGenerateCommand } from './commands/generate';
+import { makeEvalCommand } from './commands/eval';
 import { makeInfoCommand } from './commands/info';
 import { makePrepareCommand } from './commands/prepare';
 import { makeTokensCommand } from './commands/tokens';
@@ -27,7 +28,7 @@ export function makeProgram(): Command {
     .version(pkg.version)
     .showHelpAfterError()
     .exitOverride(exitOnUsageError);
-  for (const command of [makeGenerateCommand(), makeTokensCommand(), makePrepareCommand(), makeInfoCommand()]) {
+  for (const command of [makeGenerateCommand(), makeTokensCommand(), makePrepareCommand(), makeInfoCommand(), makeEvalCommand()]) {
     // addCommand() does not pass settings down to the subcommand, so set them on each.
     program.addCommand(command.exitOverride(exitOnUsageError).showHelpAfterError());
   }

@@ -18,6 +18,8 @@ export interface ModelFolder {
   divbind: { attentionResolution?: number; attributeResolutions?: number[] };
   /** VAE latent scaling factor (vae_decoder/config.json or vae/config.json "scaling_factor", else 0.18215). */
   vaeScalingFactor: number;
+  /** Image pixels per latent pixel ("vae_scale_factor" in the VAE config or model_index.json; SD: 8). */
+  vaeScaleFactor: number;
 }
 
 export class ModelFolderError extends Error {
@@ -64,13 +66,18 @@ export function readModelFolder(dir: string): ModelFolder {
   if (typeof divbindRaw.attentionResolution === 'number') divbind.attentionResolution = divbindRaw.attentionResolution;
   if (Array.isArray(divbindRaw.attributeResolutions)) divbind.attributeResolutions = divbindRaw.attributeResolutions.map(Number);
   let vaeScalingFactor = 0.18215;
+  let vaeScaleFactor = typeof index.vae_scale_factor === 'number' ? index.vae_scale_factor : 8;
   for (const cfg of ['vae_decoder/config.json', 'vae/config.json']) {
     const f = path.join(abs, cfg);
     if (fs.existsSync(f)) {
       const c = readJson(f, cfg);
       if (typeof c.scaling_factor === 'number') vaeScalingFactor = c.scaling_factor;
+      if (typeof c.vae_scale_factor === 'number') vaeScaleFactor = c.vae_scale_factor;
       break;
     }
+  }
+  if (!Number.isInteger(vaeScaleFactor) || vaeScaleFactor < 1) {
+    throw new ModelFolderError(`vae_scale_factor must be a positive integer but is ${vaeScaleFactor}`);
   }
   return {
     dir: abs,
@@ -82,5 +89,6 @@ export function readModelFolder(dir: string): ModelFolder {
     vaeDecoderFile: requireFile(path.join(abs, 'vae_decoder', 'model.onnx'), 'vae_decoder/model.onnx', hint),
     divbind,
     vaeScalingFactor,
+    vaeScaleFactor,
   };
 }

@@ -191,8 +191,8 @@ export class DivBindPipeline {
     const nImages = positiveInt(options.imagesPerPrompt ?? 1, 'imagesPerPrompt', 64);
     const latentDims = this.latentDims(options.height, options.width);
     const [C, h, w] = latentDims;
-    const height = h * 8;
-    const width = w * 8;
+    const height = h * this.folder.vaeScaleFactor;
+    const width = w * this.folder.vaeScaleFactor;
     const maxIterToAlter = options.maxIterToAlter ?? 25;
     if (!Number.isInteger(maxIterToAlter) || maxIterToAlter < 0) throw new RangeError(`Expected a non-negative integer for maxIterToAlter but received ${maxIterToAlter}`);
     const scaleFactor = finite(options.scaleFactor ?? 20, 'scaleFactor');
@@ -300,18 +300,19 @@ export class DivBindPipeline {
 
   /** Latent dims [C, h, w] for a requested size, checked against the prepared graphs. */
   private latentDims(height?: number, width?: number): [number, number, number] {
+    const f = this.folder.vaeScaleFactor;
     const prepared = this.prepared?.files.latentDims;
     // Default size: the prepared graphs', else the UNet's static sample dims, else SD's 64×64 latent (512²).
     const s = this.unet.inputs.sample.shape;
     const dim = (k: number, dflt: number) => (typeof s[k] === 'number' && (s[k] as number) > 0 ? (s[k] as number) : dflt);
     const base: [number, number, number] = prepared ?? [dim(1, 4), dim(2, 64), dim(3, 64)];
-    const hh = height === undefined ? base[1] * 8 : positiveInt(height, 'height', 4096);
-    const ww = width === undefined ? base[2] * 8 : positiveInt(width, 'width', 4096);
-    if (hh % 8 !== 0 || ww % 8 !== 0) throw new RangeError(`height and width must be multiples of 8 but received ${hh}×${ww}`);
-    if (prepared && (hh !== prepared[1] * 8 || ww !== prepared[2] * 8)) {
-      throw new PreparedModelError(`the UNet is prepared for ${prepared[1] * 8}×${prepared[2] * 8} but ${hh}×${ww} was requested; run \`divbind-native prepare ${this.folder.dir} --height ${hh} --width ${ww}\``);
+    const hh = height === undefined ? base[1] * f : positiveInt(height, 'height', 4096);
+    const ww = width === undefined ? base[2] * f : positiveInt(width, 'width', 4096);
+    if (hh % f !== 0 || ww % f !== 0) throw new RangeError(`height and width must be multiples of ${f} (the VAE's scale factor) but received ${hh}×${ww}`);
+    if (prepared && (hh !== prepared[1] * f || ww !== prepared[2] * f)) {
+      throw new PreparedModelError(`the UNet is prepared for ${prepared[2] * f}×${prepared[1] * f} but ${ww}×${hh} was requested; run \`divbind-native prepare ${this.folder.dir} --height ${hh} --width ${ww}\``);
     }
-    return [base[0], hh / 8, ww / 8];
+    return [base[0], hh / f, ww / f];
   }
 
   private describe(o: GenerateOptions, mode: GuidanceMode, steps: number, guidanceScale: number, height: number, width: number, tokens: TokenSelection | null, image: number): Record<string, unknown> {
