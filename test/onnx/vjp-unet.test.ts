@@ -6,6 +6,7 @@
  * (float32 graph vs float64 reference; PyTorch's own float32 UNet is at ~1e-6).
  */
 import test from 'ava';
+import { relativeL2 } from '../helpers/assert-close';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
@@ -27,15 +28,6 @@ function crossAttentionSoftmaxOutputs(model: ModelProto): string[] {
 
 interface LossCase { name: string; gradMaps: { layer: number; file: string }[]; gradSample: string }
 
-function relL2(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let e = 0;
-  let n = 0;
-  for (let i = 0; i < b.length; i++) {
-    e += (a[i] - b[i]) ** 2;
-    n += b[i] ** 2;
-  }
-  return Math.sqrt(e / n);
-}
 
 function lossCases(): LossCase[] {
   const manifest = JSON.parse(fs.readFileSync(path.join(GOLDEN, 'losses/manifest.json'), 'utf8')) as { cases: LossCase[] };
@@ -99,7 +91,7 @@ for (const v of variants) {
         const cot = cotangentsFor(c, maps, shapes);
         for (const design of ['recompute', 'residuals'] as const) {
           const grad = await runners[design].run(cot, feeds);
-          const err = relL2(grad.data as Float32Array, golden);
+          const err = relativeL2(grad.data as Float32Array, golden);
           t.log(`${c.name} (${design}): rel L2 vs float64 golden ${err.toExponential(2)}`);
           t.true(err <= 1e-4, `${c.name} (${design}): rel L2 ${err.toExponential(3)}`);
         }

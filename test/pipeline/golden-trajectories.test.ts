@@ -5,6 +5,7 @@
  * Modes: plain SD ('none'), A&E ('max'), D&B 'tv' and 'tv_bind'. Fixture format: test/fixtures/README.md.
  */
 import test from 'ava';
+import { relativeL2 } from '../helpers/assert-close';
 import * as fs from 'node:fs';
 import { DivBindPipeline, type GenerateOptions } from '../../lib/pipeline/pipeline';
 import type { GuidanceMode } from '../../lib/pipeline/guidance';
@@ -45,15 +46,6 @@ test.after.always(async () => {
   if (modelDir) removeDir(modelDir);
 });
 
-function relL2(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let num = 0;
-  let den = 0;
-  for (let k = 0; k < a.length; k++) {
-    num += (a[k] - b[k]) ** 2;
-    den += b[k] ** 2;
-  }
-  return Math.sqrt(num / den);
-}
 
 /** Maps the reference options (camelCase, see the fixture README) to GenerateOptions. */
 function generateOptions(c: TrajectoryCase): GenerateOptions {
@@ -89,7 +81,7 @@ for (const c of index.cases) {
     const latents = readNpy(`${DIR}/${c.files.latents}`);
     const steps = c.record.timesteps.length;
     const finalRef = (latents.data as Float32Array).subarray((steps - 1) * img.latents.length, steps * img.latents.length);
-    const err = relL2(img.latents, finalRef);
+    const err = relativeL2(img.latents, finalRef);
     t.log(`${c.name}: final latent relative L2 error ${err.toExponential(2)}`);
     t.true(err <= 1e-3, `final latent relative L2 ${err} > 1e-3`);
     for (const ref of c.record.steps) {
