@@ -44,7 +44,8 @@ function pseudo(n: number, seed: number): Float32Array {
 async function child(req: ChildRequest): Promise<PrepareResultMsg | RunResult> {
   if (req.kind === 'prepare') {
     const t0 = performance.now();
-    const r = await prepareModel(req.dir, { force: true });
+    // The recompute design: one VJP graph per variant, so raw vs head-averaged outputs compare graph for graph.
+    const r = await prepareModel(req.dir, { force: true, design: 'recompute' });
     return { wallMs: performance.now() - t0, maxRssMB: process.resourceUsage().maxRSS / 1024, timings: r.manifest.timings };
   }
   const m = readManifest(path.join(req.dir, 'unet', 'divbind'))!;
@@ -103,7 +104,7 @@ async function main(): Promise<void> {
   try {
     const prep = await inChild<PrepareResultMsg>({ kind: 'prepare', dir: avgDir });
     console.log(`prepare (head-averaged, with check run): ${prep.wallMs.toFixed(0)} ms, peak RSS ${prep.maxRssMB.toFixed(0)} MB`, prep.timings);
-    await prepareModel(rawDir, { headAverage: false });
+    await prepareModel(rawDir, { headAverage: false, design: 'recompute' });
     const acc = { raw: { unet: [] as number[], vjp: [] as number[] }, averaged: { unet: [] as number[], vjp: [] as number[] } };
     for (let r = 0; r < rounds; r++) {
       for (const [key, dir] of (r % 2 === 0 ? [['raw', rawDir], ['averaged', avgDir]] : [['averaged', avgDir], ['raw', rawDir]]) as Array<['raw' | 'averaged', string]>) {

@@ -51,7 +51,6 @@ export class CfgUnet implements NoisePredictor {
   }
 
   async predict(latents: Float32Array, timestep: number, guidanceScale: number): Promise<Float32Array> {
-    const [c, h, w] = this.latentDims;
     const [T, D] = this.textDims;
     const n = latents.length;
     let epsU: Float32Array;
@@ -72,7 +71,6 @@ export class CfgUnet implements NoisePredictor {
     }
     const out = new Float32Array(n);
     for (let k = 0; k < n; k++) out[k] = epsU[k] + guidanceScale * (epsC[k] - epsU[k]);
-    void c; void h; void w;
     return out;
   }
 
