@@ -18,6 +18,12 @@ export interface SessionOptions {
   /** Execution providers. Default ['cpu']. */
   executionProviders?: string[];
   logSeverityLevel?: 0 | 1 | 2 | 3 | 4;
+  /**
+   * Let idle intra-op threads spin-wait for work (ORT's default). Default false here: the pipeline alternates
+   * between several sessions (CFG UNet, guided forward, backward, VAE), and each session's spinning pool steals the
+   * cores from the one that is running.
+   */
+  allowSpinning?: boolean;
 }
 
 export function sessionOptions(opts: SessionOptions = {}): ort.InferenceSession.SessionOptions {
@@ -27,6 +33,7 @@ export function sessionOptions(opts: SessionOptions = {}): ort.InferenceSession.
     graphOptimizationLevel: opts.graphOptimizationLevel ?? 'all',
     executionProviders: opts.executionProviders ?? ['cpu'],
     logSeverityLevel: opts.logSeverityLevel ?? 3,
+    extra: { session: { intra_op: { allow_spinning: opts.allowSpinning ? '1' : '0' }, inter_op: { allow_spinning: opts.allowSpinning ? '1' : '0' } } },
   };
 }
 
