@@ -14,6 +14,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
+import { sessionOptions } from '../lib/pipeline/ort';
 import { createSessionFromModel, loadModel } from '../lib/onnx/model-io';
 import { ModelProto } from '../lib/onnx/proto';
 import { inferStaticShapes } from '../lib/onnx/shapes';
@@ -107,7 +108,9 @@ async function setUp(mode: Mode, modelPath: string, threads: number): Promise<St
     timestep: tsVi.type?.tensor_type?.elem_type === 7
       ? new ort.Tensor('int64', BigInt64Array.of(500n), tsDims) : new ort.Tensor('float32', Float32Array.of(500), tsDims),
   };
-  const session: ort.InferenceSession.SessionOptions = { graphOptimizationLevel: 'all', intraOpNumThreads: threads, interOpNumThreads: 1 };
+  // The same session options as the pipeline (lib/pipeline/ort.ts): several sessions live in this process, and
+  // ORT's spin-waiting pools would steal the cores from whichever one runs.
+  const session: ort.InferenceSession.SessionOptions = sessionOptions({ intraOpNumThreads: threads, interOpNumThreads: 1 });
   const maps = graph.node.filter((n) => n.op_type === 'Softmax' && /attn2/.test(n.name ?? '')).map((n) => n.output[0]);
   const parts = { f: [] as number[], r: [] as number[] };
   if (mode === 'forward' || mode === 'forward-maps') {
