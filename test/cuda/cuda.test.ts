@@ -19,6 +19,7 @@ import type {
   NormalizedLossOptions,
 } from '../../lib/loss/native-types';
 import type { LossMode } from '../../lib/loss/types';
+import { LOSS_DEFAULTS } from '../../lib/loss/validate';
 
 function skipReason(): { binding: NativeBinding | null; reason: string | null } {
   const { binding, error } = tryLoadNativeBinding();
@@ -84,28 +85,19 @@ function makeLayers(seed: number, specs: Array<[heads: number, res: number]>, T:
   });
 }
 
+/** Raw addon options: the §9 defaults of lib/loss/validate.ts with this case's mode, T and tokens. */
 function options(mode: LossMode, T: number, tokenIndices: number[], attributeIndices?: number[]): NormalizedLossOptions {
+  const d = LOSS_DEFAULTS;
   return {
+    ...d,
     mode,
     textLength: T,
     tokenIndices,
     attributeIndices: attributeIndices ?? tokenIndices.map(() => -1),
-    stepIndex: 0,
-    attentionResolution: 16,
-    attributeResolutions: [64, 32],
-    temperature: 100,
-    tokenSlice: 'all-but-last',
     eotIndex: -1,
-    smoothing: true,
-    smoothingSigma: 0.5,
-    tvVertical: 'official',
-    maxVariant: 'divbind',
-    bindingRhoLowTv: 0.3,
-    bindingRhoHighTv: 0.2,
-    bindingTvSwitch: 0.1,
-    bindingEpsilon: 1e-5,
-    bindingCoefficients: [[0, 1], [10, 5], [20, 10]],
-    tvMaxWeights: [1, 0.3],
+    attributeResolutions: [...d.attributeResolutions],
+    bindingCoefficients: d.bindingCoefficients.map(([from, coef]) => [from, coef] as [number, number]),
+    tvMaxWeights: [...d.tvMaxWeights],
   };
 }
 
