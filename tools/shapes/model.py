@@ -2,15 +2,18 @@
 sd_modules lacks (a VAE-style encoder, a UNet whose 16² level has cross- but no self-attention, device-safe
 forwards for CUDA training).
 
-Layout (latent 16×16×4, 4× spatial compression):
+Layout (latent 16×16×4, 4× spatial compression), sized so that training runs at ≥ 150 samples/s on 2 CPU cores
+(tools/shapes/README.md has the measurements that chose it):
   * text encoder: CLIP text transformer, hidden 64, 2 layers, 4 heads, causal mask (so a shape token sees the
-    colour word before it, as in CLIP), trained from scratch jointly with the UNet;
+    colour word before it, as in CLIP). Frozen at its seeded random init, like SD's frozen CLIP: its outputs for
+    every caption of the grammar are computed once and cached (tools/shapes/dataset.py);
   * autoencoder: encoder 64² → 16²×4, decoder = sd_modules.VaeDecoder (block_out_channels (32, 64, 64): two ×2
-    upsamplers); trained first with MSE, then frozen;
-  * UNet: block_out_channels (64, 96, 96), 1 layer per block (3.7 M parameters). Levels: 16² CrossAttnDown (cross-attention
-    only: self-attention over 256 tokens is the cost driver and the D&B maps only need cross-attention),
-    8² CrossAttnDown (self + cross), 4² DownBlock2D, mid at 4² (self + cross), up: 4² UpBlock2D, 8² and 16²
-    CrossAttnUp (16² again cross-only). Object and attribute maps both come from the 16² cross-attention layers.
+    upsamplers); trained first with MSE + L1, then frozen;
+  * UNet: block_out_channels (32, 64), 1 layer per block, 2 heads. Levels: 16² CrossAttnDown and CrossAttnUp with
+    cross-attention only (no self-attention, no feed-forward: those dominate the CPU cost at 256 tokens and the
+    D&B maps only need cross-attention), 8² DownBlock2D, mid at 8² (self + cross attention + feed-forward: the
+    global view that places 1-3 objects apart), 8² UpBlock2D. Object and attribute maps both come from the three
+    16² cross-attention layers.
 """
 from __future__ import annotations
 
@@ -39,10 +42,13 @@ SCALING_FACTOR = 0.18215  # SD's; the exported decoder folds the latent normalis
 def default_config() -> Dict:
     return {
         'text_encoder': dict(hidden_size=64, intermediate_size=256, num_layers=2, num_heads=4),
-        'unet': dict(block_out_channels=(64, 96, 96), layers_per_block=1, norm_num_groups=16, num_heads=4,
+        'unet': dict(block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8, num_heads=2,
                      cross_attention_dim=64, sample_size=LATENT_SIZE, attention_impl='classic', cross_qk_gain=1.0),
         'unet_no_self_attention_at': [LATENT_SIZE],
-        'vae': dict(block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=8, mid_attention=True),
+        # Transformer blocks at these latent sizes have no feed-forward either (cross-attention only).
+        'unet_no_feed_forward_at': [LATENT_SIZE],
+        'vae': dict(block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=8, mid_attention=False,
+                    encoder_channels=64),
     }
 
 
@@ -67,19 +73,53 @@ class ShapesTextEncoder(sm.CLIPTextModel):
 
 
 class CrossOnlyTransformerBlock(nn.Module):
-    """BasicTransformerBlock without attn1/norm1: x + attn2(norm2 x), then x + ff(norm3 x). Parameter names match
-    the full block's, so ONNX scopes still read .../transformer_blocks.0/attn2/..."""
+    """BasicTransformerBlock without attn1/norm1: x + attn2(norm2 x), then (optionally) x + ff(norm3 x). Parameter
+    names match the full block's, so ONNX scopes still read .../transformer_blocks.0/attn2/..."""
 
-    def __init__(self, full: sm.BasicTransformerBlock):
+    def __init__(self, full: sm.BasicTransformerBlock, feed_forward: bool = True):
         super().__init__()
         self.norm2 = full.norm2
         self.attn2 = full.attn2
-        self.norm3 = full.norm3
-        self.ff = full.ff
+        if feed_forward:
+            self.norm3 = full.norm3
+            self.ff = full.ff
+        self.feed_forward = feed_forward
 
     def forward(self, x, context):
         x = self.attn2(self.norm2(x), context) + x
-        return self.ff(self.norm3(x)) + x
+        return self.ff(self.norm3(x)) + x if self.feed_forward else x
+
+
+def fast_attention_forward(self: sm.Attention, x, context=None):
+    """The same function as sm.Attention.forward ('classic'), arranged for CPU training speed: the 1/√d scale
+    is applied to q (not to the larger score tensor), and the key axis is padded with −inf to a multiple of 16
+    before the softmax (torch 1.13's CPU softmax and its backward are several times slower on a 77-long axis).
+    Equal up to float rounding; the export uses the classic forward."""
+    ctx = x if context is None else context
+    b, n, c = x.shape
+    m = ctx.shape[1]
+    h, d = self.heads, self.head_dim
+    q = (self.to_q(x) * self.scale).reshape(b, n, h, d).transpose(1, 2).reshape(b * h, n, d)
+    k = self.to_k(ctx).reshape(b, m, h, d).transpose(1, 2).reshape(b * h, m, d)
+    v = self.to_v(ctx).reshape(b, m, h, d).transpose(1, 2).reshape(b * h, m, d)
+    scores = torch.bmm(q, k.transpose(1, 2))
+    pad = (-m) % 16
+    if pad:
+        probs = torch.softmax(F.pad(scores, (0, pad), value=float('-inf')), dim=-1)[..., :m]
+    else:
+        probs = torch.softmax(scores, dim=-1)
+    out = torch.bmm(probs, v).reshape(b, h, n, d).transpose(1, 2).reshape(b, n, c)
+    return self.to_out[0](out)
+
+
+def use_fast_attention(model: nn.Module, on: bool = True) -> None:
+    """Switch every attention module of `model` to the training arrangement (or back to the export one)."""
+    for mod in model.modules():
+        if isinstance(mod, sm.Attention):
+            if on:
+                mod.forward = fast_attention_forward.__get__(mod)
+            elif 'forward' in mod.__dict__:
+                del mod.forward
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
@@ -93,17 +133,16 @@ def timestep_embedding(t: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.T
 class ShapesUNet(sm.UNet2DConditionModel):
     """sd_modules' SD UNet with self-attention removed at the listed query resolutions (given as latent sizes)."""
 
-    def __init__(self, cfg: sm.UNetConfig, no_self_attention_at: List[int]):
+    def __init__(self, cfg: sm.UNetConfig, no_self_attention_at: List[int], no_feed_forward_at: List[int] = ()):
         super().__init__(cfg)
         n = len(cfg.block_out_channels)
         size = cfg.sample_size
         # down block i runs at size / 2^i; up block i at size / 2^(n-1-i)
-        for i, blk in enumerate(self.down_blocks):
-            if blk.attentions is not None and size // (2 ** i) in no_self_attention_at:
-                _strip_self_attention(blk.attentions)
-        for i, blk in enumerate(self.up_blocks):
-            if blk.attentions is not None and size // (2 ** (n - 1 - i)) in no_self_attention_at:
-                _strip_self_attention(blk.attentions)
+        levels = [(blk, size // (2 ** i)) for i, blk in enumerate(self.down_blocks)]
+        levels += [(blk, size // (2 ** (n - 1 - i))) for i, blk in enumerate(self.up_blocks)]
+        for blk, at in levels:
+            if blk.attentions is not None and at in no_self_attention_at:
+                _strip_self_attention(blk.attentions, feed_forward=at not in no_feed_forward_at)
         for name, mod in self.named_modules():
             if isinstance(mod, sm.Attention):
                 mod.name = name
@@ -126,9 +165,10 @@ class ShapesUNet(sm.UNet2DConditionModel):
         return self.conv_out(F.silu(self.conv_norm_out(x)))
 
 
-def _strip_self_attention(attentions: nn.ModuleList) -> None:
+def _strip_self_attention(attentions: nn.ModuleList, feed_forward: bool) -> None:
     for tr in attentions:
-        tr.transformer_blocks = nn.ModuleList([CrossOnlyTransformerBlock(b) for b in tr.transformer_blocks])
+        tr.transformer_blocks = nn.ModuleList([CrossOnlyTransformerBlock(b, feed_forward)
+                                               for b in tr.transformer_blocks])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -136,38 +176,29 @@ def _strip_self_attention(attentions: nn.ModuleList) -> None:
 
 
 class Encoder(nn.Module):
-    """64² RGB in [-1, 1] → 16²×4 latent: conv_in, per level a resnet (+ stride-2 conv), mid resnet, norm, conv.
-    Mirrors the decoder's channels; no attention (local features are all a 4× compression needs)."""
+    """64² RGB in [-1, 1] → 16²×4 latent: a lossless 4×4 space-to-depth (48 channels at 16²), then convolutions at
+    16² only. The encoder is used only in training (text-to-image needs just the decoder), so it is kept cheap:
+    encoding the cached scenes and the autoencoder phase are a real share of a CPU training budget."""
 
-    def __init__(self, block_out_channels=(32, 64, 64), groups: int = 8, latent_channels: int = LATENT_CHANNELS):
+    def __init__(self, channels: int = 64, groups: int = 8, latent_channels: int = LATENT_CHANNELS, factor: int = 4):
         super().__init__()
-        boc = list(block_out_channels)
-        self.conv_in = nn.Conv2d(3, boc[0], 3, padding=1)
-        blocks = []
-        prev = boc[0]
-        for i, ch in enumerate(boc):
-            blocks.append(sm.ResnetBlock2D(prev, ch, None, groups, 1e-6))
-            if i < len(boc) - 1:
-                blocks.append(sm.Downsample2D(ch))
-            prev = ch
-        self.blocks = nn.ModuleList(blocks)
-        self.mid = sm.ResnetBlock2D(prev, prev, None, groups, 1e-6)
-        self.norm_out = nn.GroupNorm(groups, prev, eps=1e-6)
-        self.conv_out = nn.Conv2d(prev, latent_channels, 3, padding=1)
+        self.factor = factor
+        self.conv_in = nn.Conv2d(3 * factor * factor, channels, 3, padding=1)
+        self.resnet = sm.ResnetBlock2D(channels, channels, None, groups, 1e-6)
+        self.norm_out = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.conv_out = nn.Conv2d(channels, latent_channels, 3, padding=1)
 
     def forward(self, x):
-        h = self.conv_in(x)
-        for b in self.blocks:
-            h = b(h)
-        h = self.mid(h)
+        h = self.resnet(self.conv_in(F.pixel_unshuffle(x, self.factor)))
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
 class AutoEncoder(nn.Module):
     def __init__(self, cfg: Dict):
         super().__init__()
-        self.encoder = Encoder(cfg['block_out_channels'], cfg['norm_num_groups'])
-        self.decoder = sm.VaeDecoder(sm.VaeDecoderConfig(**{**cfg, 'block_out_channels': tuple(cfg['block_out_channels'])}))
+        self.encoder = Encoder(cfg.get('encoder_channels', 64), cfg['norm_num_groups'])
+        dec = {k: v for k, v in cfg.items() if k != 'encoder_channels'}
+        self.decoder = sm.VaeDecoder(sm.VaeDecoderConfig(**{**dec, 'block_out_channels': tuple(dec['block_out_channels'])}))
         # Per-channel latent statistics, measured after AE training; UNet latents are (z − mean) / std.
         self.register_buffer('latent_mean', torch.zeros(LATENT_CHANNELS))
         self.register_buffer('latent_std', torch.ones(LATENT_CHANNELS))
@@ -186,7 +217,8 @@ def build(cfg: Dict, vocab_size: int) -> Tuple[ShapesTextEncoder, ShapesUNet, Au
     te = ShapesTextEncoder(sm.TextEncoderConfig(vocab_size=vocab_size, **cfg['text_encoder']))
     ucfg = dict(cfg['unet'])
     ucfg['block_out_channels'] = tuple(ucfg['block_out_channels'])
-    unet = ShapesUNet(sm.UNetConfig(**ucfg), list(cfg['unet_no_self_attention_at']))
+    unet = ShapesUNet(sm.UNetConfig(**ucfg), list(cfg['unet_no_self_attention_at']),
+                      list(cfg.get('unet_no_feed_forward_at', [])))
     ae = AutoEncoder(cfg['vae'])
     return te, unet, ae
 
