@@ -10,8 +10,9 @@ step. A scene is drawn as:
 
 Captions follow the pattern of the prompt sets: "a red circle", "a red circle and a blue square",
 "a yellow circle, a blue square and a red triangle". With probability `p_uncoloured` a caption leaves out all
-colour words ("a circle and a square"), so the model also learns the colour-free prompts; with `p_empty` it is
-the empty caption (classifier-free guidance dropout). The object order in a caption is random, independent of
+colour words ("a circle and a square"; repeated shapes may then be counted: "two circles and a square"), so the
+model also learns the colour-free prompts; with `p_empty` it is the empty caption (classifier-free guidance
+dropout). The object order in a caption is random, independent of
 the position in the image.
 
 Ground truth per object: shape index, colour index, box (x0, y0, x1, y1) in pixels (inclusive-exclusive, the
@@ -50,7 +51,9 @@ COLOURS: Dict[str, Tuple[int, int, int]] = {
 }
 COLOUR_NAMES: Tuple[str, ...] = tuple(COLOURS)
 BACKGROUND = (128, 128, 128)
-WORDS: Tuple[str, ...] = ('a', 'an', 'and', ',') + COLOUR_NAMES + SHAPES
+PLURALS: Tuple[str, ...] = tuple(s + 's' for s in SHAPES)
+COUNT_WORDS: Tuple[str, ...] = ('two', 'three')
+WORDS: Tuple[str, ...] = ('a', 'an', 'and', ',') + COLOUR_NAMES + SHAPES + PLURALS + COUNT_WORDS
 MAX_OBJECTS = 3
 # Half-size range in pixels (radius of the circle, half side of the square, circumradius-ish for the triangle).
 MIN_R, MAX_R = 8.0, 13.0
@@ -74,6 +77,24 @@ def caption(objects: Sequence[Tuple[int, int]], coloured: bool) -> str:
     """objects: (shape index, colour index) in caption order."""
     parts = [f'{article(COLOUR_NAMES[c])} {COLOUR_NAMES[c]} {SHAPES[s]}' if coloured else f'a {SHAPES[s]}'
              for s, c in objects]
+    return join_parts(parts)
+
+
+def counted_caption(shapes: Sequence[int]) -> str:
+    """Colour-free caption with repeated shapes counted, in order of first mention: (0, 1, 0) → "two circles and a
+    square". Scenes have distinct colours, so only colour-free captions can name a count."""
+    order: List[int] = []
+    for s in shapes:
+        if s not in order:
+            order.append(s)
+    parts = []
+    for s in order:
+        n = sum(1 for x in shapes if x == s)
+        parts.append(f'a {SHAPES[s]}' if n == 1 else f'{COUNT_WORDS[n - 2]} {PLURALS[s]}')
+    return join_parts(parts)
+
+
+def join_parts(parts: Sequence[str]) -> str:
     if len(parts) == 1:
         return parts[0]
     if len(parts) == 2:

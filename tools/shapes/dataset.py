@@ -2,55 +2,49 @@
 
   * scenes: rendered once by data.ShapesWorld (uint8 images + per-object shape/colour labels);
   * latents: the scenes encoded once by the frozen autoencoder, standardised, stored as float16;
-  * captions: every caption of the grammar ("a red circle", "a circle and a square", "", …) encoded once by the
-    frozen text encoder. A training sample picks a caption *variant* of its scene at random each time it is
-    drawn (object order, with or without colour words, or empty for classifier-free guidance), so a scene is
-    seen with several captions across the run.
+  * captions: every caption of the grammar ("a red circle", "two circles and a square", "", …) encoded once by
+    the frozen text encoder. A training sample picks a caption *variant* of its scene at random each time it is
+    drawn (object order; with or without colour words; colour-free captions count repeated shapes half of the
+    time; or empty, for classifier-free guidance), so a scene is seen with several captions across the run.
 
-A caption key is a tuple of (shape index, colour index or −1 for "no colour word") in caption order; () is the
-empty caption. Scenes have distinct colours, so coloured keys never repeat a colour.
+Scenes have distinct colours, so coloured captions never repeat a colour and only colour-free captions count.
 """
 from __future__ import annotations
 
 import itertools
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import torch
 
 import data as D
 
-Key = Tuple[Tuple[int, int], ...]
 
 
-def all_caption_keys() -> List[Key]:
-    """Every caption the training can draw: empty, then 1-3 objects uncoloured, then coloured (distinct colours)."""
-    keys: List[Key] = [()]
-    objs_c = [(s, c) for s in range(len(D.SHAPES)) for c in range(len(D.COLOUR_NAMES))]
+def all_captions() -> List[str]:
+    """Every caption the training can draw: empty, colour-free (listed and counted), coloured (distinct colours)."""
+    out = {''}
+    shapes = range(len(D.SHAPES))
+    objs_c = [(s, c) for s in shapes for c in range(len(D.COLOUR_NAMES))]
     for n in range(1, D.MAX_OBJECTS + 1):
-        keys.extend(tuple((s, -1) for s in shapes) for shapes in itertools.product(range(len(D.SHAPES)), repeat=n))
+        for seq in itertools.product(shapes, repeat=n):
+            out.add(D.caption([(s, 0) for s in seq], coloured=False))
+            out.add(D.counted_caption(seq))
         for combo in itertools.product(objs_c, repeat=n):
             if len({c for _, c in combo}) == n:
-                keys.append(combo)
-    return keys
-
-
-def key_caption(key: Key) -> str:
-    if not key:
-        return ''
-    coloured = key[0][1] >= 0
-    return D.caption([(s, max(c, 0)) for s, c in key], coloured)
+                out.add(D.caption(combo, coloured=True))
+    return sorted(out)
 
 
 class CaptionTable:
-    """Caption key → row of a (K, 77, D) tensor of frozen text-encoder outputs."""
+    """Caption → row of a (K, 77, D) tensor of frozen text-encoder outputs."""
 
     def __init__(self, world: D.ShapesWorld, text_encoder: torch.nn.Module, rank: int = 0, workers: int = 1,
                  gather=None, batch: int = 256):
         """With several workers each encodes a share of the captions and `gather(part) → [parts of all ranks]`
         (torch.distributed.all_gather) assembles the table on every worker."""
-        self.keys = all_caption_keys()
-        self.index: Dict[Key, int] = {k: i for i, k in enumerate(self.keys)}
-        self.ids = torch.tensor([world.tokenizer(key_caption(k)) for k in self.keys], dtype=torch.int64)
+        self.keys = all_captions()
+        self.index: Dict[str, int] = {k: i for i, k in enumerate(self.keys)}
+        self.ids = torch.tensor([world.tokenizer(k) for k in self.keys], dtype=torch.int64)
         share = -(-len(self.keys) // workers)
         mine = self.ids[rank * share:(rank + 1) * share]
         mine = torch.cat([mine, mine[:1].expand(share - mine.shape[0], -1)])  # equal shares for all_gather
@@ -64,16 +58,20 @@ class CaptionTable:
         """One random caption variant per scene → (B,) row indices into `context`."""
         b = count.shape[0]
         order = torch.rand(b, D.MAX_OBJECTS, generator=g).argsort(dim=1).tolist()
-        u = torch.rand(b, 2, generator=g).tolist()
+        u = torch.rand(b, 3, generator=g).tolist()
         n_l, s_l, c_l = count.tolist(), shape.tolist(), colour.tolist()
         rows = []
         for i in range(b):
+            objs = [(s_l[i][j], c_l[i][j]) for j in order[i] if j < n_l[i]]
             if u[i][0] < p_empty:
-                rows.append(0)
-                continue
-            coloured = u[i][1] >= p_uncoloured
-            key = tuple((s_l[i][j], c_l[i][j] if coloured else -1) for j in order[i] if j < n_l[i])
-            rows.append(self.index[key])
+                text = ''
+            elif u[i][1] >= p_uncoloured:
+                text = D.caption(objs, coloured=True)
+            elif u[i][2] < 0.5:
+                text = D.counted_caption([sh for sh, _ in objs])
+            else:
+                text = D.caption(objs, coloured=False)
+            rows.append(self.index[text])
         return torch.tensor(rows, dtype=torch.int64)
 
 
