@@ -1,6 +1,6 @@
 // Finding the cross-attention probabilities of an exported SD UNet and exposing them as graph outputs.
 //
-// A cross-attention Softmax is recognised by structure, not by name (spec onnx-and-runtime.md §3, §9.1 item 4):
+// A cross-attention Softmax is recognised by structure, not by name (docs/onnx-export.md §3):
 //   scores = MatMul(q, k) [→ Mul/Div by a scalar] → Softmax(last axis), or the SDPA form
 //   MatMul(Mul(q, √s), Mul(kᵀ, √s)) → Softmax,
 // with the softmax's last dim equal to the text length and its key operand k reached from the text input

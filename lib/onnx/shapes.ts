@@ -1,5 +1,5 @@
 // Static shapes of every tensor of a graph for given input dims, with onnxruntime as the shape-inference engine
-// (spec onnx-and-runtime.md §6.6): fix the graph-input dims in the model (freeDimensionOverrides is a no-op in
+// (docs/onnx-export.md §5): fix the graph-input dims in the model (freeDimensionOverrides is a no-op in
 // onnxruntime-node), add a name-only ValueInfo for every node output, let ORT optimise at level 'basic' with
 // optimizedModelFilePath, and read elem_type and dims back from the saved model. The saved graph is rewritten
 // (Constants folded into initializers, Identity/Shape chains removed, MatMul+Add turned into Gemm), so it is only
