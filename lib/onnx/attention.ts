@@ -9,8 +9,18 @@
 // `/attn2/`-style scope names only break ties (walk inconclusive) and label the layers.
 
 import {
-  DataType, attr, attrInt, indexGraph, makeNode, makeTensor, makeValueInfo, opsetVersion,
-  type GraphIndex, type GraphProto, type ModelProto, type NodeProto,
+  DataType,
+  attr,
+  attrInt,
+  indexGraph,
+  makeNode,
+  makeTensor,
+  makeValueInfo,
+  opsetVersion,
+  type GraphIndex,
+  type GraphProto,
+  type ModelProto,
+  type NodeProto,
 } from './proto';
 import { cloneModelShallow, copyGraphFields, realGraphInputs, withFixedInputDims, type ShapeMap } from './shapes';
 
@@ -60,15 +70,26 @@ export interface FindAttentionOptions {
 // Refusing fused exports
 
 const FUSED_OPS: ReadonlySet<string> = new Set([
-  'MultiHeadAttention', 'Attention', 'PackedAttention', 'PackedMultiHeadAttention', 'BiasSplitGelu', 'GroupNorm',
-  'NhwcConv', 'BiasAdd', 'FusedMatMul', 'SkipLayerNormalization', 'SkipGroupNorm', 'BiasGelu', 'FastGelu',
+  'MultiHeadAttention',
+  'Attention',
+  'PackedAttention',
+  'PackedMultiHeadAttention',
+  'BiasSplitGelu',
+  'GroupNorm',
+  'NhwcConv',
+  'BiasAdd',
+  'FusedMatMul',
+  'SkipLayerNormalization',
+  'SkipGroupNorm',
+  'BiasGelu',
+  'FastGelu',
 ]);
 
 export const SUPPORTED_EXPORTS_HINT =
-  'divbind-native works with plain PyTorch/Optimum ONNX exports at opset 14-17, fp32 (fp16 UNets are refused: '
-  + 're-export in fp32, the gradient pass needs it); Olive/ORT-transformers-optimised graphs hide the attention '
-  + 'maps. Re-export the UNet without ORT transformer optimisation, e.g. `optimum-cli export onnx --model <id> '
-  + '--task text-to-image <dir>` (no --optimize), or diffusers\' convert_stable_diffusion_checkpoint_to_onnx.py.';
+  'divbind-native works with plain PyTorch/Optimum ONNX exports at opset 14-17, fp32 (fp16 UNets are refused: ' +
+  're-export in fp32, the gradient pass needs it); Olive/ORT-transformers-optimised graphs hide the attention ' +
+  'maps. Re-export the UNet without ORT transformer optimisation, e.g. `optimum-cli export onnx --model <id> ' +
+  "--task text-to-image <dir>` (no --optimize), or diffusers' convert_stable_diffusion_checkpoint_to_onnx.py.";
 
 /** Throws when the graph uses fused/contrib ops in which the attention probabilities do not exist. */
 export function assertUnfusedExport(model: ModelProto): void {
@@ -78,8 +99,10 @@ export function assertUnfusedExport(model: ModelProto): void {
     const contrib = domain !== '' && domain !== 'ai.onnx';
     // ONNX opset 23 has its own (default-domain) Attention op: fused as well.
     if (contrib || (FUSED_OPS.has(op) && (op === 'Attention' || op === 'GroupNorm' || contrib))) {
-      throw new Error(`Unsupported UNet export: node '${node.name || node.output[0]}' is the fused op `
-        + `${contrib ? `${domain}.` : ''}${op}, so the attention probabilities are not in the graph. ${SUPPORTED_EXPORTS_HINT}`);
+      throw new Error(
+        `Unsupported UNet export: node '${node.name || node.output[0]}' is the fused op ` +
+          `${contrib ? `${domain}.` : ''}${op}, so the attention probabilities are not in the graph. ${SUPPORTED_EXPORTS_HINT}`,
+      );
     }
   }
 }
@@ -105,8 +128,20 @@ function constantTensors(graph: GraphProto): Set<string> {
   return c;
 }
 
-const PASS_INPUT0: ReadonlySet<string> = new Set(['Transpose', 'Reshape', 'Squeeze', 'Unsqueeze', 'Flatten',
-  'Identity', 'Cast', 'Expand', 'Slice', 'Split', 'Tile', 'Contiguous']);
+const PASS_INPUT0: ReadonlySet<string> = new Set([
+  'Transpose',
+  'Reshape',
+  'Squeeze',
+  'Unsqueeze',
+  'Flatten',
+  'Identity',
+  'Cast',
+  'Expand',
+  'Slice',
+  'Split',
+  'Tile',
+  'Contiguous',
+]);
 const PASS_LINEAR: ReadonlySet<string> = new Set(['MatMul', 'Gemm', 'Add', 'Sub', 'Mul', 'Div']);
 
 interface WalkContext {
@@ -150,7 +185,11 @@ function isScalarOperand(ctx: WalkContext, name: string): boolean {
 }
 
 /** Unwraps Mul(x, scalar) / Div(x, scalar): returns x, or undefined when `name` is not such a product. */
-function unwrapScalarScale(ctx: WalkContext, name: string, ops: ReadonlyArray<string>): { inner: string; op: string } | undefined {
+function unwrapScalarScale(
+  ctx: WalkContext,
+  name: string,
+  ops: ReadonlyArray<string>,
+): { inner: string; op: string } | undefined {
   const p = ctx.index.producer.get(name);
   if (p === undefined || !ops.includes(p.node.op_type ?? '') || (p.node.domain ?? '') !== '') return undefined;
   const [a, b] = p.node.input;
@@ -183,21 +222,32 @@ function layerHW(hw: number, H: number, W: number): { h: number; w: number } | u
   return undefined;
 }
 
-function pickInput(graph: GraphProto, shapes: ShapeMap, preferred: string | undefined, fallback: string, rank: number,
-  what: string): string {
+function pickInput(
+  graph: GraphProto,
+  shapes: ShapeMap,
+  preferred: string | undefined,
+  fallback: string,
+  rank: number,
+  what: string,
+): string {
   const inputs = realGraphInputs(graph).map((v) => v.name ?? '');
   if (preferred !== undefined) {
-    if (!inputs.includes(preferred)) throw new RangeError(`${what} '${preferred}' is not an input of the UNet (inputs: ${inputs.join(', ')})`);
+    if (!inputs.includes(preferred))
+      throw new RangeError(`${what} '${preferred}' is not an input of the UNet (inputs: ${inputs.join(', ')})`);
     return preferred;
   }
   if (inputs.includes(fallback)) return fallback;
   const cands = inputs.filter((n) => {
     const s = shapes.get(n);
-    return s !== undefined && s.dims.length === rank && (s.elemType === DataType.FLOAT || s.elemType === DataType.FLOAT16);
+    return (
+      s !== undefined && s.dims.length === rank && (s.elemType === DataType.FLOAT || s.elemType === DataType.FLOAT16)
+    );
   });
   if (cands.length !== 1) {
-    throw new Error(`Cannot tell which UNet input is the ${what} (no input named '${fallback}', ${cands.length} rank-${rank} `
-      + `float inputs among ${inputs.join(', ')}): name it in the options`);
+    throw new Error(
+      `Cannot tell which UNet input is the ${what} (no input named '${fallback}', ${cands.length} rank-${rank} ` +
+        `float inputs among ${inputs.join(', ')}): name it in the options`,
+    );
   }
   return cands[0]!;
 }
@@ -206,18 +256,32 @@ function pickInput(graph: GraphProto, shapes: ShapeMap, preferred: string | unde
  * Finds every cross-attention Softmax of a UNet graph, in graph order. `shapes` must come from inferStaticShapes
  * for the dims the layers are wanted at. Throws for fused exports and when no cross-attention is found.
  */
-export function findCrossAttention(model: ModelProto, shapes: ShapeMap, opts: FindAttentionOptions = {}): CrossAttentionLayer[] {
+export function findCrossAttention(
+  model: ModelProto,
+  shapes: ShapeMap,
+  opts: FindAttentionOptions = {},
+): CrossAttentionLayer[] {
   assertUnfusedExport(model);
   const graph = model.graph!;
   const sampleName = pickInput(graph, shapes, opts.sampleInput, 'sample', 4, 'latent input (sample)');
-  const textName = pickInput(graph, shapes, opts.textInput, 'encoder_hidden_states', 3, 'text input (encoder_hidden_states)');
+  const textName = pickInput(
+    graph,
+    shapes,
+    opts.textInput,
+    'encoder_hidden_states',
+    3,
+    'text input (encoder_hidden_states)',
+  );
   const sample = shapes.get(sampleName)!;
   const text = shapes.get(textName);
-  if (text === undefined || text.dims.length !== 3) throw new Error(`The text input '${textName}' must have static dims [B, T, D]`);
+  if (text === undefined || text.dims.length !== 3)
+    throw new Error(`The text input '${textName}' must have static dims [B, T, D]`);
   const [batch, , H, W] = sample.dims as [number, number, number, number];
   const T = text.dims[1]!;
   const ctx: WalkContext = {
-    index: indexGraph(graph), consts: constantTensors(graph), shapes,
+    index: indexGraph(graph),
+    consts: constantTensors(graph),
+    shapes,
     graphInputs: new Set(realGraphInputs(graph).map((v) => v.name ?? '')),
   };
 
@@ -261,26 +325,46 @@ export function findCrossAttention(model: ModelProto, shapes: ShapeMap, opts: Fi
     const hw = s.dims[rank - 2]!;
     let heads: number;
     if (rank === 4) {
-      if (s.dims[0] !== batch) throw new Error(`Softmax '${node.name}' has batch ${s.dims[0]} but the sample has batch ${batch}`);
+      if (s.dims[0] !== batch)
+        throw new Error(`Softmax '${node.name}' has batch ${s.dims[0]} but the sample has batch ${batch}`);
       heads = s.dims[1]!;
     } else {
       if (s.dims[0]! % batch !== 0) {
-        throw new Error(`Softmax '${node.name}' has leading dim ${s.dims[0]}, not a multiple of the sample batch ${batch}`);
+        throw new Error(
+          `Softmax '${node.name}' has leading dim ${s.dims[0]}, not a multiple of the sample batch ${batch}`,
+        );
       }
       heads = s.dims[0]! / batch;
     }
     const lw = layerHW(hw, H, W);
     if (lw === undefined) {
-      throw new Error(`Softmax '${node.name}' attends from ${hw} positions, which matches no downsampling of the ${H}×${W} latent`);
+      throw new Error(
+        `Softmax '${node.name}' attends from ${hw} positions, which matches no downsampling of the ${H}×${W} latent`,
+      );
     }
     found.push({
-      softmaxNode: node.name ?? '', softmaxOutput: out, matmulNode: mm.node.name ?? '', pattern, layout, dims: [...s.dims],
-      batch, heads, hw, h: lw.h, w: lw.w, resolution: lw.h === lw.w ? lw.h : null, textLength: T, scope, detectedBy,
+      softmaxNode: node.name ?? '',
+      softmaxOutput: out,
+      matmulNode: mm.node.name ?? '',
+      pattern,
+      layout,
+      dims: [...s.dims],
+      batch,
+      heads,
+      hw,
+      h: lw.h,
+      w: lw.w,
+      resolution: lw.h === lw.w ? lw.h : null,
+      textLength: T,
+      scope,
+      detectedBy,
     });
   }
   if (found.length === 0) {
-    throw new Error(`No cross-attention Softmax found in the UNet (no Softmax over ${T} text positions whose keys come from `
-      + `'${textName}'). ${SUPPORTED_EXPORTS_HINT}`);
+    throw new Error(
+      `No cross-attention Softmax found in the UNet (no Softmax over ${T} text positions whose keys come from ` +
+        `'${textName}'). ${SUPPORTED_EXPORTS_HINT}`,
+    );
   }
 
   // Place: module names when every layer has one, else graph order around the lowest resolution.
@@ -365,7 +449,8 @@ export interface InstrumentResult {
  */
 export function instrumentUnet(model: ModelProto, shapes: ShapeMap, opts: InstrumentOptions = {}): InstrumentResult {
   const headAverage = opts.headAverage ?? DEFAULT_HEAD_AVERAGE;
-  if (typeof headAverage !== 'boolean') throw new TypeError(`Expected a boolean for headAverage but received ${String(headAverage)}`);
+  if (typeof headAverage !== 'boolean')
+    throw new TypeError(`Expected a boolean for headAverage but received ${String(headAverage)}`);
   const prefix = opts.outputPrefix ?? 'attn_';
   const layers = opts.layers ?? findCrossAttention(model, shapes, opts);
   const graph = model.graph!;
@@ -374,7 +459,8 @@ export function instrumentUnet(model: ModelProto, shapes: ShapeMap, opts: Instru
   const fixed = new Map<string, number[]>();
   for (const vi of realGraphInputs(graph)) {
     const s = shapes.get(vi.name ?? '');
-    if (s === undefined) throw new RangeError(`shapes has no entry for graph input '${vi.name}': pass the map from inferStaticShapes`);
+    if (s === undefined)
+      throw new RangeError(`shapes has no entry for graph input '${vi.name}': pass the map from inferStaticShapes`);
     fixed.set(vi.name ?? '', s.dims);
   }
   const g = copyGraphFields(withFixedInputDims(model, fixed).graph!);
@@ -389,7 +475,10 @@ export function instrumentUnet(model: ModelProto, shapes: ShapeMap, opts: Instru
 
   for (const L of layers) {
     const output = `${prefix}${L.index}`;
-    if (taken.has(output)) throw new Error(`Cannot add output '${output}': the UNet already has a tensor of that name; pass another outputPrefix`);
+    if (taken.has(output))
+      throw new Error(
+        `Cannot add output '${output}': the UNet already has a tensor of that name; pass another outputPrefix`,
+      );
     const src = shapes.get(L.softmaxOutput)!;
     const nodes: NodeProto[] = [];
     let dims: number[];
@@ -403,7 +492,14 @@ export function instrumentUnet(model: ModelProto, shapes: ShapeMap, opts: Instru
         // [B·h, HW, T] is batch-major (b·h + head), as torch's reshape/permute and diffusers' head_to_batch_dim lay it out.
         const shapeName = `${tag}/split_heads_shape`;
         const split = `${tag}/split_heads`;
-        g.initializer.push(makeTensor(shapeName, DataType.INT64, [4], BigInt64Array.from([L.batch, L.heads, L.hw, L.textLength].map(BigInt))));
+        g.initializer.push(
+          makeTensor(
+            shapeName,
+            DataType.INT64,
+            [4],
+            BigInt64Array.from([L.batch, L.heads, L.hw, L.textLength].map(BigInt)),
+          ),
+        );
         nodes.push(makeNode('Reshape', [x, shapeName], [split], { name: `${tag}/Reshape` }));
         outShapes.set(shapeName, { elemType: DataType.INT64, dims: [4] });
         outShapes.set(split, { elemType: src.elemType, dims: [L.batch, L.heads, L.hw, L.textLength] });
@@ -413,11 +509,19 @@ export function instrumentUnet(model: ModelProto, shapes: ShapeMap, opts: Instru
         const axesName = `${tag}/axes`;
         g.initializer.push(makeTensor(axesName, DataType.INT64, [1], BigInt64Array.of(1n)));
         outShapes.set(axesName, { elemType: DataType.INT64, dims: [1] });
-        nodes.push(makeNode('ReduceMean', [x, axesName], [output], { name: `${tag}/ReduceMean`, attributes: [attr.int('keepdims', 0)] }));
+        nodes.push(
+          makeNode('ReduceMean', [x, axesName], [output], {
+            name: `${tag}/ReduceMean`,
+            attributes: [attr.int('keepdims', 0)],
+          }),
+        );
       } else {
-        nodes.push(makeNode('ReduceMean', [x], [output], {
-          name: `${tag}/ReduceMean`, attributes: [attr.ints('axes', [1]), attr.int('keepdims', 0)],
-        }));
+        nodes.push(
+          makeNode('ReduceMean', [x], [output], {
+            name: `${tag}/ReduceMean`,
+            attributes: [attr.ints('axes', [1]), attr.int('keepdims', 0)],
+          }),
+        );
       }
       dims = [L.batch, L.hw, L.textLength];
     }
@@ -425,9 +529,23 @@ export function instrumentUnet(model: ModelProto, shapes: ShapeMap, opts: Instru
     outShapes.set(output, { elemType: src.elemType, dims });
     newOutputs.push(makeValueInfo(output, src.elemType, dims));
     manifest.push({
-      index: L.index, output, source: L.softmaxNode, sourceOutput: L.softmaxOutput, place: L.place, placeFrom: L.placeFrom,
-      scope: L.scope, resolution: L.resolution, h: L.h, w: L.w, hw: L.hw, heads: L.heads, headAveraged: headAverage,
-      textLength: L.textLength, dims, layout: L.layout, pattern: L.pattern,
+      index: L.index,
+      output,
+      source: L.softmaxNode,
+      sourceOutput: L.softmaxOutput,
+      place: L.place,
+      placeFrom: L.placeFrom,
+      scope: L.scope,
+      resolution: L.resolution,
+      h: L.h,
+      w: L.w,
+      hw: L.hw,
+      heads: L.heads,
+      headAveraged: headAverage,
+      textLength: L.textLength,
+      dims,
+      layout: L.layout,
+      pattern: L.pattern,
     });
   }
   // Keep topological order: each new node goes right after its Softmax.
@@ -442,11 +560,18 @@ export function instrumentUnet(model: ModelProto, shapes: ShapeMap, opts: Instru
   }
   g.node = nodes;
   g.output = [...g.output, ...newOutputs];
-  return { model: cloneModelShallow(model, g), layers: manifest, outputs: manifest.map((m) => m.output), shapes: outShapes };
+  return {
+    model: cloneModelShallow(model, g),
+    layers: manifest,
+    outputs: manifest.map((m) => m.output),
+    shapes: outShapes,
+  };
 }
 
 /** Human-readable one-line summary of a layer ('attn_3 down 16×16 2 heads [1, 256, 77] (…/attn2/Softmax)'). */
 export function describeLayer(m: ManifestLayer): string {
-  return `${m.output} ${m.place} ${m.h}×${m.w} ${m.heads} head${m.heads === 1 ? '' : 's'}${m.headAveraged ? ' (averaged)' : ''} `
-    + `[${m.dims.join(', ')}] (${m.source || m.sourceOutput})`;
+  return (
+    `${m.output} ${m.place} ${m.h}×${m.w} ${m.heads} head${m.heads === 1 ? '' : 's'}${m.headAveraged ? ' (averaged)' : ''} ` +
+    `[${m.dims.join(', ')}] (${m.source || m.sourceOutput})`
+  );
 }

@@ -11,14 +11,22 @@
  *    'residuals' = the forward graph with extra outputs (the tensors the backward reads) + a backward graph.
  */
 import {
-  GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto, makeValueInfo, opsetVersion, tensorDims,
-  valueInfoDims, valueInfoElemType,
+  type GraphProto,
+  type ModelProto,
+  type NodeProto,
+  type TensorProto,
+  type ValueInfoProto,
+  makeValueInfo,
+  opsetVersion,
+  tensorDims,
+  valueInfoDims,
+  valueInfoElemType,
 } from '../proto';
 import { Emitter } from './emitter';
 import { ConstantFolder } from './fold';
-import { ConstTensor, DataType, NodeView, TensorInfo, dataTypeName, describe, isFloatType, numel } from './ir';
+import { type ConstTensor, DataType, type NodeView, type TensorInfo, dataTypeName, describe, isFloatType, numel } from './ir';
 import { readConstTensor, toNodeProto, toTensorProto, viewNode } from './proto-adapter';
-import { DIFFERENTIABLE_INPUTS, NON_DIFFERENTIABLE_OPS, RULES, RuleContext } from './rules';
+import { DIFFERENTIABLE_INPUTS, NON_DIFFERENTIABLE_OPS, RULES, type RuleContext } from './rules';
 
 export type VjpDesign = 'recompute' | 'residuals';
 
@@ -66,7 +74,12 @@ export interface VjpResult {
 /** Name of the cotangent input for `output` and of the gradient output for `wrt`. */
 export const gradName = (tensor: string): string => `grad_${tensor}`;
 
-const BYTES: Record<number, number> = { [DataType.FLOAT]: 4, [DataType.DOUBLE]: 8, [DataType.FLOAT16]: 2, [DataType.INT64]: 8 };
+const BYTES: Record<number, number> = {
+  [DataType.FLOAT]: 4,
+  [DataType.DOUBLE]: 8,
+  [DataType.FLOAT16]: 2,
+  [DataType.INT64]: 8,
+};
 
 function checkOptions(model: ModelProto, options: VjpOptions): GraphProto {
   if (model === null || typeof model !== 'object' || model.graph == null) {
@@ -76,7 +89,11 @@ function checkOptions(model: ModelProto, options: VjpOptions): GraphProto {
   if (typeof options.wrt !== 'string' || options.wrt === '') {
     throw new TypeError(`buildVjp: expected a tensor name for options.wrt but received ${String(options.wrt)}`);
   }
-  if (!Array.isArray(options.outputs) || options.outputs.length === 0 || options.outputs.some((o) => typeof o !== 'string' || o === '')) {
+  if (
+    !Array.isArray(options.outputs) ||
+    options.outputs.length === 0 ||
+    options.outputs.some((o) => typeof o !== 'string' || o === '')
+  ) {
     throw new TypeError('buildVjp: expected a non-empty array of tensor names for options.outputs');
   }
   if (new Set(options.outputs).size !== options.outputs.length) {
@@ -86,11 +103,15 @@ function checkOptions(model: ModelProto, options: VjpOptions): GraphProto {
     throw new TypeError('buildVjp: expected a Map of static shapes for options.shapes (see inferStaticShapes)');
   }
   if (options.design !== undefined && options.design !== 'recompute' && options.design !== 'residuals') {
-    throw new RangeError(`buildVjp: expected 'recompute' or 'residuals' for options.design but received '${String(options.design)}'`);
+    throw new RangeError(
+      `buildVjp: expected 'recompute' or 'residuals' for options.design but received '${String(options.design)}'`,
+    );
   }
   const graph = model.graph;
   if (!graph.input.some((i) => i.name === options.wrt)) {
-    throw new RangeError(`buildVjp: options.wrt '${options.wrt}' is not an input of the graph (inputs: ${graph.input.map((i) => i.name).join(', ')})`);
+    throw new RangeError(
+      `buildVjp: options.wrt '${options.wrt}' is not an input of the graph (inputs: ${graph.input.map((i) => i.name).join(', ')})`,
+    );
   }
   return graph;
 }
@@ -125,7 +146,8 @@ export function buildVjp(model: ModelProto, options: VjpOptions): VjpResult {
   for (const vi of graph.input) {
     const et = valueInfoElemType(vi);
     const d = valueInfoDims(vi);
-    if (et !== undefined && d !== undefined && d.every((x) => typeof x === 'number')) extraInfo.set(vi.name ?? '', { elemType: et, dims: d as number[] });
+    if (et !== undefined && d?.every((x) => typeof x === 'number'))
+      extraInfo.set(vi.name ?? '', { elemType: et, dims: d as number[] });
   }
   for (const [name, t] of inits) extraInfo.set(name, { elemType: t.data_type ?? 0, dims: tensorDims(t) });
   const info = (name: string): TensorInfo | undefined => options.shapes.get(name) ?? extraInfo.get(name);
@@ -143,16 +165,22 @@ export function buildVjp(model: ModelProto, options: VjpOptions): VjpResult {
   if (wrtInfo.elemType !== DataType.FLOAT && wrtInfo.elemType !== DataType.DOUBLE) {
     // fp16 is refused rather than silently computed in half precision: gradients of attention losses
     // underflow in fp16, and casting every differentiated op to fp32 would double the weights in memory.
-    throw new RangeError(`buildVjp: '${wrt}' is ${dataTypeName(wrtInfo.elemType)}; only float32 (or float64) models ` +
-      'can be differentiated. Use the float32 export of the UNet for guidance');
+    throw new RangeError(
+      `buildVjp: '${wrt}' is ${dataTypeName(wrtInfo.elemType)}; only float32 (or float64) models ` +
+        'can be differentiated. Use the float32 export of the UNet for guidance',
+    );
   }
   const floatType = wrtInfo.elemType;
   for (const o of outputs) {
-    if (!producer.has(o) && !inputNames.has(o)) throw new RangeError(`buildVjp: options.outputs names '${o}', which no node produces`);
+    if (!producer.has(o) && !inputNames.has(o))
+      throw new RangeError(`buildVjp: options.outputs names '${o}', which no node produces`);
   }
 
   for (const name of [wrt, ...outputs].map(gradName)) {
-    if (taken.has(name)) throw new RangeError(`buildVjp: the model already has a tensor named '${name}', the name the VJP graph needs for a gradient`);
+    if (taken.has(name))
+      throw new RangeError(
+        `buildVjp: the model already has a tensor named '${name}', the name the VJP graph needs for a gradient`,
+      );
   }
 
   // ---- 1. activity analysis
@@ -164,7 +192,10 @@ export function buildVjp(model: ModelProto, options: VjpOptions): VjpResult {
     for (const o of n.outputs) {
       if (!o) continue;
       const inf = info(o);
-      if (!inf) throw new RangeError(`buildVjp: no static shape for '${o}' (output of ${describe(n)}); options.shapes must cover every tensor`);
+      if (!inf)
+        throw new RangeError(
+          `buildVjp: no static shape for '${o}' (output of ${describe(n)}); options.shapes must cover every tensor`,
+        );
       if (isFloatType(inf.elemType)) active.add(o);
     }
   }
@@ -181,8 +212,10 @@ export function buildVjp(model: ModelProto, options: VjpOptions): VjpResult {
   }
   for (const n of diffNodes) {
     if ((n.domain !== '' && n.domain !== 'ai.onnx') || !(n.opType in RULES)) {
-      throw new Error(`buildVjp: cannot differentiate ${describe(n)}${n.domain ? ` (domain ${n.domain})` : ''}: no gradient ` +
-        `rule for ${n.opType}; it lies on the path from '${wrt}' to the requested outputs`);
+      throw new Error(
+        `buildVjp: cannot differentiate ${describe(n)}${n.domain ? ` (domain ${n.domain})` : ''}: no gradient ` +
+          `rule for ${n.opType}; it lies on the path from '${wrt}' to the requested outputs`,
+      );
     }
   }
 
@@ -222,11 +255,20 @@ export function buildVjp(model: ModelProto, options: VjpOptions): VjpResult {
   const finalName = gradName(wrt);
   const gw = grads.get(wrt);
   if (gw) {
-    e.nodes.push({ name: e.fresh('grad_output'), opType: 'Identity', inputs: [e.sum(gw)], outputs: [finalName], attrs: {} });
+    e.nodes.push({
+      name: e.fresh('grad_output'),
+      opType: 'Identity',
+      inputs: [e.sum(gw)],
+      outputs: [finalName],
+      attrs: {},
+    });
   } else {
     // No requested output depends on wrt: the gradient is exactly zero.
     e.nodes.push({
-      name: e.fresh('grad_output'), opType: 'ConstantOfShape', inputs: [e.constI64(wrtInfo.dims)], outputs: [finalName],
+      name: e.fresh('grad_output'),
+      opType: 'ConstantOfShape',
+      inputs: [e.constI64(wrtInfo.dims)],
+      outputs: [finalName],
       attrs: { value: { kind: 'tensor', value: { dataType: floatType, dims: [1], values: [0] } } },
     });
   }
@@ -292,9 +334,17 @@ export function buildVjp(model: ModelProto, options: VjpOptions): VjpResult {
     return m;
   };
   const stats: VjpStats = {
-    design, sourceNodes: nodes.length, differentiatedNodes: Object.values(opCounts).reduce((a, b) => a + b, 0),
-    backwardNodes: e.nodes.length, forwardNodes: 0, residuals: 0, residualBytes: 0, residualNames: [],
-    unreachableOutputs: outputs.filter((o) => !useful.has(o)), opCounts, buildMs: 0,
+    design,
+    sourceNodes: nodes.length,
+    differentiatedNodes: Object.values(opCounts).reduce((a, b) => a + b, 0),
+    backwardNodes: e.nodes.length,
+    forwardNodes: 0,
+    residuals: 0,
+    residualBytes: 0,
+    residualNames: [],
+    unreachableOutputs: outputs.filter((o) => !useful.has(o)),
+    opCounts,
+    buildMs: 0,
   };
 
   if (design === 'recompute') {
@@ -329,7 +379,7 @@ export function buildVjp(model: ModelProto, options: VjpOptions): VjpResult {
     let cur = t;
     for (let depth = 0; depth < 8; depth++) {
       const p = producer.get(cur);
-      if (!p || p.outputs.length !== 1 || (p.domain !== '' && p.domain !== 'ai.onnx')) return undefined;
+      if (p?.outputs.length !== 1 || (p.domain !== '' && p.domain !== 'ai.onnx')) return undefined;
       chain.push(p);
       if (p.opType === 'MatMul') {
         const operands = p.inputs.reduce((sum, i) => sum + size(i), 0);

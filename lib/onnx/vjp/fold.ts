@@ -3,7 +3,7 @@
  * Cast, ...) to values, so gradient rules can read Slice parameters and axes inputs. Shape reads the static
  * shapes, so this works on graphs whose shape arithmetic was left unfolded by the exporter.
  */
-import { ConstTensor, DataType, NodeView, TensorInfo, attrInt, attrInts, numel } from './ir';
+import { type ConstTensor, DataType, type NodeView, type TensorInfo, attrInt, attrInts, numel } from './ir';
 
 const MAX_FOLD_ELEMENTS = 1 << 16;
 
@@ -44,9 +44,12 @@ export class ConstantFolder {
         for (const [key, a] of node.attrs) {
           if (key === 'value' && a.kind === 'tensor') return a.value;
           if (key === 'value_int' && a.kind === 'int') return { dataType: DataType.INT64, dims: [], values: [a.value] };
-          if (key === 'value_ints' && a.kind === 'ints') return { dataType: DataType.INT64, dims: [a.value.length], values: a.value };
-          if (key === 'value_float' && a.kind === 'float') return { dataType: DataType.FLOAT, dims: [], values: [a.value] };
-          if (key === 'value_floats' && a.kind === 'floats') return { dataType: DataType.FLOAT, dims: [a.value.length], values: a.value };
+          if (key === 'value_ints' && a.kind === 'ints')
+            return { dataType: DataType.INT64, dims: [a.value.length], values: a.value };
+          if (key === 'value_float' && a.kind === 'float')
+            return { dataType: DataType.FLOAT, dims: [], values: [a.value] };
+          if (key === 'value_floats' && a.kind === 'floats')
+            return { dataType: DataType.FLOAT, dims: [a.value.length], values: a.value };
         }
         return undefined;
       }
@@ -73,8 +76,11 @@ export class ConstantFolder {
         const x = ins(0);
         if (!x) return undefined;
         const to = attrInt(node, 'to', x.dataType);
-        const intTarget = to !== DataType.FLOAT && to !== DataType.DOUBLE && to !== DataType.FLOAT16 && to !== DataType.BFLOAT16;
-        const values = intTarget ? x.values.map((v) => (to === DataType.BOOL ? (v !== 0 ? 1 : 0) : Math.trunc(v))) : x.values;
+        const intTarget =
+          to !== DataType.FLOAT && to !== DataType.DOUBLE && to !== DataType.FLOAT16 && to !== DataType.BFLOAT16;
+        const values = intTarget
+          ? x.values.map((v) => (to === DataType.BOOL ? (v !== 0 ? 1 : 0) : Math.trunc(v)))
+          : x.values;
         return { dataType: to, dims: x.dims, values };
       }
       case 'Unsqueeze':
@@ -125,14 +131,17 @@ export class ConstantFolder {
         if (!x || !starts || !ends || x.dims.length !== 1) return undefined;
         const axes = node.inputs.length > 3 && node.inputs[3] !== '' ? ins(3) : undefined;
         const steps = node.inputs.length > 4 && node.inputs[4] !== '' ? ins(4) : undefined;
-        if ((axes && axes.values.some((a) => a !== 0 && a !== -1)) || starts.values.length !== 1) return undefined;
+        if ((axes?.values.some((a) => a !== 0 && a !== -1)) || starts.values.length !== 1) return undefined;
         const step = steps ? steps.values[0] : 1;
         const [s, e] = clampSlice(starts.values[0], ends.values[0], step, x.dims[0]);
         const values: number[] = [];
         for (let i = s; step > 0 ? i < e : i > e; i += step) values.push(x.values[i]);
         return { dataType: x.dataType, dims: [values.length], values };
       }
-      case 'Add': case 'Sub': case 'Mul': case 'Div': {
+      case 'Add':
+      case 'Sub':
+      case 'Mul':
+      case 'Div': {
         const a = ins(0);
         const b = ins(1);
         if (!a || !b) return undefined;
@@ -157,7 +166,8 @@ export class ConstantFolder {
         const shape = ins(0);
         if (!shape) return undefined;
         const a = node.attrs.get('value');
-        const fill = a && a.kind === 'tensor' && a.value ? a.value : { dataType: DataType.FLOAT, dims: [1], values: [0] };
+        const fill =
+          a && a.kind === 'tensor' && a.value ? a.value : { dataType: DataType.FLOAT, dims: [1], values: [0] };
         const n = numel(shape.values);
         if (n > MAX_FOLD_ELEMENTS) return undefined;
         return { dataType: fill.dataType, dims: shape.values, values: new Array<number>(n).fill(fill.values[0]) };
