@@ -252,17 +252,18 @@ function pickInput(
   return cands[0]!;
 }
 
-/**
- * Finds every cross-attention Softmax of a UNet graph, in graph order. `shapes` must come from inferStaticShapes
- * for the dims the layers are wanted at. Throws for fused exports and when no cross-attention is found.
- */
-export function findCrossAttention(
-  model: ModelProto,
-  shapes: ShapeMap,
-  opts: FindAttentionOptions = {},
-): CrossAttentionLayer[] {
-  assertUnfusedExport(model);
-  const graph = model.graph!;
+/** The latent and text inputs the layers are measured against. */
+interface AttentionTarget {
+  textName: string;
+  batch: number;
+  /** Latent height and width. */
+  H: number;
+  W: number;
+  /** Text length (keys per cross-attention row). */
+  T: number;
+}
+
+function attentionTarget(graph: GraphProto, shapes: ShapeMap, opts: FindAttentionOptions): AttentionTarget {
   const sampleName = pickInput(graph, shapes, opts.sampleInput, 'sample', 4, 'latent input (sample)');
   const textName = pickInput(
     graph,
@@ -277,97 +278,144 @@ export function findCrossAttention(
   if (text === undefined || text.dims.length !== 3)
     throw new Error(`The text input '${textName}' must have static dims [B, T, D]`);
   const [batch, , H, W] = sample.dims as [number, number, number, number];
-  const T = text.dims[1]!;
+  return { textName, batch, H, W, T: text.dims[1]! };
+}
+
+type FoundLayer = Omit<CrossAttentionLayer, 'index' | 'place' | 'placeFrom'>;
+
+/**
+ * Finds every cross-attention Softmax of a UNet graph, in graph order. `shapes` must come from inferStaticShapes
+ * for the dims the layers are wanted at. Throws for fused exports and when no cross-attention is found.
+ */
+export function findCrossAttention(
+  model: ModelProto,
+  shapes: ShapeMap,
+  opts: FindAttentionOptions = {},
+): CrossAttentionLayer[] {
+  assertUnfusedExport(model);
+  const graph = model.graph!;
+  const target = attentionTarget(graph, shapes, opts);
   const ctx: WalkContext = {
     index: indexGraph(graph),
     consts: constantTensors(graph),
     shapes,
     graphInputs: new Set(realGraphInputs(graph).map((v) => v.name ?? '')),
   };
-
-  const found: Array<Omit<CrossAttentionLayer, 'index' | 'place' | 'placeFrom'>> = [];
+  const defaultAxis = (opsetVersion(model) ?? 13) >= 13 ? -1 : 1;
+  const found: FoundLayer[] = [];
   for (const node of graph.node) {
-    if (node.op_type !== 'Softmax' || (node.domain ?? '') !== '') continue;
-    const out = node.output[0] ?? '';
-    const s = shapes.get(out);
-    if (s === undefined || (s.dims.length !== 3 && s.dims.length !== 4)) continue;
-    const rank = s.dims.length;
-    const axis = attrInt(node, 'axis', (opsetVersion(model) ?? 13) >= 13 ? -1 : 1);
-    if (axis !== -1 && axis !== rank - 1) continue;
-    if (s.dims[rank - 1] !== T) continue;
-
-    // Scores: optional scalar Mul/Div after the MatMul, or the SDPA split scale before it.
-    let scoresName = node.input[0] ?? '';
-    let pattern: AttentionPattern = 'matmul';
-    const post = unwrapScalarScale(ctx, scoresName, ['Mul', 'Div']);
-    if (post !== undefined) {
-      scoresName = post.inner;
-      pattern = post.op === 'Div' ? 'matmul-div' : 'matmul-mul';
-    }
-    const mm = ctx.index.producer.get(scoresName);
-    if (mm === undefined || mm.node.op_type !== 'MatMul') continue;
-    let keyName = mm.node.input[1] ?? '';
-    const qPre = unwrapScalarScale(ctx, mm.node.input[0] ?? '', ['Mul']);
-    const kPre = unwrapScalarScale(ctx, keyName, ['Mul']);
-    if (qPre !== undefined && kPre !== undefined && pattern === 'matmul') {
-      pattern = 'sdpa';
-      keyName = kPre.inner;
-    }
-
-    const source = traceToGraphInput(ctx, keyName);
-    const scope = scopeOf(node.name ?? '');
-    let detectedBy: CrossAttentionLayer['detectedBy'];
-    if (source === textName) detectedBy = 'structure';
-    else if (source === undefined && /(^|\/)attn2(\/|$)/.test(scope)) detectedBy = 'name';
-    else continue;
-
-    const layout: AttentionLayout = rank === 4 ? 'B-H-N-T' : 'BH-N-T';
-    const hw = s.dims[rank - 2]!;
-    let heads: number;
-    if (rank === 4) {
-      if (s.dims[0] !== batch)
-        throw new Error(`Softmax '${node.name}' has batch ${s.dims[0]} but the sample has batch ${batch}`);
-      heads = s.dims[1]!;
-    } else {
-      if (s.dims[0]! % batch !== 0) {
-        throw new Error(
-          `Softmax '${node.name}' has leading dim ${s.dims[0]}, not a multiple of the sample batch ${batch}`,
-        );
-      }
-      heads = s.dims[0]! / batch;
-    }
-    const lw = layerHW(hw, H, W);
-    if (lw === undefined) {
-      throw new Error(
-        `Softmax '${node.name}' attends from ${hw} positions, which matches no downsampling of the ${H}×${W} latent`,
-      );
-    }
-    found.push({
-      softmaxNode: node.name ?? '',
-      softmaxOutput: out,
-      matmulNode: mm.node.name ?? '',
-      pattern,
-      layout,
-      dims: [...s.dims],
-      batch,
-      heads,
-      hw,
-      h: lw.h,
-      w: lw.w,
-      resolution: lw.h === lw.w ? lw.h : null,
-      textLength: T,
-      scope,
-      detectedBy,
-    });
+    const layer = matchCrossAttention(ctx, node, target, defaultAxis);
+    if (layer !== undefined) found.push(layer);
   }
   if (found.length === 0) {
     throw new Error(
-      `No cross-attention Softmax found in the UNet (no Softmax over ${T} text positions whose keys come from ` +
-        `'${textName}'). ${SUPPORTED_EXPORTS_HINT}`,
+      `No cross-attention Softmax found in the UNet (no Softmax over ${target.T} text positions whose keys come from ` +
+        `'${target.textName}'). ${SUPPORTED_EXPORTS_HINT}`,
     );
   }
+  return assignPlaces(found);
+}
 
-  // Place: module names when every layer has one, else graph order around the lowest resolution.
+/** The layer whose probabilities `node` computes, when it is a cross-attention Softmax (see the file comment). */
+function matchCrossAttention(
+  ctx: WalkContext,
+  node: NodeProto,
+  target: AttentionTarget,
+  defaultAxis: number,
+): FoundLayer | undefined {
+  if (node.op_type !== 'Softmax' || (node.domain ?? '') !== '') return undefined;
+  const out = node.output[0] ?? '';
+  const s = ctx.shapes.get(out);
+  if (s === undefined || (s.dims.length !== 3 && s.dims.length !== 4)) return undefined;
+  const rank = s.dims.length;
+  const axis = attrInt(node, 'axis', defaultAxis);
+  if (axis !== -1 && axis !== rank - 1) return undefined;
+  if (s.dims[rank - 1] !== target.T) return undefined;
+  const scores = scoresOf(ctx, node.input[0] ?? '');
+  if (scores === undefined) return undefined;
+
+  const source = traceToGraphInput(ctx, scores.keyName);
+  const scope = scopeOf(node.name ?? '');
+  let detectedBy: CrossAttentionLayer['detectedBy'];
+  if (source === target.textName) detectedBy = 'structure';
+  else if (source === undefined && /(^|\/)attn2(\/|$)/.test(scope)) detectedBy = 'name';
+  else return undefined;
+
+  const { heads, hw, h, w } = layerGeometry(node, s.dims, target);
+  return {
+    softmaxNode: node.name ?? '',
+    softmaxOutput: out,
+    matmulNode: scores.matmul.name ?? '',
+    pattern: scores.pattern,
+    layout: rank === 4 ? 'B-H-N-T' : 'BH-N-T',
+    dims: [...s.dims],
+    batch: target.batch,
+    heads,
+    hw,
+    h,
+    w,
+    resolution: h === w ? h : null,
+    textLength: target.T,
+    scope,
+    detectedBy,
+  };
+}
+
+/** The scores MatMul behind a Softmax input: an optional scalar Mul/Div after it, or the SDPA split scale before it. */
+function scoresOf(
+  ctx: WalkContext,
+  softmaxInput: string,
+): { matmul: NodeProto; keyName: string; pattern: AttentionPattern } | undefined {
+  let scoresName = softmaxInput;
+  let pattern: AttentionPattern = 'matmul';
+  const post = unwrapScalarScale(ctx, scoresName, ['Mul', 'Div']);
+  if (post !== undefined) {
+    scoresName = post.inner;
+    pattern = post.op === 'Div' ? 'matmul-div' : 'matmul-mul';
+  }
+  const mm = ctx.index.producer.get(scoresName);
+  if (mm === undefined || mm.node.op_type !== 'MatMul') return undefined;
+  let keyName = mm.node.input[1] ?? '';
+  const qPre = unwrapScalarScale(ctx, mm.node.input[0] ?? '', ['Mul']);
+  const kPre = unwrapScalarScale(ctx, keyName, ['Mul']);
+  if (qPre !== undefined && kPre !== undefined && pattern === 'matmul') {
+    pattern = 'sdpa';
+    keyName = kPre.inner;
+  }
+  return { matmul: mm.node, keyName, pattern };
+}
+
+/** Heads, query positions and latent grid of a cross-attention Softmax output of dims `dims`. */
+function layerGeometry(
+  node: NodeProto,
+  dims: number[],
+  target: AttentionTarget,
+): { heads: number; hw: number; h: number; w: number } {
+  const { batch, H, W } = target;
+  const rank = dims.length;
+  const hw = dims[rank - 2]!;
+  let heads: number;
+  if (rank === 4) {
+    if (dims[0] !== batch)
+      throw new Error(`Softmax '${node.name}' has batch ${dims[0]} but the sample has batch ${batch}`);
+    heads = dims[1]!;
+  } else {
+    if (dims[0]! % batch !== 0) {
+      throw new Error(`Softmax '${node.name}' has leading dim ${dims[0]}, not a multiple of the sample batch ${batch}`);
+    }
+    heads = dims[0]! / batch;
+  }
+  const lw = layerHW(hw, H, W);
+  if (lw === undefined) {
+    throw new Error(
+      `Softmax '${node.name}' attends from ${hw} positions, which matches no downsampling of the ${H}×${W} latent`,
+    );
+  }
+  return { heads, hw, h: lw.h, w: lw.w };
+}
+
+/** Place of each layer: module names when every layer has one, else graph order around the lowest resolution. */
+function assignPlaces(found: FoundLayer[]): CrossAttentionLayer[] {
   const named = found.map((f) => placeFromName(f.scope));
   const byName = named.every((p) => p !== undefined);
   const minHw = Math.min(...found.map((f) => f.hw));
@@ -453,17 +501,7 @@ export function instrumentUnet(model: ModelProto, shapes: ShapeMap, opts: Instru
     throw new TypeError(`Expected a boolean for headAverage but received ${String(headAverage)}`);
   const prefix = opts.outputPrefix ?? 'attn_';
   const layers = opts.layers ?? findCrossAttention(model, shapes, opts);
-  const graph = model.graph!;
-
-  // Fix the inputs to the inferred dims, so every declared shape below holds.
-  const fixed = new Map<string, number[]>();
-  for (const vi of realGraphInputs(graph)) {
-    const s = shapes.get(vi.name ?? '');
-    if (s === undefined)
-      throw new RangeError(`shapes has no entry for graph input '${vi.name}': pass the map from inferStaticShapes`);
-    fixed.set(vi.name ?? '', s.dims);
-  }
-  const g = copyGraphFields(withFixedInputDims(model, fixed).graph!);
+  const g = copyGraphFields(withFixedInputDims(model, inferredInputDims(model.graph!, shapes)).graph!);
   const taken = new Set<string>([...g.input, ...g.output].map((v) => v.name ?? ''));
   for (const n of g.node) for (const o of n.output) taken.add(o);
   for (const t of g.initializer) taken.add(t.name ?? '');
@@ -471,7 +509,7 @@ export function instrumentUnet(model: ModelProto, shapes: ShapeMap, opts: Instru
   const newOutputs = [];
   const manifest: ManifestLayer[] = [];
   const opset = opsetVersion(model) ?? 17;
-  const inserts: Array<{ after: string; nodes: NodeProto[] }> = [];
+  const inserts = new Map<string, NodeProto[]>();
 
   for (const L of layers) {
     const output = `${prefix}${L.index}`;
@@ -479,86 +517,16 @@ export function instrumentUnet(model: ModelProto, shapes: ShapeMap, opts: Instru
       throw new Error(
         `Cannot add output '${output}': the UNet already has a tensor of that name; pass another outputPrefix`,
       );
-    const src = shapes.get(L.softmaxOutput)!;
-    const nodes: NodeProto[] = [];
-    let dims: number[];
-    const tag = `/divbind/${output}`;
-    if (!headAverage) {
-      nodes.push(makeNode('Identity', [L.softmaxOutput], [output], { name: `${tag}/Identity` }));
-      dims = [...src.dims];
-    } else {
-      let x = L.softmaxOutput;
-      if (L.layout === 'BH-N-T') {
-        // [B·h, HW, T] is batch-major (b·h + head), as torch's reshape/permute and diffusers' head_to_batch_dim lay it out.
-        const shapeName = `${tag}/split_heads_shape`;
-        const split = `${tag}/split_heads`;
-        g.initializer.push(
-          makeTensor(
-            shapeName,
-            DataType.INT64,
-            [4],
-            BigInt64Array.from([L.batch, L.heads, L.hw, L.textLength].map(BigInt)),
-          ),
-        );
-        nodes.push(makeNode('Reshape', [x, shapeName], [split], { name: `${tag}/Reshape` }));
-        outShapes.set(shapeName, { elemType: DataType.INT64, dims: [4] });
-        outShapes.set(split, { elemType: src.elemType, dims: [L.batch, L.heads, L.hw, L.textLength] });
-        x = split;
-      }
-      if (opset >= 18) {
-        const axesName = `${tag}/axes`;
-        g.initializer.push(makeTensor(axesName, DataType.INT64, [1], BigInt64Array.of(1n)));
-        outShapes.set(axesName, { elemType: DataType.INT64, dims: [1] });
-        nodes.push(
-          makeNode('ReduceMean', [x, axesName], [output], {
-            name: `${tag}/ReduceMean`,
-            attributes: [attr.int('keepdims', 0)],
-          }),
-        );
-      } else {
-        nodes.push(
-          makeNode('ReduceMean', [x], [output], {
-            name: `${tag}/ReduceMean`,
-            attributes: [attr.ints('axes', [1]), attr.int('keepdims', 0)],
-          }),
-        );
-      }
-      dims = [L.batch, L.hw, L.textLength];
-    }
-    inserts.push({ after: L.softmaxOutput, nodes });
-    outShapes.set(output, { elemType: src.elemType, dims });
-    newOutputs.push(makeValueInfo(output, src.elemType, dims));
-    manifest.push({
-      index: L.index,
-      output,
-      source: L.softmaxNode,
-      sourceOutput: L.softmaxOutput,
-      place: L.place,
-      placeFrom: L.placeFrom,
-      scope: L.scope,
-      resolution: L.resolution,
-      h: L.h,
-      w: L.w,
-      hw: L.hw,
-      heads: L.heads,
-      headAveraged: headAverage,
-      textLength: L.textLength,
-      dims,
-      layout: L.layout,
-      pattern: L.pattern,
-    });
+    const elemType = shapes.get(L.softmaxOutput)!.elemType;
+    const exposed = headAverage
+      ? headMean(g, outShapes, L, output, elemType, opset)
+      : rawProbabilities(L, output, shapes.get(L.softmaxOutput)!.dims);
+    inserts.set(L.softmaxOutput, exposed.nodes);
+    outShapes.set(output, { elemType, dims: exposed.dims });
+    newOutputs.push(makeValueInfo(output, elemType, exposed.dims));
+    manifest.push(manifestLayer(L, output, headAverage, exposed.dims));
   }
-  // Keep topological order: each new node goes right after its Softmax.
-  const after = new Map(inserts.map((i) => [i.after, i.nodes]));
-  const nodes: NodeProto[] = [];
-  for (const n of g.node) {
-    nodes.push(n);
-    for (const o of n.output) {
-      const extra = after.get(o);
-      if (extra !== undefined) nodes.push(...extra);
-    }
-  }
-  g.node = nodes;
+  g.node = insertAfterProducers(g.node, inserts);
   g.output = [...g.output, ...newOutputs];
   return {
     model: cloneModelShallow(model, g),
@@ -566,6 +534,104 @@ export function instrumentUnet(model: ModelProto, shapes: ShapeMap, opts: Instru
     outputs: manifest.map((m) => m.output),
     shapes: outShapes,
   };
+}
+
+/** The dims `shapes` gives every real graph input (so every declared shape of the instrumented graph holds). */
+function inferredInputDims(graph: GraphProto, shapes: ShapeMap): Map<string, number[]> {
+  const fixed = new Map<string, number[]>();
+  for (const vi of realGraphInputs(graph)) {
+    const s = shapes.get(vi.name ?? '');
+    if (s === undefined)
+      throw new RangeError(`shapes has no entry for graph input '${vi.name}': pass the map from inferStaticShapes`);
+    fixed.set(vi.name ?? '', s.dims);
+  }
+  return fixed;
+}
+
+/** The layer's probabilities as they are, in the graph's layout. */
+function rawProbabilities(
+  L: CrossAttentionLayer,
+  output: string,
+  dims: number[],
+): { nodes: NodeProto[]; dims: number[] } {
+  return {
+    nodes: [makeNode('Identity', [L.softmaxOutput], [output], { name: `/divbind/${output}/Identity` })],
+    dims: [...dims],
+  };
+}
+
+/**
+ * Nodes computing the mean over heads of layer L's probabilities into `output`, [B, HW, T]. New constants go into
+ * `g.initializer` and the new tensors' shapes into `outShapes`.
+ */
+function headMean(
+  g: GraphProto,
+  outShapes: ShapeMap,
+  L: CrossAttentionLayer,
+  output: string,
+  elemType: number,
+  opset: number,
+): { nodes: NodeProto[]; dims: number[] } {
+  const tag = `/divbind/${output}`;
+  const nodes: NodeProto[] = [];
+  let x = L.softmaxOutput;
+  if (L.layout === 'BH-N-T') {
+    // [B·h, HW, T] is batch-major (b·h + head), as torch's reshape/permute and diffusers' head_to_batch_dim lay it out.
+    const shapeName = `${tag}/split_heads_shape`;
+    const split = `${tag}/split_heads`;
+    const splitDims = [L.batch, L.heads, L.hw, L.textLength];
+    g.initializer.push(makeTensor(shapeName, DataType.INT64, [4], BigInt64Array.from(splitDims.map(BigInt))));
+    nodes.push(makeNode('Reshape', [x, shapeName], [split], { name: `${tag}/Reshape` }));
+    outShapes.set(shapeName, { elemType: DataType.INT64, dims: [4] });
+    outShapes.set(split, { elemType, dims: splitDims });
+    x = split;
+  }
+  if (opset >= 18) {
+    const axesName = `${tag}/axes`;
+    g.initializer.push(makeTensor(axesName, DataType.INT64, [1], BigInt64Array.of(1n)));
+    outShapes.set(axesName, { elemType: DataType.INT64, dims: [1] });
+    const attributes = [attr.int('keepdims', 0)];
+    nodes.push(makeNode('ReduceMean', [x, axesName], [output], { name: `${tag}/ReduceMean`, attributes }));
+  } else {
+    const attributes = [attr.ints('axes', [1]), attr.int('keepdims', 0)];
+    nodes.push(makeNode('ReduceMean', [x], [output], { name: `${tag}/ReduceMean`, attributes }));
+  }
+  return { nodes, dims: [L.batch, L.hw, L.textLength] };
+}
+
+function manifestLayer(L: CrossAttentionLayer, output: string, headAveraged: boolean, dims: number[]): ManifestLayer {
+  return {
+    index: L.index,
+    output,
+    source: L.softmaxNode,
+    sourceOutput: L.softmaxOutput,
+    place: L.place,
+    placeFrom: L.placeFrom,
+    scope: L.scope,
+    resolution: L.resolution,
+    h: L.h,
+    w: L.w,
+    hw: L.hw,
+    heads: L.heads,
+    headAveraged,
+    textLength: L.textLength,
+    dims,
+    layout: L.layout,
+    pattern: L.pattern,
+  };
+}
+
+/** `nodes` with each list of `inserts` placed right after the node producing its key (keeps topological order). */
+function insertAfterProducers(nodes: NodeProto[], inserts: ReadonlyMap<string, NodeProto[]>): NodeProto[] {
+  const out: NodeProto[] = [];
+  for (const n of nodes) {
+    out.push(n);
+    for (const o of n.output) {
+      const extra = inserts.get(o);
+      if (extra !== undefined) out.push(...extra);
+    }
+  }
+  return out;
 }
 
 /** Human-readable one-line summary of a layer ('attn_3 down 16×16 2 heads [1, 256, 77] (…/attn2/Softmax)'). */
