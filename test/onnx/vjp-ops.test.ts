@@ -450,6 +450,31 @@ test('Resize other than nearest/asymmetric/floor is refused with the reason', as
   });
 });
 
+test('an op type spelt like an Object.prototype member is an op without a rule, not a crash', (t) => {
+  for (const op of ['constructor', 'toString', 'hasOwnProperty', '__proto__']) {
+    const model: ModelProto = {
+      ir_version: 8,
+      opset_import: [{ domain: '', version: 17 }],
+      graph: {
+        name: 'g',
+        node: [makeNode(op, ['x'], ['y'], { name: `the_${op}` })],
+        initializer: [],
+        value_info: [],
+        input: [makeValueInfo('x', DataType.FLOAT, [3])],
+        output: [makeValueInfo('y')],
+      },
+    };
+    const shapes = new Map([
+      ['x', { elemType: DataType.FLOAT, dims: [3] }],
+      ['y', { elemType: DataType.FLOAT, dims: [3] }],
+    ]);
+    t.throws(() => buildVjp(model, { wrt: 'x', outputs: ['y'], shapes }), {
+      instanceOf: Error,
+      message: new RegExp(`cannot differentiate ${op} node 'the_${op}'.*no gradient rule for ${op}`),
+    });
+  }
+});
+
 test('float16 models are refused with a clear message', (t) => {
   const model: ModelProto = {
     ir_version: 8,

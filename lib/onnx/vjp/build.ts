@@ -261,8 +261,14 @@ interface Activity {
   diffNodes: NodeView[];
 }
 
+// The rule tables are keyed by op type: look up own properties only, so that an op type such as 'constructor'
+// finds no rule instead of an Object.prototype member.
+
 /** Input slots through which a node's outputs depend differentiably on its inputs. */
-const diffSlots = (n: NodeView): number[] => DIFFERENTIABLE_INPUTS[n.opType] ?? n.inputs.map((_, i) => i);
+const diffSlots = (n: NodeView): number[] =>
+  Object.hasOwn(DIFFERENTIABLE_INPUTS, n.opType) ? DIFFERENTIABLE_INPUTS[n.opType] : n.inputs.map((_, i) => i);
+
+const hasRule = (n: NodeView): boolean => (n.domain === '' || n.domain === 'ai.onnx') && Object.hasOwn(RULES, n.opType);
 
 /** Float tensors that depend on `wrt` through differentiable inputs. */
 function activeTensors(src: Source, wrt: string): Set<string> {
@@ -297,7 +303,7 @@ function analyseActivity(src: Source, wrt: string, outputs: string[]): Activity 
     diffNodes.push(n); // reverse topological order
   }
   for (const n of diffNodes) {
-    if ((n.domain !== '' && n.domain !== 'ai.onnx') || !(n.opType in RULES)) {
+    if (!hasRule(n)) {
       throw new Error(
         `buildVjp: cannot differentiate ${describe(n)}${n.domain ? ` (domain ${n.domain})` : ''}: no gradient ` +
           `rule for ${n.opType}; it lies on the path from '${wrt}' to the requested outputs`,
