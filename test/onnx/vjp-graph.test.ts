@@ -8,7 +8,15 @@
  */
 import test from 'ava';
 import * as ort from 'onnxruntime-node';
-import { type ModelProto, type NodeProto, type TensorProto, attr, makeNode, makeTensor, makeValueInfo } from '../../lib/onnx/proto';
+import {
+  type ModelProto,
+  type NodeProto,
+  type TensorProto,
+  attr,
+  makeNode,
+  makeTensor,
+  makeValueInfo,
+} from '../../lib/onnx/proto';
 import { gradCheck, rng } from '../../lib/onnx/vjp/gradcheck';
 import { DataType } from '../../lib/onnx/vjp/ir';
 
