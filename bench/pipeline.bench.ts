@@ -27,7 +27,16 @@ export interface PipelineBenchOptions {
   log?: (line: string) => void;
 }
 
-interface Phases { textEncoder: number; unetForward: number; vjp: number; loss: number; cfg: number; scheduler: number; vae: number; total: number }
+interface Phases {
+  textEncoder: number;
+  unetForward: number;
+  vjp: number;
+  loss: number;
+  cfg: number;
+  scheduler: number;
+  vae: number;
+  total: number;
+}
 
 export interface PipelineBenchRow {
   mode: GuidanceMode;
@@ -45,18 +54,27 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)];
 }
 
-export async function runPipelineBench(o: PipelineBenchOptions = {}): Promise<{ rows: PipelineBenchRow[]; meta: Record<string, unknown> }> {
+export async function runPipelineBench(
+  o: PipelineBenchOptions = {},
+): Promise<{ rows: PipelineBenchRow[]; meta: Record<string, unknown> }> {
   const log = o.log ?? ((l: string) => console.log(l));
   const modelDir = o.modelDir ?? defaultModelDir();
   const steps = o.steps ?? 50;
   const repeats = o.repeats ?? 2;
   const prompt = o.prompt ?? 'a red circle and a blue square';
-  const pipe = await DivBindPipeline.load(modelDir, { prepare: true, session: o.threads ? { intraOpNumThreads: o.threads } : undefined });
+  const pipe = await DivBindPipeline.load(modelDir, {
+    prepare: true,
+    session: o.threads ? { intraOpNumThreads: o.threads } : undefined,
+  });
   const rows: PipelineBenchRow[] = [];
   const cases: Array<{ mode: GuidanceMode; refinement: 'none' | 'default' }> = [
     { mode: 'none', refinement: 'none' },
-    { mode: 'max', refinement: 'none' }, { mode: 'tv', refinement: 'none' }, { mode: 'tv_bind', refinement: 'none' },
-    { mode: 'max', refinement: 'default' }, { mode: 'tv', refinement: 'default' }, { mode: 'tv_bind', refinement: 'default' },
+    { mode: 'max', refinement: 'none' },
+    { mode: 'tv', refinement: 'none' },
+    { mode: 'tv_bind', refinement: 'none' },
+    { mode: 'max', refinement: 'default' },
+    { mode: 'tv', refinement: 'default' },
+    { mode: 'tv_bind', refinement: 'default' },
   ];
   try {
     for (const c of cases) {
@@ -65,17 +83,30 @@ export async function runPipelineBench(o: PipelineBenchOptions = {}): Promise<{ 
       let refinementIterations = 0;
       let gradientPasses = 0;
       for (let r = 0; r <= repeats; r++) {
-        const opts: GenerateOptions = { prompt, mode: c.mode, steps, seed: 1000 + r, ...(c.refinement === 'none' ? { thresholds: {} } : {}) };
+        const opts: GenerateOptions = {
+          prompt,
+          mode: c.mode,
+          steps,
+          seed: 1000 + r,
+          ...(c.refinement === 'none' ? { thresholds: {} } : {}),
+        };
         const t0 = performance.now();
         const res = await pipe.generate(opts);
         const ms = performance.now() - t0;
         if (r === 0) continue; // warm-up
         times.push(ms);
         const img = res.images[0];
-        const sum = (k: keyof Phases) => img.steps.reduce((a, s) => a + ((s.ms as unknown as Record<string, number>)[k] ?? 0), 0);
+        const sum = (k: keyof Phases) =>
+          img.steps.reduce((a, s) => a + ((s.ms as unknown as Record<string, number>)[k] ?? 0), 0);
         phases = {
-          textEncoder: res.timings.textEncoder, unetForward: sum('unetForward'), vjp: sum('vjp'), loss: sum('loss'),
-          cfg: sum('cfg'), scheduler: sum('scheduler'), vae: res.timings.vae, total: ms,
+          textEncoder: res.timings.textEncoder,
+          unetForward: sum('unetForward'),
+          vjp: sum('vjp'),
+          loss: sum('loss'),
+          cfg: sum('cfg'),
+          scheduler: sum('scheduler'),
+          vae: res.timings.vae,
+          total: ms,
         };
         refinementIterations = img.steps.reduce((a, s) => a + s.refinementIterations, 0);
         gradientPasses = img.steps.filter((s) => s.loss !== null).length;
@@ -90,8 +121,15 @@ export async function runPipelineBench(o: PipelineBenchOptions = {}): Promise<{ 
   const plain = rows.find((r) => r.mode === 'none')!.secondsPerImage;
   for (const r of rows) r.ratioToPlain = r.secondsPerImage / plain;
   const meta = {
-    date: new Date().toISOString(), model: modelDir, steps, repeats, prompt, cpus: os.cpus().length, cpu: os.cpus()[0]?.model,
-    node: process.version, threads: o.threads ?? os.cpus().length,
+    date: new Date().toISOString(),
+    model: modelDir,
+    steps,
+    repeats,
+    prompt,
+    cpus: os.cpus().length,
+    cpu: os.cpus()[0]?.model,
+    node: process.version,
+    threads: o.threads ?? os.cpus().length,
   };
   const out = o.out ?? path.resolve(__dirname, '..', '..', 'bench', 'results');
   fs.mkdirSync(out, { recursive: true });
@@ -99,7 +137,10 @@ export async function runPipelineBench(o: PipelineBenchOptions = {}): Promise<{ 
   const md = [
     `| mode | refinement | s / image | × plain SD | refinement iters | gradient passes | UNet fwd (grad pass) ms | VJP ms | loss ms | CFG UNet ms | scheduler ms | VAE ms |`,
     `|---|---|---|---|---|---|---|---|---|---|---|---|`,
-    ...rows.map((r) => `| ${r.mode} | ${r.mode === 'none' ? '–' : r.refinement} | ${r.secondsPerImage.toFixed(2)} | ${r.ratioToPlain.toFixed(2)} | ${r.refinementIterations} | ${r.gradientPasses} | ${r.phasesMs.unetForward.toFixed(0)} | ${r.phasesMs.vjp.toFixed(0)} | ${r.phasesMs.loss.toFixed(1)} | ${r.phasesMs.cfg.toFixed(0)} | ${r.phasesMs.scheduler.toFixed(1)} | ${r.phasesMs.vae.toFixed(0)} |`),
+    ...rows.map(
+      (r) =>
+        `| ${r.mode} | ${r.mode === 'none' ? '–' : r.refinement} | ${r.secondsPerImage.toFixed(2)} | ${r.ratioToPlain.toFixed(2)} | ${r.refinementIterations} | ${r.gradientPasses} | ${r.phasesMs.unetForward.toFixed(0)} | ${r.phasesMs.vjp.toFixed(0)} | ${r.phasesMs.loss.toFixed(1)} | ${r.phasesMs.cfg.toFixed(0)} | ${r.phasesMs.scheduler.toFixed(1)} | ${r.phasesMs.vae.toFixed(0)} |`,
+    ),
   ].join('\n');
   fs.writeFileSync(path.join(out, 'pipeline.md'), `${md}\n`);
   log(md);
@@ -108,9 +149,17 @@ export async function runPipelineBench(o: PipelineBenchOptions = {}): Promise<{ 
 
 if (require.main === module) {
   const args = process.argv.slice(2);
-  const get = (k: string) => { const i = args.indexOf(k); return i >= 0 ? args[i + 1] : undefined; };
+  const get = (k: string) => {
+    const i = args.indexOf(k);
+    return i >= 0 ? args[i + 1] : undefined;
+  };
   runPipelineBench({
-    modelDir: get('--model'), steps: get('--steps') ? Number(get('--steps')) : undefined,
-    repeats: get('--repeats') ? Number(get('--repeats')) : undefined, threads: get('--threads') ? Number(get('--threads')) : undefined,
-  }).catch((err) => { console.error(err); process.exit(1); });
+    modelDir: get('--model'),
+    steps: get('--steps') ? Number(get('--steps')) : undefined,
+    repeats: get('--repeats') ? Number(get('--repeats')) : undefined,
+    threads: get('--threads') ? Number(get('--threads')) : undefined,
+  }).catch((err) => {
+    console.error(err);
+    process.exit(1);
+  });
 }

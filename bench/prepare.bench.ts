@@ -19,9 +19,23 @@ import { readManifest } from '../lib/onnx/manifest';
 const ROOT = path.resolve(__dirname, '../..');
 const TINY = path.join(ROOT, 'test/fixtures/models/tiny-sd');
 
-interface ChildRequest { kind: 'prepare' | 'run'; dir: string; headAverage?: boolean; iterations?: number; threads?: number }
-interface RunResult { unetMs: number[]; vjpMs: number[]; maxRssMB: number }
-interface PrepareResultMsg { wallMs: number; maxRssMB: number; timings: Record<string, number> }
+interface ChildRequest {
+  kind: 'prepare' | 'run';
+  dir: string;
+  headAverage?: boolean;
+  iterations?: number;
+  threads?: number;
+}
+interface RunResult {
+  unetMs: number[];
+  vjpMs: number[];
+  maxRssMB: number;
+}
+interface PrepareResultMsg {
+  wallMs: number;
+  maxRssMB: number;
+  timings: Record<string, number>;
+}
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -37,7 +51,14 @@ function copySdFolder(): string {
 function pseudo(n: number, seed: number): Float32Array {
   const out = new Float32Array(n);
   let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) { x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0; out[i] = x / 2147483648 - 1; }
+  for (let i = 0; i < n; i++) {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    out[i] = x / 2147483648 - 1;
+  }
   return out;
 }
 
@@ -46,21 +67,45 @@ async function child(req: ChildRequest): Promise<PrepareResultMsg | RunResult> {
     const t0 = performance.now();
     // The recompute design: one VJP graph per variant, so raw vs head-averaged outputs compare graph for graph.
     const r = await prepareModel(req.dir, { force: true, design: 'recompute' });
-    return { wallMs: performance.now() - t0, maxRssMB: process.resourceUsage().maxRSS / 1024, timings: r.manifest.timings };
+    return {
+      wallMs: performance.now() - t0,
+      maxRssMB: process.resourceUsage().maxRSS / 1024,
+      timings: r.manifest.timings,
+    };
   }
   const m = readManifest(path.join(req.dir, 'unet', 'divbind'))!;
   const opts: ort.InferenceSession.SessionOptions = {
-    graphOptimizationLevel: 'all', intraOpNumThreads: req.threads ?? 2, interOpNumThreads: 1,
+    graphOptimizationLevel: 'all',
+    intraOpNumThreads: req.threads ?? 2,
+    interOpNumThreads: 1,
   };
   const feeds: Record<string, ort.Tensor> = {};
   let seed = 1;
   for (const [name, info] of Object.entries(m.inputs)) {
     const n = info.dims.reduce((a, b) => a * b, 1);
-    feeds[name] = info.elemType === 'INT64' ? new ort.Tensor('int64', BigInt64Array.from({ length: n }, () => 500n), info.dims)
-      : new ort.Tensor('float32', name === 'timestep' ? Float32Array.from({ length: n }, () => 500) : pseudo(n, seed++), info.dims);
+    feeds[name] =
+      info.elemType === 'INT64'
+        ? new ort.Tensor(
+            'int64',
+            BigInt64Array.from({ length: n }, () => 500n),
+            info.dims,
+          )
+        : new ort.Tensor(
+            'float32',
+            name === 'timestep' ? Float32Array.from({ length: n }, () => 500) : pseudo(n, seed++),
+            info.dims,
+          );
   }
   const cot: Record<string, ort.Tensor> = {};
-  for (const l of m.attention.layers) cot[m.vjp.cotangents[l.output]!] = new ort.Tensor('float32', pseudo(l.dims.reduce((a, b) => a * b, 1), seed++), l.dims);
+  for (const l of m.attention.layers)
+    cot[m.vjp.cotangents[l.output]!] = new ort.Tensor(
+      'float32',
+      pseudo(
+        l.dims.reduce((a, b) => a * b, 1),
+        seed++,
+      ),
+      l.dims,
+    );
   const time = async (s: ort.InferenceSession, f: Record<string, ort.Tensor>): Promise<number[]> => {
     for (let i = 0; i < 3; i++) await s.run(f);
     const ts: number[] = [];
@@ -87,7 +132,8 @@ function inChild<T>(req: ChildRequest): Promise<T> {
     const p = fork(__filename, ['--child'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     p.once('message', (msg) => {
       const m = msg as { ok: boolean; value?: T; error?: string };
-      if (m.ok) resolve(m.value as T); else reject(new Error(m.error));
+      if (m.ok) resolve(m.value as T);
+      else reject(new Error(m.error));
     });
     p.once('error', reject);
     p.send(req);
@@ -95,7 +141,10 @@ function inChild<T>(req: ChildRequest): Promise<T> {
 }
 
 async function main(): Promise<void> {
-  const arg = (k: string, d: number) => { const i = process.argv.indexOf(k); return i >= 0 ? Number(process.argv[i + 1]) : d; };
+  const arg = (k: string, d: number) => {
+    const i = process.argv.indexOf(k);
+    return i >= 0 ? Number(process.argv[i + 1]) : d;
+  };
   const iterations = arg('--iterations', 20);
   const rounds = arg('--rounds', 3);
   const threads = arg('--threads', 2);
@@ -103,22 +152,40 @@ async function main(): Promise<void> {
   const avgDir = copySdFolder();
   try {
     const prep = await inChild<PrepareResultMsg>({ kind: 'prepare', dir: avgDir });
-    console.log(`prepare (head-averaged, with check run): ${prep.wallMs.toFixed(0)} ms, peak RSS ${prep.maxRssMB.toFixed(0)} MB`, prep.timings);
+    console.log(
+      `prepare (head-averaged, with check run): ${prep.wallMs.toFixed(0)} ms, peak RSS ${prep.maxRssMB.toFixed(0)} MB`,
+      prep.timings,
+    );
     await prepareModel(rawDir, { headAverage: false, design: 'recompute' });
-    const acc = { raw: { unet: [] as number[], vjp: [] as number[] }, averaged: { unet: [] as number[], vjp: [] as number[] } };
+    const acc = {
+      raw: { unet: [] as number[], vjp: [] as number[] },
+      averaged: { unet: [] as number[], vjp: [] as number[] },
+    };
     for (let r = 0; r < rounds; r++) {
-      for (const [key, dir] of (r % 2 === 0 ? [['raw', rawDir], ['averaged', avgDir]] : [['averaged', avgDir], ['raw', rawDir]]) as Array<['raw' | 'averaged', string]>) {
+      for (const [key, dir] of (r % 2 === 0
+        ? [
+            ['raw', rawDir],
+            ['averaged', avgDir],
+          ]
+        : [
+            ['averaged', avgDir],
+            ['raw', rawDir],
+          ]) as Array<['raw' | 'averaged', string]>) {
         const res = await inChild<RunResult>({ kind: 'run', dir, iterations, threads });
         acc[key].unet.push(median(res.unetMs));
         acc[key].vjp.push(median(res.vjpMs));
-        console.log(`round ${r + 1} ${key.padEnd(8)} UNet ${median(res.unetMs).toFixed(1)} ms, VJP ${median(res.vjpMs).toFixed(1)} ms`);
+        console.log(
+          `round ${r + 1} ${key.padEnd(8)} UNet ${median(res.unetMs).toFixed(1)} ms, VJP ${median(res.vjpMs).toFixed(1)} ms`,
+        );
       }
     }
     const result = {
       date: new Date().toISOString(),
       machine: `${os.cpus().length} × ${os.cpus()[0]?.model ?? '?'}`,
       node: process.version,
-      threads, iterations, rounds,
+      threads,
+      iterations,
+      rounds,
       prepare: { wallMs: Math.round(prep.wallMs), maxRssMB: Math.round(prep.maxRssMB), timings: prep.timings },
       instrumentedUnetMedianMs: { raw: median(acc.raw.unet), averaged: median(acc.averaged.unet) },
       vjpMedianMs: { raw: median(acc.raw.vjp), averaged: median(acc.averaged.vjp) },
@@ -138,8 +205,13 @@ if (process.argv.includes('--child')) {
   process.once('message', (req) => {
     child(req as ChildRequest)
       .then((value) => process.send!({ ok: true, value }, () => process.exit(0)))
-      .catch((err: unknown) => process.send!({ ok: false, error: String((err as Error).stack ?? err) }, () => process.exit(1)));
+      .catch((err: unknown) =>
+        process.send!({ ok: false, error: String((err as Error).stack ?? err) }, () => process.exit(1)),
+      );
   });
 } else if (require.main === module) {
-  main().catch((err: unknown) => { console.error(err); process.exit(1); });
+  main().catch((err: unknown) => {
+    console.error(err);
+    process.exit(1);
+  });
 }

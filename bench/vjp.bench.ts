@@ -16,7 +16,7 @@ import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { sessionOptions } from '../lib/pipeline/ort';
 import { createSessionFromModel, loadModel } from '../lib/onnx/model-io';
-import { ModelProto } from '../lib/onnx/proto';
+import type { ModelProto } from '../lib/onnx/proto';
 import { inferStaticShapes } from '../lib/onnx/shapes';
 import { buildVjp } from '../lib/onnx/vjp';
 import { rng } from '../lib/onnx/vjp/gradcheck';
@@ -25,7 +25,7 @@ import { runVjpGraphs } from '../lib/onnx/vjp/runner';
 const ROOT = path.resolve(__dirname, '../..');
 const DEFAULT_MODEL = path.join(ROOT, 'test/fixtures/models/tiny-sd/unet/model.onnx');
 const MODES = ['forward', 'forward-maps', 'recompute', 'residuals'] as const;
-type Mode = typeof MODES[number];
+type Mode = (typeof MODES)[number];
 
 export interface VjpBenchOptions {
   model?: string;
@@ -105,23 +105,40 @@ async function setUp(mode: Mode, modelPath: string, threads: number): Promise<St
   const feeds: Record<string, ort.Tensor> = {
     sample: new ort.Tensor('float32', rand(sampleDims), sampleDims),
     encoder_hidden_states: new ort.Tensor('float32', rand(ehsDims), ehsDims),
-    timestep: tsVi.type?.tensor_type?.elem_type === 7
-      ? new ort.Tensor('int64', BigInt64Array.of(500n), tsDims) : new ort.Tensor('float32', Float32Array.of(500), tsDims),
+    timestep:
+      tsVi.type?.tensor_type?.elem_type === 7
+        ? new ort.Tensor('int64', BigInt64Array.of(500n), tsDims)
+        : new ort.Tensor('float32', Float32Array.of(500), tsDims),
   };
   // The same session options as the pipeline (lib/pipeline/ort.ts): several sessions live in this process, and
   // ORT's spin-waiting pools would steal the cores from whichever one runs.
-  const session: ort.InferenceSession.SessionOptions = sessionOptions({ intraOpNumThreads: threads, interOpNumThreads: 1 });
+  const session: ort.InferenceSession.SessionOptions = sessionOptions({
+    intraOpNumThreads: threads,
+    interOpNumThreads: 1,
+  });
   const maps = graph.node.filter((n) => n.op_type === 'Softmax' && /attn2/.test(n.name ?? '')).map((n) => n.output[0]);
   const parts = { f: [] as number[], r: [] as number[] };
   if (mode === 'forward' || mode === 'forward-maps') {
-    const m: ModelProto = mode === 'forward' ? model
-      : { ...model, graph: { ...graph, output: [...graph.output, ...maps.map((name) => ({ name }))] } };
+    const m: ModelProto =
+      mode === 'forward'
+        ? model
+        : { ...model, graph: { ...graph, output: [...graph.output, ...maps.map((name) => ({ name }))] } };
     const s = await createSessionFromModel(m, session, loaded.dir);
-    return { run: async () => { await s.run(feeds); }, release: () => s.release(), parts, extra: {} };
+    return {
+      run: async () => {
+        await s.run(feeds);
+      },
+      release: () => s.release(),
+      parts,
+      extra: {},
+    };
   }
   const shapes = await inferStaticShapes(model, { sample: sampleDims, encoder_hidden_states: ehsDims });
   const built = buildVjp(model, { wrt: 'sample', outputs: maps, shapes, design: mode });
-  const extra: Partial<Timing> = { buildMs: built.stats.buildMs, nodes: built.stats.backwardNodes + built.stats.forwardNodes };
+  const extra: Partial<Timing> = {
+    buildMs: built.stats.buildMs,
+    nodes: built.stats.backwardNodes + built.stats.forwardNodes,
+  };
   if (mode === 'residuals') extra.residualMB = built.stats.residualBytes / 2 ** 20;
   const runner = await runVjpGraphs(built, { session, baseDir: loaded.dir });
   const cot: Record<string, ort.Tensor> = {};
@@ -169,7 +186,14 @@ async function timeInterleaved(modelPath: string, iterations: number, threads: n
   for (const m of MODES) {
     const s = steps.get(m)!;
     const w = wall.get(m)!;
-    const t: Timing = { mode: m, medianMs: median(w), p10Ms: quantile(w, 0.1), p90Ms: quantile(w, 0.9), cpuMedianMs: median(cpu.get(m)!), ...s.extra };
+    const t: Timing = {
+      mode: m,
+      medianMs: median(w),
+      p10Ms: quantile(w, 0.1),
+      p90Ms: quantile(w, 0.9),
+      cpuMedianMs: median(cpu.get(m)!),
+      ...s.extra,
+    };
     if (s.parts.f.length > 0) {
       t.forwardPartMs = median(s.parts.f.slice(2));
       t.runPartMs = median(s.parts.r.slice(2));
@@ -192,9 +216,15 @@ function inChild<T>(args: string[]): Promise<T> {
   return new Promise((resolve, reject) => {
     const child = fork(__filename, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     let result: T | undefined;
-    child.on('message', (m) => { result = m as T; });
+    child.on('message', (m) => {
+      result = m as T;
+    });
     child.on('error', reject);
-    child.on('exit', (code) => (result !== undefined ? resolve(result) : reject(new Error(`vjp bench child ${args.join(' ')} exited with ${code}`))));
+    child.on('exit', (code) =>
+      result !== undefined
+        ? resolve(result)
+        : reject(new Error(`vjp bench child ${args.join(' ')} exited with ${code}`)),
+    );
   });
 }
 
@@ -209,10 +239,15 @@ export async function runVjpBench(options: VjpBenchOptions = {}): Promise<VjpBen
   for (const m of MODES) peakRssMB[m] = await inChild<number>(['--child', 'rss', '--mode', m, ...common]);
   const get = (m: Mode) => timings.find((t) => t.mode === m)!;
   for (const t of timings) {
-    const split = t.forwardPartMs !== undefined ? ` [forward() ${t.forwardPartMs.toFixed(1)} + run() ${t.runPartMs!.toFixed(1)}]` : '';
-    console.log(`${t.mode.padEnd(13)} wall median ${t.medianMs.toFixed(1)} ms${split} (p10 ${t.p10Ms.toFixed(1)}, ` +
-      `p90 ${t.p90Ms.toFixed(1)}), CPU ${t.cpuMedianMs.toFixed(1)} ms, peak RSS ${peakRssMB[t.mode].toFixed(0)} MB` +
-      `${t.residualMB !== undefined ? `, residuals ${t.residualMB.toFixed(1)} MB` : ''}`);
+    const split =
+      t.forwardPartMs !== undefined
+        ? ` [forward() ${t.forwardPartMs.toFixed(1)} + run() ${t.runPartMs!.toFixed(1)}]`
+        : '';
+    console.log(
+      `${t.mode.padEnd(13)} wall median ${t.medianMs.toFixed(1)} ms${split} (p10 ${t.p10Ms.toFixed(1)}, ` +
+        `p90 ${t.p90Ms.toFixed(1)}), CPU ${t.cpuMedianMs.toFixed(1)} ms, peak RSS ${peakRssMB[t.mode].toFixed(0)} MB` +
+        `${t.residualMB !== undefined ? `, residuals ${t.residualMB.toFixed(1)} MB` : ''}`,
+    );
   }
   const fwd = get('forward');
   const ratio = {
@@ -225,15 +260,25 @@ export async function runVjpBench(options: VjpBenchOptions = {}): Promise<VjpBen
     residuals: (get('residuals').cpuMedianMs - get('forward-maps').cpuMedianMs) / fwd.cpuMedianMs,
   };
   const result: VjpBenchResult = {
-    model: path.relative(ROOT, model), date: new Date().toISOString(), threads, iterations,
-    cpus: `${os.cpus().length} × ${os.cpus()[0]?.model ?? '?'}`, loadAverage: os.loadavg(), timings, peakRssMB,
-    ratio, ratioCpu, targets: { recompute: 3.0, residuals: 2.2 },
+    model: path.relative(ROOT, model),
+    date: new Date().toISOString(),
+    threads,
+    iterations,
+    cpus: `${os.cpus().length} × ${os.cpus()[0]?.model ?? '?'}`,
+    loadAverage: os.loadavg(),
+    timings,
+    peakRssMB,
+    ratio,
+    ratioCpu,
+    targets: { recompute: 3.0, residuals: 2.2 },
     fastest: ratio.recompute <= ratio.residuals ? 'recompute' : 'residuals',
   };
-  console.log(`VJP ÷ forward (wall): recompute ${ratio.recompute.toFixed(2)} (target ≤ 3.0), residuals ` +
-    `${ratio.residuals.toFixed(2)} (target ≤ 2.2; its backward graph alone ${ratio.residualsBackwardOnly.toFixed(2)}); ` +
-    `from CPU time: recompute ${ratioCpu.recompute.toFixed(2)}, residuals ${ratioCpu.residuals.toFixed(2)}; ` +
-    `load ${result.loadAverage.map((l) => l.toFixed(1)).join('/')}`);
+  console.log(
+    `VJP ÷ forward (wall): recompute ${ratio.recompute.toFixed(2)} (target ≤ 3.0), residuals ` +
+      `${ratio.residuals.toFixed(2)} (target ≤ 2.2; its backward graph alone ${ratio.residualsBackwardOnly.toFixed(2)}); ` +
+      `from CPU time: recompute ${ratioCpu.recompute.toFixed(2)}, residuals ${ratioCpu.residuals.toFixed(2)}; ` +
+      `load ${result.loadAverage.map((l) => l.toFixed(1)).join('/')}`,
+  );
   const out = options.out ?? path.join(ROOT, 'bench/results/vjp.json');
   fs.mkdirSync(path.dirname(out), { recursive: true });
   fs.writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);

@@ -1,6 +1,6 @@
 """Independent PyTorch reference of the Divide & Bind / Attend-and-Excite attention losses.
 
-Written from ../shared/spec/divide-and-bind.md §1 (attention extraction) and §2 (losses) only; the official
+Written from docs/divide-and-bind.md §1 (attention extraction) and §2 (losses) only; the official
 Divide & Bind code is AGPL and was not used. Autograd provides the gradients; everything runs in float64.
 
 Public API (kept stable, other tools import it):

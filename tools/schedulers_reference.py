@@ -1,6 +1,6 @@
 """Independent reference implementations of three diffusers schedulers with the SD 1.5 configuration.
 
-Written from diffusers' documented semantics and ../shared/spec/divide-and-bind.md §3 (diffusers itself is not
+Written from diffusers' documented semantics and docs/divide-and-bind.md §3 (diffusers itself is not
 installed). Only the epsilon-prediction paths that SD 1.5 uses:
 
   PNDM   PLMS only (skip_prk_steps=True): the 51-timestep quirk for 50 steps, the i = 1 step that re-does the

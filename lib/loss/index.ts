@@ -1,6 +1,6 @@
 /**
  * Public attention-loss API: validation (validate.ts) → backend (C++ addon, its CUDA twin, or the
- * TypeScript twin js-backend.ts) → LossResult. Spec: ../shared/spec/divide-and-bind.md §1, §2, §9.
+ * TypeScript twin js-backend.ts) → LossResult. Spec: docs/divide-and-bind.md §1, §2, §9.
  *
  *   attentionLoss(layers, options, call?)        [sync]
  *   attentionLossAsync(layers, options, call?)   [async] native: the addon's AsyncWorker (libuv pool,

@@ -1,7 +1,7 @@
 /**
  * Pure TypeScript twin of the C++ loss core (native/core/attention_loss.cc): same inputs, same outputs,
  * float64 work buffers, float32 results. It is the oracle the native tests compare against and the
- * fallback when the addon is not built. Spec: ../shared/spec/divide-and-bind.md §1, §2.
+ * fallback when the addon is not built. Spec: docs/divide-and-bind.md §1, §2.
  *
  * Shapes:
  *   layer probs P_l   (heads_l, r_l², T)     row-major, as the UNet gives them

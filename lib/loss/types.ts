@@ -1,6 +1,6 @@
 /**
  * Public types of the attention-loss core (Divide & Bind / Attend-and-Excite).
- * The spec is ../shared/spec/divide-and-bind.md (§1 extraction, §2 losses, §9 parameters).
+ * The spec is docs/divide-and-bind.md (§1 extraction, §2 losses, §9 parameters).
  * Both backends ('native' C++ addon, 'js' pure TypeScript twin, later 'cuda') compute exactly this.
  */
 

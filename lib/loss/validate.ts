@@ -1,5 +1,5 @@
 /**
- * Input checks for the attention losses (spec ../shared/spec/divide-and-bind.md §1, §2, §9).
+ * Input checks for the attention losses (spec docs/divide-and-bind.md §1, §2, §9).
  *
  * Every check runs before any backend sees the data. Messages follow one shape (sharp style):
  *   "Expected <what> for <field> but received <value> of type <type>[; <how to fix>]"

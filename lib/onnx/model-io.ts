@@ -13,8 +13,14 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import {
-  decodeModel, encodeModel, externalDataOf, bytesPerElement, tensorDims,
-  type GraphProto, type ModelProto, type TensorProto,
+  decodeModel,
+  encodeModel,
+  externalDataOf,
+  bytesPerElement,
+  tensorDims,
+  type GraphProto,
+  type ModelProto,
+  type TensorProto,
 } from './proto';
 
 /** Conventional external-data file names (Optimum and the diffusers conversion script). */
@@ -110,23 +116,42 @@ export function loadModel(modelPath: string): LoadedModel {
     try {
       st = fs.statSync(file);
     } catch {
-      throw new Error(`External data file '${location}' used by ${ref.tensors} tensor(s) of ${abs} is missing `
-        + `(expected at ${file}). Keep the weights file next to model.onnx, as exported.`);
+      throw new Error(
+        `External data file '${location}' used by ${ref.tensors} tensor(s) of ${abs} is missing ` +
+          `(expected at ${file}). Keep the weights file next to model.onnx, as exported.`,
+      );
     }
     if (st.size < ref.end) {
-      throw new Error(`External data file ${file} has ${st.size} bytes but ${abs} references bytes up to ${ref.end}: `
-        + 'the weights file is truncated or belongs to another export');
+      throw new Error(
+        `External data file ${file} has ${st.size} bytes but ${abs} references bytes up to ${ref.end}: ` +
+          'the weights file is truncated or belongs to another export',
+      );
     }
-    externalData.push({ location, path: file, size: st.size, mtimeMs: st.mtimeMs, tensors: ref.tensors, bytesReferenced: ref.end });
+    externalData.push({
+      location,
+      path: file,
+      size: st.size,
+      mtimeMs: st.mtimeMs,
+      tensors: ref.tensors,
+      bytesReferenced: ref.end,
+    });
   }
   externalData.sort((a, b) => a.location.localeCompare(b.location));
   const referenced = new Set(externalData.map((e) => path.basename(e.path)));
-  const unreferencedDataFiles = KNOWN_EXTERNAL_DATA_NAMES.filter((n) => !referenced.has(n) && fs.existsSync(path.join(dir, n)));
+  const unreferencedDataFiles = KNOWN_EXTERNAL_DATA_NAMES.filter(
+    (n) => !referenced.has(n) && fs.existsSync(path.join(dir, n)),
+  );
 
   const h = crypto.createHash('sha256').update(sha256);
   for (const e of externalData) h.update(`\n${e.location}\t${e.size}\t${Math.round(e.mtimeMs)}`);
   return {
-    model, path: abs, dir, fileSize: bytes.byteLength, sha256, sourceHash: h.digest('hex'), externalData,
+    model,
+    path: abs,
+    dir,
+    fileSize: bytes.byteLength,
+    sha256,
+    sourceHash: h.digest('hex'),
+    externalData,
     unreferencedDataFiles: [...unreferencedDataFiles],
   };
 }
@@ -178,8 +203,10 @@ export function saveModel(model: ModelProto, outPath: string, opts: SaveModelOpt
   const outDir = path.dirname(abs);
   const refs = externalDataReferences(model);
   if (refs.size > 0 && opts.sourceDir === undefined) {
-    throw new TypeError(`The model references external data (${[...refs.keys()].join(', ')}): pass `
-      + 'opts.sourceDir, the directory those locations resolve against (LoadedModel.dir)');
+    throw new TypeError(
+      `The model references external data (${[...refs.keys()].join(', ')}): pass ` +
+        'opts.sourceDir, the directory those locations resolve against (LoadedModel.dir)',
+    );
   }
   fs.mkdirSync(outDir, { recursive: true });
   const externalData: SavedExternalData[] = [];
@@ -188,7 +215,12 @@ export function saveModel(model: ModelProto, outPath: string, opts: SaveModelOpt
     const target = path.resolve(outDir, location);
     if (!fs.existsSync(source)) throw new Error(`External data file '${location}' not found at ${source}`);
     if (path.resolve(opts.sourceDir!) === outDir || sameFile(source, target)) {
-      externalData.push({ location, source, target, method: path.resolve(opts.sourceDir!) === outDir ? 'same-directory' : 'hardlink' });
+      externalData.push({
+        location,
+        source,
+        target,
+        method: path.resolve(opts.sourceDir!) === outDir ? 'same-directory' : 'hardlink',
+      });
       continue;
     }
     if (fs.existsSync(target)) {
@@ -220,8 +252,11 @@ export interface CreateSessionExtras {
  * Opens an .onnx file in onnxruntime-node. With `extras.externalData`, the model is created from its bytes and
  * the listed data files are given to ORT in memory (ORT refuses to follow locations out of the model directory).
  */
-export async function createSession(modelPath: string, options: ort.InferenceSession.SessionOptions = {},
-  extras: CreateSessionExtras = {}): Promise<ort.InferenceSession> {
+export async function createSession(
+  modelPath: string,
+  options: ort.InferenceSession.SessionOptions = {},
+  extras: CreateSessionExtras = {},
+): Promise<ort.InferenceSession> {
   const abs = path.resolve(modelPath);
   const memory = extras.externalData ?? [];
   try {
@@ -237,13 +272,21 @@ export async function createSession(modelPath: string, options: ort.InferenceSes
  * Opens an in-memory model whose external data (if any) resolves against `baseDir`. The data files are read into
  * memory for ORT; use createSession on a saved file for big models.
  */
-export async function createSessionFromModel(model: ModelProto, options: ort.InferenceSession.SessionOptions = {},
-  baseDir?: string): Promise<ort.InferenceSession> {
+export async function createSessionFromModel(
+  model: ModelProto,
+  options: ort.InferenceSession.SessionOptions = {},
+  baseDir?: string,
+): Promise<ort.InferenceSession> {
   const refs = [...externalDataReferences(model).keys()];
   if (refs.length > 0 && baseDir === undefined) {
-    throw new TypeError('The model references external data: pass baseDir, the directory its locations resolve against');
+    throw new TypeError(
+      'The model references external data: pass baseDir, the directory its locations resolve against',
+    );
   }
-  const externalData = refs.map((location) => ({ path: location, data: new Uint8Array(fs.readFileSync(path.resolve(baseDir!, location))) }));
+  const externalData = refs.map((location) => ({
+    path: location,
+    data: new Uint8Array(fs.readFileSync(path.resolve(baseDir!, location))),
+  }));
   const bytes = encodeModel(model);
   return ort.InferenceSession.create(bytes, externalData.length > 0 ? { ...options, externalData } : options);
 }

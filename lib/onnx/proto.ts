@@ -213,31 +213,59 @@ export function dataTypeName(dataType: number): string {
 /** onnxruntime-node tensor type string for an ONNX data type ('float32', 'int64', …), or undefined. */
 export function ortTypeOf(dataType: number): string | undefined {
   switch (dataType) {
-    case DataType.FLOAT: return 'float32';
-    case DataType.DOUBLE: return 'float64';
-    case DataType.FLOAT16: return 'float16';
-    case DataType.INT8: return 'int8';
-    case DataType.UINT8: return 'uint8';
-    case DataType.INT16: return 'int16';
-    case DataType.UINT16: return 'uint16';
-    case DataType.INT32: return 'int32';
-    case DataType.UINT32: return 'uint32';
-    case DataType.INT64: return 'int64';
-    case DataType.UINT64: return 'uint64';
-    case DataType.BOOL: return 'bool';
-    case DataType.STRING: return 'string';
-    default: return undefined;
+    case DataType.FLOAT:
+      return 'float32';
+    case DataType.DOUBLE:
+      return 'float64';
+    case DataType.FLOAT16:
+      return 'float16';
+    case DataType.INT8:
+      return 'int8';
+    case DataType.UINT8:
+      return 'uint8';
+    case DataType.INT16:
+      return 'int16';
+    case DataType.UINT16:
+      return 'uint16';
+    case DataType.INT32:
+      return 'int32';
+    case DataType.UINT32:
+      return 'uint32';
+    case DataType.INT64:
+      return 'int64';
+    case DataType.UINT64:
+      return 'uint64';
+    case DataType.BOOL:
+      return 'bool';
+    case DataType.STRING:
+      return 'string';
+    default:
+      return undefined;
   }
 }
 
 /** Bytes per element of the fixed-size types readable as typed arrays; undefined for the others. */
 export function bytesPerElement(dataType: number): number | undefined {
   switch (dataType) {
-    case DataType.FLOAT: case DataType.INT32: case DataType.UINT32: return 4;
-    case DataType.DOUBLE: case DataType.INT64: case DataType.UINT64: return 8;
-    case DataType.FLOAT16: case DataType.BFLOAT16: case DataType.INT16: case DataType.UINT16: return 2;
-    case DataType.INT8: case DataType.UINT8: case DataType.BOOL: return 1;
-    default: return undefined;
+    case DataType.FLOAT:
+    case DataType.INT32:
+    case DataType.UINT32:
+      return 4;
+    case DataType.DOUBLE:
+    case DataType.INT64:
+    case DataType.UINT64:
+      return 8;
+    case DataType.FLOAT16:
+    case DataType.BFLOAT16:
+    case DataType.INT16:
+    case DataType.UINT16:
+      return 2;
+    case DataType.INT8:
+    case DataType.UINT8:
+    case DataType.BOOL:
+      return 1;
+    default:
+      return undefined;
   }
 }
 
@@ -284,7 +312,9 @@ export function decodeModel(bytes: Uint8Array, what = 'model'): ModelProto {
 
 /** Serialises a ModelProto (decoded or built from plain objects). Byte-identical for an unmodified decoded model. */
 export function encodeModel(model: ModelProto): Uint8Array {
-  return messageType('ModelProto').encode(model as unknown as protobuf.Message).finish();
+  return messageType('ModelProto')
+    .encode(model as unknown as protobuf.Message)
+    .finish();
 }
 
 /** Decodes a serialised TensorProto (for tests and tools). */
@@ -294,7 +324,9 @@ export function decodeTensor(bytes: Uint8Array): TensorProto {
 
 /** Serialises a TensorProto. */
 export function encodeTensor(tensor: TensorProto): Uint8Array {
-  return messageType('TensorProto').encode(tensor as unknown as protobuf.Message).finish();
+  return messageType('TensorProto')
+    .encode(tensor as unknown as protobuf.Message)
+    .finish();
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -326,7 +358,8 @@ export function int64ToBigInt(v: Int64 | null | undefined): bigint {
 export function opsetVersion(model: ModelProto, domain = ''): number | undefined {
   for (const o of model.opset_import ?? []) {
     const d = o.domain ?? '';
-    if (d === domain || (domain === '' && d === 'ai.onnx')) return int64ToNumber(o.version, `opset_import[${d}].version`);
+    if (d === domain || (domain === '' && d === 'ai.onnx'))
+      return int64ToNumber(o.version, `opset_import[${d}].version`);
   }
   return undefined;
 }
@@ -418,14 +451,27 @@ export function attrTensor(node: NodeProto, name: string): TensorProto | undefin
 /** Attribute builders: attr.int('axis', -1), attr.floats('scales', [1, 1, 2, 2]), … */
 export const attr = {
   int: (name: string, v: number | bigint): AttributeProto => ({ name, type: AttributeType.INT, i: toInt64(v, name) }),
-  ints: (name: string, v: ReadonlyArray<number | bigint>): AttributeProto =>
-    ({ name, type: AttributeType.INTS, ints: v.map((x) => toInt64(x, name)) }),
+  ints: (name: string, v: ReadonlyArray<number | bigint>): AttributeProto => ({
+    name,
+    type: AttributeType.INTS,
+    ints: v.map((x) => toInt64(x, name)),
+  }),
   float: (name: string, v: number): AttributeProto => ({ name, type: AttributeType.FLOAT, f: v }),
-  floats: (name: string, v: ReadonlyArray<number>): AttributeProto => ({ name, type: AttributeType.FLOATS, floats: [...v] }),
-  string: (name: string, v: string): AttributeProto =>
-    ({ name, type: AttributeType.STRING, s: new Uint8Array(Buffer.from(v, 'utf8')) }),
-  strings: (name: string, v: ReadonlyArray<string>): AttributeProto =>
-    ({ name, type: AttributeType.STRINGS, strings: v.map((s) => new Uint8Array(Buffer.from(s, 'utf8'))) }),
+  floats: (name: string, v: ReadonlyArray<number>): AttributeProto => ({
+    name,
+    type: AttributeType.FLOATS,
+    floats: [...v],
+  }),
+  string: (name: string, v: string): AttributeProto => ({
+    name,
+    type: AttributeType.STRING,
+    s: new Uint8Array(Buffer.from(v, 'utf8')),
+  }),
+  strings: (name: string, v: ReadonlyArray<string>): AttributeProto => ({
+    name,
+    type: AttributeType.STRINGS,
+    strings: v.map((s) => new Uint8Array(Buffer.from(s, 'utf8'))),
+  }),
   tensor: (name: string, t: TensorProto): AttributeProto => ({ name, type: AttributeType.TENSOR, t }),
 };
 
@@ -449,9 +495,18 @@ export interface MakeNodeOptions {
 }
 
 /** A NodeProto. Empty strings in `inputs` mean "optional input omitted", as in ONNX. */
-export function makeNode(opType: string, inputs: readonly string[], outputs: readonly string[],
-  opts: MakeNodeOptions = {}): NodeProto {
-  const node: NodeProto = { input: [...inputs], output: [...outputs], op_type: opType, attribute: opts.attributes ?? [] };
+export function makeNode(
+  opType: string,
+  inputs: readonly string[],
+  outputs: readonly string[],
+  opts: MakeNodeOptions = {},
+): NodeProto {
+  const node: NodeProto = {
+    input: [...inputs],
+    output: [...outputs],
+    op_type: opType,
+    attribute: opts.attributes ?? [],
+  };
   if (opts.name !== undefined) node.name = opts.name;
   if (opts.domain !== undefined && opts.domain !== '') node.domain = opts.domain;
   if (opts.docString !== undefined) node.doc_string = opts.docString;
@@ -463,8 +518,11 @@ export function makeNode(opType: string, inputs: readonly string[], outputs: rea
  * would not load). Without `dims` it has no `shape` (an empty shape would declare a scalar). A string dim is a
  * dim_param, null an unknown dim.
  */
-export function makeValueInfo(name: string, elemType?: number,
-  dims?: ReadonlyArray<number | string | null>): ValueInfoProto {
+export function makeValueInfo(
+  name: string,
+  elemType?: number,
+  dims?: ReadonlyArray<number | string | null>,
+): ValueInfoProto {
   const vi: ValueInfoProto = { name };
   if (elemType === undefined) return vi;
   const tt: TypeProtoTensor = { elem_type: elemType };
@@ -478,8 +536,17 @@ export function makeValueInfo(name: string, elemType?: number,
 }
 
 /** Typed arrays accepted by makeTensor, by data type. */
-export type TensorData = Float32Array | Float64Array | Int8Array | Uint8Array | Int16Array | Uint16Array
-  | Int32Array | Uint32Array | BigInt64Array | BigUint64Array;
+export type TensorData =
+  | Float32Array
+  | Float64Array
+  | Int8Array
+  | Uint8Array
+  | Int16Array
+  | Uint16Array
+  | Int32Array
+  | Uint32Array
+  | BigInt64Array
+  | BigUint64Array;
 
 /**
  * A TensorProto holding `data` in raw_data (little-endian, as ONNX requires). The element count must match dims.
@@ -490,11 +557,15 @@ export function makeTensor(name: string, dataType: number, dims: readonly number
   if (bpe === undefined) throw new RangeError(`makeTensor: data type ${dataTypeName(dataType)} is not supported`);
   const n = dims.reduce((a, b) => a * b, 1);
   if (data.length !== n) {
-    throw new RangeError(`makeTensor('${name}'): dims [${dims.join(', ')}] hold ${n} elements but data has ${data.length}`);
+    throw new RangeError(
+      `makeTensor('${name}'): dims [${dims.join(', ')}] hold ${n} elements but data has ${data.length}`,
+    );
   }
   if (data.BYTES_PER_ELEMENT !== bpe) {
-    throw new TypeError(`makeTensor('${name}'): ${dataTypeName(dataType)} needs ${bpe}-byte elements but received `
-      + `${data.constructor.name}`);
+    throw new TypeError(
+      `makeTensor('${name}'): ${dataTypeName(dataType)} needs ${bpe}-byte elements but received ` +
+        `${data.constructor.name}`,
+    );
   }
   // Copy: raw_data must not alias caller memory the caller may change later.
   const raw = new Uint8Array(data.byteLength);
@@ -532,7 +603,8 @@ export function externalDataOf(t: TensorProto): ExternalDataRef | undefined {
     const v = kv.get(k);
     if (v === undefined || v === '') return undefined;
     const n = Number(v);
-    if (!Number.isSafeInteger(n) || n < 0) throw new Error(`Tensor '${t.name}': external_data ${k} = '${v}' is not a byte count`);
+    if (!Number.isSafeInteger(n) || n < 0)
+      throw new Error(`Tensor '${t.name}': external_data ${k} = '${v}' is not a byte count`);
     return n;
   };
   const ref: ExternalDataRef = { location, offset: num('offset') ?? 0 };
@@ -550,22 +622,36 @@ export function tensorDims(t: TensorProto): number[] {
 
 function typedFromBytes(dataType: number, bytes: Uint8Array, name: string): TensorData {
   const bpe = bytesPerElement(dataType);
-  if (bpe === undefined) throw new RangeError(`Tensor '${name}': data type ${dataTypeName(dataType)} cannot be read as a typed array`);
-  if (bytes.byteLength % bpe !== 0) throw new RangeError(`Tensor '${name}': ${bytes.byteLength} bytes is not a multiple of ${bpe}`);
+  if (bpe === undefined)
+    throw new RangeError(`Tensor '${name}': data type ${dataTypeName(dataType)} cannot be read as a typed array`);
+  if (bytes.byteLength % bpe !== 0)
+    throw new RangeError(`Tensor '${name}': ${bytes.byteLength} bytes is not a multiple of ${bpe}`);
   // Copy into a fresh, aligned buffer: raw_data is a view at an arbitrary offset into the file buffer.
   const buf = new ArrayBuffer(bytes.byteLength);
   new Uint8Array(buf).set(bytes);
   switch (dataType) {
-    case DataType.FLOAT: return new Float32Array(buf);
-    case DataType.DOUBLE: return new Float64Array(buf);
-    case DataType.INT64: return new BigInt64Array(buf);
-    case DataType.UINT64: return new BigUint64Array(buf);
-    case DataType.INT32: return new Int32Array(buf);
-    case DataType.UINT32: return new Uint32Array(buf);
-    case DataType.INT16: return new Int16Array(buf);
-    case DataType.UINT16: case DataType.FLOAT16: case DataType.BFLOAT16: return new Uint16Array(buf);
-    case DataType.INT8: return new Int8Array(buf);
-    default: return new Uint8Array(buf);
+    case DataType.FLOAT:
+      return new Float32Array(buf);
+    case DataType.DOUBLE:
+      return new Float64Array(buf);
+    case DataType.INT64:
+      return new BigInt64Array(buf);
+    case DataType.UINT64:
+      return new BigUint64Array(buf);
+    case DataType.INT32:
+      return new Int32Array(buf);
+    case DataType.UINT32:
+      return new Uint32Array(buf);
+    case DataType.INT16:
+      return new Int16Array(buf);
+    case DataType.UINT16:
+    case DataType.FLOAT16:
+    case DataType.BFLOAT16:
+      return new Uint16Array(buf);
+    case DataType.INT8:
+      return new Int8Array(buf);
+    default:
+      return new Uint8Array(buf);
   }
 }
 
@@ -584,12 +670,15 @@ export function readTensor(t: TensorProto, opts: ReadTensorOptions = {}): Tensor
   const dims = tensorDims(t);
   const count = dims.reduce((a, b) => a * b, 1);
   const bpe = bytesPerElement(dataType);
-  if (bpe === undefined) throw new RangeError(`Tensor '${name}': data type ${dataTypeName(dataType)} cannot be read as a typed array`);
+  if (bpe === undefined)
+    throw new RangeError(`Tensor '${name}': data type ${dataTypeName(dataType)} cannot be read as a typed array`);
   const ext = externalDataOf(t);
   let data: TensorData;
   if (ext !== undefined) {
     if (opts.baseDir === undefined) {
-      throw new TypeError(`Tensor '${name}' is stored in external file '${ext.location}': pass baseDir (the model's directory)`);
+      throw new TypeError(
+        `Tensor '${name}' is stored in external file '${ext.location}': pass baseDir (the model's directory)`,
+      );
     }
     const file = path.resolve(opts.baseDir, ext.location);
     const length = ext.length ?? count * bpe;
@@ -599,7 +688,10 @@ export function readTensor(t: TensorProto, opts: ReadTensorOptions = {}): Tensor
       let got = 0;
       while (got < length) {
         const n = fs.readSync(fd, bytes, got, length - got, ext.offset + got);
-        if (n === 0) throw new RangeError(`Tensor '${name}': external file '${file}' ends before offset ${ext.offset} + length ${length}`);
+        if (n === 0)
+          throw new RangeError(
+            `Tensor '${name}': external file '${file}' ends before offset ${ext.offset} + length ${length}`,
+          );
         got += n;
       }
     } finally {
@@ -612,24 +704,39 @@ export function readTensor(t: TensorProto, opts: ReadTensorOptions = {}): Tensor
     data = fromTypedFields(t, dataType, count, name);
   }
   if (data.length !== count) {
-    throw new RangeError(`Tensor '${name}': dims [${dims.join(', ')}] need ${count} elements but the data holds ${data.length}`);
+    throw new RangeError(
+      `Tensor '${name}': dims [${dims.join(', ')}] need ${count} elements but the data holds ${data.length}`,
+    );
   }
   return { dataType, dims, data };
 }
 
 function fromTypedFields(t: TensorProto, dataType: number, count: number, name: string): TensorData {
   switch (dataType) {
-    case DataType.FLOAT: return Float32Array.from(t.float_data ?? []);
-    case DataType.DOUBLE: return Float64Array.from(t.double_data ?? []);
-    case DataType.INT64: return BigInt64Array.from((t.int64_data ?? []).map((v) => int64ToBigInt(v)));
-    case DataType.UINT64: return BigUint64Array.from((t.uint64_data ?? []).map((v) => BigInt.asUintN(64, int64ToBigInt(v))));
-    case DataType.UINT32: return Uint32Array.from((t.uint64_data ?? []).map((v) => Number(int64ToBigInt(v))));
+    case DataType.FLOAT:
+      return Float32Array.from(t.float_data ?? []);
+    case DataType.DOUBLE:
+      return Float64Array.from(t.double_data ?? []);
+    case DataType.INT64:
+      return BigInt64Array.from((t.int64_data ?? []).map((v) => int64ToBigInt(v)));
+    case DataType.UINT64:
+      return BigUint64Array.from((t.uint64_data ?? []).map((v) => BigInt.asUintN(64, int64ToBigInt(v))));
+    case DataType.UINT32:
+      return Uint32Array.from((t.uint64_data ?? []).map((v) => Number(int64ToBigInt(v))));
     // int32_data carries INT32, INT16, INT8, UINT16, UINT8, BOOL and the FLOAT16/BFLOAT16 bit patterns.
-    case DataType.INT32: return Int32Array.from(t.int32_data ?? []);
-    case DataType.INT16: return Int16Array.from(t.int32_data ?? []);
-    case DataType.INT8: return Int8Array.from(t.int32_data ?? []);
-    case DataType.UINT16: case DataType.FLOAT16: case DataType.BFLOAT16: return Uint16Array.from(t.int32_data ?? []);
-    case DataType.UINT8: case DataType.BOOL: return Uint8Array.from(t.int32_data ?? []);
+    case DataType.INT32:
+      return Int32Array.from(t.int32_data ?? []);
+    case DataType.INT16:
+      return Int16Array.from(t.int32_data ?? []);
+    case DataType.INT8:
+      return Int8Array.from(t.int32_data ?? []);
+    case DataType.UINT16:
+    case DataType.FLOAT16:
+    case DataType.BFLOAT16:
+      return Uint16Array.from(t.int32_data ?? []);
+    case DataType.UINT8:
+    case DataType.BOOL:
+      return Uint8Array.from(t.int32_data ?? []);
     default:
       throw new RangeError(`Tensor '${name}': cannot read ${count} elements of ${dataTypeName(dataType)}`);
   }
@@ -642,13 +749,23 @@ export function constantNodeTensor(node: NodeProto): TensorProto | undefined {
   if (a === undefined) return undefined;
   const name = node.output[0] ?? '';
   switch (a.name) {
-    case 'value': return a.t ? { ...a.t, name } as TensorProto : undefined;
-    case 'value_float': return makeTensor(name, DataType.FLOAT, [], Float32Array.of(a.f ?? 0));
-    case 'value_floats': return makeTensor(name, DataType.FLOAT, [(a.floats ?? []).length], Float32Array.from(a.floats ?? []));
-    case 'value_int': return makeTensor(name, DataType.INT64, [], BigInt64Array.of(int64ToBigInt(a.i)));
+    case 'value':
+      return a.t ? ({ ...a.t, name } as TensorProto) : undefined;
+    case 'value_float':
+      return makeTensor(name, DataType.FLOAT, [], Float32Array.of(a.f ?? 0));
+    case 'value_floats':
+      return makeTensor(name, DataType.FLOAT, [(a.floats ?? []).length], Float32Array.from(a.floats ?? []));
+    case 'value_int':
+      return makeTensor(name, DataType.INT64, [], BigInt64Array.of(int64ToBigInt(a.i)));
     case 'value_ints':
-      return makeTensor(name, DataType.INT64, [(a.ints ?? []).length], BigInt64Array.from((a.ints ?? []).map((v) => int64ToBigInt(v))));
-    default: return undefined; // sparse_value / string forms: not used by SD exports
+      return makeTensor(
+        name,
+        DataType.INT64,
+        [(a.ints ?? []).length],
+        BigInt64Array.from((a.ints ?? []).map((v) => int64ToBigInt(v))),
+      );
+    default:
+      return undefined; // sparse_value / string forms: not used by SD exports
   }
 }
 
@@ -683,10 +800,10 @@ export function valueInfoDims(vi: ValueInfoProto): Array<number | string | null>
   if (shape == null) return undefined;
   return (shape.dim ?? []).map((d, k) => {
     // A decoded Dimension reads prototype defaults for the oneof member it does not have; check ownership.
-    if (Object.prototype.hasOwnProperty.call(d, 'dim_value') && d.dim_value != null) {
+    if (Object.hasOwn(d, 'dim_value') && d.dim_value != null) {
       return int64ToNumber(d.dim_value, `dim ${k} of '${vi.name}'`);
     }
-    if (Object.prototype.hasOwnProperty.call(d, 'dim_param') && d.dim_param) return d.dim_param;
+    if (Object.hasOwn(d, 'dim_param') && d.dim_param) return d.dim_param;
     return null;
   });
 }
@@ -709,11 +826,16 @@ export function indexGraph(graph: GraphProto): GraphIndex {
   const producer: GraphIndex['producer'] = new Map();
   const consumers: GraphIndex['consumers'] = new Map();
   graph.node.forEach((node, index) => {
-    node.output.forEach((o, slot) => { if (o) producer.set(o, { node, index, slot }); });
+    node.output.forEach((o, slot) => {
+      if (o) producer.set(o, { node, index, slot });
+    });
     for (const i of node.input) {
       if (!i) continue;
       let list = consumers.get(i);
-      if (list === undefined) consumers.set(i, (list = []));
+      if (list === undefined) {
+        list = [];
+        consumers.set(i, list);
+      }
       if (!list.includes(node)) list.push(node);
     }
   });

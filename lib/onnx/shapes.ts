@@ -1,5 +1,5 @@
 // Static shapes of every tensor of a graph for given input dims, with onnxruntime as the shape-inference engine
-// (spec onnx-and-runtime.md §6.6): fix the graph-input dims in the model (freeDimensionOverrides is a no-op in
+// (docs/onnx-export.md §5): fix the graph-input dims in the model (freeDimensionOverrides is a no-op in
 // onnxruntime-node), add a name-only ValueInfo for every node output, let ORT optimise at level 'basic' with
 // optimizedModelFilePath, and read elem_type and dims back from the saved model. The saved graph is rewritten
 // (Constants folded into initializers, Identity/Shape chains removed, MatMul+Add turned into Gemm), so it is only
@@ -14,9 +14,22 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import {
-  DataType, constantNodeTensor, dataTypeName, decodeModel, encodeModel, externalDataOf, makeNode, makeTensor, makeValueInfo, tensorDims,
-  valueInfoDims, valueInfoElemType,
-  type GraphProto, type ModelProto, type TensorProto, type ValueInfoProto,
+  DataType,
+  constantNodeTensor,
+  dataTypeName,
+  decodeModel,
+  encodeModel,
+  externalDataOf,
+  makeNode,
+  makeTensor,
+  makeValueInfo,
+  tensorDims,
+  valueInfoDims,
+  valueInfoElemType,
+  type GraphProto,
+  type ModelProto,
+  type TensorProto,
+  type ValueInfoProto,
 } from './proto';
 
 export interface StaticShape {
@@ -48,16 +61,22 @@ export function realGraphInputs(graph: GraphProto): ValueInfoProto[] {
  * Checks `inputDims` against the graph inputs and returns the complete fixed dims of every real input. Dims the
  * model fixes already may be omitted from inputDims; dynamic ones must be given.
  */
-export function resolveInputDims(graph: GraphProto, inputDims: Readonly<Record<string, readonly number[]>>):
-  Map<string, number[]> {
+export function resolveInputDims(
+  graph: GraphProto,
+  inputDims: Readonly<Record<string, readonly number[]>>,
+): Map<string, number[]> {
   if (inputDims === null || typeof inputDims !== 'object') {
-    throw new TypeError('Expected an object mapping input names to dims for inputDims, e.g. { sample: [1, 4, 64, 64] }');
+    throw new TypeError(
+      'Expected an object mapping input names to dims for inputDims, e.g. { sample: [1, 4, 64, 64] }',
+    );
   }
   const inputs = realGraphInputs(graph);
   const names = new Set(inputs.map((v) => v.name ?? ''));
   for (const k of Object.keys(inputDims)) {
     if (!names.has(k)) {
-      throw new RangeError(`inputDims names '${k}', which is not an input of the graph (inputs: ${[...names].join(', ')})`);
+      throw new RangeError(
+        `inputDims names '${k}', which is not an input of the graph (inputs: ${[...names].join(', ')})`,
+      );
     }
   }
   const out = new Map<string, number[]>();
@@ -67,11 +86,15 @@ export function resolveInputDims(graph: GraphProto, inputDims: Readonly<Record<s
     const given = inputDims[name];
     if (given !== undefined) {
       if (!Array.isArray(given) || given.some((d) => !Number.isSafeInteger(d) || d < 1)) {
-        throw new TypeError(`Expected an array of positive integers for inputDims.${name} but received ${JSON.stringify(given)}`);
+        throw new TypeError(
+          `Expected an array of positive integers for inputDims.${name} but received ${JSON.stringify(given)}`,
+        );
       }
       if (declared !== undefined && declared.length !== given.length) {
-        throw new RangeError(`inputDims.${name} has rank ${given.length} but the model declares rank ${declared.length} `
-          + `([${declared.map((d) => d ?? '?').join(', ')}])`);
+        throw new RangeError(
+          `inputDims.${name} has rank ${given.length} but the model declares rank ${declared.length} ` +
+            `([${declared.map((d) => d ?? '?').join(', ')}])`,
+        );
       }
       declared?.forEach((d, k) => {
         if (typeof d === 'number' && d !== given[k]) {
@@ -81,8 +104,10 @@ export function resolveInputDims(graph: GraphProto, inputDims: Readonly<Record<s
       out.set(name, [...given]);
     } else {
       if (declared === undefined || declared.some((d) => typeof d !== 'number')) {
-        throw new RangeError(`Input '${name}' has dynamic dims [${(declared ?? ['?']).map((d) => d ?? '?').join(', ')}]: `
-          + `give its dims in inputDims.${name}`);
+        throw new RangeError(
+          `Input '${name}' has dynamic dims [${(declared ?? ['?']).map((d) => d ?? '?').join(', ')}]: ` +
+            `give its dims in inputDims.${name}`,
+        );
       }
       out.set(name, declared as number[]);
     }
@@ -108,7 +133,7 @@ export function withFixedInputDims(model: ModelProto, dims: ReadonlyMap<string, 
 /** Carries protobufjs' non-enumerable `$unknowns` (fields the schema does not know) over to a copy. */
 function keepUnknowns<T extends object>(from: object, to: T): T {
   const u = (from as { $unknowns?: unknown }).$unknowns;
-  if (u != null && Object.prototype.hasOwnProperty.call(from, '$unknowns')) {
+  if (u != null && Object.hasOwn(from, '$unknowns')) {
     Object.defineProperty(to, '$unknowns', { value: u, writable: true, configurable: true, enumerable: false });
   }
   return to;
@@ -137,8 +162,11 @@ const FLOATISH: ReadonlySet<number> = new Set([DataType.FLOAT, DataType.FLOAT16,
  * Infers the static elem_type and dims of every tensor of `model` (graph inputs, initializers, every node output)
  * for the given input dims. Async because ORT sessions are created asynchronously.
  */
-export async function inferStaticShapes(model: ModelProto, inputDims: Readonly<Record<string, readonly number[]>>,
-  opts: InferShapesOptions = {}): Promise<ShapeMap> {
+export async function inferStaticShapes(
+  model: ModelProto,
+  inputDims: Readonly<Record<string, readonly number[]>>,
+  opts: InferShapesOptions = {},
+): Promise<ShapeMap> {
   const graph = model.graph;
   if (graph == null) throw new TypeError('inferStaticShapes: the model has no graph');
   const fixed = resolveInputDims(graph, inputDims);
@@ -164,12 +192,18 @@ export async function inferStaticShapes(model: ModelProto, inputDims: Readonly<R
   const outputNames = new Set<string>();
   for (const node of graph.node) for (const o of node.output) if (o) outputNames.add(o);
   const declaredOutputs = new Set(graph.output.map((v) => v.name ?? ''));
-  probeGraph.value_info = [...outputNames].filter((n) => !inputNames.has(n) && !declaredOutputs.has(n)).map((n) => makeValueInfo(n));
+  probeGraph.value_info = [...outputNames]
+    .filter((n) => !inputNames.has(n) && !declaredOutputs.has(n))
+    .map((n) => makeValueInfo(n));
   // Declared outputs may carry dim_params of a dynamic export; name-only lets ORT put the inferred type there.
   probeGraph.output = graph.output.map((vi) => makeValueInfo(vi.name ?? ''));
   // ORT writes the graph it loaded back unchanged (no inferred types) unless an optimiser modified it; a foldable
   // Identity of a constant guarantees one modification. (This is why level 'disabled' saves no types at all.)
-  const taken = new Set([...outputNames, ...graph.initializer.map((t) => t.name ?? ''), ...graph.input.map((v) => v.name ?? '')]);
+  const taken = new Set([
+    ...outputNames,
+    ...graph.initializer.map((t) => t.name ?? ''),
+    ...graph.input.map((v) => v.name ?? ''),
+  ]);
   let dummy = '__divbind_shape_probe';
   while (taken.has(`${dummy}_in`) || taken.has(`${dummy}_out`)) dummy += '_';
   probeGraph.initializer.push(makeTensor(`${dummy}_in`, DataType.INT64, [1], BigInt64Array.of(1n)));
@@ -180,7 +214,11 @@ export async function inferStaticShapes(model: ModelProto, inputDims: Readonly<R
   // take their value_info with them, so a second probe declares the still-missing tensors as graph outputs, which
   // ORT keeps.
   const shapes: ShapeMap = new Map();
-  const put = (name: string | undefined, elemType: number | undefined, dims: Array<number | string | null> | undefined) => {
+  const put = (
+    name: string | undefined,
+    elemType: number | undefined,
+    dims: Array<number | string | null> | undefined,
+  ) => {
     if (!name || elemType === undefined || dims === undefined || shapes.has(name)) return;
     if (dims.some((d) => typeof d !== 'number')) return;
     shapes.set(name, { elemType, dims: dims as number[] });
@@ -196,7 +234,8 @@ export async function inferStaticShapes(model: ModelProto, inputDims: Readonly<R
   }
   const harvest = (saved: ModelProto) => {
     const sg = saved.graph!;
-    for (const vi of [...sg.input, ...sg.output, ...sg.value_info]) put(vi.name, valueInfoElemType(vi), valueInfoDims(vi));
+    for (const vi of [...sg.input, ...sg.output, ...sg.value_info])
+      put(vi.name, valueInfoElemType(vi), valueInfoDims(vi));
     for (const t of sg.initializer) put(t.name, t.data_type, tensorDims(t));
   };
   harvest(await ortProbe(probe, fixed, opts));
@@ -214,16 +253,24 @@ export async function inferStaticShapes(model: ModelProto, inputDims: Readonly<R
   shapes.delete(`${dummy}_in`);
   shapes.delete(`${dummy}_out`);
   if (missing.length > 0 && !opts.allowPartial) {
-    throw new Error(`Shape inference left ${missing.length} tensor(s) without a static shape, e.g. `
-      + `${missing.slice(0, 5).map((n) => `'${n}'`).join(', ')}. The graph may contain ops whose output shape depends `
-      + 'on data; pass allowPartial to get the shapes that are known.');
+    throw new Error(
+      `Shape inference left ${missing.length} tensor(s) without a static shape, e.g. ` +
+        `${missing
+          .slice(0, 5)
+          .map((n) => `'${n}'`)
+          .join(', ')}. The graph may contain ops whose output shape depends ` +
+        'on data; pass allowPartial to get the shapes that are known.',
+    );
   }
   return shapes;
 }
 
 /** Creates an ORT session at level 'basic' that saves its optimised model, and returns the decoded saved model. */
-async function ortProbe(probe: ModelProto, fixed: ReadonlyMap<string, readonly number[]>,
-  opts: InferShapesOptions): Promise<ModelProto> {
+async function ortProbe(
+  probe: ModelProto,
+  fixed: ReadonlyMap<string, readonly number[]>,
+  opts: InferShapesOptions,
+): Promise<ModelProto> {
   const tmpRoot = opts.tmpDir ?? os.tmpdir();
   fs.mkdirSync(tmpRoot, { recursive: true });
   const dir = fs.mkdtempSync(path.join(tmpRoot, 'divbind-shapes-'));
@@ -240,8 +287,10 @@ async function ortProbe(probe: ModelProto, fixed: ReadonlyMap<string, readonly n
         logSeverityLevel: 3,
       });
     } catch (err) {
-      throw new Error(`Shape inference failed: onnxruntime could not load the model with inputs `
-        + `${[...fixed].map(([k, v]) => `${k}=[${v.join(', ')}]`).join(', ')}: ${(err as Error).message}`);
+      throw new Error(
+        `Shape inference failed: onnxruntime could not load the model with inputs ` +
+          `${[...fixed].map(([k, v]) => `${k}=[${v.join(', ')}]`).join(', ')}: ${(err as Error).message}`,
+      );
     }
     await session.release();
     return decodeModel(fs.readFileSync(savedPath), 'ORT-optimised probe model');

@@ -1,5 +1,5 @@
 // Divide & Bind / Attend-and-Excite attention losses: forward and analytic backward (CPU).
-// Spec: ../shared/spec/divide-and-bind.md §1, §2, §9. Implemented from the spec only.
+// Spec: docs/divide-and-bind.md §1, §2, §9. Implemented from the spec only.
 //
 // Shape legend (used in every comment below):
 //   T   text length (77 for SD 1.x)          [k0, k1]  kept token range, Tk = k1 - k0 + 1

@@ -1,5 +1,5 @@
 // Divide & Bind / Attend-and-Excite attention losses: pure C++ core (no Node headers).
-// Spec: ../shared/spec/divide-and-bind.md §1 (extraction), §2 (losses), §9 (parameters).
+// Spec: docs/divide-and-bind.md §1 (extraction), §2 (losses), §9 (parameters).
 // Forward and analytic backward live side by side in attention_loss.cc (llm.c style).
 //
 // Shapes: a layer is probs (heads, HW, T) row-major, HW = r*r. Object maps are (K, r0, r0) with

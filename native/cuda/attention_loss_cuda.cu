@@ -1,4 +1,4 @@
-// CUDA twin of native/core/attention_loss.cc. Spec: ../shared/spec/divide-and-bind.md §1, §2, §9.
+// CUDA twin of native/core/attention_loss.cc. Spec: docs/divide-and-bind.md §1, §2, §9.
 // The CPU core is the oracle; every formula below mirrors one of its stages (same order of operations where
 // it matters for rounding), in double, with only the outputs rounded to float.
 //

@@ -39,7 +39,10 @@ function maxAbsDiff(a: Float32Array, b: Float32Array): number {
 }
 
 test('loadModel hashes the .onnx bytes and records external data without reading it', (t) => {
-  for (const [dir, location] of [[EXT_ONNXDATA, 'model.onnx_data'], [EXT_WEIGHTSPB, 'weights.pb']] as const) {
+  for (const [dir, location] of [
+    [EXT_ONNXDATA, 'model.onnx_data'],
+    [EXT_WEIGHTSPB, 'weights.pb'],
+  ] as const) {
     const file = path.join(dir, 'model.onnx');
     const loaded = loadModel(file);
     t.is(loaded.sha256, crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex'));
@@ -59,14 +62,20 @@ test('loadModel hashes the .onnx bytes and records external data without reading
 
 test('loadModel errors: missing model, directory, missing and truncated data file', (t) => {
   const d = tmpDir(t);
-  t.throws(() => loadModel(path.join(d, 'nope.onnx')), { message: `ONNX model not found: ${path.join(d, 'nope.onnx')}` });
+  t.throws(() => loadModel(path.join(d, 'nope.onnx')), {
+    message: `ONNX model not found: ${path.join(d, 'nope.onnx')}`,
+  });
   t.throws(() => loadModel(d), { message: `${d} is a directory; expected an .onnx file` });
   fs.copyFileSync(path.join(EXT_ONNXDATA, 'model.onnx'), path.join(d, 'model.onnx'));
   t.throws(() => loadModel(path.join(d, 'model.onnx')), {
-    message: new RegExp(`^External data file 'model.onnx_data' used by \\d+ tensor\\(s\\) of .*model.onnx is missing \\(expected at ${path.join(d, 'model.onnx_data').replace(/[.]/g, '\\.')}\\)`),
+    message: new RegExp(
+      `^External data file 'model.onnx_data' used by \\d+ tensor\\(s\\) of .*model.onnx is missing \\(expected at ${path.join(d, 'model.onnx_data').replace(/[.]/g, '\\.')}\\)`,
+    ),
   });
   fs.writeFileSync(path.join(d, 'model.onnx_data'), Buffer.alloc(100));
-  t.throws(() => loadModel(path.join(d, 'model.onnx')), { message: /has 100 bytes but .* references bytes up to \d+: the weights file is truncated/ });
+  t.throws(() => loadModel(path.join(d, 'model.onnx')), {
+    message: /has 100 bytes but .* references bytes up to \d+: the weights file is truncated/,
+  });
   t.throws(() => loadModel(''), { instanceOf: TypeError });
 });
 
@@ -75,10 +84,13 @@ test('ORT 1.30 refuses external data outside the model directory (why saveModel 
   const loaded = loadModel(path.join(EXT_ONNXDATA, 'model.onnx'));
   const rel = path.relative(path.join(d, 'sub'), path.join(EXT_ONNXDATA, 'model.onnx_data'));
   for (const location of [rel, path.join(EXT_ONNXDATA, 'model.onnx_data')]) {
-    for (const x of loaded.model.graph!.initializer) for (const e of x.external_data ?? []) if (e.key === 'location') e.value = location;
+    for (const x of loaded.model.graph!.initializer)
+      for (const e of x.external_data ?? []) if (e.key === 'location') e.value = location;
     fs.mkdirSync(path.join(d, 'sub'), { recursive: true });
     fs.writeFileSync(path.join(d, 'sub/model.onnx'), encodeModel(loaded.model));
-    await t.throwsAsync(ort.InferenceSession.create(path.join(d, 'sub/model.onnx')), { message: /escapes model directory|Absolute path not allowed/ });
+    await t.throwsAsync(ort.InferenceSession.create(path.join(d, 'sub/model.onnx')), {
+      message: /escapes model directory|Absolute path not allowed/,
+    });
   }
 });
 
@@ -97,7 +109,10 @@ test('saveModel to another directory hard-links the data file: no bytes copied, 
   const out = await runGolden(await createSession(saved.path));
   t.is(maxAbsDiff(out, ref), 0);
   // Saving again reuses the link.
-  t.is(saveModel(loaded.model, path.join(d, 'copy/unet2.onnx'), { sourceDir: loaded.dir }).externalData[0]!.method, 'hardlink');
+  t.is(
+    saveModel(loaded.model, path.join(d, 'copy/unet2.onnx'), { sourceDir: loaded.dir }).externalData[0]!.method,
+    'hardlink',
+  );
 });
 
 test('saveModel into the source directory leaves the reference alone', (t) => {
@@ -106,11 +121,19 @@ test('saveModel into the source directory leaves the reference alone', (t) => {
   fs.copyFileSync(path.join(EXT_WEIGHTSPB, 'weights.pb'), path.join(d, 'weights.pb'));
   const loaded = loadModel(path.join(d, 'model.onnx'));
   const saved = saveModel(loaded.model, path.join(d, 'again.onnx'), { sourceDir: d });
-  t.deepEqual(saved.externalData.map((e) => e.method), ['same-directory']);
-  t.throws(() => saveModel(loaded.model, path.join(d, 'x.onnx')), { instanceOf: TypeError, message: /pass opts.sourceDir/ });
+  t.deepEqual(
+    saved.externalData.map((e) => e.method),
+    ['same-directory'],
+  );
+  t.throws(() => saveModel(loaded.model, path.join(d, 'x.onnx')), {
+    instanceOf: TypeError,
+    message: /pass opts.sourceDir/,
+  });
   const other = tmpDir(t);
   fs.writeFileSync(path.join(other, 'weights.pb'), 'not the weights');
-  t.throws(() => saveModel(loaded.model, path.join(other, 'x.onnx'), { sourceDir: d }), { message: /exists and is not/ });
+  t.throws(() => saveModel(loaded.model, path.join(other, 'x.onnx'), { sourceDir: d }), {
+    message: /exists and is not/,
+  });
 });
 
 test('createSession feeds unreachable data files from memory; createSessionFromModel too', async (t) => {
@@ -119,7 +142,11 @@ test('createSession feeds unreachable data files from memory; createSessionFromM
   const ref = await runGolden(await createSession(loaded.path));
   fs.copyFileSync(loaded.path, path.join(d, 'model.onnx')); // no weights.pb next to it
   await t.throwsAsync(createSession(path.join(d, 'model.onnx')), { message: /onnxruntime could not load/ });
-  const s = await createSession(path.join(d, 'model.onnx'), {}, { externalData: [{ location: 'weights.pb', source: path.join(EXT_WEIGHTSPB, 'weights.pb') }] });
+  const s = await createSession(
+    path.join(d, 'model.onnx'),
+    {},
+    { externalData: [{ location: 'weights.pb', source: path.join(EXT_WEIGHTSPB, 'weights.pb') }] },
+  );
   t.is(maxAbsDiff(await runGolden(s), ref), 0);
   const s2 = await createSessionFromModel(loaded.model, {}, loaded.dir);
   t.is(maxAbsDiff(await runGolden(s2), ref), 0);
@@ -140,9 +167,16 @@ test('saveModel across filesystems falls back to "memory" (no copy) and createSe
   const ref = await runGolden(await createSession(loaded.path));
   const d = tmpDir(t);
   const saved = saveModel(loaded.model, path.join(d, 'unet.onnx'), { sourceDir: shm });
-  t.deepEqual(saved.externalData.map((e) => [e.location, e.method, e.target]), [['weights.pb', 'memory', path.join(shm, 'weights.pb')]]);
+  t.deepEqual(
+    saved.externalData.map((e) => [e.location, e.method, e.target]),
+    [['weights.pb', 'memory', path.join(shm, 'weights.pb')]],
+  );
   t.false(fs.existsSync(path.join(d, 'weights.pb')), 'nothing copied');
-  const s = await createSession(saved.path, {}, { externalData: saved.externalData.map((e) => ({ location: e.location, source: e.source })) });
+  const s = await createSession(
+    saved.path,
+    {},
+    { externalData: saved.externalData.map((e) => ({ location: e.location, source: e.source })) },
+  );
   t.is(maxAbsDiff(await runGolden(s), ref), 0);
 });
 

@@ -4,10 +4,34 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ONNX_PROTO_SHA256, ONNX_PROTO_TEXT } from '../../lib/onnx/onnx-proto';
 import {
-  AttributeType, DataType, attr, attrFloat, attrInt, attrInts, attrString, constantNodeTensor, dataTypeName,
-  decodeMessage, decodeModel, decodeTensor, encodeModel, encodeTensor, externalDataOf, indexGraph, int64ToNumber, makeNode, makeTensor,
-  makeValueInfo, messageType, onnxRoot, opsetVersion, readConstant, readTensor, valueInfoDims,
-  type LongLike, type TensorProto,
+  AttributeType,
+  DataType,
+  attr,
+  attrFloat,
+  attrInt,
+  attrInts,
+  attrString,
+  constantNodeTensor,
+  dataTypeName,
+  decodeMessage,
+  decodeModel,
+  decodeTensor,
+  encodeModel,
+  encodeTensor,
+  externalDataOf,
+  indexGraph,
+  int64ToNumber,
+  makeNode,
+  makeTensor,
+  makeValueInfo,
+  messageType,
+  onnxRoot,
+  opsetVersion,
+  readConstant,
+  readTensor,
+  valueInfoDims,
+  type LongLike,
+  type TensorProto,
 } from '../../lib/onnx/proto';
 
 const ROOT = path.resolve(__dirname, '../../..');
@@ -53,7 +77,14 @@ test('unknown fields survive a round trip (top level and inside a node)', (t) =>
   // Field 1000, varint 7 (tag = 1000 << 3 | 0): a field no onnx.proto defines.
   const unknown = Buffer.from([0xc0, 0x3e, 0x07]);
   const node = model.graph!.node[0]!;
-  const nodeBytes = Buffer.concat([Buffer.from(messageType('NodeProto').encode(node as never).finish()), unknown]);
+  const nodeBytes = Buffer.concat([
+    Buffer.from(
+      messageType('NodeProto')
+        .encode(node as never)
+        .finish(),
+    ),
+    unknown,
+  ]);
   const node2 = decodeMessage('NodeProto', nodeBytes);
   t.true(Buffer.from(messageType('NodeProto').encode(node2).finish()).equals(nodeBytes));
   const modelBytes = Buffer.concat([Buffer.from(encodeModel(model)), unknown]);
@@ -62,7 +93,9 @@ test('unknown fields survive a round trip (top level and inside a node)', (t) =>
 
 test('decodeModel names the source when the bytes are not a model', (t) => {
   t.throws(() => decodeModel(Buffer.from('not a model at all'), 'junk.onnx'), { message: /junk\.onnx/ });
-  t.throws(() => decodeModel(new Uint8Array(0), 'empty.onnx'), { message: 'empty.onnx is not an ONNX model: it has no graph (ModelProto.graph is empty)' });
+  t.throws(() => decodeModel(new Uint8Array(0), 'empty.onnx'), {
+    message: 'empty.onnx is not an ONNX model: it has no graph (ModelProto.graph is empty)',
+  });
 });
 
 test('int64 values become numbers with a range check', (t) => {
@@ -71,8 +104,17 @@ test('int64 values become numbers with a range check', (t) => {
   const softmax = model.graph!.node.find((n) => n.op_type === 'Softmax')!;
   // Softmax axis -1 is a Long with low = high = -1 in the file.
   t.is(attrInt(softmax, 'axis'), -1);
-  const big: LongLike = { low: 0, high: 0x00400000, unsigned: false, toNumber: () => 2 ** 54, toString: () => String(2n ** 54n) };
-  t.throws(() => int64ToNumber(big, 'dims[0]'), { instanceOf: RangeError, message: 'dims[0] is 18014398509481984, outside the safe integer range of JavaScript numbers (±2^53-1)' });
+  const big: LongLike = {
+    low: 0,
+    high: 0x00400000,
+    unsigned: false,
+    toNumber: () => 2 ** 54,
+    toString: () => String(2n ** 54n),
+  };
+  t.throws(() => int64ToNumber(big, 'dims[0]'), {
+    instanceOf: RangeError,
+    message: 'dims[0] is 18014398509481984, outside the safe integer range of JavaScript numbers (±2^53-1)',
+  });
   t.is(int64ToNumber(7, 'x'), 7);
   t.throws(() => int64ToNumber(0.5, 'x'), { instanceOf: RangeError });
 });
@@ -80,15 +122,26 @@ test('int64 values become numbers with a range check', (t) => {
 test('attribute readers: values, defaults and type errors name node and attribute', (t) => {
   const n = makeNode('Foo', ['a'], ['b'], {
     name: 'foo',
-    attributes: [attr.int('k', 3), attr.ints('perm', [0, 2, 1]), attr.float('alpha', 0.5), attr.string('mode', 'nearest')],
+    attributes: [
+      attr.int('k', 3),
+      attr.ints('perm', [0, 2, 1]),
+      attr.float('alpha', 0.5),
+      attr.string('mode', 'nearest'),
+    ],
   });
   t.is(attrInt(n, 'k'), 3);
   t.deepEqual(attrInts(n, 'perm'), [0, 2, 1]);
   t.is(attrFloat(n, 'alpha'), 0.5);
   t.is(attrString(n, 'mode'), 'nearest');
   t.is(attrInt(n, 'missing', 9), 9);
-  t.throws(() => attrInt(n, 'missing'), { instanceOf: TypeError, message: "Foo node 'foo' has no attribute 'missing'" });
-  t.throws(() => attrInt(n, 'alpha'), { instanceOf: TypeError, message: `Attribute 'alpha' of Foo node 'foo' has type ${AttributeType.FLOAT}, expected INT` });
+  t.throws(() => attrInt(n, 'missing'), {
+    instanceOf: TypeError,
+    message: "Foo node 'foo' has no attribute 'missing'",
+  });
+  t.throws(() => attrInt(n, 'alpha'), {
+    instanceOf: TypeError,
+    message: `Attribute 'alpha' of Foo node 'foo' has type ${AttributeType.FLOAT}, expected INT`,
+  });
   t.throws(() => attr.int('x', 1.5), { instanceOf: TypeError });
 });
 
@@ -107,10 +160,11 @@ test('makeTensor / readTensor round trip every readable type, through encode/dec
     const back = readTensor(decodeTensor(encodeTensor(tensor)));
     t.is(back.dataType, dt);
     t.deepEqual(back.dims, [data.length]);
-    t.deepEqual([...back.data as ArrayLike<number | bigint> as never[]], [...(data as never[])], dataTypeName(dt));
+    t.deepEqual([...(back.data as ArrayLike<number | bigint> as never[])], [...(data as never[])], dataTypeName(dt));
   }
   t.throws(() => makeTensor('x', DataType.FLOAT, [2, 2], Float32Array.of(1, 2, 3)), {
-    instanceOf: RangeError, message: "makeTensor('x'): dims [2, 2] hold 4 elements but data has 3",
+    instanceOf: RangeError,
+    message: "makeTensor('x'): dims [2, 2] hold 4 elements but data has 3",
   });
   t.throws(() => makeTensor('x', DataType.INT64, [1], Int32Array.of(1)), { instanceOf: TypeError });
 });
@@ -121,15 +175,22 @@ test('readTensor copies misaligned raw_data before making 8-byte views', (t) => 
   const view = new Uint8Array(backing.buffer, 1, 24);
   new DataView(view.buffer, 1).setBigInt64(8, -5n, true);
   const tensor: TensorProto = { name: 'i', data_type: DataType.INT64, dims: [3], raw_data: view };
-  t.deepEqual([...readTensor(tensor).data as BigInt64Array], [0n, -5n, 0n]);
+  t.deepEqual([...(readTensor(tensor).data as BigInt64Array)], [0n, -5n, 0n]);
 });
 
 test('readTensor reads the typed *_data fields', (t) => {
   t.deepEqual([...readTensor({ name: 'f', data_type: DataType.FLOAT, dims: [2], float_data: [1, 2] }).data], [1, 2]);
-  t.deepEqual([...readTensor({ name: 'i', data_type: DataType.INT64, dims: [2], int64_data: [3, -4] }).data as BigInt64Array], [3n, -4n]);
-  t.deepEqual([...readTensor({ name: 'h', data_type: DataType.FLOAT16, dims: [1], int32_data: [0x3c00] }).data], [0x3c00]);
+  t.deepEqual(
+    [...(readTensor({ name: 'i', data_type: DataType.INT64, dims: [2], int64_data: [3, -4] }).data as BigInt64Array)],
+    [3n, -4n],
+  );
+  t.deepEqual(
+    [...readTensor({ name: 'h', data_type: DataType.FLOAT16, dims: [1], int32_data: [0x3c00] }).data],
+    [0x3c00],
+  );
   t.throws(() => readTensor({ name: 'f', data_type: DataType.FLOAT, dims: [3], float_data: [1, 2] }), {
-    instanceOf: RangeError, message: "Tensor 'f': dims [3] need 3 elements but the data holds 2",
+    instanceOf: RangeError,
+    message: "Tensor 'f': dims [3] need 3 elements but the data holds 2",
   });
 });
 
@@ -162,8 +223,10 @@ test('Constant nodes and initializers are found by readConstant', (t) => {
   t.truthy(v);
   t.deepEqual(v!.dims, readTensor(constantNodeTensor(c)!).dims);
   t.is(readConstant(g, g.node.find((n) => n.op_type === 'Softmax')!.output[0]!), undefined);
-  const valueInts = makeNode('Constant', [], ['k'], { attributes: [{ ...attr.ints('value_ints', [2, 3]), name: 'value_ints' }] });
-  t.deepEqual([...readTensor(constantNodeTensor(valueInts)!).data as BigInt64Array], [2n, 3n]);
+  const valueInts = makeNode('Constant', [], ['k'], {
+    attributes: [{ ...attr.ints('value_ints', [2, 3]), name: 'value_ints' }],
+  });
+  t.deepEqual([...(readTensor(constantNodeTensor(valueInts)!).data as BigInt64Array)], [2n, 3n]);
 });
 
 test('makeValueInfo: name-only, type without shape, and dims with dim_params', (t) => {

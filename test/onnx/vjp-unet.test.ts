@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { loadModel } from '../../lib/onnx/model-io';
-import { ModelProto } from '../../lib/onnx/proto';
+import type { ModelProto } from '../../lib/onnx/proto';
 import { inferStaticShapes } from '../../lib/onnx/shapes';
 import { buildVjp } from '../../lib/onnx/vjp';
 import { runVjpGraphs } from '../../lib/onnx/vjp/runner';
@@ -26,28 +26,43 @@ function crossAttentionSoftmaxOutputs(model: ModelProto): string[] {
   return model.graph!.node.filter((n) => n.op_type === 'Softmax' && /attn2/.test(n.name ?? '')).map((n) => n.output[0]);
 }
 
-interface LossCase { name: string; gradMaps: { layer: number; file: string }[]; gradSample: string }
-
+interface LossCase {
+  name: string;
+  gradMaps: { layer: number; file: string }[];
+  gradSample: string;
+}
 
 function lossCases(): LossCase[] {
-  const manifest = JSON.parse(fs.readFileSync(path.join(GOLDEN, 'losses/manifest.json'), 'utf8')) as { cases: LossCase[] };
+  const manifest = JSON.parse(fs.readFileSync(path.join(GOLDEN, 'losses/manifest.json'), 'utf8')) as {
+    cases: LossCase[];
+  };
   return manifest.cases.filter((c) => c.gradMaps.length > 0);
 }
 
-interface Variant { name: string; dir: string; model: string; timestep: { dtype: string; shape: number[] } }
-const variants = (JSON.parse(fs.readFileSync(path.join(FIX, 'models/unet-variants/variants.json'), 'utf8')) as { variants: Variant[] }).variants;
+interface Variant {
+  name: string;
+  dir: string;
+  model: string;
+  timestep: { dtype: string; shape: number[] };
+}
+const variants = (
+  JSON.parse(fs.readFileSync(path.join(FIX, 'models/unet-variants/variants.json'), 'utf8')) as { variants: Variant[] }
+).variants;
 
 async function setUp(v: Variant) {
   const loaded = loadModel(path.join(FIX, 'models/unet-variants', v.dir, v.model));
   const model: ModelProto = loaded.model;
   const sample = readNpy(path.join(GOLDEN, 'unet/sample.npy'));
   const ehs = readNpy(path.join(GOLDEN, 'unet/encoder_hidden_states.npy'));
-  const unetManifest = JSON.parse(fs.readFileSync(path.join(GOLDEN, 'unet/manifest.json'), 'utf8')) as
-    { timestep: number; attention: { layers: { shape: number[] }[] } };
+  const unetManifest = JSON.parse(fs.readFileSync(path.join(GOLDEN, 'unet/manifest.json'), 'utf8')) as {
+    timestep: number;
+    attention: { layers: { shape: number[] }[] };
+  };
   const tsDims = v.timestep.shape;
-  const timestep = v.timestep.dtype === 'int64'
-    ? new ort.Tensor('int64', BigInt64Array.of(BigInt(unetManifest.timestep)), tsDims)
-    : new ort.Tensor('float32', Float32Array.of(unetManifest.timestep), tsDims);
+  const timestep =
+    v.timestep.dtype === 'int64'
+      ? new ort.Tensor('int64', BigInt64Array.of(BigInt(unetManifest.timestep)), tsDims)
+      : new ort.Tensor('float32', Float32Array.of(unetManifest.timestep), tsDims);
   const feeds = {
     sample: new ort.Tensor('float32', Float32Array.from(sample.data as Float32Array), sample.shape),
     timestep,
@@ -73,34 +88,39 @@ const cotangentsFor = (c: LossCase, maps: string[], shapes: Map<string, { dims: 
 };
 
 for (const v of variants) {
-  test.serial(`${v.name}: VJP w.r.t. sample matches the PyTorch golden for every loss case (both designs)`, async (t) => {
-    const { model, loaded, feeds, shapes, maps, layers } = await setUp(v);
-    t.is(maps.length, layers.length, 'one attn2 Softmax per golden attention layer');
-    maps.forEach((m, i) => t.deepEqual(shapes.get(m)!.dims.slice(-2), layers[i].shape.slice(-2), `layer ${i} shape`));
-    const built = {
-      recompute: buildVjp(model, { wrt: 'sample', outputs: maps, shapes, design: 'recompute' }),
-      residuals: buildVjp(model, { wrt: 'sample', outputs: maps, shapes, design: 'residuals' }),
-    };
-    const runners = {
-      recompute: await runVjpGraphs(built.recompute, { baseDir: loaded.dir }),
-      residuals: await runVjpGraphs(built.residuals, { baseDir: loaded.dir }),
-    };
-    try {
-      for (const c of lossCases()) {
-        const golden = readNpy(path.join(GOLDEN, 'losses', c.gradSample)).data as Float64Array;
-        const cot = cotangentsFor(c, maps, shapes);
-        for (const design of ['recompute', 'residuals'] as const) {
-          const grad = await runners[design].run(cot, feeds);
-          const err = relativeL2(grad.data as Float32Array, golden);
-          t.log(`${c.name} (${design}): rel L2 vs float64 golden ${err.toExponential(2)}`);
-          t.true(err <= 1e-4, `${c.name} (${design}): rel L2 ${err.toExponential(3)}`);
+  test.serial(
+    `${v.name}: VJP w.r.t. sample matches the PyTorch golden for every loss case (both designs)`,
+    async (t) => {
+      const { model, loaded, feeds, shapes, maps, layers } = await setUp(v);
+      t.is(maps.length, layers.length, 'one attn2 Softmax per golden attention layer');
+      maps.forEach((m, i) => {
+        t.deepEqual(shapes.get(m)!.dims.slice(-2), layers[i].shape.slice(-2), `layer ${i} shape`);
+      });
+      const built = {
+        recompute: buildVjp(model, { wrt: 'sample', outputs: maps, shapes, design: 'recompute' }),
+        residuals: buildVjp(model, { wrt: 'sample', outputs: maps, shapes, design: 'residuals' }),
+      };
+      const runners = {
+        recompute: await runVjpGraphs(built.recompute, { baseDir: loaded.dir }),
+        residuals: await runVjpGraphs(built.residuals, { baseDir: loaded.dir }),
+      };
+      try {
+        for (const c of lossCases()) {
+          const golden = readNpy(path.join(GOLDEN, 'losses', c.gradSample)).data as Float64Array;
+          const cot = cotangentsFor(c, maps, shapes);
+          for (const design of ['recompute', 'residuals'] as const) {
+            const grad = await runners[design].run(cot, feeds);
+            const err = relativeL2(grad.data as Float32Array, golden);
+            t.log(`${c.name} (${design}): rel L2 vs float64 golden ${err.toExponential(2)}`);
+            t.true(err <= 1e-4, `${c.name} (${design}): rel L2 ${err.toExponential(3)}`);
+          }
         }
+      } finally {
+        await runners.recompute.release();
+        await runners.residuals.release();
       }
-    } finally {
-      await runners.recompute.release();
-      await runners.residuals.release();
-    }
-  });
+    },
+  );
 }
 
 test.serial('only the path from sample to the maps is differentiated; weights are shared by reference', async (t) => {
@@ -109,20 +129,50 @@ test.serial('only the path from sample to the maps is differentiated; weights ar
   const all = buildVjp(model, { wrt: 'sample', outputs: maps, shapes });
   const first = buildVjp(model, { wrt: 'sample', outputs: [maps[0]], shapes });
   // Shape arithmetic and the timestep/text paths are constants of the backward.
-  const constantOps = ['Shape', 'Gather', 'ConstantOfShape', 'Cast', 'Equal', 'Where', 'Expand', 'Cos', 'Sin', 'Unsqueeze', 'Concat', 'Gemm'];
+  const constantOps = [
+    'Shape',
+    'Gather',
+    'ConstantOfShape',
+    'Cast',
+    'Equal',
+    'Where',
+    'Expand',
+    'Cos',
+    'Sin',
+    'Unsqueeze',
+    'Concat',
+    'Gemm',
+  ];
   for (const op of constantOps.filter((o) => o !== 'Concat')) t.false(op in all.stats.opCounts, `${op} differentiated`);
-  t.true(first.stats.differentiatedNodes < all.stats.differentiatedNodes / 4, 'the first map needs only the first blocks');
-  t.true(first.stats.forwardNodes < all.stats.forwardNodes, 'recompute keeps only the forward nodes the backward reads');
+  t.true(
+    first.stats.differentiatedNodes < all.stats.differentiatedNodes / 4,
+    'the first map needs only the first blocks',
+  );
+  t.true(
+    first.stats.forwardNodes < all.stats.forwardNodes,
+    'recompute keeps only the forward nodes the backward reads',
+  );
   // Every source initializer in the VJP graph is the very same object (no weight copies), external refs intact.
   const src = new Set(model.graph!.initializer);
   const vjpInits = all.vjp!.graph!.initializer;
   const shared = vjpInits.filter((i) => src.has(i));
   t.true(shared.length > 100);
-  t.true(shared.some((i) => i.data_location === 1 && (i.external_data ?? []).some((e) => e.key === 'location' && e.value === 'weights.pb')));
+  t.true(
+    shared.some(
+      (i) =>
+        i.data_location === 1 && (i.external_data ?? []).some((e) => e.key === 'location' && e.value === 'weights.pb'),
+    ),
+  );
   const newInitBytes = vjpInits.filter((i) => !src.has(i)).reduce((s, i) => s + (i.raw_data?.byteLength ?? 0), 0);
   t.true(newInitBytes < 1 << 20, `new constants total ${newInitBytes} bytes`);
-  t.deepEqual(all.vjp!.graph!.output.map((o) => o.name), ['grad_sample']);
-  t.deepEqual(all.vjp!.graph!.input.map((o) => o.name), ['sample', 'timestep', 'encoder_hidden_states', ...maps.map((m) => `grad_${m}`)]);
+  t.deepEqual(
+    all.vjp!.graph!.output.map((o) => o.name),
+    ['grad_sample'],
+  );
+  t.deepEqual(
+    all.vjp!.graph!.input.map((o) => o.name),
+    ['sample', 'timestep', 'encoder_hidden_states', ...maps.map((m) => `grad_${m}`)],
+  );
 });
 
 test.serial('an output that does not depend on wrt gives an exactly zero gradient', async (t) => {
@@ -135,7 +185,10 @@ test.serial('an output that does not depend on wrt gives an exactly zero gradien
   const runner = await runVjpGraphs(built, { baseDir: loaded.dir });
   try {
     const d = shapes.get(textOnly)!.dims;
-    const g = await runner.run({ [textOnly]: new ort.Tensor('float32', new Float32Array(d.reduce((a, b) => a * b, 1)).fill(1), d) }, feeds);
+    const g = await runner.run(
+      { [textOnly]: new ort.Tensor('float32', new Float32Array(d.reduce((a, b) => a * b, 1)).fill(1), d) },
+      feeds,
+    );
     t.deepEqual(g.dims, [1, 4, 32, 32]);
     t.true((g.data as Float32Array).every((x) => x === 0));
   } finally {

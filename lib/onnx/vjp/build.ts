@@ -11,14 +11,31 @@
  *    'residuals' = the forward graph with extra outputs (the tensors the backward reads) + a backward graph.
  */
 import {
-  GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto, makeValueInfo, opsetVersion, tensorDims,
-  valueInfoDims, valueInfoElemType,
+  type GraphProto,
+  type ModelProto,
+  type NodeProto,
+  type TensorProto,
+  type ValueInfoProto,
+  makeValueInfo,
+  opsetVersion,
+  tensorDims,
+  valueInfoDims,
+  valueInfoElemType,
 } from '../proto';
 import { Emitter } from './emitter';
 import { ConstantFolder } from './fold';
-import { ConstTensor, DataType, NodeView, TensorInfo, dataTypeName, describe, isFloatType, numel } from './ir';
+import {
+  type ConstTensor,
+  DataType,
+  type NodeView,
+  type TensorInfo,
+  dataTypeName,
+  describe,
+  isFloatType,
+  numel,
+} from './ir';
 import { readConstTensor, toNodeProto, toTensorProto, viewNode } from './proto-adapter';
-import { DIFFERENTIABLE_INPUTS, NON_DIFFERENTIABLE_OPS, RULES, RuleContext } from './rules';
+import { DIFFERENTIABLE_INPUTS, NON_DIFFERENTIABLE_OPS, RULES, type RuleContext } from './rules';
 
 export type VjpDesign = 'recompute' | 'residuals';
 
@@ -66,7 +83,12 @@ export interface VjpResult {
 /** Name of the cotangent input for `output` and of the gradient output for `wrt`. */
 export const gradName = (tensor: string): string => `grad_${tensor}`;
 
-const BYTES: Record<number, number> = { [DataType.FLOAT]: 4, [DataType.DOUBLE]: 8, [DataType.FLOAT16]: 2, [DataType.INT64]: 8 };
+const BYTES: Record<number, number> = {
+  [DataType.FLOAT]: 4,
+  [DataType.DOUBLE]: 8,
+  [DataType.FLOAT16]: 2,
+  [DataType.INT64]: 8,
+};
 
 function checkOptions(model: ModelProto, options: VjpOptions): GraphProto {
   if (model === null || typeof model !== 'object' || model.graph == null) {
@@ -76,7 +98,11 @@ function checkOptions(model: ModelProto, options: VjpOptions): GraphProto {
   if (typeof options.wrt !== 'string' || options.wrt === '') {
     throw new TypeError(`buildVjp: expected a tensor name for options.wrt but received ${String(options.wrt)}`);
   }
-  if (!Array.isArray(options.outputs) || options.outputs.length === 0 || options.outputs.some((o) => typeof o !== 'string' || o === '')) {
+  if (
+    !Array.isArray(options.outputs) ||
+    options.outputs.length === 0 ||
+    options.outputs.some((o) => typeof o !== 'string' || o === '')
+  ) {
     throw new TypeError('buildVjp: expected a non-empty array of tensor names for options.outputs');
   }
   if (new Set(options.outputs).size !== options.outputs.length) {
@@ -86,11 +112,15 @@ function checkOptions(model: ModelProto, options: VjpOptions): GraphProto {
     throw new TypeError('buildVjp: expected a Map of static shapes for options.shapes (see inferStaticShapes)');
   }
   if (options.design !== undefined && options.design !== 'recompute' && options.design !== 'residuals') {
-    throw new RangeError(`buildVjp: expected 'recompute' or 'residuals' for options.design but received '${String(options.design)}'`);
+    throw new RangeError(
+      `buildVjp: expected 'recompute' or 'residuals' for options.design but received '${String(options.design)}'`,
+    );
   }
   const graph = model.graph;
   if (!graph.input.some((i) => i.name === options.wrt)) {
-    throw new RangeError(`buildVjp: options.wrt '${options.wrt}' is not an input of the graph (inputs: ${graph.input.map((i) => i.name).join(', ')})`);
+    throw new RangeError(
+      `buildVjp: options.wrt '${options.wrt}' is not an input of the graph (inputs: ${graph.input.map((i) => i.name).join(', ')})`,
+    );
   }
   return graph;
 }
@@ -103,7 +133,62 @@ export function buildVjp(model: ModelProto, options: VjpOptions): VjpResult {
   const opset = opsetVersion(model, '') ?? 1;
   if (opset < 11) throw new RangeError(`buildVjp: the model imports opset ${opset}; opset 11 or newer is required`);
 
-  // ---- index the source graph
+  const src = indexSource(model, graph, options.shapes);
+  const wrtInfo = checkTargets(src, wrt, outputs);
+  const activity = analyseActivity(src, wrt, outputs);
+  const bwd = emitBackward(src, activity, { wrt, outputs, opset, wrtInfo });
+  const asm = collectAssembly(src, bwd, wrt, outputs, wrtInfo);
+  const stats: VjpStats = {
+    design,
+    sourceNodes: src.nodes.length,
+    differentiatedNodes: Object.values(bwd.opCounts).reduce((a, b) => a + b, 0),
+    backwardNodes: bwd.e.nodes.length,
+    forwardNodes: 0,
+    residuals: 0,
+    residualBytes: 0,
+    residualNames: [],
+    unreachableOutputs: outputs.filter((o) => !activity.useful.has(o)),
+    opCounts: bwd.opCounts,
+    buildMs: 0,
+  };
+  if (design === 'recompute') {
+    const { vjp, forwardNodes } = assembleRecompute(src, asm);
+    stats.forwardNodes = forwardNodes;
+    stats.buildMs = performance.now() - t0;
+    return { vjp, stats };
+  }
+  const { forward, backward, forwardNodes, residualNames } = assembleResiduals(src, asm);
+  stats.forwardNodes = forwardNodes;
+  stats.residualNames = residualNames;
+  stats.residuals = residualNames.length;
+  stats.residualBytes = residualNames.reduce((sum, r) => {
+    const inf = src.info(r)!;
+    return sum + numel(inf.dims) * (BYTES[inf.elemType] ?? 4);
+  }, 0);
+  stats.buildMs = performance.now() - t0;
+  return { forward, backward, stats };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The source graph, indexed once
+
+interface Source {
+  model: ModelProto;
+  graph: GraphProto;
+  nodes: NodeView[];
+  producer: Map<string, NodeView>;
+  inits: Map<string, TensorProto>;
+  inputNames: Set<string>;
+  /** Every tensor and node name in use: generated names avoid them. */
+  taken: Set<string>;
+  /** The static shapes passed in (options.shapes). */
+  shapes: Map<string, TensorInfo>;
+  /** Element type and dims of a tensor: options.shapes, else the declared graph inputs and initializers. */
+  info: (name: string) => TensorInfo | undefined;
+  folder: ConstantFolder;
+}
+
+function indexSource(model: ModelProto, graph: GraphProto, shapes: Map<string, TensorInfo>): Source {
   const nodes = graph.node.map(viewNode);
   const producer = new Map<string, NodeView>();
   const taken = new Set<string>();
@@ -121,14 +206,15 @@ export function buildVjp(model: ModelProto, options: VjpOptions): VjpResult {
   for (const n of inputNames) taken.add(n);
   for (const o of graph.output) taken.add(o.name ?? '');
 
-  const extraInfo = new Map<string, TensorInfo>();
+  const declared = new Map<string, TensorInfo>();
   for (const vi of graph.input) {
     const et = valueInfoElemType(vi);
     const d = valueInfoDims(vi);
-    if (et !== undefined && d !== undefined && d.every((x) => typeof x === 'number')) extraInfo.set(vi.name ?? '', { elemType: et, dims: d as number[] });
+    if (et !== undefined && d?.every((x) => typeof x === 'number'))
+      declared.set(vi.name ?? '', { elemType: et, dims: d as number[] });
   }
-  for (const [name, t] of inits) extraInfo.set(name, { elemType: t.data_type ?? 0, dims: tensorDims(t) });
-  const info = (name: string): TensorInfo | undefined => options.shapes.get(name) ?? extraInfo.get(name);
+  for (const [name, t] of inits) declared.set(name, { elemType: t.data_type ?? 0, dims: tensorDims(t) });
+  const info = (name: string): TensorInfo | undefined => shapes.get(name) ?? declared.get(name);
   const constInit = new Map<string, ConstTensor | null>();
   const initValue = (name: string): ConstTensor | undefined => {
     const t = inits.get(name);
@@ -137,41 +223,78 @@ export function buildVjp(model: ModelProto, options: VjpOptions): VjpResult {
     return constInit.get(name) ?? undefined;
   };
   const folder = new ConstantFolder(producer, initValue, info);
+  return { model, graph, nodes, producer, inits, inputNames, taken, shapes, info, folder };
+}
 
-  const wrtInfo = info(wrt);
+/** Checks `wrt` (a float32/float64 tensor with a static shape) and `outputs` (produced, names free); `wrt`'s info. */
+function checkTargets(src: Source, wrt: string, outputs: string[]): TensorInfo {
+  const wrtInfo = src.info(wrt);
   if (!wrtInfo) throw new RangeError(`buildVjp: no static shape for '${wrt}'; pass it in options.shapes`);
   if (wrtInfo.elemType !== DataType.FLOAT && wrtInfo.elemType !== DataType.DOUBLE) {
     // fp16 is refused rather than silently computed in half precision: gradients of attention losses
     // underflow in fp16, and casting every differentiated op to fp32 would double the weights in memory.
-    throw new RangeError(`buildVjp: '${wrt}' is ${dataTypeName(wrtInfo.elemType)}; only float32 (or float64) models ` +
-      'can be differentiated. Use the float32 export of the UNet for guidance');
+    throw new RangeError(
+      `buildVjp: '${wrt}' is ${dataTypeName(wrtInfo.elemType)}; only float32 (or float64) models ` +
+        'can be differentiated. Use the float32 export of the UNet for guidance',
+    );
   }
-  const floatType = wrtInfo.elemType;
   for (const o of outputs) {
-    if (!producer.has(o) && !inputNames.has(o)) throw new RangeError(`buildVjp: options.outputs names '${o}', which no node produces`);
+    if (!src.producer.has(o) && !src.inputNames.has(o))
+      throw new RangeError(`buildVjp: options.outputs names '${o}', which no node produces`);
   }
-
   for (const name of [wrt, ...outputs].map(gradName)) {
-    if (taken.has(name)) throw new RangeError(`buildVjp: the model already has a tensor named '${name}', the name the VJP graph needs for a gradient`);
+    if (src.taken.has(name))
+      throw new RangeError(
+        `buildVjp: the model already has a tensor named '${name}', the name the VJP graph needs for a gradient`,
+      );
   }
+  return wrtInfo;
+}
 
-  // ---- 1. activity analysis
+// ---------------------------------------------------------------------------------------------------------------
+// 1. Activity
+
+interface Activity {
+  /** Tensors on a float path from `wrt` to a requested output. */
+  useful: Set<string>;
+  /** The nodes to differentiate, in reverse topological order. */
+  diffNodes: NodeView[];
+}
+
+// The rule tables are keyed by op type: look up own properties only, so that an op type such as 'constructor'
+// finds no rule instead of an Object.prototype member.
+
+/** Input slots through which a node's outputs depend differentiably on its inputs. */
+const diffSlots = (n: NodeView): number[] =>
+  Object.hasOwn(DIFFERENTIABLE_INPUTS, n.opType) ? DIFFERENTIABLE_INPUTS[n.opType] : n.inputs.map((_, i) => i);
+
+const hasRule = (n: NodeView): boolean => (n.domain === '' || n.domain === 'ai.onnx') && Object.hasOwn(RULES, n.opType);
+
+/** Float tensors that depend on `wrt` through differentiable inputs. */
+function activeTensors(src: Source, wrt: string): Set<string> {
   const active = new Set<string>([wrt]);
-  const diffSlots = (n: NodeView): number[] => DIFFERENTIABLE_INPUTS[n.opType] ?? n.inputs.map((_, i) => i);
-  for (const n of nodes) {
+  for (const n of src.nodes) {
     if (NON_DIFFERENTIABLE_OPS.has(n.opType)) continue;
     if (!diffSlots(n).some((i) => active.has(n.inputs[i]))) continue;
     for (const o of n.outputs) {
       if (!o) continue;
-      const inf = info(o);
-      if (!inf) throw new RangeError(`buildVjp: no static shape for '${o}' (output of ${describe(n)}); options.shapes must cover every tensor`);
+      const inf = src.info(o);
+      if (!inf)
+        throw new RangeError(
+          `buildVjp: no static shape for '${o}' (output of ${describe(n)}); options.shapes must cover every tensor`,
+        );
       if (isFloatType(inf.elemType)) active.add(o);
     }
   }
+  return active;
+}
+
+function analyseActivity(src: Source, wrt: string, outputs: string[]): Activity {
+  const active = activeTensors(src, wrt);
   const useful = new Set(outputs.filter((o) => active.has(o)));
   const diffNodes: NodeView[] = [];
-  for (let k = nodes.length - 1; k >= 0; k--) {
-    const n = nodes[k];
+  for (let k = src.nodes.length - 1; k >= 0; k--) {
+    const n = src.nodes[k];
     if (!n.outputs.some((o) => useful.has(o))) continue;
     if (NON_DIFFERENTIABLE_OPS.has(n.opType)) continue;
     const slots = diffSlots(n).filter((i) => active.has(n.inputs[i]));
@@ -180,156 +303,268 @@ export function buildVjp(model: ModelProto, options: VjpOptions): VjpResult {
     diffNodes.push(n); // reverse topological order
   }
   for (const n of diffNodes) {
-    if ((n.domain !== '' && n.domain !== 'ai.onnx') || !(n.opType in RULES)) {
-      throw new Error(`buildVjp: cannot differentiate ${describe(n)}${n.domain ? ` (domain ${n.domain})` : ''}: no gradient ` +
-        `rule for ${n.opType}; it lies on the path from '${wrt}' to the requested outputs`);
+    if (!hasRule(n)) {
+      throw new Error(
+        `buildVjp: cannot differentiate ${describe(n)}${n.domain ? ` (domain ${n.domain})` : ''}: no gradient ` +
+          `rule for ${n.opType}; it lies on the path from '${wrt}' to the requested outputs`,
+      );
     }
   }
+  return { useful, diffNodes };
+}
 
-  // ---- 2. backward pass
-  const e = new Emitter(opset, floatType, taken);
+// ---------------------------------------------------------------------------------------------------------------
+// 2. Backward pass
+
+interface Backward {
+  /** The emitted backward nodes and constants (dead code removed); its output is gradName(wrt). */
+  e: Emitter;
+  opCounts: Record<string, number>;
+}
+
+interface BackwardTargets {
+  wrt: string;
+  outputs: string[];
+  opset: number;
+  wrtInfo: TensorInfo;
+}
+
+function emitBackward(src: Source, act: Activity, t: BackwardTargets): Backward {
+  const e = new Emitter(t.opset, t.wrtInfo.elemType, src.taken);
+  // Gradient contributions per tensor, summed when a tensor is read several times.
   const grads = new Map<string, string[]>();
-  const push = (t: string, g: string) => {
-    const list = grads.get(t);
+  const push = (tensor: string, g: string) => {
+    const list = grads.get(tensor);
     if (list) list.push(g);
-    else grads.set(t, [g]);
+    else grads.set(tensor, [g]);
   };
-  for (const o of outputs) if (useful.has(o)) push(o, gradName(o));
+  for (const o of t.outputs) if (act.useful.has(o)) push(o, gradName(o));
   const opCounts: Record<string, number> = {};
-  for (const n of diffNodes) {
+  for (const n of act.diffNodes) {
     const gys = n.outputs.map((o) => {
-      const list = useful.has(o) ? grads.get(o) : undefined;
+      const list = act.useful.has(o) ? grads.get(o) : undefined;
       return list ? e.sum(list) : undefined;
     });
     if (gys.every((g) => g === undefined)) continue;
     opCounts[n.opType] = (opCounts[n.opType] ?? 0) + 1;
-    const ctx: RuleContext = {
-      node: n,
-      e,
-      opset,
-      info: (name) => {
-        const inf = info(name);
-        if (!inf) throw new RangeError(`buildVjp: no static shape for '${name}' (used by ${describe(n)})`);
-        return inf;
-      },
-      fold: (name) => folder.get(name),
-      needs: (i) => i < n.inputs.length && n.inputs[i] !== '' && useful.has(n.inputs[i]) && diffSlots(n).includes(i),
-      gy: (i) => gys[i],
-      addGrad: (i, g) => push(n.inputs[i], g),
-    };
-    RULES[n.opType](ctx);
+    RULES[n.opType](ruleContext(src, act, n, e, t.opset, gys, push));
   }
-  const finalName = gradName(wrt);
-  const gw = grads.get(wrt);
+  emitGradOutput(e, grads.get(t.wrt), gradName(t.wrt), t.wrtInfo);
+  e.removeDeadCode([gradName(t.wrt)]);
+  return { e, opCounts };
+}
+
+/** What an op's gradient rule sees of node `n`: shapes, folded constants, its output gradients, where to add. */
+function ruleContext(
+  src: Source,
+  act: Activity,
+  n: NodeView,
+  e: Emitter,
+  opset: number,
+  gys: Array<string | undefined>,
+  push: (tensor: string, g: string) => void,
+): RuleContext {
+  return {
+    node: n,
+    e,
+    opset,
+    info: (name) => {
+      const inf = src.info(name);
+      if (!inf) throw new RangeError(`buildVjp: no static shape for '${name}' (used by ${describe(n)})`);
+      return inf;
+    },
+    fold: (name) => src.folder.get(name),
+    needs: (i) => i < n.inputs.length && n.inputs[i] !== '' && act.useful.has(n.inputs[i]) && diffSlots(n).includes(i),
+    gy: (i) => gys[i],
+    addGrad: (i, g) => push(n.inputs[i], g),
+  };
+}
+
+/** The graph output `finalName`: the summed gradient of wrt, or zeros when no requested output depends on wrt. */
+function emitGradOutput(e: Emitter, gw: string[] | undefined, finalName: string, wrtInfo: TensorInfo): void {
   if (gw) {
-    e.nodes.push({ name: e.fresh('grad_output'), opType: 'Identity', inputs: [e.sum(gw)], outputs: [finalName], attrs: {} });
-  } else {
-    // No requested output depends on wrt: the gradient is exactly zero.
     e.nodes.push({
-      name: e.fresh('grad_output'), opType: 'ConstantOfShape', inputs: [e.constI64(wrtInfo.dims)], outputs: [finalName],
-      attrs: { value: { kind: 'tensor', value: { dataType: floatType, dims: [1], values: [0] } } },
+      name: e.fresh('grad_output'),
+      opType: 'Identity',
+      inputs: [e.sum(gw)],
+      outputs: [finalName],
+      attrs: {},
+    });
+  } else {
+    e.nodes.push({
+      name: e.fresh('grad_output'),
+      opType: 'ConstantOfShape',
+      inputs: [e.constI64(wrtInfo.dims)],
+      outputs: [finalName],
+      attrs: { value: { kind: 'tensor', value: { dataType: wrtInfo.elemType, dims: [1], values: [0] } } },
     });
   }
+}
 
-  e.removeDeadCode([finalName]);
+// ---------------------------------------------------------------------------------------------------------------
+// 3. Assembly
 
-  // ---- 3. assembly
-  const newNodes = e.nodes.map(toNodeProto);
-  const newInits = e.initializers.map(toTensorProto);
+/** What both designs assemble from: the emitted backward and the forward tensors it reads. */
+interface Assembly {
+  newNodes: NodeProto[];
+  newInits: TensorProto[];
+  /** Forward tensors the backward reads. */
+  reads: Set<string>;
+  cotangentInputs: ValueInfoProto[];
+  gradOutput: ValueInfoProto;
+}
+
+function collectAssembly(src: Source, bwd: Backward, wrt: string, outputs: string[], wrtInfo: TensorInfo): Assembly {
+  const { e } = bwd;
   const emitted = new Set<string>(e.initializers.map((t) => t.name));
   for (const n of e.nodes) for (const o of n.outputs) emitted.add(o);
   const cotangents = new Set(outputs.map(gradName));
-  // Forward tensors the backward reads.
   const reads = new Set<string>();
   for (const n of e.nodes) for (const i of n.inputs) if (i && !emitted.has(i) && !cotangents.has(i)) reads.add(i);
-
-  /** Source nodes (in source order) needed to compute `targets`, stopping at `stop` tensors. */
-  const closure = (targets: Iterable<string>, stop: (t: string) => boolean): NodeView[] => {
-    const need = new Set<NodeView>();
-    const stack = [...targets];
-    const seen = new Set<string>();
-    while (stack.length > 0) {
-      const t = stack.pop()!;
-      if (seen.has(t) || stop(t)) continue;
-      seen.add(t);
-      const p = producer.get(t);
-      if (!p || need.has(p)) continue;
-      need.add(p);
-      for (const i of p.inputs) if (i) stack.push(i);
-    }
-    return nodes.filter((n) => need.has(n));
-  };
-  const valueInfo = (name: string): ValueInfoProto => {
-    const inf = info(name);
-    if (!inf) throw new RangeError(`buildVjp: no static shape for '${name}'`);
-    return makeValueInfo(name, inf.elemType, inf.dims);
-  };
   const cotangentInputs = outputs.map((o) => {
-    const inf = info(o);
+    const inf = src.info(o);
     if (!inf) throw new RangeError(`buildVjp: no static shape for output '${o}'`);
     return makeValueInfo(gradName(o), inf.elemType, inf.dims);
   });
-  const gradOutput = makeValueInfo(finalName, floatType, wrtInfo.dims);
-  // The generated graphs bake in the static shapes, so their inputs declare them (no dim_params left).
-  const staticInput = (vi: ValueInfoProto): ValueInfoProto => {
-    const inf = options.shapes.get(vi.name ?? '');
-    return inf && valueInfoElemType(vi) !== undefined ? makeValueInfo(vi.name ?? '', inf.elemType, inf.dims) : vi;
+  return {
+    newNodes: e.nodes.map(toNodeProto),
+    newInits: e.initializers.map(toTensorProto),
+    reads,
+    cotangentInputs,
+    gradOutput: makeValueInfo(gradName(wrt), wrtInfo.elemType, wrtInfo.dims),
   };
-  /** Initializers referenced by `ns`, shared by reference with the source model. */
-  const usedInits = (ns: NodeProto[]): TensorProto[] => {
-    const used = new Set<string>();
-    for (const n of ns) for (const i of n.input) used.add(i);
-    return graph.initializer.filter((t) => used.has(t.name ?? ''));
-  };
-  const makeModel = (g: GraphProto): ModelProto => {
-    const m: ModelProto = {
-      ir_version: model.ir_version,
-      opset_import: model.opset_import,
-      producer_name: 'divbind-native vjp',
-      graph: g,
-    };
-    if (model.functions && model.functions.length > 0) m.functions = model.functions;
-    return m;
-  };
-  const stats: VjpStats = {
-    design, sourceNodes: nodes.length, differentiatedNodes: Object.values(opCounts).reduce((a, b) => a + b, 0),
-    backwardNodes: e.nodes.length, forwardNodes: 0, residuals: 0, residualBytes: 0, residualNames: [],
-    unreachableOutputs: outputs.filter((o) => !useful.has(o)), opCounts, buildMs: 0,
-  };
+}
 
-  if (design === 'recompute') {
-    const fwd = closure(reads, (t) => inits.has(t) || inputNames.has(t)).map((n) => n.source as NodeProto);
-    stats.forwardNodes = fwd.length;
-    const allNodes = [...fwd, ...newNodes];
-    const vjp = makeModel({
-      name: `${graph.name || 'graph'}_vjp`,
-      node: allNodes,
-      initializer: [...usedInits(fwd.concat(newNodes)), ...newInits],
-      input: [...graph.input.map(staticInput), ...cotangentInputs],
-      output: [gradOutput],
-      value_info: [],
-    });
-    stats.buildMs = performance.now() - t0;
-    return { vjp, stats };
+/** Source nodes (in source order) needed to compute `targets`, stopping at `stop` tensors. */
+function closure(src: Source, targets: Iterable<string>, stop: (t: string) => boolean): NodeView[] {
+  const need = new Set<NodeView>();
+  const stack = [...targets];
+  const seen = new Set<string>();
+  while (stack.length > 0) {
+    const t = stack.pop()!;
+    if (seen.has(t) || stop(t)) continue;
+    seen.add(t);
+    const p = src.producer.get(t);
+    if (!p || need.has(p)) continue;
+    need.add(p);
+    for (const i of p.inputs) if (i) stack.push(i);
   }
+  return src.nodes.filter((n) => need.has(n));
+}
 
-  // residuals: tensors that depend on a graph input are passed from the forward; constant chains are
-  // recomputed inside the backward (they are cheap and often tiny shape vectors).
-  const dynamic = new Set<string>([...inputNames].filter((n) => !inits.has(n)));
-  for (const n of nodes) if (n.inputs.some((i) => dynamic.has(i))) for (const o of n.outputs) dynamic.add(o);
-  const size = (t: string): number => numel(info(t)?.dims ?? []);
-  const isFloat = (t: string): boolean => isFloatType(info(t)?.elemType ?? 0);
-  // Attention probabilities are most of the residual bytes ([B·h, HW, HW] per self-attention layer) but are
-  // cheap to rebuild from q and k: a chain of same-size ops (Softmax, scaling, Reshape/Transpose) that starts
-  // at a MatMul whose operands are at least 4× smaller is recomputed in the backward instead of passed.
-  const recomputed = new Set<NodeView>();
-  const SAME_SIZE_OPS = new Set(['Softmax', 'Mul', 'Div', 'Add', 'Sub', 'Reshape', 'Transpose', 'Identity', 'Cast']);
+function valueInfoOf(src: Source, name: string): ValueInfoProto {
+  const inf = src.info(name);
+  if (!inf) throw new RangeError(`buildVjp: no static shape for '${name}'`);
+  return makeValueInfo(name, inf.elemType, inf.dims);
+}
+
+/** A graph input with its static dims: the generated graphs bake in the static shapes (no dim_params left). */
+function staticInput(src: Source, vi: ValueInfoProto): ValueInfoProto {
+  const inf = src.shapes.get(vi.name ?? '');
+  return inf && valueInfoElemType(vi) !== undefined ? makeValueInfo(vi.name ?? '', inf.elemType, inf.dims) : vi;
+}
+
+/** Initializers referenced by `ns`, shared by reference with the source model. */
+function usedInits(src: Source, ns: NodeProto[]): TensorProto[] {
+  const used = new Set<string>();
+  for (const n of ns) for (const i of n.input) used.add(i);
+  return src.graph.initializer.filter((t) => used.has(t.name ?? ''));
+}
+
+function makeModel(src: Source, g: GraphProto): ModelProto {
+  const m: ModelProto = {
+    ir_version: src.model.ir_version,
+    opset_import: src.model.opset_import,
+    producer_name: 'divbind-native vjp',
+    graph: g,
+  };
+  if (src.model.functions && src.model.functions.length > 0) m.functions = src.model.functions;
+  return m;
+}
+
+/** 'recompute': one graph holding the forward nodes the backward reads, then the backward. */
+function assembleRecompute(src: Source, asm: Assembly): { vjp: ModelProto; forwardNodes: number } {
+  const fwd = closure(src, asm.reads, (t) => src.inits.has(t) || src.inputNames.has(t)).map(
+    (n) => n.source as NodeProto,
+  );
+  const vjp = makeModel(src, {
+    name: `${src.graph.name || 'graph'}_vjp`,
+    node: [...fwd, ...asm.newNodes],
+    initializer: [...usedInits(src, fwd.concat(asm.newNodes)), ...asm.newInits],
+    input: [...src.graph.input.map((vi) => staticInput(src, vi)), ...asm.cotangentInputs],
+    output: [asm.gradOutput],
+    value_info: [],
+  });
+  return { vjp, forwardNodes: fwd.length };
+}
+
+interface ResidualGraphs {
+  forward: ModelProto;
+  backward: ModelProto;
+  forwardNodes: number;
+  residualNames: string[];
+}
+
+/**
+ * 'residuals': the forward graph with the tensors the backward reads as extra outputs, and a backward graph.
+ * Tensors that depend on a graph input are passed from the forward; constant chains are recomputed inside the
+ * backward (they are cheap and often tiny shape vectors), and so are the large attention probabilities.
+ */
+function assembleResiduals(src: Source, asm: Assembly): ResidualGraphs {
+  const { graph } = src;
+  const dynamic = dynamicTensors(src);
+  const recomputed = recomputedChains(src, asm.reads, dynamic);
+  const { needed, residualNames, foldedConsts, staticReads } = splitReads(src, asm.reads, recomputed, dynamic);
+  const inputReads = graph.input.filter((vi) => needed.has(vi.name ?? '') && !src.inits.has(vi.name ?? ''));
+  const constNodes = closure(src, staticReads, (t) => src.inits.has(t)).map((n) => n.source as NodeProto);
+  const recomputedNodes = src.nodes.filter((n) => recomputed.has(n)).map((n) => n.source as NodeProto);
+  const existingOutputs = new Set(graph.output.map((o) => o.name ?? ''));
+  const newOutputs = residualNames.filter((r) => !existingOutputs.has(r)).map((r) => valueInfoOf(src, r));
+  const forward = makeModel(src, {
+    ...graph,
+    input: graph.input.map((vi) => staticInput(src, vi)),
+    output: [...graph.output, ...newOutputs],
+  } as GraphProto);
+  const bwdNodes = [...constNodes, ...recomputedNodes, ...asm.newNodes];
+  const backward = makeModel(src, {
+    name: `${graph.name || 'graph'}_backward`,
+    node: bwdNodes,
+    initializer: [...usedInits(src, bwdNodes), ...foldedConsts, ...asm.newInits],
+    input: [
+      ...inputReads.map((vi) => staticInput(src, vi)),
+      ...residualNames.map((r) => valueInfoOf(src, r)),
+      ...asm.cotangentInputs,
+    ],
+    output: [asm.gradOutput],
+    value_info: [],
+  });
+  return { forward, backward, forwardNodes: constNodes.length + recomputedNodes.length, residualNames };
+}
+
+/** Tensors that depend on a (non-initializer) graph input. */
+function dynamicTensors(src: Source): Set<string> {
+  const dynamic = new Set<string>([...src.inputNames].filter((n) => !src.inits.has(n)));
+  for (const n of src.nodes) if (n.inputs.some((i) => dynamic.has(i))) for (const o of n.outputs) dynamic.add(o);
+  return dynamic;
+}
+
+const SAME_SIZE_OPS = new Set(['Softmax', 'Mul', 'Div', 'Add', 'Sub', 'Reshape', 'Transpose', 'Identity', 'Cast']);
+
+/**
+ * Forward nodes the backward recomputes instead of receiving their outputs. Attention probabilities are most of the
+ * residual bytes ([B·h, HW, HW] per self-attention layer) but are cheap to rebuild from q and k: a chain of same-size
+ * ops (Softmax, scaling, Reshape/Transpose) that starts at a MatMul whose operands are at least 4× smaller is
+ * recomputed in the backward instead of passed.
+ */
+function recomputedChains(src: Source, reads: Set<string>, dynamic: Set<string>): Set<NodeView> {
+  const size = (t: string): number => numel(src.info(t)?.dims ?? []);
+  const isFloat = (t: string): boolean => isFloatType(src.info(t)?.elemType ?? 0);
   const chainFrom = (t: string): NodeView[] | undefined => {
     const chain: NodeView[] = [];
     let cur = t;
     for (let depth = 0; depth < 8; depth++) {
-      const p = producer.get(cur);
-      if (!p || p.outputs.length !== 1 || (p.domain !== '' && p.domain !== 'ai.onnx')) return undefined;
+      const p = src.producer.get(cur);
+      if (p?.outputs.length !== 1 || (p.domain !== '' && p.domain !== 'ai.onnx')) return undefined;
       chain.push(p);
       if (p.opType === 'MatMul') {
         const operands = p.inputs.reduce((sum, i) => sum + size(i), 0);
@@ -342,10 +577,27 @@ export function buildVjp(model: ModelProto, options: VjpOptions): VjpResult {
     }
     return undefined;
   };
+  const recomputed = new Set<NodeView>();
   for (const t of reads) {
-    if (!dynamic.has(t) || inputNames.has(t)) continue;
+    if (!dynamic.has(t) || src.inputNames.has(t)) continue;
     for (const n of chainFrom(t) ?? []) recomputed.add(n);
   }
+  return recomputed;
+}
+
+interface SplitReads {
+  /** Every tensor the backward graph reads from outside itself. */
+  needed: Set<string>;
+  /** Dynamic tensors passed from the forward graph, in the order of the backward's inputs. */
+  residualNames: string[];
+  /** Integer side values folded to constants. */
+  foldedConsts: TensorProto[];
+  /** Tensors computable from initializers alone (their nodes are copied into the backward). */
+  staticReads: string[];
+}
+
+/** Sorts the backward's reads into residuals, folded constants and constant chains to copy. */
+function splitReads(src: Source, reads: Set<string>, recomputed: Set<NodeView>, dynamic: Set<string>): SplitReads {
   const recomputedOut = new Set<string>();
   for (const n of recomputed) for (const o of n.outputs) recomputedOut.add(o);
   const needed = new Set<string>([...reads]);
@@ -354,41 +606,15 @@ export function buildVjp(model: ModelProto, options: VjpOptions): VjpResult {
   const foldedConsts: TensorProto[] = [];
   const staticReads: string[] = [];
   for (const t of needed) {
-    if (recomputedOut.has(t) || inputNames.has(t) || inits.has(t)) continue;
+    if (recomputedOut.has(t) || src.inputNames.has(t) || src.inits.has(t)) continue;
     if (!dynamic.has(t)) {
       staticReads.push(t);
       continue;
     }
     // Integer side values of recomputed nodes (reshape targets from Shape chains) fold to constants.
-    const v = isFloat(t) ? undefined : folder.get(t);
+    const v = isFloatType(src.info(t)?.elemType ?? 0) ? undefined : src.folder.get(t);
     if (v) foldedConsts.push(toTensorProto({ ...v, name: t }));
     else residualNames.push(t);
   }
-  const inputReads = graph.input.filter((vi) => needed.has(vi.name ?? '') && !inits.has(vi.name ?? ''));
-  const constNodes = closure(staticReads, (t) => inits.has(t)).map((n) => n.source as NodeProto);
-  const recomputedNodes = nodes.filter((n) => recomputed.has(n)).map((n) => n.source as NodeProto);
-  stats.forwardNodes = constNodes.length + recomputedNodes.length;
-  stats.residualNames = residualNames;
-  stats.residuals = residualNames.length;
-  stats.residualBytes = residualNames.reduce((s, r) => {
-    const inf = info(r)!;
-    return s + numel(inf.dims) * (BYTES[inf.elemType] ?? 4);
-  }, 0);
-  const existingOutputs = new Set(graph.output.map((o) => o.name ?? ''));
-  const forward = makeModel({
-    ...graph,
-    input: graph.input.map(staticInput),
-    output: [...graph.output, ...residualNames.filter((r) => !existingOutputs.has(r)).map(valueInfo)],
-  } as GraphProto);
-  const bwdNodes = [...constNodes, ...recomputedNodes, ...newNodes];
-  const backward = makeModel({
-    name: `${graph.name || 'graph'}_backward`,
-    node: bwdNodes,
-    initializer: [...usedInits(bwdNodes), ...foldedConsts, ...newInits],
-    input: [...inputReads.map(staticInput), ...residualNames.map(valueInfo), ...cotangentInputs],
-    output: [gradOutput],
-    value_info: [],
-  });
-  stats.buildMs = performance.now() - t0;
-  return { forward, backward, stats };
+  return { needed, residualNames, foldedConsts, staticReads };
 }

@@ -3,7 +3,7 @@
  * signature changed between opsets (ReduceSum axes input since 13, ReduceMean axes input since 18,
  * Squeeze/Unsqueeze axes input since 13, Split sizes input since 13).
  */
-import { AttrValue, DataType, NewNode, NewTensor, attr, sameDims } from './ir';
+import { type AttrValue, DataType, type NewNode, type NewTensor, attr, sameDims } from './ir';
 
 export class Emitter {
   readonly nodes: NewNode[] = [];
@@ -21,8 +21,12 @@ export class Emitter {
    * @param floatType element type of the gradient path (FLOAT or DOUBLE)
    * @param taken   every name already used by the source model, so new names never collide
    */
-  constructor(readonly opset: number, readonly floatType: number, private readonly taken: Set<string>,
-    private readonly prefix = 'vjp') {}
+  constructor(
+    readonly opset: number,
+    readonly floatType: number,
+    private readonly taken: Set<string>,
+    private readonly prefix = 'vjp',
+  ) {}
 
   /** A fresh tensor/node name derived from `hint`. */
   fresh(hint: string): string {

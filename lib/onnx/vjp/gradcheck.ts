@@ -4,20 +4,28 @@
  * Used by the tests and available to users who want to validate a model before guiding with it.
  */
 import * as ort from 'onnxruntime-node';
-import { ModelProto, encodeModel, makeValueInfo } from '../proto';
-import { VjpDesign, buildVjp, gradName } from './build';
-import { DataType, TensorInfo } from './ir';
+import { type ModelProto, encodeModel, makeValueInfo } from '../proto';
+import { type VjpDesign, buildVjp, gradName } from './build';
+import { DataType, type TensorInfo } from './ir';
 
 const ORT_TO_ONNX: Record<string, number> = {
-  float32: DataType.FLOAT, float64: DataType.DOUBLE, float16: DataType.FLOAT16, int64: DataType.INT64,
-  int32: DataType.INT32, int8: DataType.INT8, uint8: DataType.UINT8, bool: DataType.BOOL,
+  float32: DataType.FLOAT,
+  float64: DataType.DOUBLE,
+  float16: DataType.FLOAT16,
+  int64: DataType.INT64,
+  int32: DataType.INT32,
+  int8: DataType.INT8,
+  uint8: DataType.UINT8,
+  bool: DataType.BOOL,
 };
 
 export type Feeds = Record<string, ort.Tensor>;
 
 /** Creates an ORT session from an in-memory model. */
-export async function sessionFor(model: ModelProto,
-  options: ort.InferenceSession.SessionOptions = { graphOptimizationLevel: 'basic' }): Promise<ort.InferenceSession> {
+export async function sessionFor(
+  model: ModelProto,
+  options: ort.InferenceSession.SessionOptions = { graphOptimizationLevel: 'basic' },
+): Promise<ort.InferenceSession> {
   return ort.InferenceSession.create(encodeModel(model), { intraOpNumThreads: 1, interOpNumThreads: 1, ...options });
 }
 
@@ -29,8 +37,16 @@ export async function shapesByRunning(model: ModelProto, feeds: Feeds): Promise<
   const graph = model.graph!;
   const known = new Set(graph.output.map((o) => o.name ?? ''));
   const extra: string[] = [];
-  for (const n of graph.node) for (const o of n.output) if (o && !known.has(o)) { known.add(o); extra.push(o); }
-  const probe: ModelProto = { ...model, graph: { ...graph, output: [...graph.output, ...extra.map((o) => makeValueInfo(o))] } };
+  for (const n of graph.node)
+    for (const o of n.output)
+      if (o && !known.has(o)) {
+        known.add(o);
+        extra.push(o);
+      }
+  const probe: ModelProto = {
+    ...model,
+    graph: { ...graph, output: [...graph.output, ...extra.map((o) => makeValueInfo(o))] },
+  };
   const session = await sessionFor(probe, { graphOptimizationLevel: 'disabled' });
   try {
     const out = await session.run(feeds);
@@ -39,7 +55,8 @@ export async function shapesByRunning(model: ModelProto, feeds: Feeds): Promise<
       const elemType = ORT_TO_ONNX[t.type];
       if (elemType !== undefined) shapes.set(name, { elemType, dims: [...t.dims] });
     }
-    for (const [name, t] of Object.entries(feeds)) shapes.set(name, { elemType: ORT_TO_ONNX[t.type], dims: [...t.dims] });
+    for (const [name, t] of Object.entries(feeds))
+      shapes.set(name, { elemType: ORT_TO_ONNX[t.type], dims: [...t.dims] });
     return shapes;
   } finally {
     await session.release();
@@ -95,8 +112,15 @@ function makeLike(t: ort.Tensor, data: Float64Array): ort.Tensor {
 }
 
 /** Runs the VJP (either design) for the given cotangents; returns grad_<wrt>. */
-export async function runVjp(model: ModelProto, feeds: Feeds, wrt: string, outputs: string[],
-  cot: Record<string, ort.Tensor>, shapes: Map<string, TensorInfo>, design: VjpDesign = 'recompute') {
+export async function runVjp(
+  model: ModelProto,
+  feeds: Feeds,
+  wrt: string,
+  outputs: string[],
+  cot: Record<string, ort.Tensor>,
+  shapes: Map<string, TensorInfo>,
+  design: VjpDesign = 'recompute',
+) {
   const built = buildVjp(model, { wrt, outputs, shapes, design });
   if (design === 'recompute') {
     const s = await sessionFor(built.vjp!);
@@ -126,7 +150,7 @@ export async function runVjp(model: ModelProto, feeds: Feeds, wrt: string, outpu
 }
 
 export async function gradCheck(o: GradCheckOptions): Promise<GradCheckResult> {
-  const shapes = o.shapes ?? await shapesByRunning(o.model, o.feeds);
+  const shapes = o.shapes ?? (await shapesByRunning(o.model, o.feeds));
   const r = rng(o.seed ?? 1234);
   const cot: Record<string, ort.Tensor> = {};
   const cot64: Record<string, Float64Array> = {};
@@ -138,7 +162,10 @@ export async function gradCheck(o: GradCheckOptions): Promise<GradCheckResult> {
     const v = given ? Float64Array.from(given) : Float64Array.from({ length: n }, () => 2 * r() - 1);
     // Round the cotangent to the model's precision so the FD objective uses exactly what the VJP sees.
     cot64[name] = inf.elemType === DataType.DOUBLE ? v : Float64Array.from(Float32Array.from(v));
-    cot[name] = inf.elemType === DataType.DOUBLE ? new ort.Tensor('float64', v, inf.dims) : new ort.Tensor('float32', Float32Array.from(v), inf.dims);
+    cot[name] =
+      inf.elemType === DataType.DOUBLE
+        ? new ort.Tensor('float64', v, inf.dims)
+        : new ort.Tensor('float32', Float32Array.from(v), inf.dims);
   }
   const { grad, stats } = await runVjp(o.model, o.feeds, o.wrt, o.outputs, cot, shapes, o.design);
   const analytic = Float64Array.from(grad.data as Float32Array | Float64Array);

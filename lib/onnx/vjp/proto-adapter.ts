@@ -3,10 +3,19 @@
  * small constants; turns emitted nodes and constants back into NodeProto/TensorProto.
  */
 import {
-  AttributeProto, AttributeType, DataLocation, Int64, NodeProto, TensorProto, attr as pattr, makeNode, makeTensor,
-  readTensor, tensorDims,
+  type AttributeProto,
+  AttributeType,
+  DataLocation,
+  type Int64,
+  type NodeProto,
+  type TensorProto,
+  attr as pattr,
+  makeNode,
+  makeTensor,
+  readTensor,
+  tensorDims,
 } from '../proto';
-import { AttrValue, ConstTensor, DataType, NewNode, NewTensor, NodeView, numel } from './ir';
+import { type AttrValue, type ConstTensor, DataType, type NewNode, type NewTensor, type NodeView, numel } from './ir';
 
 /** Tensors above this size are never read as constants (weights are only referenced, never copied). */
 const MAX_CONST_ELEMENTS = 1 << 16;
@@ -34,15 +43,22 @@ export function readConstTensor(t: TensorProto): ConstTensor | undefined {
 
 function readAttr(a: AttributeProto): AttrValue {
   switch (a.type) {
-    case AttributeType.INT: return { kind: 'int', value: lenient(a.i) };
-    case AttributeType.INTS: return { kind: 'ints', value: (a.ints ?? []).map(lenient) };
-    case AttributeType.FLOAT: return { kind: 'float', value: a.f ?? 0 };
-    case AttributeType.FLOATS: return { kind: 'floats', value: [...(a.floats ?? [])] };
-    case AttributeType.STRING: return { kind: 'string', value: Buffer.from(a.s ?? new Uint8Array(0)).toString('utf8') };
+    case AttributeType.INT:
+      return { kind: 'int', value: lenient(a.i) };
+    case AttributeType.INTS:
+      return { kind: 'ints', value: (a.ints ?? []).map(lenient) };
+    case AttributeType.FLOAT:
+      return { kind: 'float', value: a.f ?? 0 };
+    case AttributeType.FLOATS:
+      return { kind: 'floats', value: [...(a.floats ?? [])] };
+    case AttributeType.STRING:
+      return { kind: 'string', value: Buffer.from(a.s ?? new Uint8Array(0)).toString('utf8') };
     case AttributeType.STRINGS:
       return { kind: 'strings', value: (a.strings ?? []).map((s) => Buffer.from(s).toString('utf8')) };
-    case AttributeType.TENSOR: return { kind: 'tensor', value: a.t ? readConstTensor(a.t) : undefined };
-    default: return { kind: 'other' };
+    case AttributeType.TENSOR:
+      return { kind: 'tensor', value: a.t ? readConstTensor(a.t) : undefined };
+    default:
+      return { kind: 'other' };
   }
 }
 
@@ -62,12 +78,18 @@ export function viewNode(n: NodeProto): NodeView {
 
 function typed(dataType: number, values: number[]) {
   switch (dataType) {
-    case DataType.FLOAT: return Float32Array.from(values);
-    case DataType.DOUBLE: return Float64Array.from(values);
-    case DataType.INT64: return BigInt64Array.from(values, (v) => BigInt(Math.trunc(v)));
-    case DataType.INT32: return Int32Array.from(values);
-    case DataType.BOOL: return Uint8Array.from(values);
-    default: throw new Error(`internal: cannot build a constant of data type ${dataType}`);
+    case DataType.FLOAT:
+      return Float32Array.from(values);
+    case DataType.DOUBLE:
+      return Float64Array.from(values);
+    case DataType.INT64:
+      return BigInt64Array.from(values, (v) => BigInt(Math.trunc(v)));
+    case DataType.INT32:
+      return Int32Array.from(values);
+    case DataType.BOOL:
+      return Uint8Array.from(values);
+    default:
+      throw new Error(`internal: cannot build a constant of data type ${dataType}`);
   }
 }
 
@@ -79,17 +101,30 @@ export function toNodeProto(n: NewNode): NodeProto {
   const attributes: AttributeProto[] = [];
   for (const [name, a] of Object.entries(n.attrs)) {
     switch (a.kind) {
-      case 'int': attributes.push(pattr.int(name, a.value)); break;
-      case 'ints': attributes.push(pattr.ints(name, a.value)); break;
-      case 'float': attributes.push(pattr.float(name, a.value)); break;
-      case 'floats': attributes.push(pattr.floats(name, a.value)); break;
-      case 'string': attributes.push(pattr.string(name, a.value)); break;
-      case 'strings': attributes.push(pattr.strings(name, a.value)); break;
+      case 'int':
+        attributes.push(pattr.int(name, a.value));
+        break;
+      case 'ints':
+        attributes.push(pattr.ints(name, a.value));
+        break;
+      case 'float':
+        attributes.push(pattr.float(name, a.value));
+        break;
+      case 'floats':
+        attributes.push(pattr.floats(name, a.value));
+        break;
+      case 'string':
+        attributes.push(pattr.string(name, a.value));
+        break;
+      case 'strings':
+        attributes.push(pattr.strings(name, a.value));
+        break;
       case 'tensor':
         if (!a.value) throw new Error(`internal: empty tensor attribute ${name}`);
         attributes.push(pattr.tensor(name, toTensorProto({ ...a.value, name: '' })));
         break;
-      default: throw new Error(`internal: cannot write attribute ${name}`);
+      default:
+        throw new Error(`internal: cannot write attribute ${name}`);
     }
   }
   return makeNode(n.opType, n.inputs, n.outputs, { name: n.name, attributes });

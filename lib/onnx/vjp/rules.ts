@@ -4,10 +4,20 @@
  * referenced by name (recomputed or fed as residuals by the builder); shapes are the static shapes.
  * Notation in comments: y = op(x…), gy = ∂L/∂y, gx = ∂L/∂x.
  */
-import { Emitter } from './emitter';
+import type { Emitter } from './emitter';
 import { clampSlice } from './fold';
 import {
-  AttrValue, ConstTensor, DataType, NodeView, TensorInfo, attr, attrFloat, attrInt, attrInts, attrString, describe,
+  type AttrValue,
+  type ConstTensor,
+  DataType,
+  type NodeView,
+  type TensorInfo,
+  attr,
+  attrFloat,
+  attrInt,
+  attrInts,
+  attrString,
+  describe,
   numel,
 } from './ir';
 
@@ -63,7 +73,10 @@ function reduceAxes(c: RuleContext, axesFromInput: boolean): number[] {
     const name = c.node.inputs[1];
     if (name !== undefined && name !== '') {
       const v = c.fold(name);
-      if (!v) throw new Error(`buildVjp: ${describe(c.node)} has a non-constant axes input '${name}'; only constant axes are supported`);
+      if (!v)
+        throw new Error(
+          `buildVjp: ${describe(c.node)} has a non-constant axes input '${name}'; only constant axes are supported`,
+        );
       axes = v.values;
     }
   } else {
@@ -130,7 +143,7 @@ function normBackward(c: RuleContext, x: string, axes: number[], eps: number, sc
 /** Whether tensor `name` is a constant whose every element is 1. */
 function allOnes(c: RuleContext, name: string): boolean {
   const v = c.fold(name);
-  return v !== undefined && v.values.every((x) => x === 1);
+  return v?.values.every((x) => x === 1) === true;
 }
 
 /** 2-D-or-more view of MatMul operands (numpy matmul promotion of 1-D operands). */
@@ -177,16 +190,18 @@ function gemmRule(c: RuleContext) {
   // y = α·A'·B' + β·C with A' = transA ? Aᵀ : A, B' = transB ? Bᵀ : B.
   if (c.needs(0)) {
     // gA' = α·gy·B'ᵀ; when transA, gA = (gA')ᵀ = α·B'·gyᵀ.
-    const ga = transA === 0
-      ? e.op1('Gemm', [gy, b], { alpha: attr.float(alpha), transB: attr.int(1 - transB) })
-      : e.op1('Gemm', [b, gy], { alpha: attr.float(alpha), transA: attr.int(transB), transB: attr.int(1) });
+    const ga =
+      transA === 0
+        ? e.op1('Gemm', [gy, b], { alpha: attr.float(alpha), transB: attr.int(1 - transB) })
+        : e.op1('Gemm', [b, gy], { alpha: attr.float(alpha), transA: attr.int(transB), transB: attr.int(1) });
     c.addGrad(0, ga);
   }
   if (c.needs(1)) {
     // gB' = α·A'ᵀ·gy; when transB, gB = (gB')ᵀ = α·gyᵀ·A'.
-    const gb = transB === 0
-      ? e.op1('Gemm', [a, gy], { alpha: attr.float(alpha), transA: attr.int(1 - transA) })
-      : e.op1('Gemm', [gy, a], { alpha: attr.float(alpha), transA: attr.int(1), transB: attr.int(transA) });
+    const gb =
+      transB === 0
+        ? e.op1('Gemm', [a, gy], { alpha: attr.float(alpha), transA: attr.int(1 - transA) })
+        : e.op1('Gemm', [gy, a], { alpha: attr.float(alpha), transA: attr.int(1), transB: attr.int(transA) });
     c.addGrad(1, gb);
   }
   if (c.node.inputs.length > 2 && c.node.inputs[2] !== '' && c.needs(2)) {
@@ -242,8 +257,11 @@ function convRule(c: RuleContext) {
     const outPad = xs.map((s, i) => s - ((ys[i] - 1) * strides[i] + (ks[i] - 1) * dil[i] + 1 - begin[i] - end[i]));
     if (outPad.some((p) => p < 0)) throw new Error(`internal: negative output_padding for ${describe(c.node)}`);
     const attrs: Record<string, AttrValue> = {
-      group: attr.int(group), strides: attr.ints(strides), dilations: attr.ints(dil),
-      pads: attr.ints([...begin, ...end]), kernel_shape: attr.ints(ks),
+      group: attr.int(group),
+      strides: attr.ints(strides),
+      dilations: attr.ints(dil),
+      pads: attr.ints([...begin, ...end]),
+      kernel_shape: attr.ints(ks),
     };
     if (outPad.some((p) => p !== 0)) attrs.output_padding = attr.ints(outPad);
     c.addGrad(0, e.op1('ConvTranspose', [gy, w], attrs));
@@ -255,11 +273,15 @@ function convRule(c: RuleContext) {
     const mg = yd[1] / group;
     const parts: string[] = [];
     for (let gi = 0; gi < group; gi++) {
-      const xg = group === 1 ? x : e.op1('Slice', [x, e.constI64([gi * cg]), e.constI64([(gi + 1) * cg]), e.constI64([1])]);
-      const gyg = group === 1 ? gy : e.op1('Slice', [gy, e.constI64([gi * mg]), e.constI64([(gi + 1) * mg]), e.constI64([1])]);
+      const xg =
+        group === 1 ? x : e.op1('Slice', [x, e.constI64([gi * cg]), e.constI64([(gi + 1) * cg]), e.constI64([1])]);
+      const gyg =
+        group === 1 ? gy : e.op1('Slice', [gy, e.constI64([gi * mg]), e.constI64([(gi + 1) * mg]), e.constI64([1])]);
       const perm = [1, 0, ...range(2, nd + 2)];
       const full = e.op1('Conv', [e.transpose(xg, perm), e.transpose(gyg, perm)], {
-        strides: attr.ints(dil), dilations: attr.ints(strides), pads: attr.ints([...begin, ...end]),
+        strides: attr.ints(dil),
+        dilations: attr.ints(strides),
+        pads: attr.ints([...begin, ...end]),
       });
       // The correlation can be longer than the kernel when the forward skipped trailing rows; cut to k.
       const cut = e.op1('Slice', [full, e.constI64(ks.map(() => 0)), e.constI64(ks), e.constI64(range(2, nd + 2))]);
@@ -292,7 +314,8 @@ function sliceRule(c: RuleContext) {
     ends = c.fold(endsN)?.values;
     axes = axesN !== undefined && axesN !== '' ? c.fold(axesN)?.values : undefined;
     steps = stepsN !== undefined && stepsN !== '' ? c.fold(stepsN)?.values : undefined;
-    const unfolded = (axesN !== undefined && axesN !== '' && !axes) || (stepsN !== undefined && stepsN !== '' && !steps);
+    const unfolded =
+      (axesN !== undefined && axesN !== '' && !axes) || (stepsN !== undefined && stepsN !== '' && !steps);
     if (!starts || !ends || unfolded) {
       // Parameters computed at run time: slice an iota of x's flat indices with the same parameters.
       // The index table is built at run time (Range) so no tensor of x's size is stored in the graph.
@@ -334,7 +357,9 @@ function sliceRule(c: RuleContext) {
 /** gx (shape xd) = zeros with gx.flat[idx[i]] = gy.flat[i]; idx are unique flat positions. */
 function scatterInto(c: RuleContext, xd: number[], idx: string, yd: number[]): string {
   const e = c.e;
-  const flat = e.op1('ScatterElements', [e.zeros([numel(xd)]), idx, e.reshape(gy0(c), yd, [numel(yd)])], { axis: attr.int(0) });
+  const flat = e.op1('ScatterElements', [e.zeros([numel(xd)]), idx, e.reshape(gy0(c), yd, [numel(yd)])], {
+    axis: attr.int(0),
+  });
   return e.reshape(flat, [numel(xd)], xd);
 }
 
@@ -356,7 +381,9 @@ function gatherRule(c: RuleContext) {
   if (c.info(indices).elemType !== DataType.INT64) id64 = e.op1('Cast', [indices], { to: attr.int(DataType.INT64) });
   const dConst = e.constI64([d], []);
   const wrapped = e.op1('Mod', [e.op1('Add', [e.reshape(id64, idd, [1, nIdx]), dConst]), dConst]);
-  const oneHot = e.op1('Cast', [e.op1('Equal', [e.constI64(range(0, d), [d, 1]), wrapped])], { to: attr.int(e.floatType) });
+  const oneHot = e.op1('Cast', [e.op1('Equal', [e.constI64(range(0, d), [d, 1]), wrapped])], {
+    to: attr.int(e.floatType),
+  });
   const g3 = e.reshape(gy0(c), yd, [pre, nIdx, post]);
   const gx3 = e.op1('MatMul', [oneHot, g3]);
   c.addGrad(0, e.reshape(gx3, [pre, d, post], xd));
@@ -376,15 +403,28 @@ function resizeRule(c: RuleContext) {
   // outputs per axis. round_prefer_floor picks the same source as floor when f ≤ 2 (i/f has fraction ≤ 0.5).
   const floorLike = nearestMode === 'floor' || (nearestMode === 'round_prefer_floor' && factors.every((f) => f <= 2));
   if (mode !== 'nearest' || ctm !== 'asymmetric' || !integral || !floorLike) {
-    throw new Error(`buildVjp: ${describe(c.node)} is not supported for differentiation: only mode 'nearest' with ` +
-      `coordinate_transformation_mode 'asymmetric', nearest_mode 'floor' and integer scale factors is (found mode ` +
-      `'${mode}', '${ctm}', '${nearestMode}', factors [${factors.map((f) => +f.toFixed(4)).join(', ')}])`);
+    throw new Error(
+      `buildVjp: ${describe(c.node)} is not supported for differentiation: only mode 'nearest' with ` +
+        `coordinate_transformation_mode 'asymmetric', nearest_mode 'floor' and integer scale factors is (found mode ` +
+        `'${mode}', '${ctm}', '${nearestMode}', factors [${factors.map((f) => +f.toFixed(4)).join(', ')}])`,
+    );
   }
   // gy [.., x_i·f_i, ..] → [.., x_i, f_i, ..] → sum the f axes.
   const split = xd.flatMap((v, i) => [v, factors[i]]);
   const g = e.reshape(gy0(c), yd, split);
-  const summed = e.reduceSum(g, xd.map((_, i) => 2 * i + 1).filter((a) => split[a] !== 1), false);
-  c.addGrad(0, e.reshape(summed, xd.flatMap((v, i) => (factors[i] === 1 ? [v, 1] : [v])), xd));
+  const summed = e.reduceSum(
+    g,
+    xd.map((_, i) => 2 * i + 1).filter((a) => split[a] !== 1),
+    false,
+  );
+  c.addGrad(
+    0,
+    e.reshape(
+      summed,
+      xd.flatMap((v, i) => (factors[i] === 1 ? [v, 1] : [v])),
+      xd,
+    ),
+  );
 }
 
 export const RULES: Record<string, Rule> = {
@@ -432,8 +472,10 @@ export const RULES: Record<string, Rule> = {
     const [a, b] = c.node.inputs;
     // y = a·s with a scalar s (attention scores × scale): remembered, so the MatMul rule before it applies s
     // to its own, smaller results instead of a pass over the scores.
-    const prod = (i: number, other: string) => (numel(inDims(c, 1 - i)) === 1 && sameShape(outDims(c), inDims(c, i))
-      ? c.e.scale(gy0(c), other) : c.e.unbroadcast(c.e.op1('Mul', [gy0(c), other]), outDims(c), inDims(c, i)));
+    const prod = (i: number, other: string) =>
+      numel(inDims(c, 1 - i)) === 1 && sameShape(outDims(c), inDims(c, i))
+        ? c.e.scale(gy0(c), other)
+        : c.e.unbroadcast(c.e.op1('Mul', [gy0(c), other]), outDims(c), inDims(c, i));
     if (c.needs(0)) c.addGrad(0, prod(0, b));
     if (c.needs(1)) c.addGrad(1, prod(1, a));
   },
@@ -493,7 +535,8 @@ export const RULES: Record<string, Rule> = {
     const r = xd.length;
     const axes = range(2, r);
     const eps = attrFloat(c.node, 'epsilon', 1e-5);
-    const scaleB = allOnes(c, c.node.inputs[1]) ? undefined
+    const scaleB = allOnes(c, c.node.inputs[1])
+      ? undefined
       : e.reshape(c.node.inputs[1], inDims(c, 1), [xd[1], ...new Array<number>(r - 2).fill(1)]);
     const { xh, gx } = normBackward(c, c.node.inputs[0], axes, eps, scaleB);
     if (gx) c.addGrad(0, gx);
@@ -537,7 +580,9 @@ export const RULES: Record<string, Rule> = {
     const r = inDims(c, 0).length;
     const perm = attrInts(c.node, 'perm') ?? range(0, r).reverse();
     const inv = new Array<number>(r);
-    perm.forEach((p, i) => { inv[p] = i; });
+    perm.forEach((p, i) => {
+      inv[p] = i;
+    });
     c.addGrad(0, c.e.transpose(gy0(c), inv));
   },
   Concat: (c) => {
@@ -573,14 +618,56 @@ export const RULES: Record<string, Rule> = {
 
 /** Inputs that carry values (not shapes, indices, conditions or parameters); others never get a gradient. */
 export const DIFFERENTIABLE_INPUTS: Record<string, number[]> = {
-  Reshape: [0], Expand: [0], Slice: [0], Gather: [0], Squeeze: [0], Unsqueeze: [0], Resize: [0], Split: [0],
-  ReduceSum: [0], ReduceMean: [0], Where: [1, 2], Pow: [0, 1], Dropout: [0], Tile: [0], Pad: [0], Flatten: [0],
-  Upsample: [0], OneHot: [], TopK: [0],
+  Reshape: [0],
+  Expand: [0],
+  Slice: [0],
+  Gather: [0],
+  Squeeze: [0],
+  Unsqueeze: [0],
+  Resize: [0],
+  Split: [0],
+  ReduceSum: [0],
+  ReduceMean: [0],
+  Where: [1, 2],
+  Pow: [0, 1],
+  Dropout: [0],
+  Tile: [0],
+  Pad: [0],
+  Flatten: [0],
+  Upsample: [0],
+  OneHot: [],
+  TopK: [0],
 };
 
 /** Ops whose outputs never carry a gradient (integer/boolean results, shape queries, random draws). */
 export const NON_DIFFERENTIABLE_OPS = new Set([
-  'Shape', 'Size', 'Equal', 'Greater', 'GreaterOrEqual', 'Less', 'LessOrEqual', 'Not', 'And', 'Or', 'Xor',
-  'ArgMax', 'ArgMin', 'NonZero', 'IsNaN', 'IsInf', 'Sign', 'Floor', 'Ceil', 'Round', 'ConstantOfShape', 'Constant',
-  'RandomNormal', 'RandomUniform', 'RandomNormalLike', 'RandomUniformLike', 'EyeLike', 'Range', 'OneHot',
+  'Shape',
+  'Size',
+  'Equal',
+  'Greater',
+  'GreaterOrEqual',
+  'Less',
+  'LessOrEqual',
+  'Not',
+  'And',
+  'Or',
+  'Xor',
+  'ArgMax',
+  'ArgMin',
+  'NonZero',
+  'IsNaN',
+  'IsInf',
+  'Sign',
+  'Floor',
+  'Ceil',
+  'Round',
+  'ConstantOfShape',
+  'Constant',
+  'RandomNormal',
+  'RandomUniform',
+  'RandomNormalLike',
+  'RandomUniformLike',
+  'EyeLike',
+  'Range',
+  'OneHot',
 ]);

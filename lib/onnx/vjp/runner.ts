@@ -4,9 +4,9 @@
  * session (which also yields the model's own outputs, e.g. the attention maps) and then the backward session
  * on the residuals + cotangents.
  */
-import * as ort from 'onnxruntime-node';
+import type * as ort from 'onnxruntime-node';
 import { createSessionFromModel } from '../model-io';
-import { VjpResult, gradName } from './build';
+import { type VjpResult, gradName } from './build';
 
 export type Feeds = Record<string, ort.Tensor>;
 
@@ -51,7 +51,8 @@ export async function runVjpGraphs(built: VjpResult, opts: VjpRunnerOptions = {}
       release: () => s.release(),
     };
   }
-  if (!built.forward || !built.backward) throw new TypeError('runVjpGraphs: the residuals result needs forward and backward models');
+  if (!built.forward || !built.backward)
+    throw new TypeError('runVjpGraphs: the residuals result needs forward and backward models');
   const fs = await createSessionFromModel(built.forward, sessionOptions, opts.baseDir);
   const bs = await createSessionFromModel(built.backward, sessionOptions, opts.baseDir);
   let last: { feeds: Feeds; outputs: Record<string, ort.Tensor> } | undefined;
