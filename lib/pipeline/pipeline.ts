@@ -8,18 +8,21 @@
  */
 import type { LossBackend, LossOptions } from '../loss/types';
 import { availableBackends } from '../loss/index';
-import { ClipTokenizer } from '../tokenizer/clip';
+import { isDivbindError } from '../errors';
+import { checkComponentsAgree, openScheduler, openTokenizer } from '../model/components';
+import { readModelFolder, type ModelFolder } from '../model/folder';
+import type { PreparedInfo } from '../model/prepared';
+import { defaultImageSize, latentSize, resolveImageSize, sizeRule, type SizeRule } from '../model/size';
+import type { ClipTokenizer } from '../tokenizer/clip';
 import { fromConfig, type Scheduler, type SchedulerName } from '../schedulers/index';
 import { defaultThresholds, refinementCaps, stepSizes, type GuidanceMode, type RefinementCaps, type RefinementPreset } from './guidance';
 import { defaultModelDir } from './defaults';
-import { readModelFolder, type ModelFolder } from './model-folder';
 import { randnTorchCpu, readLatentsNpy } from './noise';
 import { type SessionOptions } from './ort';
-import { loadPreparedUnet, PreparedModelError, type PreparedInfo } from './prepared';
 import { sampleLatents, type StepEvent } from './sampler';
 import { TextEncoder } from './text-encoder';
 import { selectTokens, type SelectionSpec, type TokenSelection } from './token-selection';
-import { CfgUnet, OrtGuidedUnet, type UnetInputs } from './unet';
+import { CfgUnet, GuidedUnetsBySize, OrtGuidedUnet, type UnetInputs } from './unet';
 import { VaeDecoder } from './vae';
 import { attentionGrid, encodePng, imageFromDecoderOutput } from './image';
 import type { ort } from './ort';
@@ -30,11 +33,12 @@ export interface LoadOptions {
   /** onnxruntime session options for every model. */
   session?: SessionOptions;
   /**
-   * Prepare the UNet (instrumentation + VJP graph) when it is not prepared yet, instead of failing.
-   * Default: true for the bundled default model (a few seconds, once), false for a folder you pass.
+   * Prepare the UNet (instrumentation + VJP graph) for an image size when it is not prepared (or stale) yet,
+   * instead of failing. Default: true for the bundled default model (a few seconds, once per size), false for a
+   * folder you pass.
    */
   prepare?: boolean;
-  /** Where prepared graphs go when the model folder is read-only. */
+  /** Cache root for prepared graphs when the model folder is read-only (lib/model/cache.ts). */
   cacheDir?: string;
   /** Progress of loading / preparing. */
   onProgress?: (message: string) => void;
@@ -125,51 +129,76 @@ function finite(value: unknown, field: string): number {
 
 const MODES: readonly GuidanceMode[] = ['none', 'max', 'tv', 'tv_bind', 'tv_max'];
 
+/** Loads the three ONNX components, checked one by one and against each other; nothing stays open on failure. */
+async function loadComponents(folder: ModelFolder, session: SessionOptions | undefined, progress: (m: string) => void) {
+  const opened: Array<{ release(): Promise<void> }> = [];
+  try {
+    progress('loading text encoder');
+    const textEncoder = await TextEncoder.load(folder.textEncoderFile, session);
+    opened.push(textEncoder);
+    progress('loading UNet');
+    const unet = await CfgUnet.load(folder.unetFile, session);
+    opened.push(unet.session);
+    progress('loading VAE decoder');
+    const vae = await VaeDecoder.load(folder.vaeDecoderFile, session);
+    opened.push(vae);
+    checkComponentsAgree(folder, textEncoder.io, unet.inputs, vae.io);
+    return { textEncoder, unet, vae };
+  } catch (err) {
+    await Promise.all(opened.map((o) => o.release()));
+    throw err;
+  }
+}
+
 export class DivBindPipeline {
   private constructor(
     readonly folder: ModelFolder,
     readonly tokenizer: ClipTokenizer,
     private readonly textEncoder: TextEncoder,
     private readonly unet: { session: ort.InferenceSession; inputs: UnetInputs },
+    /** The guided UNet per image size (prepared sets, opened on first use). */
+    private readonly guidedBySize: GuidedUnetsBySize,
+    /** The guided UNet at the default size, when that size is prepared. */
     private readonly guided: OrtGuidedUnet | null,
+    /** The prepared set of the default size, or null. */
     readonly prepared: PreparedInfo | null,
     private readonly vae: VaeDecoder,
     private readonly scheduler: Scheduler,
-    /** Why guidance is unavailable (unprepared model), shown when a guided mode is requested. */
-    private readonly unpreparedReason: string | null,
+    /** Which image sizes the UNet runs, and its default (lib/model/size.ts). */
+    private readonly sizes: SizeRule,
   ) {}
 
   /**
-   * Loads a Stable Diffusion ONNX folder (default: the bundled model). Guided modes need the prepared UNet
-   * (`divbind-native prepare`).
+   * Loads a Stable Diffusion ONNX folder (default: the bundled model). Every component is checked here (a damaged,
+   * missing or misplaced file is a DivbindError naming it). Guided modes need the UNet prepared for the image size
+   * (`divbind-native prepare`); the default size's set is opened now, other sizes on first use.
    */
   static async load(modelDir?: string, options: LoadOptions = {}): Promise<DivBindPipeline> {
     const progress = options.onProgress ?? (() => {});
-    const isDefault = modelDir === undefined;
     const folder = readModelFolder(modelDir ?? defaultModelDir());
-    const tokenizer = ClipTokenizer.fromDirectory(folder.tokenizerDir);
-    progress('loading text encoder');
-    const textEncoder = await TextEncoder.load(folder.textEncoderFile, options.session);
-    progress('loading UNet');
-    const unet = await CfgUnet.load(folder.unetFile, options.session);
-    progress('loading VAE decoder');
-    const vae = await VaeDecoder.load(folder.vaeDecoderFile, options.session);
-    let guided: OrtGuidedUnet | null = null;
-    let prepared: PreparedInfo | null = null;
-    let unpreparedReason: string | null = null;
+    const tokenizer = openTokenizer(folder);
+    const scheduler = openScheduler(folder);
+    const { textEncoder, unet, vae } = await loadComponents(folder, options.session, progress);
+    const sizes = sizeRule(unet.inputs.sample.shape, folder.vaeScaleFactor);
+    const defaultSize = defaultImageSize(sizes);
+    const guidedBySize = new GuidedUnetsBySize(folder, {
+      prepare: options.prepare ?? modelDir === undefined, cacheDir: options.cacheDir, defaultSize, session: options.session, onProgress: progress,
+    });
+    let first: { unet: OrtGuidedUnet; prepared: PreparedInfo } | null = null;
     try {
-      prepared = await loadPreparedUnet(folder, { prepare: options.prepare ?? isDefault, cacheDir: options.cacheDir, onProgress: progress });
       progress('loading prepared UNet graphs');
-      guided = await OrtGuidedUnet.load(prepared.files, options.session, prepared.memoryExternalData);
+      first = await guidedBySize.get({ ...defaultSize, batch: 1 });
     } catch (err) {
-      if (!(err instanceof PreparedModelError)) throw err;
-      unpreparedReason = err.message;
+      // Plain SD still works; guided modes report this error when asked for.
+      if (!isDivbindError(err, 'MODEL_NOT_PREPARED') && !isDivbindError(err, 'MODEL_UNSUPPORTED')) {
+        await Promise.all([textEncoder.release(), unet.session.release(), vae.release()]);
+        throw err;
+      }
     }
-    const scheduler = fromConfig(folder.schedulerConfig);
-    return new DivBindPipeline(folder, tokenizer, textEncoder, unet, guided, prepared, vae, scheduler, unpreparedReason);
+    return new DivBindPipeline(folder, tokenizer, textEncoder, unet, guidedBySize, first?.unet ?? null, first?.prepared ?? null, vae, scheduler, sizes);
   }
 
-  /** Whether guided modes are available (the UNet is prepared). */
+  /** Whether guided modes are available at the default image size (the UNet is prepared for it). */
   get canGuide(): boolean {
     return this.guided !== null;
   }
@@ -181,9 +210,6 @@ export class DivBindPipeline {
     if (typeof options.prompt !== 'string') throw new TypeError(`Expected a string for prompt but received ${typeof options.prompt}`);
     const mode: GuidanceMode = options.mode ?? 'tv_bind';
     if (!MODES.includes(mode)) throw new RangeError(`Expected one of ${MODES.join(', ')} for mode but received ${JSON.stringify(mode)}`);
-    if (mode !== 'none' && !this.guided) {
-      throw new PreparedModelError(`mode '${mode}' needs the prepared UNet: ${this.unpreparedReason ?? 'not prepared'}`);
-    }
     const negativePrompt = options.negativePrompt ?? '';
     if (typeof negativePrompt !== 'string') throw new TypeError('Expected a string for negativePrompt');
     const guidanceScale = finite(options.guidanceScale ?? 7.5, 'guidanceScale');
@@ -193,6 +219,8 @@ export class DivBindPipeline {
     const [C, h, w] = latentDims;
     const height = h * this.folder.vaeScaleFactor;
     const width = w * this.folder.vaeScaleFactor;
+    // Guided modes need the UNet prepared for this size: its set is opened once (MODEL_NOT_PREPARED otherwise).
+    const guided = mode === 'none' ? null : (await this.guidedBySize.get({ height, width, batch: 1 })).unet;
     const maxIterToAlter = options.maxIterToAlter ?? 25;
     if (!Number.isInteger(maxIterToAlter) || maxIterToAlter < 0) throw new RangeError(`Expected a non-negative integer for maxIterToAlter but received ${maxIterToAlter}`);
     const scaleFactor = finite(options.scaleFactor ?? 20, 'scaleFactor');
@@ -266,8 +294,8 @@ export class DivBindPipeline {
       const initial = noise.subarray(n * perImage, (n + 1) * perImage).map((v) => v * scheduler.initNoiseSigma);
       const cfg = CfgUnet.bind(this.unet, latentDims, uncond.data, cond.data, textDims);
       const run = await sampleLatents(initial, n === 0 ? scheduler : (() => { const s = scheduler.clone(); s.setTimesteps(steps); return s; })(), cfg, guidanceScale,
-        mode === 'none' || !this.guided ? null : {
-          unet: this.guided,
+        guided === null ? null : {
+          unet: guided,
           cond: cond.data,
           settings: { mode, loss: lossOptions, lossBackend, maxIterToAlter, thresholds, caps, stepSizes: alphas },
         },
@@ -298,21 +326,11 @@ export class DivBindPipeline {
     };
   }
 
-  /** Latent dims [C, h, w] for a requested size, checked against the prepared graphs. */
+  /** Latent dims [C, h, w] for a requested size, checked against what the UNet export runs (lib/model/size.ts). */
   private latentDims(height?: number, width?: number): [number, number, number] {
-    const f = this.folder.vaeScaleFactor;
-    const prepared = this.prepared?.files.latentDims;
-    // Default size: the prepared graphs', else the UNet's static sample dims, else SD's 64×64 latent (512²).
-    const s = this.unet.inputs.sample.shape;
-    const dim = (k: number, dflt: number) => (typeof s[k] === 'number' && (s[k] as number) > 0 ? (s[k] as number) : dflt);
-    const base: [number, number, number] = prepared ?? [dim(1, 4), dim(2, 64), dim(3, 64)];
-    const hh = height === undefined ? base[1] * f : positiveInt(height, 'height', 4096);
-    const ww = width === undefined ? base[2] * f : positiveInt(width, 'width', 4096);
-    if (hh % f !== 0 || ww % f !== 0) throw new RangeError(`height and width must be multiples of ${f} (the VAE's scale factor) but received ${hh}×${ww}`);
-    if (prepared && (hh !== prepared[1] * f || ww !== prepared[2] * f)) {
-      throw new PreparedModelError(`the UNet is prepared for ${prepared[2] * f}×${prepared[1] * f} but ${ww}×${hh} was requested; run \`divbind-native prepare ${this.folder.dir} --height ${hh} --width ${ww}\``);
-    }
-    return [base[0], hh / f, ww / f];
+    const [h, w] = latentSize(resolveImageSize(this.sizes, height, width), this.sizes.factor);
+    const c = this.unet.inputs.sample.shape[1];
+    return [typeof c === 'number' && c > 0 ? c : 4, h, w];
   }
 
   private describe(o: GenerateOptions, mode: GuidanceMode, steps: number, guidanceScale: number, height: number, width: number, tokens: TokenSelection | null, image: number): Record<string, unknown> {
@@ -334,6 +352,6 @@ export class DivBindPipeline {
     await this.textEncoder.release();
     await this.unet.session.release();
     await this.vae.release();
-    if (this.guided) await this.guided.release();
+    await this.guidedBySize.release();
   }
 }

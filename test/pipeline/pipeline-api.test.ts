@@ -3,6 +3,7 @@
  * pipeline, cancellation, progress events, bad input.
  */
 import test from 'ava';
+import { DivbindError } from '../../lib/errors';
 import { DivBindPipeline, type GenerateOptions } from '../../lib/pipeline/pipeline';
 import type { StepEvent } from '../../lib/pipeline/sampler';
 import { preparedFixtureModel, removeDir } from './prepared-model';
@@ -72,8 +73,8 @@ test('bad input gives TypeError/RangeError naming the field', async (t) => {
   await t.throwsAsync(pipe.generate({ ...base, steps: 0 }), { instanceOf: RangeError, message: /steps/ });
   await t.throwsAsync(pipe.generate({ ...base, guidanceScale: Number.NaN }), { instanceOf: TypeError, message: /guidanceScale/ });
   await t.throwsAsync(pipe.generate({ ...base, mode: 'bogus' as never }), { instanceOf: RangeError, message: /mode/ });
-  await t.throwsAsync(pipe.generate({ ...base, height: 300 }), { message: /multiples of 8|prepared/ });
-  await t.throwsAsync(pipe.generate({ ...base, height: 512, width: 512 }), { name: 'PreparedModelError', message: /divbind-native prepare/ });
+  await t.throwsAsync(pipe.generate({ ...base, height: 300 }), { instanceOf: DivbindError, message: /multiple of 8/ });
+  await t.throwsAsync(pipe.generate({ ...base, height: 512, width: 512 }), { instanceOf: DivbindError, message: /exported for only 256×256/ });
   await t.throwsAsync(pipe.generate({ ...base, tokens: { objects: [60] } }), { instanceOf: RangeError, message: /objects\[0\]/ });
   await t.throwsAsync(pipe.generate({ ...base, latents: new Float32Array(7) }), { instanceOf: RangeError, message: /latents/ });
   await t.throwsAsync(pipe.generate({ ...base, refinement: 'fast' as never }), { instanceOf: RangeError, message: /refinement/ });
