@@ -90,5 +90,5 @@ export function cliPrepare(t: Teardown, dir: string, extra: string[] = []): { di
 export function cliGenerate(t: Teardown, dir: string, extra: string[] = []): CliResult {
   const out = tempDir(t, 'divbind-out-');
   return cli(t, ['generate', 'a red cat and a blue dog', '--model', dir, '--mode', 'tv', '--objects', 'cat,dog', '--steps', '1',
-    '--seed', '1', '--out', out, '--name', 'x', '-q', ...extra]);
+    '--seed', '1', '--out', out, '--name', 'x', '-q', '--threads', '1', ...extra]);
 }
