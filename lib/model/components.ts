@@ -33,8 +33,9 @@ function renamed(err: DivbindError, f: ModelFile, modelDirOfErr?: string): Divbi
   // loadModel names the absolute path; say it relative to the folder the user passed.
   const field = err.field !== undefined && modelDirOfErr !== undefined && err.field.startsWith(modelDirOfErr + path.sep)
     ? path.relative(modelDirOfErr, err.field).split(path.sep).join('/') : f.rel;
-  const code = f.code ?? err.code;
-  return new DivbindError(code, `${f.rel} cannot be used: ${err.message}`, { field, fix: f.fix, cause: err });
+  // A missing weights file is fixed by restoring that file, not the graph.
+  const fix = field !== f.rel && f.code === undefined ? restoreFix(field) : f.fix;
+  return new DivbindError(f.code ?? err.code, `${f.rel} cannot be used: ${err.message.replace(/\.$/, '')}`, { field, fix, cause: err });
 }
 
 /**

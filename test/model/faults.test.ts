@@ -99,7 +99,8 @@ test.serial('fault 8: missing external weights are MODEL_MISSING naming the weig
   fs.rmSync(path.join(dir, 'unet', 'model.onnx_data'));
   const err = await t.throwsAsync(DivBindPipeline.load(dir, { prepare: false }), { instanceOf: DivbindError });
   t.is((err as DivbindError | undefined)?.code, 'MODEL_MISSING');
-  t.regex(err?.message ?? '', /unet\/model\.onnx_data/);
+  t.is((err as DivbindError | undefined)?.field, 'unet/model.onnx_data');
+  t.regex(err?.message ?? '', /unet\/model\.onnx_data.*: restore unet\/model\.onnx_data from the model's export/s);
   const prep = cli(t, ['prepare', dir]);
   t.is(prep.status, 4, prep.stderr);
   t.regex(prep.stderr, /model\.onnx_data/);
