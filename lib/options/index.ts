@@ -9,7 +9,7 @@
 export { GENERATE_OPTIONS, GENERATE_OPTION_NAMES, GENERATE_LOSS_KEYS } from './definitions';
 export type { CheckedGenerateOptions, GenerateLossOptions, GenerateOptionName, GenerateOptions, OptionDefinition } from './definitions';
 export { checkGenerateOptions } from './check';
-export { buildScheduler, isGenerationPlan, resolveGenerationPlan } from './plan';
+export { buildScheduler, checkLossAgainstLayers, isGenerationPlan, resolveGenerationPlan } from './plan';
 export type { GenerationPlan, PlanContext } from './plan';
 export { describeGenerationPlan } from './describe';
 export { generateOptionsJsonSchema } from './schema';

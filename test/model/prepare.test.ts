@@ -5,9 +5,12 @@ import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { Command } from 'commander';
 import { makePrepareCommand } from '../../lib/cli/commands/prepare';
+import { DivbindError } from '../../lib/errors';
+import { readUnetFolder } from '../../lib/model/folder';
+import { MANIFEST_FILE, readManifest } from '../../lib/model/manifest';
+import { prepareModel, type PrepareProgress } from '../../lib/model/prepare';
+import { locatePrepared } from '../../lib/model/prepared';
 import { loadModel } from '../../lib/onnx/model-io';
-import { MANIFEST_FILE, readManifest } from '../../lib/onnx/manifest';
-import { ModelError, locatePrepared, prepareModel, type PrepareProgress } from '../../lib/onnx/prepare';
 import { DataType, encodeModel, makeValueInfo } from '../../lib/onnx/proto';
 import { readNpy } from '../../lib/util/npy';
 
@@ -38,7 +41,7 @@ test('prepare writes the instrumented UNet, VJP graph and manifest; a second run
   const stages: PrepareProgress[] = [];
   const r = await prepareModel(dir, { onProgress: (p) => stages.push(p) });
   t.false(r.skipped);
-  t.is(r.dir, path.join(dir, 'unet', 'divbind'));
+  t.is(r.dir, path.join(dir, 'unet', 'divbind', '256x256'));
   const m = r.manifest;
   t.is(m.format, 'divbind-manifest');
   t.is(m.source.sourceHash, loadModel(path.join(dir, 'unet/model.onnx')).sourceHash);
@@ -54,7 +57,7 @@ test('prepare writes the instrumented UNet, VJP graph and manifest; a second run
   t.is(m.vjp.cotangents.attn_0, 'grad_attn_0');
   t.true((m.vjp.residuals ?? []).length > 0);
   for (const f of [m.files.unet, m.files.forward!, m.files.backward!]) t.true(fs.existsSync(path.join(r.dir, f)), f);
-  t.deepEqual(readManifest(r.dir), JSON.parse(JSON.stringify(m)));
+  t.deepEqual(readManifest(r.dir), { state: 'ok', manifest: JSON.parse(JSON.stringify(m)) });
   t.deepEqual([...new Set(stages.map((s) => s.stage))], ['validate', 'load', 'shapes', 'attention', 'vjp', 'save', 'verify', 'done']);
   t.true(stages.every((s, i) => i === 0 || s.fraction >= stages[i - 1]!.fraction));
 
@@ -82,17 +85,19 @@ test('prepare writes the instrumented UNet, VJP graph and manifest; a second run
   t.deepEqual(other.manifest.attention.layers[0]!.dims, [2, 1024, 77]);
   t.false((await prepareModel(dir, { headAverage: false, verify: false, force: true })).skipped);
 
-  // The pipeline's lookup: found for the prepared size, precise errors otherwise.
-  t.is(locatePrepared(dir, { height: 256, width: 256 }).dir, r.dir);
-  t.throws(() => locatePrepared(dir, { height: 512, width: 512 }), {
-    instanceOf: ModelError, message: `${r.dir} is prepared for 256×256 batch 1, not 512×512 batch 1: run \`divbind-native prepare "${dir}" --height 512 --width 512\``,
-  });
+  // The pipeline's lookup: found for the prepared size, the reason and the command otherwise.
+  const key = { height: 256, width: 256, batch: 1 };
+  t.is(locatePrepared(readUnetFolder(dir), key).dir, r.dir);
   const model = fs.readFileSync(path.join(dir, 'unet/model.onnx'));
   fs.writeFileSync(path.join(dir, 'unet/model.onnx'), Buffer.concat([model, Buffer.from([0xc0, 0x3e, 0x07])])); // same graph, new bytes
-  t.throws(() => locatePrepared(dir), { instanceOf: ModelError, message: /^The UNet changed since .* was prepared: run `divbind-native prepare ".*" --force`$/ });
+  t.throws(() => locatePrepared(readUnetFolder(dir), key), {
+    instanceOf: DivbindError, message: `${dir} is not prepared for 256×256: unet/model.onnx changed since prepare: run \`divbind-native prepare "${dir}" --height 256 --width 256 --force\``,
+  });
   t.false((await prepareModel(dir, { headAverage: false, verify: false })).skipped, 'a changed UNet is re-prepared');
   const fresh = sdFolder(t);
-  t.throws(() => locatePrepared(fresh), { instanceOf: ModelError, message: `${fresh} is not prepared for guidance yet: run \`divbind-native prepare "${fresh}"\` once` });
+  t.throws(() => locatePrepared(readUnetFolder(fresh), key, { defaultSize: key }), {
+    instanceOf: DivbindError, message: `${fresh} is not prepared for 256×256: run \`divbind-native prepare "${fresh}"\``,
+  });
 });
 
 test('external data: the prepared graphs hard-link model.onnx_data, no weight bytes copied', async (t) => {
@@ -119,13 +124,16 @@ test('a read-only model folder falls back to cacheDir', async (t) => {
 
 test('folder errors say what is missing and what layout is expected', async (t) => {
   const d = tmpDir(t);
-  await t.throwsAsync(prepareModel(path.join(d, 'nope')), { instanceOf: ModelError, message: `Model folder not found: ${path.join(d, 'nope')}` });
-  await t.throwsAsync(prepareModel(d), { instanceOf: ModelError, message: new RegExp(`^${d.replace(/[.]/g, '\\.')} is not a Stable Diffusion ONNX folder: model_index.json is missing\\. Expected the layout of diffusers' OnnxStableDiffusionPipeline`) });
+  const layout = 'pass a Stable Diffusion ONNX folder in the layout of diffusers\' OnnxStableDiffusionPipeline / Optimum exports';
+  await t.throwsAsync(prepareModel(path.join(d, 'nope')), { instanceOf: DivbindError, code: 'MODEL_MISSING', message: `model folder not found: ${path.join(d, 'nope')}: ${layout}: model_index.json, text_encoder/model.onnx, unet/model.onnx, vae_decoder/model.onnx, tokenizer/, scheduler/` } as never);
+  await t.throwsAsync(prepareModel(d), { instanceOf: DivbindError, message: `${d} is not a Stable Diffusion ONNX folder: model_index.json is missing: ${layout}: model_index.json, text_encoder/model.onnx, unet/model.onnx, vae_decoder/model.onnx, tokenizer/, scheduler/` });
   fs.writeFileSync(path.join(d, 'model_index.json'), '{}');
-  await t.throwsAsync(prepareModel(d), { instanceOf: ModelError, message: /has no unet\/model\.onnx\. Expected/ });
+  await t.throwsAsync(prepareModel(d), { instanceOf: DivbindError, message: new RegExp(`^unet/model\\.onnx is missing from ${d.replace(/[.]/g, '\\.')}: ${layout}`) });
   fs.mkdirSync(path.join(d, 'unet'));
   fs.writeFileSync(path.join(d, 'unet/model.onnx'), 'garbage');
-  await t.throwsAsync(prepareModel(d), { instanceOf: ModelError, message: /Cannot decode .*model\.onnx as an ONNX ModelProto/ });
+  const garbage = await t.throwsAsync(prepareModel(d), { instanceOf: DivbindError, message: /^unet\/model\.onnx cannot be used: Cannot decode .*model\.onnx as an ONNX ModelProto.*: restore unet\/model\.onnx/ });
+  t.is((garbage as DivbindError).code, 'MODEL_INVALID');
+  t.is((garbage as DivbindError).field, 'unet/model.onnx');
 });
 
 test('fp16 UNets are refused with the fix', async (t) => {
@@ -133,16 +141,23 @@ test('fp16 UNets are refused with the fix', async (t) => {
   const loaded = loadModel(path.join(dir, 'unet/model.onnx'));
   loaded.model.graph!.input = loaded.model.graph!.input.map((v) => (v.name === 'sample' ? makeValueInfo('sample', DataType.FLOAT16, ['batch', 4, 32, 32]) : v));
   fs.writeFileSync(path.join(dir, 'unet/model.onnx'), encodeModel(loaded.model));
-  await t.throwsAsync(prepareModel(dir), { instanceOf: ModelError, message: /is an fp16 UNet\. The gradient pass needs fp32: export the UNet in fp32/ });
+  const err = await t.throwsAsync(prepareModel(dir), { instanceOf: DivbindError, message: /^unet\/model\.onnx is an fp16 UNet\. The gradient pass needs fp32: export the UNet in fp32/ });
+  t.is((err as DivbindError).code, 'MODEL_UNSUPPORTED');
 });
 
-test('option errors are TypeError/RangeError naming the option', async (t) => {
+test('option errors are DivbindError BAD_INPUT naming the option', async (t) => {
   const dir = sdFolder(t);
-  await t.throwsAsync(prepareModel(dir, { height: 100 }), { instanceOf: RangeError, message: 'Expected a multiple of 8 between 8 and 8192 for height but received 100' });
-  await t.throwsAsync(prepareModel(dir, { batch: 1.5 }), { instanceOf: TypeError, message: 'Expected an integer for batch but received 1.5 of type number' });
-  await t.throwsAsync(prepareModel(dir, { heigth: 512 } as never), { instanceOf: TypeError, message: /^Unknown prepareModel option 'heigth'/ });
-  await t.throwsAsync(prepareModel(dir, { design: 'fast' as never }), { instanceOf: RangeError });
-  await t.throwsAsync(prepareModel(dir, { width: 384 }), { instanceOf: RangeError, message: 'inputDims.sample[3] is 48 but the model fixes that dim to 32' });
+  const bad = async (opts: object, field: string, message: string | RegExp) => {
+    const err = await t.throwsAsync(prepareModel(dir, opts as never), { instanceOf: DivbindError, message });
+    t.is((err as DivbindError).code, 'BAD_INPUT');
+    t.is((err as DivbindError).field, field);
+  };
+  await bad({ height: 100 }, 'height', 'Expected a multiple of 8 between 8 and 8192 for height but received 100 (8 is the VAE\'s scale factor)');
+  await bad({ batch: 1.5 }, 'batch', 'Expected an integer between 1 and 64 for batch but received 1.5 of type number');
+  await bad({ heigth: 512 }, 'heigth', /^Unknown prepareModel option 'heigth'/);
+  await bad({ design: 'fast' }, 'design', 'Expected \'recompute\' or \'residuals\' for design but received "fast"');
+  await bad({ width: 384 }, 'width', 'unet/model.onnx is exported for only 256×256; 384×256 was requested: pass height 256 and width 256 or leave them out '
+    + '(other sizes need a UNet exported with dynamic height/width)');
   t.deepEqual(fs.readdirSync(path.join(dir, 'unet')), ['model.onnx'], 'nothing written for a failed prepare');
 });
 
@@ -179,7 +194,7 @@ test.serial('CLI: --json prints the manifest, exit codes 0 / 3 / 4', async (t) =
   t.regex(text.stdout, /^Already prepared: .*\n {2}model .*\n[^]*attn_9 up 32×32 2 heads \(averaged\) \[1, 1024, 77\]/);
   const missing = await runCli([path.join(dir, 'nope')]);
   t.is(missing.code, 4);
-  t.regex(missing.stderr, /error: Model folder not found/);
+  t.regex(missing.stderr, /error: model folder not found/);
   const bad = await runCli([dir, '--design', 'fast']);
   t.is(bad.code, 3);
   t.regex(bad.stderr, /Expected 'recompute' or 'residuals' for --design but received 'fast'/);
