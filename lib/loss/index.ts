@@ -16,8 +16,9 @@
  * keeps each event-loop block short; bench/loss.bench.ts measures the longest block.
  */
 import { loadNativeBinding, tryLoadNativeBinding } from './binding';
+import { acquireGradOut, type GradOutLease } from './grad-reuse';
 import { jsAttentionLoss, jsAttentionLossAsync, makePlan } from './js-backend';
-import type { NativeBinding, NativeLayer, NativeLossResult, NormalizedLossOptions } from './native-types';
+import type { NativeBinding, NativeLayer, NativeLossFn, NativeLossResult, NormalizedLossOptions } from './native-types';
 import type { AttentionLayer, LossBackend, LossCallOptions, LossOptions, LossResult } from './types';
 import {
   normalizeCallOptions, normalizeOptionsFor, throwFirstNonFinite, validateLayers,
@@ -27,8 +28,7 @@ import {
 export type { AttentionLayer, LossBackend, LossCallOptions, LossOptions, LossResult } from './types';
 export { normalizeLossOptions } from './validate';
 
-type RawFn = (layers: NativeLayer[], o: NormalizedLossOptions, grads: Float32Array[] | null,
-  objectMaps: Float32Array | null, attributeMaps: Float32Array | null) => NativeLossResult;
+type RawFn = NativeLossFn;
 type RawAsyncFn = (...args: Parameters<RawFn>) => Promise<NativeLossResult>;
 
 interface Backend {
@@ -128,6 +128,8 @@ interface Prepared {
   grads: Float32Array[] | null;
   objectMaps: Float32Array | null;
   attributeMaps: Float32Array | null;
+  /** The caller's gradOut while the call runs (gradOutReuse bookkeeping), or null. */
+  lease: GradOutLease | null;
 }
 
 /**
@@ -150,7 +152,14 @@ function prepare(layers: unknown, options: unknown, call: unknown): Prepared {
     objectMaps = new Float32Array(normalized.tokenIndices.length * plan.n);
     if (plan.useAttributes) attributeMaps = new Float32Array(normalized.tokenIndices.length * plan.n);
   }
-  return { layers: plain, options: normalized, call: callOptions, backend, grads, objectMaps, attributeMaps };
+  // Last: nothing may throw after the buffers are marked as in use.
+  const lease = callOptions.gradOut ? acquireGradOut(callOptions.gradOut, plain, normalized.attentionResolution, callOptions.gradOutReuse) : null;
+  return { layers: plain, options: normalized, call: callOptions, backend, grads, objectMaps, attributeMaps, lease };
+}
+
+/** The backend's arguments for a prepared call. */
+function rawArgs(p: Prepared): Parameters<RawFn> {
+  return [p.layers, p.options, p.grads, p.objectMaps, p.attributeMaps, p.lease?.priors ?? null];
 }
 
 function toResult(p: Prepared, raw: NativeLossResult): LossResult {
@@ -178,7 +187,8 @@ function toResult(p: Prepared, raw: NativeLossResult): LossResult {
 
 /**
  * A native RangeError about a layer may be its non-finite-data check (it scans what it reads while
- * aggregating, at no extra cost): rerun the TS scan so every backend reports the same message.
+ * aggregating, at no extra cost): rerun the TS scan so every backend reports the same message. The backends
+ * call the gradient buffers `grads`; the caller knows its own as `gradOut`.
  */
 function canonicalError(p: Prepared, error: unknown): unknown {
   if (p.backend.name !== 'js' && error instanceof RangeError && error.message.startsWith('layers[')) {
@@ -187,6 +197,9 @@ function canonicalError(p: Prepared, error: unknown): unknown {
     } catch (canonical) {
       return canonical;
     }
+  }
+  if (p.call.gradOut && error instanceof TypeError && error.message.startsWith('grads[')) {
+    return new TypeError(`gradOut${error.message.slice('grads'.length)}`);
   }
   return error;
 }
@@ -198,11 +211,15 @@ function canonicalError(p: Prepared, error: unknown): unknown {
  */
 export function attentionLoss(layers: AttentionLayer[], options: LossOptions, call?: LossCallOptions): LossResult {
   const p = prepare(layers, options, call);
+  let raw: NativeLossResult;
   try {
-    return toResult(p, p.backend.run(p.layers, p.options, p.grads, p.objectMaps, p.attributeMaps));
+    raw = p.backend.run(...rawArgs(p));
   } catch (error) {
+    p.lease?.settle(null);
     throw canonicalError(p, error);
   }
+  p.lease?.settle(raw.gradStates ?? null);
+  return toResult(p, raw);
 }
 
 /** Re-creates a native error at the caller's stack, keeping class and message (sharp's nativeError). */
@@ -216,16 +233,21 @@ function relocate(error: unknown, site: Error): unknown {
 
 /**
  * [async] Same result as attentionLoss without blocking the event loop. Argument errors reject the
- * promise (they are not thrown). Do not mutate the layers or gradOut buffers until it settles.
+ * promise (they are not thrown). Do not mutate the layers or gradOut buffers until it settles; transferring,
+ * detaching or resizing them meanwhile rejects it with a TypeError naming the buffer (never a crash).
  */
 export async function attentionLossAsync(layers: AttentionLayer[], options: LossOptions, call?: LossCallOptions): Promise<LossResult> {
   const site = new Error('attentionLossAsync');
   const p = prepare(layers, options, call);
+  let raw: NativeLossResult;
   try {
-    return toResult(p, await p.backend.runAsync(p.layers, p.options, p.grads, p.objectMaps, p.attributeMaps));
+    raw = await p.backend.runAsync(...rawArgs(p));
   } catch (error) {
+    p.lease?.settle(null);
     throw relocate(canonicalError(p, error), site);
   }
+  p.lease?.settle(raw.gradStates ?? null);
+  return toResult(p, raw);
 }
 
 /** Which backend a call with these call options would use (for logs and `divbind-native info`). */
