@@ -324,10 +324,10 @@ void set_range(Napi::Object& e, double min, double max, bool min_exclusive) {
 }
 
 void structured_schema(Napi::Env env, Napi::Object& options, const LossOptions& d) {
-  Napi::Object tokens = entry(env, "indices");
+  Napi::Object tokens = entry(env, "tokens");
   tokens.Set("required", true);
   options.Set(keys::kTokenIndices, tokens);
-  options.Set(keys::kAttributeIndices, entry(env, "indices"));
+  options.Set(keys::kAttributeIndices, entry(env, "attributes"));
   options.Set(keys::kEotIndex, entry(env, "index"));
   Napi::Object res = entry(env, "integers");
   set_range(res, 1, kMaxResolution, false);
