@@ -658,7 +658,7 @@ __global__ void __launch_bounds__(kThreads) token_forward_kernel(const __grid_co
 //    (16-byte stores; each element split into pixel x and token t). In the forward this was:
 //    S = softmax(temperature * mean), mean = (1/N) sum of the sampled rows, so an input pixel's row is
 //    sum over the outputs o that sample it of cg[o] * (delta_{j,col} - S[o, j]) on the kept tokens t = lo + j
-//    (one output, or none, unless res < r0), and 0 elsewhere. dev/README.md has the earlier versions.
+//    (one output, or none, unless res < r0), and 0 elsewhere. README.md (optimisation log) has the earlier versions.
 
 __device__ __forceinline__ int ceil_div_ll(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
 
