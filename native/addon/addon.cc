@@ -81,25 +81,33 @@ Napi::Value CudaDevices(const Napi::CallbackInfo& info) {
   }
   Napi::Object out = Napi::Object::New(env);
   out.Set("count", Napi::Number::New(env, count > 0 ? count : 0));
-  out.Set("error", count > 0 && why.empty() ? env.Null() : Napi::Value(Napi::String::New(env, why.empty() ? "no CUDA device" : why)));
+  out.Set("error", count > 0 && why.empty()
+                       ? env.Null()
+                       : Napi::Value(Napi::String::New(env, why.empty() ? "no CUDA device" : why)));
   return out;
 }
 #endif
 
-Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  exports.Set("attentionLoss", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
-                return RunSync(info, Engine::Cpu, "attentionLoss");
-              }, "attentionLoss"));
-  exports.Set("attentionLossAsync", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
-                return RunAsync(info, Engine::Cpu, "attentionLossAsync");
-              }, "attentionLossAsync"));
+// The exports, one named function each ([sync] / [async]).
+Napi::Value AttentionLoss(const Napi::CallbackInfo& info) { return RunSync(info, Engine::Cpu, "attentionLoss"); }
+Napi::Value AttentionLossAsync(const Napi::CallbackInfo& info) {
+  return RunAsync(info, Engine::Cpu, "attentionLossAsync");
+}
 #ifdef DIVBIND_WITH_CUDA
-  exports.Set("attentionLossCuda", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
-                return RunSync(info, Engine::CudaHost, "attentionLossCuda");
-              }, "attentionLossCuda"));
-  exports.Set("attentionLossCudaAsync", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
-                return RunAsync(info, Engine::CudaHost, "attentionLossCudaAsync");
-              }, "attentionLossCudaAsync"));
+Napi::Value AttentionLossCuda(const Napi::CallbackInfo& info) {
+  return RunSync(info, Engine::CudaHost, "attentionLossCuda");
+}
+Napi::Value AttentionLossCudaAsync(const Napi::CallbackInfo& info) {
+  return RunAsync(info, Engine::CudaHost, "attentionLossCudaAsync");
+}
+#endif
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("attentionLoss", Napi::Function::New(env, AttentionLoss, "attentionLoss"));
+  exports.Set("attentionLossAsync", Napi::Function::New(env, AttentionLossAsync, "attentionLossAsync"));
+#ifdef DIVBIND_WITH_CUDA
+  exports.Set("attentionLossCuda", Napi::Function::New(env, AttentionLossCuda, "attentionLossCuda"));
+  exports.Set("attentionLossCudaAsync", Napi::Function::New(env, AttentionLossCudaAsync, "attentionLossCudaAsync"));
   exports.Set("cudaDevices", Napi::Function::New(env, CudaDevices, "cudaDevices"));
   const bool cuda = true;
 #else

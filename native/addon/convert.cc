@@ -114,8 +114,7 @@ void parse_structured(Napi::Env env, const Napi::Object& o, LossOptions& r) {
     const std::string f = at(keys::kBindingCoefficients, i);
     const Napi::Array pair = get_array(env, coefs.Get(i), f);
     if (pair.Length() != 2) range_error(env, f, "expected a [fromStepIndex, coefficient] pair");
-    r.binding_coefficients.push_back(
-        {get_int(env, pair.Get(0u), f + "[0]"), get_number(env, pair.Get(1u), f + "[1]")});
+    r.binding_coefficients.push_back({get_int(env, pair.Get(0u), f + "[0]"), get_number(env, pair.Get(1u), f + "[1]")});
   }
   const Napi::Array w = get_array(env, need(env, o, keys::kTvMaxWeights), keys::kTvMaxWeights);
   if (w.Length() != 2) range_error(env, keys::kTvMaxWeights, "expected a [wTv, wMax] pair");
@@ -222,13 +221,13 @@ void parse_grad_prior(Napi::Env env, const Napi::Value& value, Call& call) {
   if (call.grads.empty()) type_error(env, "gradState", "was given without grads; pass both or neither");
   const Napi::Uint8Array s = value.As<Napi::Uint8Array>();
   if (s.ElementLength() != call.layers.size())
-    range_error(env, "gradState",
-                "has " + std::to_string(s.ElementLength()) + " entries but layers has " +
-                    std::to_string(call.layers.size()));
+    range_error(
+        env, "gradState",
+        "has " + std::to_string(s.ElementLength()) + " entries but layers has " + std::to_string(call.layers.size()));
   for (size_t i = 0; i < s.ElementLength(); ++i) {
     if (s[i] > uint8_t(GradState::Sampled))
-      range_error(env, at("gradState", uint32_t(i)), "must be 0 (unknown), 1 (zero) or 2 (sampled), got " +
-                                                         std::to_string(s[i]));
+      range_error(env, at("gradState", uint32_t(i)),
+                  "must be 0 (unknown), 1 (zero) or 2 (sampled), got " + std::to_string(s[i]));
     call.grad_prior.push_back(static_cast<GradState>(s[i]));
   }
 }
@@ -241,8 +240,7 @@ void check_overlaps(Napi::Env env, const std::vector<Range>& inputs, const std::
         range_error(env, outputs[i].field, "shares memory with " + in.field + "; pass a separate output buffer");
     for (size_t j = 0; j < i; ++j)
       if (outputs[i].begin < outputs[j].end && outputs[j].begin < outputs[i].end)
-        range_error(env, outputs[i].field,
-                    "shares memory with " + outputs[j].field + "; pass separate output buffers");
+        range_error(env, outputs[i].field, "shares memory with " + outputs[j].field + "; pass separate output buffers");
   }
 }
 

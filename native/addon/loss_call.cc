@@ -108,9 +108,10 @@ class OutputRef {
     Napi::Float32Array a = ref_.Value();
     if (a.ArrayBuffer().IsDetached() || a.ElementLength() != length_)
       throw InvalidArgument(field_,
-                            field_ + ": was detached or resized while the async call was running; keep output "
-                                     "buffers attached and at their length (do not transfer, postMessage or resize "
-                                     "them) until the promise settles",
+                            field_ +
+                                ": was detached or resized while the async call was running; keep output "
+                                "buffers attached and at their length (do not transfer, postMessage or resize "
+                                "them) until the promise settles",
                             false);
     return a.Data();
   }
@@ -126,8 +127,12 @@ class AsyncLoss {
  public:
   // JS thread: reads the layers (through the job) and takes references to the outputs. Throws.
   AsyncLoss(Napi::Env env, const Call& c, Engine engine)
-      : deferred_(Napi::Promise::Deferred::New(env)), job_(MakeJob(engine, c)), with_grad_(!c.grads.empty()),
-        shapes_(layer_shapes(c.layers)), prior_(c.grad_prior), stream_(use_streaming_stores(shapes_)) {
+      : deferred_(Napi::Promise::Deferred::New(env)),
+        job_(MakeJob(engine, c)),
+        with_grad_(!c.grads.empty()),
+        shapes_(layer_shapes(c.layers)),
+        prior_(c.grad_prior),
+        stream_(use_streaming_stores(shapes_)) {
     for (size_t i = 0; i < c.grad_arrays.size(); ++i) grads_.emplace_back(c.grad_arrays[i], indexed("grads", i));
     if (!c.object_maps_array.IsEmpty()) object_maps_ = std::make_unique<OutputRef>(c.object_maps_array, "objectMaps");
     if (!c.attribute_maps_array.IsEmpty())
@@ -137,7 +142,9 @@ class AsyncLoss {
   Napi::Promise Promise() const { return deferred_.Promise(); }
 
   // Pool thread: owned data only.
-  void Compute() { error_ = Capture([&] { result_ = job_->Compute(with_grad_); }); }
+  void Compute() {
+    error_ = Capture([&] { result_ = job_->Compute(with_grad_); });
+  }
 
   // JS thread: the maps, then gradient blocks up to the slice budget. Returns true when everything is written.
   bool WriteSlice() {

@@ -90,8 +90,8 @@ void aggregate_backward(ResolutionGradient& rg, const std::vector<double>& d_mea
 // ------------------------------------------------------------------------------------------------
 // 2. Token softmax: S[p, j] = softmax_j(temperature * mean[p, j]) over the Tk kept tokens.
 
-void token_softmax_forward(std::vector<double>& soft, const std::vector<double>& mean, double temperature,
-                           int p0, int tk) {
+void token_softmax_forward(std::vector<double>& soft, const std::vector<double>& mean, double temperature, int p0,
+                           int tk) {
   soft.resize(mean.size());
   for (int p = 0; p < p0; ++p) {
     const double* x = mean.data() + size_t(p) * tk;
@@ -244,7 +244,8 @@ void tv_backward(double* d_a, const double* a, int r0, TvVertical vertical, doub
 // ------------------------------------------------------------------------------------------------
 // 6. Binding JSD (spec §2.3) between object map O and attribute map C, both (P0).
 
-struct JsdState {  // forward intermediates, all (P0) except the scalars; views into ws.scratch
+// Forward intermediates, all (P0) except the scalars; views into ws.scratch.
+struct JsdState {
   double *p, *q, *pp, *qq;  // spatial softmaxes and their thresholded versions p', q'
   double m_o, m_c, tau;
 };
@@ -264,15 +265,15 @@ double jsd_forward(JsdState& st, std::vector<double>& scratch, const double* o, 
   st.q = st.p + n;
   st.pp = st.q + n;
   st.qq = st.pp + n;
-  st.m_o = map_max_forward(o, n);                 // max(O)
-  st.m_c = map_max_forward(c, n);                 // max(C)
-  spatial_softmax(st.p, o, n, 1.0);               // p = softmax(vec O)
-  spatial_softmax(st.q, c, n, st.m_o / st.m_c);   // q = softmax(vec C * max(O) / max(C))
-  st.tau = rho * map_max_forward(st.p, n);        // tau = rho * max(p), shared by p and q
+  st.m_o = map_max_forward(o, n);                // max(O)
+  st.m_c = map_max_forward(c, n);                // max(C)
+  spatial_softmax(st.p, o, n, 1.0);              // p = softmax(vec O)
+  spatial_softmax(st.q, c, n, st.m_o / st.m_c);  // q = softmax(vec C * max(O) / max(C))
+  st.tau = rho * map_max_forward(st.p, n);       // tau = rho * max(p), shared by p and q
   double j = 0;
   for (int i = 0; i < n; ++i) {
-    st.pp[i] = std::max(st.p[i] - st.tau, 0.0) + eps;  // p' = relu(p - tau) + eps
-    st.qq[i] = std::max(st.q[i] - st.tau, 0.0) + eps;  // q' = relu(q - tau) + eps
+    st.pp[i] = std::max(st.p[i] - st.tau, 0.0) + eps;         // p' = relu(p - tau) + eps
+    st.qq[i] = std::max(st.q[i] - st.tau, 0.0) + eps;         // q' = relu(q - tau) + eps
     const double lm = std::log(0.5 * (st.pp[i] + st.qq[i]));  // ln M
     j += 0.5 * st.pp[i] * (std::log(st.pp[i]) - lm) + 0.5 * st.qq[i] * (std::log(st.qq[i]) - lm);
   }
@@ -336,7 +337,8 @@ void maps_forward(std::vector<double>& soft, std::vector<double>& maps, const st
   const int p0 = plan.p0, tk = plan.tk;
   token_softmax_forward(soft, mean, o.temperature, p0, tk);
   for (int s = 0; s < plan.tokens; ++s)
-    if (columns[size_t(s)] >= 0) smooth_forward(maps.data() + size_t(s) * p0, soft.data(), tk, columns[size_t(s)], plan.r0, k);
+    if (columns[size_t(s)] >= 0)
+      smooth_forward(maps.data() + size_t(s) * p0, soft.data(), tk, columns[size_t(s)], plan.r0, k);
 }
 
 // Diagnostics of token s: m, TV and, in tv_bind with an attribute, JSD; value v_s as in attention_loss.h.
@@ -383,7 +385,8 @@ int select_token(LossResult& result, const LossOptions& o) {
   result.loss = score(selected);
   const bool by_max = o.mode == LossMode::Max || o.mode == LossMode::TvMax;
   result.indicator = std::numeric_limits<double>::infinity();
-  for (const TokenDiagnostics& d : result.tokens) result.indicator = std::min(result.indicator, by_max ? d.max_attention : d.tv);
+  for (const TokenDiagnostics& d : result.tokens)
+    result.indicator = std::min(result.indicator, by_max ? d.max_attention : d.tv);
   return selected;
 }
 
@@ -411,8 +414,8 @@ bool token_backward(Workspace& ws, const LossOptions& o, int s, const TokenDiagn
       break;
     case LossMode::TvBind:  // v = TV - coef * JSD(O, C); rho depends on TV through a step, which has no gradient.
       if (chosen.has_jsd) {
-        jsd_backward(ws.d_object_map.data(), ws.d_attribute_map.data(), ws.scratch, a, c, p0,
-                     binding_rho(o, chosen.tv), o.binding_epsilon, plan.coefficient);
+        jsd_backward(ws.d_object_map.data(), ws.d_attribute_map.data(), ws.scratch, a, c, p0, binding_rho(o, chosen.tv),
+                     o.binding_epsilon, plan.coefficient);
         *attribute_gradient = true;
       }
       tv_backward(ws.d_object_map.data(), a, r0, o.tv_vertical, -1.0);
@@ -433,7 +436,8 @@ void maps_backward(std::vector<double>& d_mean, std::vector<double>& d_col, cons
 void gradient_rows(Workspace& ws, const LossOptions& o, bool attribute_gradient) {
   const Plan& plan = ws.plan;
   std::vector<int> resolutions = {plan.r0};
-  if (attribute_gradient) resolutions.insert(resolutions.end(), o.attribute_resolutions.begin(), o.attribute_resolutions.end());
+  if (attribute_gradient)
+    resolutions.insert(resolutions.end(), o.attribute_resolutions.begin(), o.attribute_resolutions.end());
   std::sort(resolutions.begin(), resolutions.end());
   resolutions.erase(std::unique(resolutions.begin(), resolutions.end()), resolutions.end());
   for (int r : resolutions) {
@@ -452,8 +456,8 @@ void loss_backward(Workspace& ws, const LossOptions& o, int s, const TokenDiagno
   ws.gradient.reset(plan.text_length, plan.r0);
   bool attribute_gradient = false;
   if (!token_backward(ws, o, s, chosen, &attribute_gradient)) return;
-  maps_backward(ws.d_object_mean, ws.d_object_col, ws.d_object_map, ws.object_soft, plan.token_columns[size_t(s)],
-                plan, o, k);
+  maps_backward(ws.d_object_mean, ws.d_object_col, ws.d_object_map, ws.object_soft, plan.token_columns[size_t(s)], plan,
+                o, k);
   if (attribute_gradient)
     maps_backward(ws.d_attribute_mean, ws.d_attribute_col, ws.d_attribute_map, ws.attribute_soft,
                   plan.attribute_columns[size_t(s)], plan, o, k);

@@ -81,8 +81,8 @@ struct LossOptions {
 // Names and ranges. Scalars are checked generically (plan.cc) from these tables; the structured options
 // (token positions, lists, the schedule, the weight pair) have their own checks in plan.cc, under these keys.
 
-inline constexpr int kMaxResolution = 4096;                        // resolutions, in both backends
-inline constexpr int kMaxDim = 1 << 16;                            // heads and text length
+inline constexpr int kMaxResolution = 4096;                           // resolutions, in both backends
+inline constexpr int kMaxDim = 1 << 16;                               // heads and text length
 inline constexpr int kMaxStep = std::numeric_limits<int32_t>::max();  // step indices travel as int32
 inline constexpr double kInfinity = std::numeric_limits<double>::infinity();
 

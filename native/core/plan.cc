@@ -51,8 +51,8 @@ void check_enum(const EnumOption<E>& opt, const LossOptions& o) {
 void check_scalars(const LossOptions& o) {
   if (o.text_length < 3 || o.text_length > kMaxDim)
     fail(keys::kTextLength,
-         "must be in 3.." + std::to_string(kMaxDim) +
-             " (SOT, at least one kept token, one dropped position), got " + std::to_string(o.text_length),
+         "must be in 3.." + std::to_string(kMaxDim) + " (SOT, at least one kept token, one dropped position), got " +
+             std::to_string(o.text_length),
          true);
   for (const IntOption& opt : kIntOptions) check_int(opt, o.*opt.member);
   for (const NumberOption& opt : kNumberOptions)
@@ -74,9 +74,8 @@ std::string plan_token_slice(Plan& plan, const LossOptions& o) {
   } else {
     if (o.eot_index < 2 || o.eot_index > o.text_length - 1)
       fail(keys::kEotIndex,
-           "must be an integer in 2.." + std::to_string(o.text_length - 1) +
-               " when tokenSlice is 'until-eot' (T=" + std::to_string(o.text_length) + "), got " +
-               std::to_string(o.eot_index),
+           "must be an integer in 2.." + std::to_string(o.text_length - 1) + " when tokenSlice is 'until-eot' (T=" +
+               std::to_string(o.text_length) + "), got " + std::to_string(o.eot_index),
            true);
     plan.k1 = o.eot_index - 1;
   }
@@ -93,13 +92,11 @@ void plan_tokens(Plan& plan, const LossOptions& o, const std::string& kept) {
     const int k = o.token_indices[i];
     if (k < plan.k0 || k > plan.k1)
       fail(indexed(keys::kTokenIndices, i),
-           std::to_string(k) + " is outside the kept token range " + kept + "; token indices count from SOT = 0",
-           true);
+           std::to_string(k) + " is outside the kept token range " + kept + "; token indices count from SOT = 0", true);
     for (size_t j = 0; j < i; ++j)
       if (o.token_indices[j] == k)
         fail(indexed(keys::kTokenIndices, i),
-             std::to_string(k) + " repeats tokenIndices[" + std::to_string(j) + "]; list each object token once",
-             true);
+             std::to_string(k) + " repeats tokenIndices[" + std::to_string(j) + "]; list each object token once", true);
     plan.token_columns.push_back(k - plan.k0);
   }
 }
@@ -108,8 +105,8 @@ void plan_attributes(Plan& plan, const LossOptions& o, const std::string& kept) 
   const auto& a = o.attribute_indices;
   if (!a.empty() && a.size() != o.token_indices.size())
     fail(keys::kAttributeIndices,
-         "has " + std::to_string(a.size()) + " entries but tokenIndices has " +
-             std::to_string(o.token_indices.size()) + "; give one entry per object token (-1 or null = no attribute)",
+         "has " + std::to_string(a.size()) + " entries but tokenIndices has " + std::to_string(o.token_indices.size()) +
+             "; give one entry per object token (-1 or null = no attribute)",
          true);
   bool any_attribute = false;
   plan.attribute_columns.assign(o.token_indices.size(), -1);

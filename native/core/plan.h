@@ -18,11 +18,11 @@ struct Plan {
   int tokens = 0;                  // K
   std::vector<int> object_layers;  // indices into layers with r == r0
   std::vector<int> attribute_layers;
-  int64_t object_maps = 0;           // sum of heads over object_layers (the mean's denominator)
-  int64_t attribute_maps = 0;        // same for attribute_layers
-  std::vector<char> is_object;       // per layer: in object_layers
-  std::vector<char> is_attribute;    // per layer: in attribute_layers
-  bool attributes_active = false;    // tv_bind and some token has an attribute
+  int64_t object_maps = 0;             // sum of heads over object_layers (the mean's denominator)
+  int64_t attribute_maps = 0;          // same for attribute_layers
+  std::vector<char> is_object;         // per layer: in object_layers
+  std::vector<char> is_attribute;      // per layer: in attribute_layers
+  bool attributes_active = false;      // tv_bind and some token has an attribute
   std::vector<int> token_columns;      // (K) column in the kept range
   std::vector<int> attribute_columns;  // (K) column, -1 = none
   double coefficient = 0;              // binding coefficient at step_index (tv_bind)
@@ -43,7 +43,7 @@ inline int64_t sampled_pixel(int p, int r, int r0) {
 
 // Message helpers shared by the core's checks.
 [[noreturn]] void fail(const std::string& field, const std::string& text, bool range);
-std::string num(double v);                          // shortest readable form: 1.5, 1e-05, nan
+std::string num(double v);                               // shortest readable form: 1.5, 1e-05, nan
 std::string indexed(const std::string& name, size_t i);  // "name[i]"
 
 }  // namespace divbind

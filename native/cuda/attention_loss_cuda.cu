@@ -47,9 +47,9 @@ namespace {
   throw std::runtime_error(m.str());
 }
 
-#define DB_CUDA(call)                                            \
-  do {                                                           \
-    const cudaError_t db_err_ = (call);                          \
+#define DB_CUDA(call)                                                 \
+  do {                                                                \
+    const cudaError_t db_err_ = (call);                               \
     if (db_err_ != cudaSuccess) throw_cuda(db_err_, #call, __LINE__); \
   } while (0)
 
@@ -82,8 +82,8 @@ struct WriteLayer {
 
 // Small call descriptions travel as kernel parameters (no host-to-device copy on the critical path) when they
 // fit; larger ones are uploaded. Kernel parameters above 4 KB need CUDA >= 12.1 on sm_70+ (this is sm_90).
-constexpr int kInlineMaps = 192;    // SD 1.x tv_bind: 40 object + 80 attribute maps
-constexpr int kInlineLayers = 64;   // SD 1.x: 16 cross-attention layers
+constexpr int kInlineMaps = 192;   // SD 1.x tv_bind: 40 object + 80 attribute maps
+constexpr int kInlineLayers = 64;  // SD 1.x: 16 cross-attention layers
 constexpr int kInlineTokens = 32;
 
 struct Meta {
@@ -97,7 +97,7 @@ struct Params {
   int inline_meta;  // maps / layers are in the Meta kernel parameter, else at maps / wlayers
   int inline_cols;  // token columns are in cols, else at tok_col / attr_col
   int with_backward;
-  float inv_T;      // 1/T, for the write kernel's element -> (pixel, token) split
+  float inv_T;  // 1/T, for the write kernel's element -> (pixel, token) split
   double w[3];
   double temperature, rho_low, rho_high, tv_switch, eps, coef, w_tv, w_max;
   double inv_maps[2];
@@ -105,23 +105,25 @@ struct Params {
   int cols[2][kInlineTokens];
   const MapDesc* maps;
   const WriteLayer* wlayers;
-  const int* tok_col;   // (K) column in the kept range
-  const int* attr_col;  // (K) column or -1
-  double* soft;         // (2, n0, tk) token softmax per source
-  double* amap;         // (K, n0) smoothed object maps
-  double* cmap;         // (K, n0) smoothed attribute maps (tokens with an attribute)
-  double* scratch;      // (6, n0) backward scratch
-  double* stats;        // (K, kStats)
-  double* cg;           // (2, n0) gradient coefficient per pixel: temperature * dS * S_col / N
-  int* sel;             // selected token, any gradient, attribute gradient
+  const int* tok_col;           // (K) column in the kept range
+  const int* attr_col;          // (K) column or -1
+  double* soft;                 // (2, n0, tk) token softmax per source
+  double* amap;                 // (K, n0) smoothed object maps
+  double* cmap;                 // (K, n0) smoothed attribute maps (tokens with an attribute)
+  double* scratch;              // (6, n0) backward scratch
+  double* stats;                // (K, kStats)
+  double* cg;                   // (2, n0) gradient coefficient per pixel: temperature * dS * S_col / N
+  int* sel;                     // selected token, any gradient, attribute gradient
   unsigned long long* nan_key;  // atomicMin target; reset to kNoNan by token_forward_kernel for the next call
   unsigned long long* nan_out;  // this call's key, copied back to the host
   unsigned* counter;            // token blocks done; the last one runs the backward, then resets it to 0
-  float* out_obj;   // (K, n0) or null
-  float* out_attr;  // (K, n0) or null
+  float* out_obj;               // (K, n0) or null
+  float* out_attr;              // (K, n0) or null
 };
 
-__device__ __forceinline__ int tok_col_at(const Params& P, int i) { return P.inline_cols ? P.cols[0][i] : P.tok_col[i]; }
+__device__ __forceinline__ int tok_col_at(const Params& P, int i) {
+  return P.inline_cols ? P.cols[0][i] : P.tok_col[i];
+}
 __device__ __forceinline__ int attr_col_at(const Params& P, int i) {
   return P.inline_cols ? P.cols[1][i] : P.attr_col[i];
 }
@@ -199,15 +201,15 @@ __device__ void report_nonfinite(const Params& P, const MapDesc& d, int s, int o
   unsigned long long index = ((d.head_index * hw) + static_cast<unsigned long long>(y) * d.orig_res + x) * P.T + t;
   index = index < (1ull << 40) ? index : (1ull << 40) - 1;
   // The CPU core scans object layers first, then attribute layers, each in layer order: same key order.
-  const unsigned long long key = (static_cast<unsigned long long>(s) << 62) |
-                                 (static_cast<unsigned long long>(d.layer & 0x3fffff) << 40) | index;
+  const unsigned long long key =
+      (static_cast<unsigned long long>(s) << 62) | (static_cast<unsigned long long>(d.layer & 0x3fffff) << 40) | index;
   atomicMin(P.nan_key, key);
 }
 
 constexpr int kAggChunks = 4;  // kept tokens per pass: 4 x 32 lanes (T = 77 needs one pass)
 
-__global__ void __launch_bounds__(kThreads, 4) aggregate_kernel(const __grid_constant__ Params P,
-                                                             const __grid_constant__ Meta meta) {
+__global__ void __launch_bounds__(kThreads, 4)
+    aggregate_kernel(const __grid_constant__ Params P, const __grid_constant__ Meta meta) {
   __shared__ double red[kThreads / 32][kAggChunks * 32];
   __shared__ double sh[33];
   const int o = blockIdx.x, s = blockIdx.y;
@@ -224,10 +226,10 @@ __global__ void __launch_bounds__(kThreads, 4) aggregate_kernel(const __grid_con
     for (; m + nw < nm; m += 2 * nw) {
       const MapDesc d0 = maps[m], d1 = maps[m + nw];
       // nearest sampling: output o reads input floor(o * res / r0); 32-bit (o < r0 <= 4096, res <= 4096)
-      const float* r0p = d0.head + (static_cast<long long>((oy * d0.res) / P.r0) * d0.res + (ox * d0.res) / P.r0) * P.T +
-                         P.lo + base;
-      const float* r1p = d1.head + (static_cast<long long>((oy * d1.res) / P.r0) * d1.res + (ox * d1.res) / P.r0) * P.T +
-                         P.lo + base;
+      const float* r0p =
+          d0.head + (static_cast<long long>((oy * d0.res) / P.r0) * d0.res + (ox * d0.res) / P.r0) * P.T + P.lo + base;
+      const float* r1p =
+          d1.head + (static_cast<long long>((oy * d1.res) / P.r0) * d1.res + (ox * d1.res) / P.r0) * P.T + P.lo + base;
       float v0[kAggChunks], v1[kAggChunks];
 #pragma unroll
       for (int u = 0; u < kAggChunks; ++u) {
@@ -246,8 +248,8 @@ __global__ void __launch_bounds__(kThreads, 4) aggregate_kernel(const __grid_con
     }
     if (m < nm) {
       const MapDesc d0 = maps[m];
-      const float* r0p = d0.head + (static_cast<long long>((oy * d0.res) / P.r0) * d0.res + (ox * d0.res) / P.r0) * P.T +
-                         P.lo + base;
+      const float* r0p =
+          d0.head + (static_cast<long long>((oy * d0.res) / P.r0) * d0.res + (ox * d0.res) / P.r0) * P.T + P.lo + base;
 #pragma unroll
       for (int u = 0; u < kAggChunks; ++u) {
         const bool ok = base + u * 32 + lane < P.tk;
@@ -367,10 +369,22 @@ __device__ __forceinline__ int smooth_taps(int yy, int n, int* ys, int* as) {
   int c = 0;
   for (int a = 0; a < 3; ++a) {
     const int y = yy - a + 1;
-    if (y >= 0 && y < n) { ys[c] = y; as[c] = a; ++c; }
+    if (y >= 0 && y < n) {
+      ys[c] = y;
+      as[c] = a;
+      ++c;
+    }
   }
-  if (yy == 1) { ys[c] = 0; as[c] = 0; ++c; }              // output 0 reads refl(-1) = 1
-  if (yy == n - 2) { ys[c] = n - 1; as[c] = 2; ++c; }      // output n-1 reads refl(n) = n-2
+  if (yy == 1) {
+    ys[c] = 0;
+    as[c] = 0;
+    ++c;
+  }  // output 0 reads refl(-1) = 1
+  if (yy == n - 2) {
+    ys[c] = n - 1;
+    as[c] = 2;
+    ++c;
+  }  // output n-1 reads refl(n) = n-2
   return c;
 }
 
@@ -401,8 +415,7 @@ __device__ BackwardSeed backward_seed(const Params& P, int* s_sel) {
     int sel = 0;
     for (int s = 1; s < P.K; ++s) {
       const double cand = P.hinge ? __ldcg(P.stats + s * kStats + kValue) : -__ldcg(P.stats + s * kStats + kValue);
-      const double best =
-          P.hinge ? __ldcg(P.stats + sel * kStats + kValue) : -__ldcg(P.stats + sel * kStats + kValue);
+      const double best = P.hinge ? __ldcg(P.stats + sel * kStats + kValue) : -__ldcg(P.stats + sel * kStats + kValue);
       if (cand > best) sel = s;
     }
     *s_sel = sel;
@@ -417,11 +430,16 @@ __device__ BackwardSeed backward_seed(const Params& P, int* s_sel) {
   b.d_m = b.d_tv = 0;
   switch (P.mode) {
     case kModeMax:
-      if (P.hinge && !(1.0 - b.m > 0)) b.any = false;  // hinge: no gradient when 1 - m <= 0
-      else b.d_m = -1.0;
+      if (P.hinge && !(1.0 - b.m > 0))
+        b.any = false;  // hinge: no gradient when 1 - m <= 0
+      else
+        b.d_m = -1.0;
       break;
     case kModeTv: b.d_tv = -1.0; break;
-    case kModeTvMax: b.d_m = -P.w_max; b.d_tv = -P.w_tv; break;
+    case kModeTvMax:
+      b.d_m = -P.w_max;
+      b.d_tv = -P.w_tv;
+      break;
     default: b.d_tv = -1.0; break;
   }
   b.jsd_grad = P.mode == kModeTvBind && __ldcg(st + kHasJsd) != 0.0;
@@ -619,7 +637,7 @@ __global__ void __launch_bounds__(kThreads) token_forward_kernel(const __grid_co
         for (int p = threadIdx.x; p < n; p += blockDim.x) {
           const double pp = fmax(p_at(js, A, p) - js.tau, 0.0) + P.eps;  // p' = relu(p - tau) + eps
           const double qq = fmax(q_at(js, C, p) - js.tau, 0.0) + P.eps;  // q' = relu(q - tau) + eps
-          const double lm = log(0.5 * (pp + qq));                         // ln M
+          const double lm = log(0.5 * (pp + qq));                        // ln M
           part += 0.5 * pp * (log(pp) - lm) + 0.5 * qq * (log(qq) - lm);
         }
         jsd = block_sum(part, sh);
@@ -718,8 +736,8 @@ __device__ __forceinline__ float row_value(const RowCtx& c, int i) {
   return static_cast<float>(v);
 }
 
-__global__ void __launch_bounds__(kThreads) write_grads_kernel(const __grid_constant__ Params P,
-                                                               const __grid_constant__ Meta meta) {
+__global__ void __launch_bounds__(kThreads)
+    write_grads_kernel(const __grid_constant__ Params P, const __grid_constant__ Meta meta) {
   extern __shared__ int ox_range[];  // (2, res)
   const WriteLayer L = P.inline_meta ? meta.layers[blockIdx.y] : P.wlayers[blockIdx.y];
   const int r0 = P.r0, res = L.res, T = P.T;
@@ -783,8 +801,8 @@ __global__ void __launch_bounds__(kThreads) write_grads_kernel(const __grid_cons
 
 // Byte layout shared by the device arena and the pinned host arena (each uses the parts it needs).
 struct Layout {
-  size_t nan_key, counter, maps, tok_col, attr_col, wlayers, soft, amap, cmap, scratch, cg, stats, sel, nan_out, out_maps,
-      packed, total;
+  size_t nan_key, counter, maps, tok_col, attr_col, wlayers, soft, amap, cmap, scratch, cg, stats, sel, nan_out,
+      out_maps, packed, total;
   static size_t align(size_t v) { return (v + 255) & ~size_t(255); }
   Layout(const Plan& p, size_t n_maps, size_t n_layers, size_t packed_floats) {
     size_t at = 0;
@@ -823,7 +841,7 @@ struct Workspace {
   int device = 0;
   int sm_count = 0;
   cudaStream_t stream = nullptr;  // host path
-  cudaEvent_t ev[6] = {};  // stage timing (benchmark only)
+  cudaEvent_t ev[6] = {};         // stage timing (benchmark only)
   char* dev = nullptr;
   size_t dev_cap = 0;
   char* host = nullptr;  // pinned
@@ -878,8 +896,7 @@ void check_grads(const std::vector<LayerView>& layers, float* const* grads) {
   for (size_t i = 0; i < layers.size(); ++i)
     if (!grads[i])
       throw InvalidArgument("grads[" + std::to_string(i) + "]",
-                            "grads[" + std::to_string(i) +
-                                "]: is a null buffer; pass one buffer per layer or no grads",
+                            "grads[" + std::to_string(i) + "]: is a null buffer; pass one buffer per layer or no grads",
                             false);
 }
 
@@ -890,16 +907,19 @@ void check_device_pointer(const void* ptr, const std::string& field) {
   const cudaError_t e = cudaPointerGetAttributes(&attr, ptr);
   if (e != cudaSuccess) {
     (void)cudaGetLastError();
-    throw InvalidArgument(field, field + ": is not CUDA memory (" + cudaGetErrorString(e) +
-                                     "); attention_loss_device takes device pointers, use attention_loss_host "
-                                     "for host buffers",
+    throw InvalidArgument(field,
+                          field + ": is not CUDA memory (" + cudaGetErrorString(e) +
+                              "); attention_loss_device takes device pointers, use attention_loss_host "
+                              "for host buffers",
                           false);
   }
   const bool ok = attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged ||
                   (attr.type == cudaMemoryTypeHost && attr.devicePointer == ptr);
   if (!ok)
-    throw InvalidArgument(field, field + ": is host memory the device cannot address; attention_loss_device "
-                                         "takes device pointers, use attention_loss_host for host buffers",
+    throw InvalidArgument(field,
+                          field +
+                              ": is host memory the device cannot address; attention_loss_device "
+                              "takes device pointers, use attention_loss_host for host buffers",
                           false);
 }
 
@@ -913,8 +933,8 @@ Params make_params(const Plan& plan, const LossOptions& o, const Layout& lay, ch
   P.r0 = plan.r0;
   P.n0 = plan.p0;
   P.K = plan.tokens;
-  P.mode = o.mode == LossMode::Max ? kModeMax
-           : o.mode == LossMode::Tv ? kModeTv
+  P.mode = o.mode == LossMode::Max      ? kModeMax
+           : o.mode == LossMode::Tv     ? kModeTv
            : o.mode == LossMode::TvBind ? kModeTvBind
                                         : kModeTvMax;
   P.hinge = o.mode == LossMode::Max && o.max_variant == MaxVariant::AttendExcite;
@@ -1029,7 +1049,8 @@ LossResult assemble_result(const Plan& plan, const LossOptions& o, const double*
   result.loss = hinge ? result.tokens[size_t(selected)].value : -result.tokens[size_t(selected)].value;
   const bool by_max = o.mode == LossMode::Max || o.mode == LossMode::TvMax;
   result.indicator = std::numeric_limits<double>::infinity();
-  for (const TokenDiagnostics& d : result.tokens) result.indicator = std::min(result.indicator, by_max ? d.max_attention : d.tv);
+  for (const TokenDiagnostics& d : result.tokens)
+    result.indicator = std::min(result.indicator, by_max ? d.max_attention : d.tv);
   return result;
 }
 
@@ -1051,8 +1072,8 @@ LossResult assemble_result(const Plan& plan, const LossOptions& o, const double*
 // The host path's compact gradient from the device's token softmax and per-pixel coefficients, accumulated like
 // the CPU core's aggregate_backward: an input pixel's row is the sum over the outputs o that sample it of
 // cg[o] * (delta_{j,col} - S[o, j]) on the kept tokens, object source first.
-void build_host_gradient(CompactGradient& g, const Plan& plan, const LossOptions& o, const int* sel,
-                         const double* soft, const double* cg) {
+void build_host_gradient(CompactGradient& g, const Plan& plan, const LossOptions& o, const int* sel, const double* soft,
+                         const double* cg) {
   g.reset(plan.text_length, plan.r0);
   const int s = sel[0];
   const bool any = sel[1] != 0, attr_g = sel[2] != 0;
@@ -1074,8 +1095,8 @@ void build_host_gradient(CompactGradient& g, const Plan& plan, const LossOptions
   for (int r : resolutions) {
     ResolutionGradient& rg = begin_resolution(g, r);
     if (r == plan.r0) add(rg, 0, plan.token_columns[size_t(s)]);
-    if (attr_g && std::find(o.attribute_resolutions.begin(), o.attribute_resolutions.end(), r) !=
-                      o.attribute_resolutions.end())
+    if (attr_g &&
+        std::find(o.attribute_resolutions.begin(), o.attribute_resolutions.end(), r) != o.attribute_resolutions.end())
       add(rg, 1, plan.attribute_columns[size_t(s)]);
     finish_resolution(rg, plan.k0, tk, plan.text_length);
   }
@@ -1107,12 +1128,14 @@ LossResult run_device(const std::vector<LayerView>& layers, const LossOptions& o
   long long max_image_rows = 1;
   for (size_t i = 0; i < layers.size(); ++i) {
     const LayerView& l = layers[i];
-    wl.push_back({grads ? grads[i] : nullptr, l.heads, l.resolution, plan.is_object[i] ? 1 : 0, plan.is_attribute[i] ? 1 : 0});
+    wl.push_back(
+        {grads ? grads[i] : nullptr, l.heads, l.resolution, plan.is_object[i] ? 1 : 0, plan.is_attribute[i] ? 1 : 0});
     max_image_rows = std::max(max_image_rows, (long long)l.heads * l.resolution);
   }
   if (grads && wl.size() > 65535)
-    throw InvalidArgument("layers", "layers: at most 65535 layers are supported by the CUDA backend, got " +
-                                        std::to_string(wl.size()), true);
+    throw InvalidArgument(
+        "layers", "layers: at most 65535 layers are supported by the CUDA backend, got " + std::to_string(wl.size()),
+        true);
   for (const LayerView& l : layers)
     if (grads && (long long)l.resolution * plan.text_length > 0x7fffffffLL)
       throw InvalidArgument("layers", "layers: resolution * T must stay below 2^31 for the CUDA backend", true);
@@ -1135,8 +1158,7 @@ LossResult run_device(const std::vector<LayerView>& layers, const LossOptions& o
     int max_res = 1;
     for (const LayerView& l : layers) max_res = std::max(max_res, l.resolution);
     const unsigned bx = unsigned(std::min<long long>(max_image_rows, 65535));
-    write_grads_kernel<<<dim3(bx, unsigned(wl.size())), kThreads, 2 * size_t(max_res) * sizeof(int), stream>>>(P,
-                                                                                                               meta);
+    write_grads_kernel<<<dim3(bx, unsigned(wl.size())), kThreads, 2 * size_t(max_res) * sizeof(int), stream>>>(P, meta);
     DB_LAUNCHED("write_grads_kernel");
   }
   if (ev) DB_CUDA(cudaEventRecord(ev[5], stream));
@@ -1244,7 +1266,8 @@ LossResult HostCall::compute(bool with_grad) {
   for (size_t m = 0; m < maps_.size(); ++m)
     maps.push_back({dp + m * n0 * plan_.text_length, plan_.r0, maps_[m].resolution, maps_[m].layer, maps_[m].head});
   Meta meta{};
-  Params P = make_params(plan_, options_, lay, ws.dev, size_t(plan_.object_maps), size_t(plan_.attribute_maps), ws.host);
+  Params P =
+      make_params(plan_, options_, lay, ws.dev, size_t(plan_.object_maps), size_t(plan_.attribute_maps), ws.host);
   place_meta(P, meta, maps, {}, lay, ws.host);
   float* dev_maps = reinterpret_cast<float*>(ws.dev + lay.out_maps);
   P.out_obj = dev_maps;
@@ -1264,7 +1287,8 @@ LossResult HostCall::compute(bool with_grad) {
   if (with_grad) {
     DB_CUDA(cudaMemcpyAsync(ws.host + lay.soft, ws.dev + lay.soft, 2 * n0 * size_t(plan_.tk) * sizeof(double),
                             cudaMemcpyDeviceToHost, stream));
-    DB_CUDA(cudaMemcpyAsync(ws.host + lay.cg, ws.dev + lay.cg, 2 * n0 * sizeof(double), cudaMemcpyDeviceToHost, stream));
+    DB_CUDA(
+        cudaMemcpyAsync(ws.host + lay.cg, ws.dev + lay.cg, 2 * n0 * sizeof(double), cudaMemcpyDeviceToHost, stream));
   }
   DB_CUDA(cudaStreamSynchronize(stream));
   ws.key_armed = true;
@@ -1304,8 +1328,8 @@ void HostCall::throw_nonfinite(unsigned long long key) const {
 }
 
 LossResult attention_loss_device(const std::vector<LayerView>& layers, const LossOptions& options,
-                                 float* const* grads_device, float* object_maps_device,
-                                 float* attribute_maps_device, void* cuda_stream) {
+                                 float* const* grads_device, float* object_maps_device, float* attribute_maps_device,
+                                 void* cuda_stream) {
   return run_device(layers, options, grads_device, object_maps_device, attribute_maps_device,
                     static_cast<cudaStream_t>(cuda_stream), nullptr);
 }
@@ -1323,8 +1347,7 @@ LossResult attention_loss_device_timed(const std::vector<LayerView>& layers, con
 __global__ void busy_wait_kernel(unsigned long long ns) {
   const unsigned long long start = clock64();
   // clock64 counts SM cycles; 2 GHz is an upper bound for these parts, so this waits at least ns nanoseconds
-  while (clock64() - start < ns * 2ull) {
-  }
+  while (clock64() - start < ns * 2ull) {}
 }
 
 void enqueue_busy_wait(void* cuda_stream, unsigned microseconds) {

@@ -31,9 +31,8 @@ int device_count(std::string* error);
 
 // Same contract as divbind::attention_loss (grad_prior included), computed on the current CUDA device from host
 // buffers.
-LossResult attention_loss_host(const std::vector<LayerView>& layers, const LossOptions& options,
-                               float* const* grads, float* object_maps, float* attribute_maps,
-                               const GradState* grad_prior = nullptr);
+LossResult attention_loss_host(const std::vector<LayerView>& layers, const LossOptions& options, float* const* grads,
+                               float* object_maps, float* attribute_maps, const GradState* grad_prior = nullptr);
 
 // attention_loss_host in stages. The constructor checks and plans the call and copies the rows the loss reads
 // (the only access to the layers' memory); compute() runs the device work on that copy and keeps the result's
@@ -63,7 +62,7 @@ class HostCall {
 
 // Same contract with device buffers; grads_device may be nullptr (no backward), and so may the map outputs.
 LossResult attention_loss_device(const std::vector<LayerView>& layers, const LossOptions& options,
-                                 float* const* grads_device, float* object_maps_device,
-                                 float* attribute_maps_device, void* cuda_stream);
+                                 float* const* grads_device, float* object_maps_device, float* attribute_maps_device,
+                                 void* cuda_stream);
 
 }  // namespace divbind::cuda

@@ -77,7 +77,8 @@ std::vector<double> ref_maps(const Input& in, const LossOptions& o, const std::v
       n += 1;
       for (int y = 0; y < r0; ++y)
         for (int x = 0; x < r0; ++x) {
-          const int iy = int(std::floor(double(y) * l.resolution / r0)), ix = int(std::floor(double(x) * l.resolution / r0));
+          const int iy = int(std::floor(double(y) * l.resolution / r0)),
+                    ix = int(std::floor(double(x) * l.resolution / r0));
           for (int t = 0; t < T; ++t)
             mean[(size_t(y) * r0 + x) * T + t] +=
                 l.probs[((size_t(h) * l.resolution + iy) * l.resolution + ix) * T + t];
@@ -216,8 +217,8 @@ void run_forward_and_gradient(Case c) {
   // forward vs reference
   const LossResult res = attention_loss(in.layers, o, nullptr);
   const RefResult ref = reference(in, o);
-  check(close(res.loss, ref.loss, 1e-12, 1e-10), c.name + ": loss " + std::to_string(res.loss) + " vs reference " +
-                                                     std::to_string(ref.loss));
+  check(close(res.loss, ref.loss, 1e-12, 1e-10),
+        c.name + ": loss " + std::to_string(res.loss) + " vs reference " + std::to_string(ref.loss));
   check(close(res.indicator, ref.indicator, 1e-12, 1e-10), c.name + ": indicator");
   for (size_t s = 0; s < res.tokens.size(); ++s) {
     const TokenDiagnostics& d = res.tokens[s];
@@ -263,8 +264,7 @@ void run_forward_and_gradient(Case c) {
       const double err = std::abs(g[i][e] - fd[i][e]);
       max_err = std::max(max_err, err);
       if (err > 2e-5 * max_fd + 2e-4 * std::abs(fd[i][e])) {
-        if (bad++ < 5)
-          std::printf("    layer %zu elem %zu: analytic %.9g fd %.9g\n", i, e, double(g[i][e]), fd[i][e]);
+        if (bad++ < 5) std::printf("    layer %zu elem %zu: analytic %.9g fd %.9g\n", i, e, double(g[i][e]), fd[i][e]);
       }
     }
   check(bad == 0, c.name + ": " + std::to_string(bad) + " gradient entries off");
@@ -437,8 +437,9 @@ void check_sampled_fd(const Input& in, const LossOptions& o, const std::vector<s
     const size_t li = size_t(pick_layer(rng));
     const int r = in.layers[li].resolution, step = r / 16;
     std::uniform_int_distribution<int> pick_cell(0, 15);
-    const size_t e = ((size_t(pick_head(rng)) * r + size_t(pick_cell(rng) * step)) * r + size_t(pick_cell(rng) * step)) * 77 +
-                     size_t(pick_token(rng));
+    const size_t e =
+        ((size_t(pick_head(rng)) * r + size_t(pick_cell(rng) * step)) * r + size_t(pick_cell(rng) * step)) * 77 +
+        size_t(pick_token(rng));
     const float x = in.data[li][e];
     const float xp = x + 1e-5f, xm = x - 1e-5f;  // small: flat 16x16 maps put |x| kinks close
     work.data[li][e] = xp;
@@ -454,7 +455,9 @@ void check_sampled_fd(const Input& in, const LossOptions& o, const std::vector<s
   for (const auto& smp : samples) {
     const double g = g1[smp.first.first][smp.first.second];
     if (std::abs(g - smp.second) > 2e-4 * max_fd + 2e-3 * std::abs(smp.second)) {
-      if (bad++ < 5) std::printf("    layer %zu elem %zu: analytic %.9g fd %.9g\n", smp.first.first, smp.first.second, g, smp.second);
+      if (bad++ < 5)
+        std::printf("    layer %zu elem %zu: analytic %.9g fd %.9g\n", smp.first.first, smp.first.second, g,
+                    smp.second);
     }
   }
   check(bad == 0 && max_fd > 0, "large: sampled gradient entries match central differences");
@@ -573,8 +576,8 @@ void reuse_sequence() {
     states = reused.grad_states;
     last_r0 = o.attention_resolution;
   }
-  check(mismatches == 0 && sparse_calls > 40, "reuse: 80 calls, sparse writes equal full writes bit for bit (" +
-                                                  std::to_string(sparse_calls) + " sparse)");
+  check(mismatches == 0 && sparse_calls > 40,
+        "reuse: 80 calls, sparse writes equal full writes bit for bit (" + std::to_string(sparse_calls) + " sparse)");
 }
 
 // What the states say, and that a sparse write leaves alone what it may assume to be zero.
@@ -588,7 +591,7 @@ void reuse_states_and_skips() {
   const std::vector<GradState> tv_states = {GradState::Sampled, GradState::Sampled, GradState::Zero, GradState::Zero,
                                             GradState::Zero};
   check(a.grad_states == tv_states, "reuse: in 'tv' only the object layers hold a gradient");
-  g[2][5] = 7.0f;                   // layer at 8: no gradient in 'tv', state Zero
+  g[2][5] = 7.0f;                    // layer at 8: no gradient in 'tv', state Zero
   g[0][(1 * 4 + 1) * 9 + 0] = 7.0f;  // object layer, pixel (1, 1), SOT position: inside a sampled row
   const LossResult b = attention_loss(in.layers, o, gp.data(), nullptr, nullptr, a.grad_states.data());
   check(g[2][5] == 7.0f, "reuse: a layer in state Zero without gradient is not written");
@@ -678,10 +681,11 @@ void validation_tokens(const Input& base) {
   expect_error("no tokens", call_with(x, base), "tokenIndices", "at least one", true);
   x = o;
   x.attribute_indices = {3};
-  expect_error("attribute length", call_with(x, base), "attributeIndices", "has 1 entries but tokenIndices has 2", true);
-  x.attribute_indices = {3, 8};
-  expect_error("attribute outside slice", call_with(x, base), "attributeIndices[1]", "8 is outside the kept token range",
+  expect_error("attribute length", call_with(x, base), "attributeIndices", "has 1 entries but tokenIndices has 2",
                true);
+  x.attribute_indices = {3, 8};
+  expect_error("attribute outside slice", call_with(x, base), "attributeIndices[1]",
+               "8 is outside the kept token range", true);
   x = o;
   x.token_slice = TokenSlice::UntilEot;
   x.eot_index = 5;
@@ -715,7 +719,8 @@ void validation_values(const Input& base) {
   const LossOptions o = validation_options();
   Input in = base;
   in.data[0][2 * 9 + 3] = NAN;  // head 0, pixel 2, token 3: read
-  expect_error("NaN read", call_with(o, in), "layers[0].data", "holds nan at index 21 (head 0, pixel 2, token 3)", true);
+  expect_error("NaN read", call_with(o, in), "layers[0].data", "holds nan at index 21 (head 0, pixel 2, token 3)",
+               true);
   in = base;
   in.data[2][(3 * 8 + 2) * 9 + 4] = INFINITY;  // layer at 8: pixel (3, 2) is not sampled -> not read
   check(runs(o, in), "Inf at a pixel that is never read is ignored");

@@ -9,9 +9,9 @@
 //    saturates (S_col -> 1 at temperature 100) the exact gradient there, ~S_col (1 - S_col) c, is below double
 //    resolution of its O(1e-3..1) terms, so both backends return rounding noise of ~1e-15 (seen: 1.4e-15 vs
 //    2.3e-15 in a whole 'max'-mode gradient of that size); real gradient entries are many orders above it.
-// Build: cmake -S . -B build-ctest -DDIVBIND_BUILD_TESTS=ON && cmake --build build-ctest && ctest --test-dir build-ctest
-// Where no CUDA device exists it prints "SKIPPED: no CUDA device (<reason>)" after checking that the CUDA entry
-// points fail cleanly (InvalidArgument for bad arguments, std::runtime_error otherwise), and exits 0.
+// Build: cmake -S . -B build-ctest -DDIVBIND_BUILD_TESTS=ON && cmake --build build-ctest && ctest --test-dir
+// build-ctest Where no CUDA device exists it prints "SKIPPED: no CUDA device (<reason>)" after checking that the CUDA
+// entry points fail cleanly (InvalidArgument for bad arguments, std::runtime_error otherwise), and exits 0.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -41,13 +41,13 @@ int g_failures = 0;
 int g_checks = 0;
 double g_worst_scalar = 0, g_worst_tensor = 0;
 
-#define CHECK_CUDA(call)                                                                      \
-  do {                                                                                        \
-    const cudaError_t e_ = (call);                                                            \
-    if (e_ != cudaSuccess) {                                                                  \
+#define CHECK_CUDA(call)                                                                               \
+  do {                                                                                                 \
+    const cudaError_t e_ = (call);                                                                     \
+    if (e_ != cudaSuccess) {                                                                           \
       std::fprintf(stderr, "FATAL %s:%d %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-      return 2;                                                                               \
-    }                                                                                         \
+      return 2;                                                                                        \
+    }                                                                                                  \
   } while (0)
 
 void fail(const std::string& where, const std::string& what) {
@@ -251,8 +251,8 @@ void run_case(const Case& c, std::mt19937_64& rng, cudaStream_t stream) {
   for (int a : c.options.attribute_indices)
     if (a > 0) hot.push_back(a);
   const Inputs in = make_inputs(c.layers, c.options.text_length, hot, rng);
-  const size_t map_floats = c.options.token_indices.size() * size_t(c.options.attention_resolution) *
-                            size_t(c.options.attention_resolution);
+  const size_t map_floats =
+      c.options.token_indices.size() * size_t(c.options.attention_resolution) * size_t(c.options.attention_resolution);
   const int before = g_failures;
   Outputs ref, host, dev;
   poison(ref, in, map_floats);
@@ -275,10 +275,12 @@ void run_case(const Case& c, std::mt19937_64& rng, cudaStream_t stream) {
   const auto t2 = std::chrono::steady_clock::now();
   std::string err;
   where = c.name + " [device]";
-  if (run_device(in, c.options, dev, map_floats, stream, &err)) compare(where, dev, ref, map_floats);
-  else fail(where, "threw: " + err);
-  std::printf("%-4s %-58s loss %+.6f  cpu %.1f ms  cuda-host %.1f ms\n", g_failures == before ? "ok" : "", c.name.c_str(),
-              ref.result.loss, std::chrono::duration<double, std::milli>(t1 - t0).count(),
+  if (run_device(in, c.options, dev, map_floats, stream, &err))
+    compare(where, dev, ref, map_floats);
+  else
+    fail(where, "threw: " + err);
+  std::printf("%-4s %-58s loss %+.6f  cpu %.1f ms  cuda-host %.1f ms\n", g_failures == before ? "ok" : "",
+              c.name.c_str(), ref.result.loss, std::chrono::duration<double, std::milli>(t1 - t0).count(),
               std::chrono::duration<double, std::milli>(t2 - t1).count());
 }
 
@@ -351,8 +353,7 @@ int check_without_device(const std::vector<LayerSpec>& small, std::mt19937_64& r
     divbind::cuda::attention_loss_host(in.views, o, nullptr, nullptr, nullptr);
   } catch (const InvalidArgument& e) {
     bad = e.field;
-  } catch (const std::exception&) {
-  }
+  } catch (const std::exception&) {}
   std::printf("without a device: attention_loss_host -> %s\n", outcome.c_str());
   std::printf("without a device: bad tokenIndices -> InvalidArgument(%s)\n", bad.c_str());
   if (outcome.rfind("runtime_error", 0) != 0 || bad != "tokenIndices[1]") {
@@ -388,8 +389,7 @@ std::vector<Case> mode_cases(const std::vector<LayerSpec>& small, int T) {
     cases.push_back(c);
   }
   for (int step : {0, 12, 31}) {
-    Case c{"tv_bind 2 attrs step " + std::to_string(step), small,
-           base_options(LossMode::TvBind, T, {3, 8}, {2, 7})};
+    Case c{"tv_bind 2 attrs step " + std::to_string(step), small, base_options(LossMode::TvBind, T, {3, 8}, {2, 7})};
     c.options.step_index = step;
     cases.push_back(c);
   }
@@ -434,7 +434,8 @@ std::vector<Case> shape_cases(int T) {
   std::vector<Case> cases;
   {
     // r0 = 8 with attribute layers at 16 (downsampling) and 4 (upsampling: several outputs share a pixel)
-    Case c{"tv_bind r0 8, attribute res 16 and 4 (upsampled)", {{2, 8}, {2, 16}, {3, 4}, {1, 32}},
+    Case c{"tv_bind r0 8, attribute res 16 and 4 (upsampled)",
+           {{2, 8}, {2, 16}, {3, 4}, {1, 32}},
            base_options(LossMode::TvBind, T, {3, 8}, {2, 7})};
     c.options.attention_resolution = 8;
     c.options.attribute_resolutions = {16, 4};
@@ -442,7 +443,8 @@ std::vector<Case> shape_cases(int T) {
   }
   {
     // r0 in the attribute resolutions (a layer feeds both means) and a non-integer ratio (24 -> 16)
-    Case c{"tv_bind attribute res {16, 24} (shared r0 layer)", {{2, 16}, {2, 24}, {1, 16}},
+    Case c{"tv_bind attribute res {16, 24} (shared r0 layer)",
+           {{2, 16}, {2, 24}, {1, 16}},
            base_options(LossMode::TvBind, T, {3, 8}, {2, 7})};
     c.options.attribute_resolutions = {16, 24};
     cases.push_back(c);
@@ -476,7 +478,8 @@ std::vector<Case> shape_cases(int T) {
     // beyond the inline kernel-parameter capacity: descriptors and token columns are uploaded instead
     std::vector<int> many;
     for (int k = 1; k <= 33; ++k) many.push_back(k);
-    Case c{"tv 200 heads, 33 tokens (descriptors uploaded)", {{200, 16}, {3, 32}}, base_options(LossMode::Tv, 40, many)};
+    Case c{
+        "tv 200 heads, 33 tokens (descriptors uploaded)", {{200, 16}, {3, 32}}, base_options(LossMode::Tv, 40, many)};
     cases.push_back(c);
     std::vector<LayerSpec> seventy(70, LayerSpec{1, 16});
     seventy[3] = {2, 64};
@@ -485,10 +488,10 @@ std::vector<Case> shape_cases(int T) {
     cases.push_back(d);
   }
   // SD 1.x at 512x512: 5 layers x 8 heads at 16^2, 5 at 64^2, 5 at 32^2, 1 mid at 8^2, T = 77
-  const std::vector<LayerSpec> sd = {{8, 64}, {8, 64}, {8, 32}, {8, 32}, {8, 16}, {8, 16}, {8, 8}, {8, 16},
+  const std::vector<LayerSpec> sd = {{8, 64}, {8, 64}, {8, 32}, {8, 32}, {8, 16}, {8, 16}, {8, 8},  {8, 16},
                                      {8, 16}, {8, 16}, {8, 32}, {8, 32}, {8, 32}, {8, 64}, {8, 64}, {8, 64}};
-  cases.push_back({"SD 1.x 512: tv_bind, 2 objects with attributes", sd,
-                   base_options(LossMode::TvBind, 77, {2, 5}, {1, 4})});
+  cases.push_back(
+      {"SD 1.x 512: tv_bind, 2 objects with attributes", sd, base_options(LossMode::TvBind, 77, {2, 5}, {1, 4})});
   {
     Case c{"SD 1.x 512: tv_bind step 24, 3 objects", sd, base_options(LossMode::TvBind, 77, {2, 5, 9}, {1, 4, -1})};
     c.options.step_index = 24;
@@ -535,11 +538,13 @@ void validation_parity(const std::vector<LayerSpec>& small, int T, std::mt19937_
   expect_same_error("buffer length", wrong, tv, true, stream, false);
   // device entry point given host memory: a clear InvalidArgument, not a fault
   std::string field;
-  const std::string msg = capture(
-      [&] { divbind::cuda::attention_loss_device(in.views, tv, nullptr, nullptr, nullptr, stream); }, &field);
+  const std::string msg =
+      capture([&] { divbind::cuda::attention_loss_device(in.views, tv, nullptr, nullptr, nullptr, stream); }, &field);
   ++g_checks;
-  if (field != "layers[0].data") fail("device entry point with host pointers", msg);
-  else std::printf("ok   %-58s %s\n", "device entry point with host pointers", msg.substr(0, 90).c_str());
+  if (field != "layers[0].data")
+    fail("device entry point with host pointers", msg);
+  else
+    std::printf("ok   %-58s %s\n", "device entry point with host pointers", msg.substr(0, 90).c_str());
   // grads == nullptr: forward only, same result
   const LossResult a = divbind::attention_loss(in.views, tv, nullptr);
   const LossResult b = divbind::cuda::attention_loss_host(in.views, tv, nullptr, nullptr, nullptr);
@@ -604,8 +609,8 @@ int main() {
 
   validation_parity(small, T, rng, stream);
   reuse_parity(small, T, rng);
-  std::printf("%d checks, %d failures; worst relative error: scalars %.3g, tensors (norm) %.3g\n", g_checks,
-              g_failures, g_worst_scalar, g_worst_tensor);
+  std::printf("%d checks, %d failures; worst relative error: scalars %.3g, tensors (norm) %.3g\n", g_checks, g_failures,
+              g_worst_scalar, g_worst_tensor);
   cudaStreamDestroy(stream);
   if (g_failures) {
     std::printf("FAILED\n");
