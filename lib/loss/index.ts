@@ -3,10 +3,15 @@
  * TypeScript twin js-backend.ts) → LossResult. Spec: ../shared/spec/divide-and-bind.md §1, §2, §9.
  *
  *   attentionLoss(layers, options, call?)        [sync]
- *   attentionLossAsync(layers, options, call?)   [async] native: the addon's AsyncWorker (libuv pool,
- *                                                 UV_THREADPOOL_SIZE threads shared with fs/dns/zlib);
+ *   attentionLossAsync(layers, options, call?)   [async] native: reads the layers before returning, computes on
+ *                                                 the libuv pool (UV_THREADPOOL_SIZE threads shared with
+ *                                                 fs/dns/zlib), writes the outputs back on the JS thread in
+ *                                                 ~4 MB slices (native/addon/loss_call.h says why);
  *                                                 js: the same computation sliced between event-loop turns
  *   availableBackends()
+ *
+ * Both async paths touch the caller's buffers only on the JS thread and check them between slices: a buffer
+ * transferred, detached or resized while a call runs rejects it with a TypeError naming the buffer.
  *
  * Why the js async path does not use a worker thread: the loss reads the layers only through two small
  * (r0², T) aggregates, so the only large work is O(data) memory passes (aggregation reads, gradient
@@ -14,6 +19,9 @@
  * clone = a synchronous memcpy of every layer on this thread, plus the gradients back), which costs more
  * main-thread time than the passes themselves. Slicing the passes (one layer / ≈ 1 M floats per turn)
  * keeps each event-loop block short; bench/loss.bench.ts measures the longest block.
+ *
+ * gradOutReuse (LossCallOptions): grad-reuse.ts remembers what each kept gradOut buffer holds and tells the
+ * backend, which then writes only where this or the previous gradient can be non-zero.
  */
 import { loadNativeBinding, tryLoadNativeBinding } from './binding';
 import { acquireGradOut, type GradOutLease } from './grad-reuse';
