@@ -84,7 +84,7 @@ for (const target of TARGETS) {
       } else {
         t.deepEqual(report.rejected, { [want]: ITERATIONS });
       }
-      t.log(`${report.resolved} resolved, rejected: ${JSON.stringify(report.rejected).slice(0, 200)}`);
+      t.log(`${report.resolved} resolved, ${ITERATIONS - report.resolved} rejected`);
     });
   }
 }
