@@ -133,8 +133,13 @@ function checkOptions(o: EvalOptions): void {
   checkOverrides(o.generate);
 }
 
+/** The seeds of each prompt line in this run: the quick variant keeps the first QUICK.seeds. */
+export function runSeeds(seeds: readonly number[], quick = false): number[] {
+  return quick ? seeds.slice(0, QUICK.seeds) : [...seeds];
+}
+
 /** Groups the lines by prompt (a repeated prompt gathers the seeds of all its lines); quick keeps one per category. */
-export function promptEntries(lines: PromptLine[], seeds: number[], quick = false): PromptEntry[] {
+export function promptEntries(lines: PromptLine[], seeds: readonly number[], quick = false): PromptEntry[] {
   const byText = new Map<string, PromptEntry>();
   const perCategory = new Map<Category, number>();
   for (const l of lines) {
@@ -147,7 +152,7 @@ export function promptEntries(lines: PromptLine[], seeds: number[], quick = fals
       byText.set(l.prompt.text, e);
     } else if (quick) continue;
     e.lines.push(l.line);
-    e.seeds.push(...lineSeeds(quick ? seeds.slice(0, QUICK.seeds) : seeds, l.occurrence));
+    e.seeds.push(...lineSeeds(seeds, l.occurrence));
   }
   return [...byText.values()];
 }
@@ -184,8 +189,7 @@ async function openRunner(o: EvalOptions, images: number, progress: (m: string) 
   const threads = o.threads ?? Math.max(1, Math.floor(cores / workers));
   if (workers === 1) {
     const pipe = await DivBindPipeline.load(o.modelDir, { prepare: o.prepare, cacheDir: o.cacheDir, session: { intraOpNumThreads: threads }, onProgress: progress });
-    const inner = inProcessRunner(pipe, o.signal);
-    return { runner: { ...inner, canGuide: pipe.canGuide, close: () => pipe.release() }, workers, threads };
+    return { runner: inProcessRunner(pipe, o.signal, () => pipe.release()), workers, threads };
   }
   progress(`starting ${workers} workers × ${threads} onnxruntime thread(s)`);
   const runner = await startWorkerPool({ modelDir: o.modelDir as string, prepare: o.prepare ?? false, cacheDir: o.cacheDir, threads, workers, onNote: progress });
@@ -227,7 +231,8 @@ export async function runEval(o: EvalOptions): Promise<EvalReport> {
   const progress = o.onProgress ?? (() => {});
   const methods = [...(o.methods ?? DEFAULT_METHODS)];
   const lines = typeof o.prompts === 'string' ? readPromptFile(o.prompts) : o.prompts;
-  const entries = promptEntries(lines, o.seeds, o.quick);
+  const seeds = runSeeds(o.seeds, o.quick);
+  const entries = promptEntries(lines, seeds, o.quick);
   const jobs = makeJobs(o, entries, methods);
   prepareOutDir(o.outDir);
   const { runner, workers, threads } = await openRunner(o, jobs.length, progress);
@@ -273,7 +278,7 @@ export async function runEval(o: EvalOptions): Promise<EvalReport> {
   }
   const config = {
     prompts: typeof o.prompts === 'string' ? o.prompts : '(parsed lines)', model: o.modelDir ?? o.pipeline?.folder.dir ?? null,
-    seeds: o.seeds, methods, quick: o.quick ?? false, workers, threadsPerWorker: threads, generate: o.generate ?? {}, promptsRun: entries.length, images: jobs.length,
+    seeds, methods, quick: o.quick ?? false, workers, threadsPerWorker: threads, generate: o.generate ?? {}, promptsRun: entries.length, images: jobs.length,
     // What generate() used per method, defaults resolved (steps, thresholds, refinement, scale factor, …).
     parameters: Object.fromEntries(methods.map((m) => [m, resolved[m]])),
   };

@@ -47,17 +47,27 @@ export async function runJob(pipe: DivBindPipeline, job: ImageJob, signal?: Abor
   return { id: job.id, rgb: img.rgb, width: img.width, height: img.height, ms: performance.now() - t, pid: process.pid, parameters: result.parameters };
 }
 
-/** Jobs one after another on a pipeline loaded in this process. */
-export function inProcessRunner(pipe: DivBindPipeline, signal?: AbortSignal): ImageRunner {
+/**
+ * Jobs one after another on a pipeline loaded in this process. close() lets the running job finish (an abort
+ * reaches it through the signal), drops the queued ones, then calls `release` (e.g. the pipeline's).
+ */
+export function inProcessRunner(pipe: DivBindPipeline, signal?: AbortSignal, release?: () => Promise<void>): ImageRunner {
   let chain: Promise<unknown> = Promise.resolve();
+  let closing: Promise<void> | null = null;
   return {
     canGuide: pipe.canGuide,
     run(job) {
-      const next = chain.then(() => runJob(pipe, job, signal));
+      const next = chain.then(() => {
+        if (closing) throw new DivbindError('ABORTED', 'the benchmark stopped before this image was made');
+        return runJob(pipe, job, signal);
+      });
       chain = next.catch(() => undefined);
       return next;
     },
-    async close() {},
+    close() {
+      closing ??= chain.then(() => release?.());
+      return closing;
+    },
   };
 }
 

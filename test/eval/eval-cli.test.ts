@@ -1,6 +1,6 @@
 /**
  * `divbind-native eval` end to end as a user runs it (a child process on the compiled entry point) on a private
- * copy of the eval test model: 2 prompts × 1 seed × 2 methods × 2 steps; its exit codes for bad input; the flag parsers.
+ * copy of the eval test model: 2 prompts × 1 seed × 2 methods × 2 steps (--quick, steps and refinement overridden); its exit codes for bad input; the flag parsers.
  */
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
@@ -36,14 +36,15 @@ test('eval writes results.json, records.json, results.md and labelled grids', (t
   const model = copyModel();
   const out = path.join(dir, 'out');
   try {
-    const prompts = promptFile('p.tsv', '# two categories\nsingle\ta red circle\ntwo circles  # counted\n');
+    // --quick keeps the first prompt of each category (not "a blue square") and the first 2 seeds (here 1).
+    const prompts = promptFile('p.tsv', '# two categories\nsingle\ta red circle\ntwo circles  # counted\na blue square\n');
     const r = cli(['--prompts', prompts, '--seeds', '1', '--methods', 'none,tv_bind', '--out', out, '--model', model, '--prepare', '--steps', '2',
-      '--workers', '1', '--generate-options', '{"refinement":{"initStep":1,"other":1}}']);
+      '--workers', '1', '--quick', '--generate-options', '{"refinement":{"initStep":1,"other":1}}']);
     t.is(r.status, 0, r.stderr);
     const results = JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8')) as { methods: Record<string, { categories: Record<string, { n: number }> }>; config: Record<string, unknown> };
     checkResultsSchema(t, results, ['none', 'tv_bind'], ['single', 'two']);
     t.is(results.methods.tv_bind.categories.two.n, 1);
-    t.deepEqual(results.config.seeds, [0]);
+    t.deepEqual([results.config.seeds, results.config.quick], [[0], true]);
     const used = results.config.parameters as Record<string, { steps: number; mode: string; refinement: unknown }>;
     t.deepEqual([used.none.steps, used.none.mode, used.tv_bind.mode, used.tv_bind.refinement], [2, 'none', 'tv_bind', { initStep: 1, other: 1 }]);
     const records = JSON.parse(fs.readFileSync(path.join(out, 'records.json'), 'utf8')) as Array<{ prompt: string; method: string; seed: number; lines: number[] }>;

@@ -6,7 +6,7 @@ import test from 'ava';
 import * as path from 'node:path';
 import { DivbindError } from '../../lib/errors';
 import { guidanceTokens, inferCategory, lineSeeds, parsePrompt, parsePromptFile, readPromptFile } from '../../lib/eval/prompts';
-import { promptEntries } from '../../lib/eval/benchmark';
+import { promptEntries, runSeeds } from '../../lib/eval/benchmark';
 import { ClipTokenizer } from '../../lib/tokenizer/clip';
 import { selectTokens } from '../../lib/pipeline/token-selection';
 import { fixturePath } from '../helpers/fixtures';
@@ -140,6 +140,8 @@ test('a repeated prompt line runs on fresh seeds; quick keeps one prompt per cat
     ['three', 1, 'three squares', [4], [0, 1, 2]],
     ['single', 2, 'a circle', [5], [0, 1, 2]],
   ]);
-  const quick = promptEntries(lines, [0, 1, 2], true);
+  t.deepEqual(runSeeds([0, 1, 2], true), [0, 1]);
+  t.deepEqual(runSeeds([0, 1, 2], false), [0, 1, 2]);
+  const quick = promptEntries(lines, runSeeds([0, 1, 2], true), true);
   t.deepEqual(quick.map((e) => [e.prompt.text, e.seeds]), [['two circles', [0, 1]], ['a red circle', [0, 1]], ['three squares', [0, 1]]]);
 });
