@@ -174,11 +174,10 @@ export async function startWorkerPool(o: PoolOptions): Promise<ImageRunner> {
     }
   };
   const onMessage = (w: Worker, m: WorkerMessage) => {
+    // Every worker loads the same model; the first one's notes (including preparing) are enough.
     if (m.type === 'note') {
-      // Every worker loads the same model; the first one's notes (including preparing) are enough.
       if (w.index === 0) o.onNote?.(m.message);
-    }
-    else if (m.type === 'result' && w.busy) {
+    } else if (m.type === 'result' && w.busy) {
       w.busy.resolve(m.result);
       w.busy = null;
       dispatch();
@@ -197,10 +196,11 @@ export async function startWorkerPool(o: PoolOptions): Promise<ImageRunner> {
         else w.child.kill('SIGTERM');
       }))));
   };
+  const init: WorkerInit = { modelDir: o.modelDir, prepare: o.prepare, cacheDir: o.cacheDir, threads: o.threads };
   try {
-    workers.push(new Worker(0, o, onMessage, onExit));
+    workers.push(new Worker(0, init, onMessage, onExit));
     const canGuide = await workers[0].ready;
-    for (let i = 1; i < o.workers; i++) workers.push(new Worker(i, { ...o, prepare: false }, onMessage, onExit));
+    for (let i = 1; i < o.workers; i++) workers.push(new Worker(i, { ...init, prepare: false }, onMessage, onExit));
     await Promise.all(workers.map((w) => w.ready));
     return {
       canGuide,
