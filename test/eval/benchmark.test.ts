@@ -89,7 +89,7 @@ for (const workers of [1, 2]) {
     try {
       const base: EvalOptions = { prompts: PROMPTS, seeds: [0, 1, 2, 3], methods: ['none'], modelDir: model, outDir: out, workers, threads: 1, steps: 1 };
       // Rejected by generate() (in a worker, too: the error comes back with its class and message).
-      await t.throwsAsync(runEval({ ...base, generate: { guidanceScale: 'x' as unknown as number } }), { instanceOf: TypeError, message: /guidanceScale/ });
+      await t.throwsAsync(runEval({ ...base, generate: { guidanceScale: 'x' as unknown as number } }), { instanceOf: DivbindError, message: /guidanceScale/ });
       const controller = new AbortController();
       const progress: string[] = [];
       const err = await t.throwsAsync(runEval({ ...base, signal: controller.signal, onProgress: (m) => {
