@@ -29,7 +29,7 @@ export interface UnetFolder {
   index: Record<string, unknown>;
   unetFile: string;
   /** Optional D&B defaults the folder declares in model_index.json "divbind" (our models do; SD exports do not). */
-  divbind: { attentionResolution?: number; attributeResolutions?: number[] };
+  divbind: DeclaredDivbind;
   /** VAE latent scaling factor (VAE config "scaling_factor", else 0.18215). */
   vaeScalingFactor: number;
   /**
@@ -116,11 +116,31 @@ function readVaeConfig(dir: string, index: Record<string, unknown>): Pick<UnetFo
   return { vaeScalingFactor, vaeScaleFactor };
 }
 
-function readDivbindDefaults(index: Record<string, unknown>): UnetFolder['divbind'] {
+/**
+ * model_index.json "divbind": the map resolutions D&B should use for this model, and generate options tuned for
+ * it (`defaults`, and per guidance mode `modeDefaults`), which take the place of the global defaults. The
+ * option values are checked by lib/options (model-defaults.ts) when a pipeline loads the folder.
+ */
+export interface DeclaredDivbind {
+  attentionResolution?: number;
+  attributeResolutions?: number[];
+  defaults?: Record<string, unknown>;
+  modeDefaults?: Record<string, Record<string, unknown>>;
+}
+
+function readDivbindDefaults(index: Record<string, unknown>): DeclaredDivbind {
   const raw = (index.divbind ?? {}) as Record<string, unknown>;
-  const out: UnetFolder['divbind'] = {};
+  const out: DeclaredDivbind = {};
   if (typeof raw.attentionResolution === 'number') out.attentionResolution = raw.attentionResolution;
   if (Array.isArray(raw.attributeResolutions)) out.attributeResolutions = raw.attributeResolutions.map(Number);
+  for (const key of ['defaults', 'modeDefaults'] as const) {
+    const v = raw[key];
+    if (v === undefined) continue;
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) {
+      throw new DivbindError('MODEL_INVALID', `model_index.json "divbind.${key}" must be an object of generate options`, { field: `model_index.json divbind.${key}` });
+    }
+    out[key] = v as Record<string, Record<string, unknown>>;
+  }
   return out;
 }
 

@@ -12,6 +12,8 @@ export { checkGenerateOptions } from './check';
 export { buildScheduler, checkLossAgainstLayers, isGenerationPlan, resolveGenerationPlan } from './plan';
 export type { GenerationPlan, PlanContext } from './plan';
 export { describeGenerationPlan } from './describe';
+export { MODEL_DEFAULT_OPTIONS, readModelDefaults, withModelDefaults } from './model-defaults';
+export type { ModelDefaults } from './model-defaults';
 export { generateOptionsJsonSchema } from './schema';
 export { addGenerateFlags, generateOptionsFromFlags, THREADS } from './cli';
 export type { JsonSchema, Kind } from './kinds';

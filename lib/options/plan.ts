@@ -16,7 +16,8 @@ import { fromConfig, type Scheduler, type SchedulerName } from '../schedulers/in
 import type { ClipTokenizer } from '../tokenizer/clip';
 import { checkGenerateOptions } from './check';
 import type { CheckedGenerateOptions, GenerateOptions } from './definitions';
-import { badInput } from './kinds';
+import { badInput, plainObject } from './kinds';
+import { withModelDefaults, type ModelDefaults } from './model-defaults';
 import { latentSize, resolveImageSize, type SizeRule } from '../model/size';
 
 /** What a plan needs to know about the loaded model. */
@@ -31,6 +32,8 @@ export interface PlanContext {
   defaultScheduler: SchedulerName;
   /** Resolutions D&B should use, as the model folder declares them (model_index.json "divbind"). */
   declared: { attentionResolution?: number; attributeResolutions?: number[] };
+  /** Generate options the model folder declares as its defaults (checked, model-defaults.ts). */
+  modelDefaults: ModelDefaults;
   /** The default size's prepared set (to check loss options early), or null; other sizes are checked on use. */
   guidance: { latentSize: readonly [number, number]; textLength: number; resolutions: readonly number[] } | null;
 }
@@ -89,8 +92,8 @@ function asOptionError(err: unknown, field: string, code: DivbindErrorCode = 'BA
 
 /** Resolves and checks the options against the loaded model; nothing runs yet. */
 export function resolveGenerationPlan(options: GenerateOptions | unknown, ctx: PlanContext): GenerationPlan {
-  // 1. Model-free checks, fixed defaults.
-  const o = checkGenerateOptions(options);
+  // 1. Model-free checks; the model's declared defaults, then the fixed ones.
+  const o = checkGenerateOptions(plainObject(options) ? withModelDefaults(options, ctx.modelDefaults) : options);
   // 2. The text: both prompts within the text encoder's length.
   checkPromptLength(ctx.tokenizer, o.prompt, 'prompt');
   checkPromptLength(ctx.tokenizer, o.negativePrompt, 'negativePrompt');

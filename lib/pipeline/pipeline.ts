@@ -14,7 +14,7 @@ import { readModelFolder, type ModelFolder } from '../model/folder';
 import type { PreparedInfo } from '../model/prepared';
 import { defaultImageSize, sizeRule, type SizeRule } from '../model/size';
 import {
-  buildScheduler, checkLossAgainstLayers, describeGenerationPlan, isGenerationPlan, resolveGenerationPlan,
+  buildScheduler, checkLossAgainstLayers, describeGenerationPlan, isGenerationPlan, readModelDefaults, resolveGenerationPlan,
   type GenerateLossOptions, type GenerateOptions, type GenerationPlan, type PlanContext,
 } from '../options/index';
 import type { ClipTokenizer } from '../tokenizer/clip';
@@ -146,7 +146,14 @@ export class DivBindPipeline {
         throw err;
       }
     }
-    return new DivBindPipeline(folder, tokenizer, textEncoder, unet, guidedBySize, first?.unet ?? null, first?.prepared ?? null, vae, scheduler, sizes);
+    const pipe = new DivBindPipeline(folder, tokenizer, textEncoder, unet, guidedBySize, first?.unet ?? null, first?.prepared ?? null, vae, scheduler, sizes);
+    try {
+      void pipe.context; // the model's declared defaults are checked now, not at the first generate()
+    } catch (err) {
+      await pipe.release();
+      throw err;
+    }
+    return pipe;
   }
 
   /** Whether guided modes are available at the default image size (the UNet is prepared for it). */
@@ -171,6 +178,7 @@ export class DivBindPipeline {
       schedulerConfig: this.folder.schedulerConfig,
       defaultScheduler: this.scheduler.name,
       declared: this.folder.divbind,
+      modelDefaults: readModelDefaults(this.folder.divbind),
       // The default size's prepared set lets a plan check loss options early; other sizes are checked on use.
       guidance: prepared && this.guided
         ? { latentSize: [prepared.files.latentDims[1], prepared.files.latentDims[2]], textLength: prepared.files.textDims[0], resolutions: [...new Set(this.guided.layers.map((l) => l.resolution))] }
