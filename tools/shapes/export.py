@@ -87,7 +87,7 @@ def export(ckpt_path: str, out: str) -> dict:
     if len(vocab) != ck['vocab_size']:
         raise SystemExit(f'tokenizer mismatch: {len(vocab)} entries rebuilt, checkpoint says {ck["vocab_size"]}')
     tok = clip_bpe.ClipTokenizer(vocab, merges)
-    te, unet, ae = M.build(cfg, ck['vocab_size'], tok.eot)
+    te, unet, ae = M.build(cfg, ck['vocab_size'], tok.eot, D.separator_ids(tok))
     te.load_state_dict(ck['text_encoder'])
     unet.load_state_dict(ck['unet'])
     ae.load_state_dict(ae_ck['model'])
@@ -169,7 +169,7 @@ def export(ckpt_path: str, out: str) -> dict:
                           opset_version=OPSET, do_constant_folding=True)
         img = dec(latent)
         # The fold must reproduce decoder(denormalise(x0)) exactly (up to float rounding).
-        ae2 = M.build(cfg, ck['vocab_size'], tok.eot)[2]
+        ae2 = M.build(cfg, ck['vocab_size'], tok.eot, D.separator_ids(tok))[2]
         ae2.load_state_dict(ae_ck['model'])
         ref_img = ae2.decoder(ae2.denormalise(latent * M.SCALING_FACTOR))
         err = float((img - ref_img).abs().max())

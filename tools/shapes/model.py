@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -57,23 +57,28 @@ def default_config() -> Dict:
 
 
 class ShapesTextEncoder(sm.CLIPTextModel):
-    """sd_modules' CLIP text model whose end-of-text token and padding carry no caption.
+    """sd_modules' CLIP text model whose attention stays inside each object phrase.
 
-    In CLIP every position attends causally to the ones before it, so the 66 padding positions of a short caption
-    each hold a summary of the whole caption. A UNet trained from scratch on such a frozen encoder learnt to read
-    the caption from the padding (84-99 % of its 16² cross-attention went there; measured on the first training
-    run) and the word tokens' maps, which Divide & Bind optimises, stayed flat. Here the attention mask also splits
-    the sequence at the first EOT: SOT and the words attend causally among themselves (so "circle" still sees
-    "red" before it, as in CLIP), EOT and the padding only among themselves. The caption then reaches the UNet
-    only through its word tokens. The mask is built from the ids inside the graph, so the export needs no extra
-    input."""
+    In CLIP every position attends causally to the ones before it. A UNet trained from scratch on such a frozen
+    encoder reads the caption wherever it is summarised: first from the 66 padding positions (84-99 % of its 16²
+    cross-attention went there), then, with padding masked off, from the last word ("square" in "a red circle and
+    a blue square" holds the whole caption), leaving the other objects' word maps flat (max 0.005 for "circle").
+    Divide & Bind optimises exactly those maps, so here the attention mask also splits the sequence into phrases
+    at "and" and "," and at the first EOT: a word attends causally within its own phrase only ("circle" sees
+    "a red circle", as in CLIP, but nothing of "a blue square"), EOT and the padding only among themselves. Each
+    object then reaches the UNet only through its own words. The mask is built from the ids inside the graph, so
+    the export needs no extra input."""
 
-    def tail_mask(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """(B, 1, L, L) additive mask: causal, and no attention across the first EOT."""
+    def phrase_mask(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(B, 1, L, L) additive mask: causal, and no attention across a phrase boundary or the first EOT."""
         n = ids.shape[1]
         eot = (ids == self.eot_id).to(torch.int64).argmax(dim=-1)  # first EOT (ArgMax keeps the first maximum)
-        tail = self.position_ids[None, :] >= eot[:, None]  # (B, L)
-        same = tail[:, :, None] == tail[:, None, :]
+        tail = (self.position_ids[None, :] >= eot[:, None]).to(torch.int64)  # (B, L)
+        starts = torch.zeros_like(ids)
+        for sep in self.separator_ids:
+            starts = starts + (ids == sep).to(torch.int64)
+        phrase = torch.cumsum(starts, dim=1) + tail * n  # the tail is a phrase of its own
+        same = phrase[:, :, None] == phrase[:, None, :]
         causal = self.position_ids[None, :, None] >= self.position_ids[None, None, :]
         allowed = same & causal
         big = torch.full((1,), -1e9, dtype=dtype)
@@ -82,7 +87,7 @@ class ShapesTextEncoder(sm.CLIPTextModel):
     def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
         ids = input_ids.to(torch.int64)
         x = self.embeddings.token_embedding(ids) + self.embeddings.position_embedding(self.position_ids)[None]
-        mask = self.tail_mask(ids, x.dtype)
+        mask = self.phrase_mask(ids, x.dtype)
         for layer in self.encoder.layers:
             x = layer(x, mask)
         return self.final_layer_norm(x)
@@ -239,9 +244,11 @@ class AutoEncoder(nn.Module):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def build(cfg: Dict, vocab_size: int, eot_id: int) -> Tuple[ShapesTextEncoder, ShapesUNet, AutoEncoder]:
+def build(cfg: Dict, vocab_size: int, eot_id: int, separator_ids: Sequence[int]) -> Tuple[ShapesTextEncoder, ShapesUNet, AutoEncoder]:
+    """separator_ids: the token ids that start a new phrase in the text encoder's mask ("and", ",")."""
     te = ShapesTextEncoder(sm.TextEncoderConfig(vocab_size=vocab_size, **cfg['text_encoder']))
     te.eot_id = eot_id
+    te.separator_ids = tuple(separator_ids)
     ucfg = dict(cfg['unet'])
     ucfg['block_out_channels'] = tuple(ucfg['block_out_channels'])
     unet = ShapesUNet(sm.UNetConfig(**ucfg), list(cfg['unet_no_self_attention_at']),
