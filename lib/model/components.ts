@@ -1,7 +1,8 @@
 /**
  * Opening a folder's ONNX components and checking, at load, that each is what its place says: the text encoder
- * takes token ids, the UNet takes sample/timestep/encoder_hidden_states, the VAE decoder takes one latent, and
- * their dims agree. A missing, damaged or misplaced file is a DivbindError naming it and the fix, raised before
+ * takes token ids, the UNet takes sample/timestep/encoder_hidden_states (SDXL: also text_embeds and time_ids), the
+ * VAE decoder takes one latent, SDXL's two encoders give every hidden state (and encoder 2 the pooled text_embeds),
+ * and their dims agree with each other and with the folder's family (lib/model/family.ts). A missing, damaged or misplaced file is a DivbindError naming it and the fix, raised before
  * any work is done (never "input 'timestep' is missing" after the whole denoise).
  */
 import * as fs from 'node:fs';
@@ -12,6 +13,7 @@ import { createSession, loadModel, type CreateSessionExtras, type LoadedModel } 
 import { inputSpec, sessionOptions, type InputSpec, type SessionOptions } from '../pipeline/ort';
 import { fromConfig, type Scheduler } from '../schedulers/index';
 import { ClipTokenizer } from '../tokenizer/clip';
+import type { ModelFamily } from './family';
 import { COMPONENT_FILES, type ComponentName, type ModelFolder } from './folder';
 
 /** What to do about a component file that is missing, damaged or of the wrong kind. */
@@ -93,8 +95,10 @@ const isFloat = (s: InputSpec | undefined, rank: number) => s !== undefined && F
 
 export interface TextEncoderIo {
   ids: InputSpec;
-  /** Output with the hidden states [batch, T, D]. */
+  /** Output with the hidden states the UNet is conditioned on, [batch, T, D]. */
   hidden: InputSpec;
+  /** SDXL's second encoder: the pooled, projected output text_embeds [batch, P]. */
+  pooled?: InputSpec;
 }
 
 export function checkTextEncoder(session: ort.InferenceSession, rel: string = COMPONENT_FILES.text_encoder): TextEncoderIo {
@@ -109,12 +113,58 @@ export function checkTextEncoder(session: ort.InferenceSession, rel: string = CO
   return { ids, hidden: hidden! };
 }
 
+/**
+ * SDXL: its pipeline's added conditions are UNet inputs, [batch, dim] each: text_embeds = text_encoder_2's pooled
+ * output, time_ids = (original size, crop top-left, target size).
+ */
+export const ADDED_CONDITIONS = ['text_embeds', 'time_ids'] as const;
+const TIME_IDS_LENGTH = 6;
+
+/**
+ * SDXL's text encoders as Optimum exports them (output_hidden_states): the UNet takes each encoder's penultimate
+ * layer, hidden_states.{N-1} of hidden_states.0 (embeddings) … hidden_states.N, without the final LayerNorm.
+ * `pooled`: the second encoder, which also gives text_embeds.
+ */
+export function checkSdxlTextEncoder(pooled: boolean): (session: ort.InferenceSession, rel: string) => TextEncoderIo {
+  return (session, rel) => {
+    const what = pooled ? "SDXL's second text encoder" : "SDXL's first text encoder";
+    const { ids } = checkTextEncoder(session, rel);
+    const outputs = tensors(session.outputMetadata);
+    const layers = outputs.filter((s) => /^hidden_states\.\d+$/.test(s.name)).sort((a, b) => Number(a.name.slice(14)) - Number(b.name.slice(14)));
+    const complete = layers.length >= 3 && layers.every((s, k) => s.name === `hidden_states.${k}` && isFloat(s, 3));
+    if (!complete) throw notA(rel, what, 'outputs hidden_states.0 … hidden_states.N of float [batch, sequence, hidden] (export it with Optimum\'s SDXL text encoder config)', session);
+    const textEmbeds = outputs.find((s) => s.name === 'text_embeds');
+    if (pooled && !isFloat(textEmbeds, 2)) throw notA(rel, what, 'an output text_embeds of float [batch, projection]', session);
+    return { ids, hidden: layers[layers.length - 2]!, ...(pooled ? { pooled: textEmbeds! } : {}) };
+  };
+}
+
 export interface UnetIo {
   sample: InputSpec;
   timestep: InputSpec;
   encoderHiddenStates: InputSpec;
+  /** SDXL's added conditions (ADDED_CONDITIONS, in that order); absent or empty for SD 1.x/2.x. */
+  added?: InputSpec[];
   /** The noise prediction output (out_sample). */
   output: InputSpec;
+}
+
+/** The UNet inputs beyond sample/timestep/encoder_hidden_states: SDXL's added conditions, both or none. */
+function addedConditions(session: ort.InferenceSession, rel: string): InputSpec[] {
+  const known = ['sample', 'timestep', 'encoder_hidden_states', ...ADDED_CONDITIONS];
+  const unknown = session.inputNames.filter((n) => !known.includes(n));
+  if (unknown.length > 0) {
+    throw new DivbindError('MODEL_UNSUPPORTED', `${rel} has inputs divbind-native cannot feed: ${unknown.join(', ')}`, {
+      field: rel, fix: 'use a text-to-image UNet export (inputs sample, timestep, encoder_hidden_states; SDXL also text_embeds and time_ids)',
+    });
+  }
+  const added = ADDED_CONDITIONS.filter((n) => session.inputNames.includes(n)).map((n) => inputSpec(session, n));
+  const timeIds = added.find((s) => s.name === 'time_ids')?.shape[1];
+  if (added.length === 0) return added;
+  if (added.length !== ADDED_CONDITIONS.length || !added.every((s) => isFloat(s, 2)) || (typeof timeIds === 'number' && timeIds !== TIME_IDS_LENGTH)) {
+    throw notA(rel, 'an SDXL UNet', `both added-condition inputs text_embeds (float [batch, P]) and time_ids (float [batch, ${TIME_IDS_LENGTH}])`, session);
+  }
+  return added;
 }
 
 export function checkUnet(session: ort.InferenceSession, rel: string = COMPONENT_FILES.unet): UnetIo {
@@ -128,7 +178,7 @@ export function checkUnet(session: ort.InferenceSession, rel: string = COMPONENT
     || !isFloat(output, 4)) {
     throw notA(rel, 'a Stable Diffusion UNet', `${expected}, and a float output [batch, 4, h, w]`, session);
   }
-  return { ...io, output: output! };
+  return { ...io, added: addedConditions(session, rel), output: output! };
 }
 
 export interface VaeDecoderIo {
@@ -152,19 +202,60 @@ function staticDim(s: InputSpec, k: number): number | null {
   return typeof d === 'number' && d > 0 ? d : null;
 }
 
-/** The three components fit together: hidden size, latent channels and the VAE factor (where the exports fix them). */
-export function checkComponentsAgree(folder: Pick<ModelFolder, 'vaeScaleFactor'>, te: TextEncoderIo, unet: UnetIo, vae: VaeDecoderIo): void {
-  const mismatch = (rel: string, what: string) => new DivbindError('MODEL_INVALID', `${rel} does not fit the UNet: ${what}`, {
-    field: rel, fix: 'use the components of one export (text_encoder, unet and vae_decoder from the same model)',
+function mismatch(rel: string, what: string): DivbindError {
+  return new DivbindError('MODEL_INVALID', `${rel} does not fit the UNet: ${what}`, {
+    field: rel, fix: 'use the components of one export (text encoders, unet and vae_decoder from the same model)',
   });
-  const [d, dUnet] = [staticDim(te.hidden, 2), staticDim(unet.encoderHiddenStates, 2)];
-  if (d !== null && dUnet !== null && d !== dUnet) throw mismatch(COMPONENT_FILES.text_encoder, `its hidden size is ${d}, the UNet's encoder_hidden_states take ${dUnet}`);
+}
+
+/** The text encoders' hidden sizes add up to the UNet's (SDXL concatenates its two), and text_embeds fits. */
+function checkTextFits(texts: readonly TextEncoderIo[], unet: UnetIo): void {
+  const names = texts.map((_, k) => (k === 0 ? COMPONENT_FILES.text_encoder : COMPONENT_FILES.text_encoder_2));
+  const dims = texts.map((te) => staticDim(te.hidden, 2));
+  const dUnet = staticDim(unet.encoderHiddenStates, 2);
+  const d = dims.every((x) => x !== null) ? dims.reduce((a, b) => a! + b!, 0)! : null;
+  if (d !== null && dUnet !== null && d !== dUnet) {
+    const its = texts.length === 1 ? `its hidden size is ${d}` : `their hidden sizes ${dims.join(' + ')} = ${d}`;
+    throw mismatch(names.join(' and '), `${its}, the UNet's encoder_hidden_states take ${dUnet}`);
+  }
+  const pooled = texts.find((te) => te.pooled !== undefined)?.pooled;
+  const textEmbeds = unet.added?.find((s) => s.name === 'text_embeds');
+  const [p, pUnet] = [pooled && staticDim(pooled, 1), textEmbeds && staticDim(textEmbeds, 1)];
+  if (typeof p === 'number' && typeof pUnet === 'number' && p !== pUnet) {
+    throw mismatch(COMPONENT_FILES.text_encoder_2, `its text_embeds have ${p} values, the UNet's text_embeds take ${pUnet}`);
+  }
+}
+
+/**
+ * The components fit together: hidden size (summed over SDXL's two encoders), pooled size, latent channels and
+ * the VAE factor (where the exports fix them).
+ */
+export function checkComponentsAgree(folder: Pick<ModelFolder, 'vaeScaleFactor'>, text: TextEncoderIo | readonly TextEncoderIo[], unet: UnetIo, vae: VaeDecoderIo): void {
+  checkTextFits(Array.isArray(text) ? text : [text as TextEncoderIo], unet);
   const [c, cUnet] = [staticDim(vae.latent, 1), staticDim(unet.sample, 1)];
   if (c !== null && cUnet !== null && c !== cUnet) throw mismatch(COMPONENT_FILES.vae_decoder, `it takes ${c} latent channels, the UNet's sample has ${cUnet}`);
   const [h, H] = [staticDim(vae.latent, 2), staticDim(vae.image, 2)];
   if (h !== null && H !== null && H !== h * folder.vaeScaleFactor) {
     throw new DivbindError('MODEL_INVALID', `${COMPONENT_FILES.vae_decoder} turns ${h} latent rows into ${H} image rows, but the folder's VAE scale factor is ${folder.vaeScaleFactor}`, {
       field: 'vae_scale_factor', fix: `set "vae_scale_factor": ${H / h} in vae_decoder/config.json`,
+    });
+  }
+}
+
+/**
+ * The UNet is of the folder's family: an SDXL folder's UNet takes the added conditions, and a UNet that takes
+ * them is only usable with SDXL's second text encoder (which gives text_embeds).
+ */
+export function checkUnetFamily(family: ModelFamily, unet: UnetIo, rel: string = COMPONENT_FILES.unet): void {
+  const takesAdded = (unet.added ?? []).length > 0;
+  if (family.dualTextEncoder && !takesAdded) {
+    throw new DivbindError('MODEL_INVALID', `${rel} has no text_embeds/time_ids inputs, but the folder is ${family.label} (${family.evidence.join('; ')})`, {
+      field: rel, fix: 'use the SDXL UNet of this export (Optimum exports it with text_embeds and time_ids), or the folder of the SD 1.x/2.x model it belongs to',
+    });
+  }
+  if (!family.dualTextEncoder && takesAdded) {
+    throw new DivbindError('MODEL_MISSING', `${rel} takes SDXL's text_embeds and time_ids, but the folder has no second text encoder (read as ${family.label}: ${family.evidence.join('; ')})`, {
+      field: COMPONENT_FILES.text_encoder_2, fix: 'export the whole SDXL pipeline (optimum-cli export onnx --task text-to-image): text_encoder_2/ and tokenizer_2/ belong beside unet/',
     });
   }
 }
@@ -183,13 +274,34 @@ export async function openComponent<T>(file: string, component: ComponentName, o
   }
 }
 
+function tokenizerAt(dir: string, rel: string): ClipTokenizer {
+  try {
+    return ClipTokenizer.fromDirectory(dir);
+  } catch (err) {
+    throw new DivbindError('MODEL_INVALID', `${rel} cannot be used: ${(err as Error).message}`, { field: rel.replace(/\/$/, ''), fix: restoreFix(rel), cause: err });
+  }
+}
+
 /** The folder's CLIP tokenizer; a missing or broken file is MODEL_INVALID naming it. */
 export function openTokenizer(folder: Pick<ModelFolder, 'tokenizerDir'>): ClipTokenizer {
-  try {
-    return ClipTokenizer.fromDirectory(folder.tokenizerDir);
-  } catch (err) {
-    throw new DivbindError('MODEL_INVALID', `tokenizer/ cannot be used: ${(err as Error).message}`, { field: 'tokenizer', fix: restoreFix('tokenizer/'), cause: err });
+  return tokenizerAt(folder.tokenizerDir, 'tokenizer/');
+}
+
+/**
+ * SDXL's tokenizer_2 (undefined for SD 1.x/2.x). It may pad differently ("!" against EOT) but must split text
+ * into the same ids, or the token indices chosen on tokenizer/ would point elsewhere in encoder 2's input.
+ */
+export function openTokenizer2(folder: Pick<ModelFolder, 'tokenizer2Dir'>, first: ClipTokenizer): ClipTokenizer | undefined {
+  if (folder.tokenizer2Dir === undefined) return undefined;
+  const second = tokenizerAt(folder.tokenizer2Dir, 'tokenizer_2/');
+  const same = second.maxLength === first.maxLength && second.sotId === first.sotId && second.eotId === first.eotId
+    && second.encoder.size === first.encoder.size && [...first.encoder].every(([piece, id]) => second.encoder.get(piece) === id);
+  if (!same) {
+    throw new DivbindError('MODEL_INVALID', 'tokenizer_2/ does not share tokenizer/\'s vocabulary and length: token indices would differ between the two text encoders', {
+      field: 'tokenizer_2', fix: restoreFix('tokenizer_2/'),
+    });
   }
+  return second;
 }
 
 /** The folder's scheduler; an unknown class or bad value in scheduler_config.json is MODEL_INVALID naming it. */

@@ -6,17 +6,22 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { DivbindError } from '../errors';
+import { detectFamily, readDeclaredDivbind, type DeclaredDivbind, type FamilyEvidence, type ModelFamily } from './family';
 
-/** The ONNX components, relative to the model folder. */
+export type { DeclaredDivbind } from './family';
+
+/** The ONNX components, relative to the model folder (text_encoder_2: SDXL only). */
 export const COMPONENT_FILES = {
   text_encoder: 'text_encoder/model.onnx',
+  text_encoder_2: 'text_encoder_2/model.onnx',
   unet: 'unet/model.onnx',
   vae_decoder: 'vae_decoder/model.onnx',
 } as const;
 export type ComponentName = keyof typeof COMPONENT_FILES;
 
 export const LAYOUT_HINT = 'pass a Stable Diffusion ONNX folder in the layout of diffusers\' OnnxStableDiffusionPipeline / '
-  + 'Optimum exports: model_index.json, text_encoder/model.onnx, unet/model.onnx, vae_decoder/model.onnx, tokenizer/, scheduler/';
+  + 'Optimum exports: model_index.json, text_encoder/model.onnx, unet/model.onnx, vae_decoder/model.onnx, tokenizer/, scheduler/ '
+  + '(SDXL also text_encoder_2/model.onnx and tokenizer_2/)';
 
 /** SD 1.x/2.x VAE latent scaling factor, used when the VAE config does not declare "scaling_factor". */
 export const DEFAULT_VAE_SCALING_FACTOR = 0.18215;
@@ -30,6 +35,8 @@ export interface UnetFolder {
   unetFile: string;
   /** Optional D&B defaults the folder declares in model_index.json "divbind" (our models do; SD exports do not). */
   divbind: DeclaredDivbind;
+  /** SD 1.x, SD 2.x or SDXL, and the defaults that follow (lib/model/family.ts). */
+  family: ModelFamily;
   /** VAE latent scaling factor (VAE config "scaling_factor", else 0.18215). */
   vaeScalingFactor: number;
   /**
@@ -44,6 +51,14 @@ export interface ModelFolder extends UnetFolder {
   tokenizerDir: string;
   textEncoderFile: string;
   vaeDecoderFile: string;
+  /** SDXL's second tokenizer and text encoder (OpenCLIP bigG: pooled text_embeds); undefined for SD 1.x/2.x. */
+  tokenizer2Dir?: string;
+  textEncoder2File?: string;
+  /**
+   * SDXL's force_zeros_for_empty_prompt (model_index.json, default true): an empty negative prompt is all-zero
+   * embeddings, not the encoding of "". Always false for SD 1.x/2.x.
+   */
+  zeroEmptyNegative: boolean;
 }
 
 /** `file` relative to the model folder, with forward slashes ('unet/model.onnx'), for messages and error fields. */
@@ -70,9 +85,13 @@ function readJson(dir: string, rel: string): Record<string, unknown> {
   }
 }
 
-function requireFile(dir: string, rel: string): string {
+/** `rel` in the folder, or MODEL_MISSING; for SDXL-only files the message says why the folder needs them. */
+function requireFile(dir: string, rel: string, family?: ModelFamily): string {
   const file = path.join(dir, rel);
-  if (!fs.existsSync(file)) throw new DivbindError('MODEL_MISSING', `${rel} is missing from ${dir}`, { field: rel, fix: LAYOUT_HINT });
+  if (!fs.existsSync(file)) {
+    const why = family?.dualTextEncoder ? ` (the folder is ${family.label}: ${family.evidence.join('; ')})` : '';
+    throw new DivbindError('MODEL_MISSING', `${rel} is missing from ${dir}${why}`, { field: rel, fix: LAYOUT_HINT });
+  }
   return file;
 }
 
@@ -116,42 +135,39 @@ function readVaeConfig(dir: string, index: Record<string, unknown>): Pick<UnetFo
   return { vaeScalingFactor, vaeScaleFactor };
 }
 
-/**
- * model_index.json "divbind": the map resolutions D&B should use for this model, and generate options tuned for
- * it (`defaults`, and per guidance mode `modeDefaults`), which take the place of the global defaults. The
- * option values are checked by lib/options (model-defaults.ts) when a pipeline loads the folder.
- */
-export interface DeclaredDivbind {
-  attentionResolution?: number;
-  attributeResolutions?: number[];
-  defaults?: Record<string, unknown>;
-  modeDefaults?: Record<string, Record<string, unknown>>;
+function readOptionalJson(dir: string, rel: string): Record<string, unknown> | undefined {
+  return fs.existsSync(path.join(dir, rel)) ? readJson(dir, rel) : undefined;
 }
 
-function readDivbindDefaults(index: Record<string, unknown>): DeclaredDivbind {
-  const raw = (index.divbind ?? {}) as Record<string, unknown>;
-  const out: DeclaredDivbind = {};
-  if (typeof raw.attentionResolution === 'number') out.attentionResolution = raw.attentionResolution;
-  if (Array.isArray(raw.attributeResolutions)) out.attributeResolutions = raw.attributeResolutions.map(Number);
-  for (const key of ['defaults', 'modeDefaults'] as const) {
-    const v = raw[key];
-    if (v === undefined) continue;
-    if (typeof v !== 'object' || v === null || Array.isArray(v)) {
-      throw new DivbindError('MODEL_INVALID', `model_index.json "divbind.${key}" must be an object of generate options`, { field: `model_index.json divbind.${key}` });
-    }
-    out[key] = v as Record<string, Record<string, unknown>>;
-  }
-  return out;
+/** The tokenizer's pad token as transformers reads it (special_tokens_map.json over tokenizer_config.json). */
+function padToken(dir: string, tokenizer: string): string | undefined {
+  const text = (v: unknown) => (typeof v === 'string' ? v : typeof (v as { content?: unknown } | null)?.content === 'string' ? (v as { content: string }).content : undefined);
+  return text(readOptionalJson(dir, `${tokenizer}/special_tokens_map.json`)?.pad_token) ?? text(readOptionalJson(dir, `${tokenizer}/tokenizer_config.json`)?.pad_token);
+}
+
+/** What lib/model/family.ts needs from the folder's files (every one optional). */
+function familyEvidence(dir: string, index: Record<string, unknown>, declared: DeclaredDivbind): FamilyEvidence {
+  return {
+    index,
+    declared: declared.family,
+    hasTextEncoder2: fs.existsSync(path.join(dir, COMPONENT_FILES.text_encoder_2)),
+    tokenizerPad: padToken(dir, 'tokenizer'),
+    predictionType: readOptionalJson(dir, 'scheduler/scheduler_config.json')?.prediction_type,
+    unetConfig: readOptionalJson(dir, 'unet/config.json'),
+    textEncoderConfig: readOptionalJson(dir, 'text_encoder/config.json'),
+  };
 }
 
 /** The folder as `prepare` needs it: model_index.json, the UNet and the VAE numbers. */
 export function readUnetFolder(modelDir: string): UnetFolder {
   const { dir, index } = openFolder(modelDir);
+  const divbind = readDeclaredDivbind(index);
   return {
     dir,
     index,
     unetFile: requireFile(dir, COMPONENT_FILES.unet),
-    divbind: readDivbindDefaults(index),
+    divbind,
+    family: detectFamily(familyEvidence(dir, index, divbind)),
     ...readVaeConfig(dir, index),
   };
 }
@@ -160,13 +176,16 @@ export function readUnetFolder(modelDir: string): UnetFolder {
 export function readModelFolder(modelDir: string): ModelFolder {
   const base = readUnetFolder(modelDir);
   const dir = base.dir;
-  requireFile(dir, 'tokenizer/vocab.json');
-  requireFile(dir, 'tokenizer/merges.txt');
+  const tokenizers = base.family.dualTextEncoder ? ['tokenizer', 'tokenizer_2'] : ['tokenizer'];
+  for (const t of tokenizers) for (const f of ['vocab.json', 'merges.txt']) requireFile(dir, `${t}/${f}`, base.family);
+  const dual = base.family.dualTextEncoder;
   return {
     ...base,
     schedulerConfig: readJson(dir, 'scheduler/scheduler_config.json'),
     tokenizerDir: path.join(dir, 'tokenizer'),
     textEncoderFile: requireFile(dir, COMPONENT_FILES.text_encoder),
     vaeDecoderFile: requireFile(dir, COMPONENT_FILES.vae_decoder),
+    ...(dual ? { tokenizer2Dir: path.join(dir, 'tokenizer_2'), textEncoder2File: requireFile(dir, COMPONENT_FILES.text_encoder_2, base.family) } : {}),
+    zeroEmptyNegative: dual && base.index.force_zeros_for_empty_prompt !== false,
   };
 }

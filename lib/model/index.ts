@@ -5,9 +5,11 @@
  */
 export { besideModelDir, cacheDirFor, cacheRoot, preparedRoots } from './cache';
 export {
-  checkComponentsAgree, checkTextEncoder, checkUnet, checkVaeDecoder, loadModelFile, openComponent, openModelFile, openScheduler,
-  openTokenizer, restoreFix, tensors,
+  ADDED_CONDITIONS, checkComponentsAgree, checkSdxlTextEncoder, checkTextEncoder, checkUnet, checkUnetFamily, checkVaeDecoder, loadModelFile,
+  openComponent, openModelFile, openScheduler, openTokenizer, openTokenizer2, restoreFix, tensors,
 } from './components';
+export { FAMILY_NAMES, detectFamily, familyGenerateDefaults, familyResolutions, familyTraits, readDeclaredDivbind, sdxlTimeIds } from './family';
+export type { DeclaredDivbind, FamilyEvidence, FamilyName, FamilyTraits, ModelFamily } from './family';
 export type { ModelFile, TextEncoderIo, UnetIo, VaeDecoderIo } from './components';
 export {
   COMPONENT_FILES, DEFAULT_VAE_SCALE_FACTOR, DEFAULT_VAE_SCALING_FACTOR, LAYOUT_HINT, readModelFolder, readUnetFolder, relativeName,

@@ -12,7 +12,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { DivbindError, isDivbindError } from '../errors';
-import { assertUnfusedExport, DEFAULT_HEAD_AVERAGE, findCrossAttention, instrumentUnet, SUPPORTED_EXPORTS_HINT, type InstrumentResult } from '../onnx/attention';
+import { assertUnfusedExport, findCrossAttention, headAveragingExact, instrumentUnet, SUPPORTED_EXPORTS_HINT, type InstrumentResult } from '../onnx/attention';
 import { saveModel, type LoadedModel, type SavedModel } from '../onnx/model-io';
 import { DataType, dataTypeName, int64ToNumber, opsetVersion, valueInfoDims, valueInfoElemType, type ModelProto, type ValueInfoProto } from '../onnx/proto';
 import { inferStaticShapes, realGraphInputs, type ShapeMap } from '../onnx/shapes';
@@ -50,7 +50,7 @@ export interface PrepareOptions {
   force?: boolean;
   /** Cache root used when <model>/unet is not writable (see lib/model/cache.ts). */
   cacheDir?: string;
-  /** Expose head-averaged maps (default DEFAULT_HEAD_AVERAGE) or raw per-head probabilities. */
+  /** Expose head-averaged maps or raw per-head probabilities (default: averaged where exact, headAveragingExact). */
   headAverage?: boolean;
   /**
    * VJP design passed to buildVjp. Default 'residuals': the guidance step runs the forward anyway (for the maps), so
@@ -161,7 +161,8 @@ interface PreparePlan {
   /** The size `prepare` picks without --height/--width (for printed commands). */
   defaultSize: ImageSize;
   textLength: number;
-  headAverage: boolean;
+  /** undefined: decided from the layers' head counts once they are found (headAveragingExact). */
+  headAverage: boolean | undefined;
   design: 'recompute' | 'residuals';
   /** Fixed dims of every UNet input. */
   inputDims: Record<string, number[]>;
@@ -171,7 +172,7 @@ interface PreparePlan {
 function planPrepare(folder: UnetFolder, unet: UnetAnalysis, opts: PrepareOptions): PreparePlan {
   const sDims = valueInfoDims(unet.sample)!;
   const tDims = valueInfoDims(unet.text)!;
-  const rule = sizeRule(sDims, folder.vaeScaleFactor);
+  const rule = sizeRule(sDims, folder.vaeScaleFactor, COMPONENT_FILES.unet, folder.family.defaultLatentSide);
   const size = resolveImageSize(rule, opts.height, opts.width);
   const batch = opts.batch ?? 1;
   const textLength = opts.textLength ?? (typeof tDims[1] === 'number' ? tDims[1] : 77);
@@ -187,7 +188,7 @@ function planPrepare(folder: UnetFolder, unet: UnetAnalysis, opts: PrepareOption
   }
   return {
     key: { ...size, batch }, defaultSize: defaultImageSize(rule), textLength, inputDims,
-    headAverage: opts.headAverage ?? DEFAULT_HEAD_AVERAGE, design: opts.design ?? 'residuals',
+    headAverage: opts.headAverage, design: opts.design ?? 'residuals',
   };
 }
 
@@ -195,13 +196,15 @@ function planPrepare(folder: UnetFolder, unet: UnetAnalysis, opts: PrepareOption
 function reusableSet(folder: UnetFolder, plan: PreparePlan, src: SourceIdentity, cacheDir?: string): { dir: string; manifest: Manifest } | undefined {
   for (const root of preparedRoots(folder.dir, cacheDir)) {
     const st = inspectPrepared(path.join(root, sizeDirName(plan.key)), src);
-    if (st?.state === 'ready' && st.manifest.textLength === plan.textLength && st.manifest.attention.headAveraged === plan.headAverage
+    if (st?.state === 'ready' && st.manifest.textLength === plan.textLength
+      && st.manifest.attention.headAveraged === (plan.headAverage ?? headAveragingExact(st.manifest.attention.layers))
       && st.manifest.vjp.design === plan.design) return st;
   }
   return undefined;
 }
 
 interface BuiltGraphs {
+  headAverage: boolean;
   shapes: ShapeMap;
   inst: InstrumentResult;
   vjp: VjpResult;
@@ -228,12 +231,13 @@ async function buildGraphs(unet: UnetAnalysis, plan: PreparePlan, stages: Stages
   } catch (err) {
     throw new DivbindError('MODEL_UNSUPPORTED', `${rel}: ${(err as Error).message}`, { field: rel, cause: err });
   }
-  const inst = instrumentUnet(unet.loaded.model, shapes, { layers, headAverage: plan.headAverage });
+  const headAverage = plan.headAverage ?? headAveragingExact(layers);
+  const inst = instrumentUnet(unet.loaded.model, shapes, { layers, headAverage });
   stages.lap('attention');
   stages.report('vjp', `building the VJP graph of ${inst.outputs.length} attention outputs w.r.t. ${unet.sample.name} (${plan.design})`, 0.3);
   const vjp = buildVjp(inst.model, { wrt: unet.sample.name!, outputs: inst.outputs, shapes: inst.shapes, design: plan.design });
   stages.lap('vjp');
-  return { shapes, inst, vjp };
+  return { headAverage, shapes, inst, vjp };
 }
 
 /** Beside the model when writable, else the cache. */
@@ -326,7 +330,7 @@ function buildManifest(folder: UnetFolder, unet: UnetAnalysis, plan: PreparePlan
     batch: plan.key.batch,
     textLength: plan.textLength,
     inputs: Object.fromEntries(Object.keys(plan.inputDims).map((k) => [k, tensorInfo(built.shapes, k)])),
-    attention: { headAveraged: plan.headAverage, layers: built.inst.layers },
+    attention: { headAveraged: built.headAverage, layers: built.inst.layers },
     files,
     vjp: {
       design: plan.design,
@@ -398,7 +402,7 @@ async function writeSet(folder: UnetFolder, unet: UnetAnalysis, plan: PreparePla
     stages.lap('save');
     if (opts.verify ?? true) {
       stages.report('verify', 'running the prepared graphs once', 0.75);
-      await verifyPrepared(tmp, files, built, plan.inputDims, plan.headAverage, vjpNames(built, unet.sample.name!));
+      await verifyPrepared(tmp, files, built, plan.inputDims, built.headAverage, vjpNames(built, unet.sample.name!));
       stages.lap('verify');
     }
     writeManifest(tmp, buildManifest(folder, unet, plan, built, files, stages.timings));

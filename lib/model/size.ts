@@ -1,8 +1,8 @@
 /**
  * Which image sizes a UNet export can run, one rule for `prepare` and the pipeline: a dim the export fixes allows
  * only that size; a dynamic dim allows multiples of the VAE factor (the UNet's own downsampling may ask for more,
- * which shape inference reports). Missing sizes default to the fixed dim, else the other given dim, else SD's
- * 64 latent pixels.
+ * which shape inference reports). Missing sizes default to the fixed dim, else the other given dim, else the
+ * folder's default latent side (its family's: lib/model/family.ts; SD 1.x: 64 latent pixels).
  */
 import { DivbindError } from '../errors';
 
@@ -23,6 +23,8 @@ export interface SizeRule {
   fixedLatent: { h: number | null; w: number | null };
   /** The UNet file, for messages. */
   unet: string;
+  /** Latent side of a dynamic dim when no size is asked for (the model family's default). */
+  defaultLatent: number;
 }
 
 /** 'W×H', the order of every size in messages. */
@@ -31,9 +33,10 @@ export function formatSize(s: ImageSize): string {
 }
 
 /** The rule for a UNet whose sample input has `sampleDims` ([B, C, h, w]; strings/null = dynamic). */
-export function sizeRule(sampleDims: ReadonlyArray<number | string | null | undefined>, factor: number, unet = 'unet/model.onnx'): SizeRule {
+export function sizeRule(sampleDims: ReadonlyArray<number | string | null | undefined>, factor: number, unet = 'unet/model.onnx',
+  defaultLatent = DEFAULT_LATENT_SIDE): SizeRule {
   const fixed = (d: unknown) => (typeof d === 'number' && d > 0 ? d : null);
-  return { factor, fixedLatent: { h: fixed(sampleDims[2]), w: fixed(sampleDims[3]) }, unet };
+  return { factor, fixedLatent: { h: fixed(sampleDims[2]), w: fixed(sampleDims[3]) }, unet, defaultLatent };
 }
 
 /** The size used when none is asked for. */
@@ -60,8 +63,8 @@ export function resolveImageSize(rule: SizeRule, height?: number, width?: number
   const fixedH = rule.fixedLatent.h === null ? null : rule.fixedLatent.h * f;
   const fixedW = rule.fixedLatent.w === null ? null : rule.fixedLatent.w * f;
   const size = {
-    height: height ?? fixedH ?? width ?? DEFAULT_LATENT_SIDE * f,
-    width: width ?? fixedW ?? height ?? DEFAULT_LATENT_SIDE * f,
+    height: height ?? fixedH ?? width ?? rule.defaultLatent * f,
+    width: width ?? fixedW ?? height ?? rule.defaultLatent * f,
   };
   if ((fixedH !== null && size.height !== fixedH) || (fixedW !== null && size.width !== fixedW)) {
     const works = fixedH !== null && fixedW !== null ? `only ${fixedW}×${fixedH}`

@@ -456,6 +456,17 @@ export interface InstrumentOptions extends FindAttentionOptions {
  */
 export const DEFAULT_HEAD_AVERAGE = true;
 
+/**
+ * Whether head-averaged maps give the losses what the raw per-head maps give, for `prepare`'s default. The losses
+ * average every (layer, head) map of an aggregate (objects at one resolution, attributes over several), as the
+ * reference AttentionStore does; a head-averaged output counts as one map, so when the layers' head counts differ
+ * (SD 2.x: 5/10/20/20 heads per level, SDXL: 10/20) the aggregate would weigh layers instead of maps (tiny-sd2's
+ * tv_bind loss −0.26006 instead of the reference's −0.26044). SD 1.x has one head count everywhere.
+ */
+export function headAveragingExact(layers: ReadonlyArray<{ heads: number }>): boolean {
+  return layers.every((l) => l.heads === layers[0]!.heads);
+}
+
 export interface ManifestLayer {
   index: number;
   /** Graph output name ('attn_0', …). */

@@ -34,6 +34,7 @@ export {
 export type { InferShapesOptions, ShapeMap, StaticShape } from './shapes';
 export {
   DEFAULT_HEAD_AVERAGE,
+  headAveragingExact,
   SUPPORTED_EXPORTS_HINT,
   assertUnfusedExport,
   describeLayer,

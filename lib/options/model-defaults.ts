@@ -5,7 +5,7 @@
  * global defaults keep. A bad value is the model's fault (MODEL_INVALID naming model_index.json), not the caller's.
  */
 import { DivbindError, isDivbindError } from '../errors';
-import type { DeclaredDivbind } from '../model/folder';
+import { familyGenerateDefaults, type DeclaredDivbind, type FamilyTraits } from '../model/family';
 import { GUIDANCE_MODES, type GuidanceMode } from '../pipeline/guidance';
 import { definitionOf, GENERATE_OPTIONS, type GenerateOptionName } from './definitions';
 import { checkKeys, plainObject } from './kinds';
@@ -35,9 +35,13 @@ function checkGroup(values: Record<string, unknown>, where: string): Record<stri
   return values;
 }
 
-/** Checks the declared defaults once, when a pipeline loads the folder. */
-export function readModelDefaults(declared: DeclaredDivbind): ModelDefaults {
-  const all = checkGroup(declared.defaults ?? {}, 'divbind.defaults');
+/**
+ * Checks the declared defaults once, when a pipeline loads the folder. With the folder's `family`, the family's
+ * generate defaults (guidance scale, token slice: lib/model/family.ts) sit below the declared ones.
+ */
+export function readModelDefaults(declared: DeclaredDivbind, family?: FamilyTraits): ModelDefaults {
+  const own = checkGroup(declared.defaults ?? {}, 'divbind.defaults');
+  const all = family === undefined ? own : mergeLayer(familyGenerateDefaults(family, declared), own);
   const byMode: ModelDefaults['byMode'] = {};
   for (const [mode, values] of Object.entries(declared.modeDefaults ?? {})) {
     if (!(GUIDANCE_MODES as readonly string[]).includes(mode) || !plainObject(values)) {
@@ -51,15 +55,19 @@ export function readModelDefaults(declared: DeclaredDivbind): ModelDefaults {
   return { all, byMode };
 }
 
+/** `upper` over `lower`, loss parameters key by key; undefined values in `upper` keep `lower`'s. */
+function mergeLayer(lower: Record<string, unknown>, upper: Record<string, unknown>): Record<string, unknown> {
+  const merged: Record<string, unknown> = { ...lower };
+  for (const [key, value] of Object.entries(upper)) if (value !== undefined) merged[key] = value;
+  if (plainObject(lower.loss) && plainObject(upper.loss)) merged.loss = { ...lower.loss, ...upper.loss };
+  return merged;
+}
+
 /**
  * The caller's options over the model's defaults for the mode that will run. `loss` merges key by key, so a
  * caller setting one loss parameter keeps the model's others.
  */
 export function withModelDefaults(options: Record<string, unknown>, defaults: ModelDefaults): Record<string, unknown> {
   const mode = (options.mode ?? defaults.all.mode ?? GENERATE_OPTIONS.mode.default) as GuidanceMode;
-  const model = { ...defaults.all, ...(defaults.byMode[mode] ?? {}) };
-  const merged: Record<string, unknown> = { ...model };
-  for (const [key, value] of Object.entries(options)) if (value !== undefined) merged[key] = value;
-  if (plainObject(model.loss) && plainObject(options.loss)) merged.loss = { ...model.loss, ...options.loss };
-  return merged;
+  return mergeLayer(mergeLayer(defaults.all, defaults.byMode[mode] ?? {}), options);
 }

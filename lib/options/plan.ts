@@ -19,6 +19,7 @@ import type { CheckedGenerateOptions, GenerateOptions } from './definitions';
 import { badInput, plainObject } from './kinds';
 import { withModelDefaults, type ModelDefaults } from './model-defaults';
 import { latentSize, resolveImageSize, type SizeRule } from '../model/size';
+import { familyResolutions, type FamilyTraits } from '../model/family';
 
 /** What a plan needs to know about the loaded model. */
 export interface PlanContext {
@@ -32,6 +33,8 @@ export interface PlanContext {
   defaultScheduler: SchedulerName;
   /** Resolutions D&B should use, as the model folder declares them (model_index.json "divbind"). */
   declared: { attentionResolution?: number; attributeResolutions?: number[] };
+  /** The model family, whose rule gives the resolutions the folder does not declare (lib/model/family.ts). */
+  family: Pick<FamilyTraits, 'attributeFactors'>;
   /** Generate options the model folder declares as its defaults (checked, model-defaults.ts). */
   modelDefaults: ModelDefaults;
   /** The default size's prepared set (to check loss options early), or null; other sizes are checked on use. */
@@ -210,13 +213,13 @@ function chooseTokens(o: CheckedGenerateOptions, ctx: PlanContext): TokenSelecti
 
 /**
  * Loss options as generate() passes them: the caller's, over the pipeline's rules (resolutions from the model
- * or the size, as diffusers derives attn_res; 'max' is A&E's hinge), checked now by the loss core's own checks.
+ * folder or its family's rule at this size, lib/model/family.ts; 'max' is A&E's hinge; the EOT position of
+ * 'until-eot' read off the prompt's ids), checked now by the loss core's own checks.
  */
 function resolveLoss(o: CheckedGenerateOptions, ctx: PlanContext, tokens: TokenSelection, height: number): Omit<LossOptions, 'stepIndex'> {
   const given = o.loss ?? {};
-  const attentionResolution = given.attentionResolution ?? ctx.declared.attentionResolution ?? Math.ceil(height / 32);
-  const attributeResolutions = given.attributeResolutions ?? ctx.declared.attributeResolutions ?? [attentionResolution * 4, attentionResolution * 2];
-  const eotIndex = given.tokenSlice === 'until-eot' ? ctx.tokenizer.encode(o.prompt).length - 1 : undefined;
+  const { attentionResolution, attributeResolutions } = familyResolutions(ctx.family, ctx.declared, height, given);
+  const eotIndex = given.tokenSlice === 'until-eot' ? ctx.tokenizer.encode(o.prompt).eotIndex : undefined;
   const loss: Omit<LossOptions, 'stepIndex'> = {
     ...(o.mode === 'max' ? { maxVariant: 'attend-excite' as const } : {}),
     ...given,

@@ -9,7 +9,8 @@
 import { DivbindError, isDivbindError } from '../errors';
 import type { LossBackend } from '../loss/types';
 import { availableBackends } from '../loss/index';
-import { checkComponentsAgree, openScheduler, openTokenizer } from '../model/components';
+import { checkComponentsAgree, checkUnetFamily, openScheduler, openTokenizer } from '../model/components';
+import { sdxlTimeIds } from '../model/family';
 import { readModelFolder, type ModelFolder } from '../model/folder';
 import type { PreparedInfo } from '../model/prepared';
 import { defaultImageSize, sizeRule, type SizeRule } from '../model/size';
@@ -22,11 +23,11 @@ import type { Scheduler } from '../schedulers/index';
 import { stepSizes, type GuidanceMode, type RefinementCaps, type RefinementPreset } from './guidance';
 import { defaultModelDir } from './defaults';
 import { randnTorchCpu } from './noise';
-import { type SessionOptions } from './ort';
+import type { SessionOptions } from './ort';
 import { firstNonFinite, sampleLatents, type GuidanceSettings, type SamplerHooks, type StepEvent } from './sampler';
-import { TextEncoder } from './text-encoder';
+import { TextConditioner, type TextConditioning } from './text-encoder';
 import type { SelectionSpec, TokenSelection } from './token-selection';
-import { CfgUnet, GuidedUnetsBySize, type OrtGuidedUnet, type UnetInputs } from './unet';
+import { CfgUnet, GuidedUnetsBySize, type ExtraUnetInput, type OrtGuidedUnet, type UnetInputs } from './unet';
 import { VaeDecoder } from './vae';
 import { attentionGrid, encodePng, imageFromDecoderOutput } from './image';
 import type { ort } from './ort';
@@ -72,18 +73,16 @@ export interface GenerateResult {
 }
 
 interface TextEmbeddings {
-  cond: Float32Array;
-  uncond: Float32Array;
-  /** [T, D] of each. */
-  dims: [number, number];
+  cond: TextConditioning;
+  uncond: TextConditioning;
 }
 
-/** Loads the three ONNX components, checked one by one and against each other; nothing stays open on failure. */
-async function loadComponents(folder: ModelFolder, session: SessionOptions | undefined, progress: (m: string) => void) {
+/** Loads the ONNX components, checked one by one, against each other and the family; nothing stays open on failure. */
+async function loadComponents(folder: ModelFolder, tokenizer: ClipTokenizer, session: SessionOptions | undefined, progress: (m: string) => void) {
   const opened: Array<{ release(): Promise<void> }> = [];
   try {
-    progress('loading text encoder');
-    const textEncoder = await TextEncoder.load(folder.textEncoderFile, session);
+    progress(folder.family.dualTextEncoder ? 'loading text encoders' : 'loading text encoder');
+    const textEncoder = await TextConditioner.load(folder, tokenizer, session);
     opened.push(textEncoder);
     progress('loading UNet');
     const unet = await CfgUnet.load(folder.unetFile, session);
@@ -91,7 +90,8 @@ async function loadComponents(folder: ModelFolder, session: SessionOptions | und
     progress('loading VAE decoder');
     const vae = await VaeDecoder.load(folder.vaeDecoderFile, session);
     opened.push(vae);
-    checkComponentsAgree(folder, textEncoder.io, unet.inputs, vae.io);
+    checkUnetFamily(folder.family, unet.inputs);
+    checkComponentsAgree(folder, textEncoder.ios, unet.inputs, vae.io);
     return { textEncoder, unet, vae };
   } catch (err) {
     await Promise.all(opened.map((o) => o.release()));
@@ -105,7 +105,7 @@ export class DivBindPipeline {
   private constructor(
     readonly folder: ModelFolder,
     readonly tokenizer: ClipTokenizer,
-    private readonly textEncoder: TextEncoder,
+    private readonly textEncoder: TextConditioner,
     private readonly unet: { session: ort.InferenceSession; inputs: UnetInputs },
     /** The guided UNet per image size (prepared sets, opened on first use). */
     private readonly guidedBySize: GuidedUnetsBySize,
@@ -129,8 +129,8 @@ export class DivBindPipeline {
     const folder = readModelFolder(modelDir ?? defaultModelDir());
     const tokenizer = openTokenizer(folder);
     const scheduler = openScheduler(folder);
-    const { textEncoder, unet, vae } = await loadComponents(folder, options.session, progress);
-    const sizes = sizeRule(unet.inputs.sample.shape, folder.vaeScaleFactor);
+    const { textEncoder, unet, vae } = await loadComponents(folder, tokenizer, options.session, progress);
+    const sizes = sizeRule(unet.inputs.sample.shape, folder.vaeScaleFactor, undefined, folder.family.defaultLatentSide);
     const defaultSize = defaultImageSize(sizes);
     const guidedBySize = new GuidedUnetsBySize(folder, {
       prepare: options.prepare ?? modelDir === undefined, cacheDir: options.cacheDir, defaultSize, session: options.session, onProgress: progress,
@@ -178,7 +178,8 @@ export class DivBindPipeline {
       schedulerConfig: this.folder.schedulerConfig,
       defaultScheduler: this.scheduler.name,
       declared: this.folder.divbind,
-      modelDefaults: readModelDefaults(this.folder.divbind),
+      family: this.folder.family,
+      modelDefaults: readModelDefaults(this.folder.divbind, this.folder.family),
       // The default size's prepared set lets a plan check loss options early; other sizes are checked on use.
       guidance: prepared && this.guided
         ? { latentSize: [prepared.files.latentDims[1], prepared.files.latentDims[2]], textLength: prepared.files.textDims[0], resolutions: [...new Set(this.guided.layers.map((l) => l.resolution))] }
@@ -231,10 +232,23 @@ export class DivBindPipeline {
     return options;
   }
 
+  /** Both CFG branches; SDXL's empty negative prompt is zeros (force_zeros_for_empty_prompt), not the encoding of "". */
   private async encodeText(plan: GenerationPlan): Promise<TextEmbeddings> {
-    const cond = await this.textEncoder.encode(this.tokenizer.encode(plan.prompt).ids);
-    const uncond = await this.textEncoder.encode(this.tokenizer.encode(plan.negativePrompt).ids);
-    return { cond: cond.data, uncond: uncond.data, dims: [cond.dims[1], cond.dims[2]] };
+    const cond = await this.textEncoder.encode(plan.prompt);
+    const zero = this.folder.zeroEmptyNegative && plan.negativePrompt === '';
+    const uncond = zero ? TextConditioner.zeros(cond) : await this.textEncoder.encode(plan.negativePrompt);
+    return { cond, uncond };
+  }
+
+  /** SDXL's added conditions per CFG row: the pooled text_embeds, and time_ids of the plan's image size. */
+  private addedConditions(text: TextEmbeddings, plan: GenerationPlan): ExtraUnetInput[] {
+    const { cond, uncond } = text;
+    if (cond.pooled === undefined || uncond.pooled === undefined) return [];
+    const timeIds = sdxlTimeIds(plan.height, plan.width);
+    return [
+      { name: 'text_embeds', uncond: uncond.pooled, cond: cond.pooled, dims: [cond.pooled.length] },
+      { name: 'time_ids', uncond: timeIds, cond: timeIds, dims: [timeIds.length] },
+    ];
   }
 
   private guidance(plan: GenerationPlan, timesteps: number): GuidanceSettings | null {
@@ -275,7 +289,8 @@ export class DivBindPipeline {
     const scheduler = buildScheduler(this.context, plan.scheduler);
     scheduler.setTimesteps(plan.steps);
     const initial = noise.subarray(n * perImage, (n + 1) * perImage).map((v) => v * scheduler.initNoiseSigma);
-    const cfg = CfgUnet.bind(this.unet, [C, h, w], text.uncond, text.cond, text.dims);
+    const added = this.addedConditions(text, plan);
+    const cfg = CfgUnet.bind(this.unet, [C, h, w], text.uncond.context, text.cond.context, text.cond.dims, added);
     const settings = this.guidance(plan, scheduler.timesteps.length);
     const captured: Array<{ index: number; maps: Float32Array; resolution: number }> = [];
     const hooks: SamplerHooks = {
@@ -284,7 +299,7 @@ export class DivBindPipeline {
       captureMapsAt: new Set(plan.attentionMapsAt),
       onMaps: (index, maps) => captured.push({ index, maps: Float32Array.from(maps.objects), resolution: maps.resolution }),
     };
-    const guided = settings && guidedUnet ? { unet: guidedUnet, cond: text.cond, settings } : null;
+    const guided = settings && guidedUnet ? { unet: guidedUnet.withExtraInputs(added), cond: text.cond.context, settings } : null;
     const run = await sampleLatents(initial, scheduler, cfg, plan.guidanceScale, guided, hooks);
     const t0 = performance.now();
     const { rgb, width, height } = await this.decode(run.latents, [C, h, w]);

@@ -4,19 +4,43 @@
  *    has a fixed batch of 1);
  *  - OrtGuidedUnet: the prepared graphs (`divbind-native prepare`): the instrumented UNet that outputs the
  *    cross-attention maps at batch 1, and the VJP graph that returns ∂L/∂sample for given ∂L/∂maps.
+ * SDXL's added conditions (text_embeds, time_ids) are ExtraUnetInputs: fed per CFG row to the plain UNet, and the
+ * conditional row to both guided graphs where they take them (the VJP is w.r.t. sample only).
  */
-import { checkUnet, openComponent, type UnetIo } from '../model/components';
+import { ADDED_CONDITIONS, checkUnet, openComponent, type UnetIo } from '../model/components';
 import type { UnetFolder } from '../model/folder';
 import { openGuidedGraphs } from '../model/guided-graphs';
 import { ensurePrepared, type EnsurePreparedOptions } from '../model/prepare';
 import { sizeDirName, type PreparedInfo, type PreparedKey, type PreparedUnetFiles } from '../model/prepared';
-import { fixedBatch, floatInput, floatOutput, inputSpec, ort, scalarInput, type SessionOptions } from './ort';
+import { fixedBatch, floatInput, floatOutput, inputSpec, ort, scalarInput, type InputSpec, type SessionOptions } from './ort';
 import type { GuidedForward, GuidedLayerInfo, GuidedUnet, NoisePredictor } from './sampler';
 
 export type { PreparedUnetFiles };
 
 /** The UNet's inputs and output as its session declares them (checked by lib/model at load). */
 export type UnetInputs = UnetIo;
+
+/** A UNet input beyond sample/timestep/encoder_hidden_states (SDXL's text_embeds, time_ids), one row per CFG branch. */
+export interface ExtraUnetInput {
+  name: string;
+  uncond: Float32Array;
+  cond: Float32Array;
+  /** Dims of one row ([P] for text_embeds, [6] for time_ids). */
+  dims: number[];
+}
+
+/** Feeds of `extra` for the inputs a session declares in `specs`, with rows `rows` stacked on the batch axis. */
+function extraFeeds(specs: readonly InputSpec[] | undefined, extra: readonly ExtraUnetInput[], rows: ReadonlyArray<'uncond' | 'cond'>): Record<string, ort.Tensor> {
+  const feeds: Record<string, ort.Tensor> = {};
+  for (const spec of specs ?? []) {
+    const x = extra.find((e) => e.name === spec.name);
+    if (x === undefined) throw new Error(`no value for the UNet input '${spec.name}' (the pipeline must pass SDXL's added conditions)`);
+    const data = new Float32Array(rows.length * x.cond.length);
+    for (let k = 0; k < rows.length; k++) data.set(x[rows[k]!], k * x.cond.length);
+    feeds[spec.name] = floatInput(spec, data, [rows.length, ...x.dims]);
+  }
+  return feeds;
+}
 
 export class CfgUnet implements NoisePredictor {
   private constructor(
@@ -27,6 +51,7 @@ export class CfgUnet implements NoisePredictor {
     private readonly uncond: Float32Array,
     private readonly cond: Float32Array,
     private readonly textDims: [number, number],
+    private readonly extra: readonly ExtraUnetInput[],
   ) {}
 
   /** Opens unet/model.onnx and checks its inputs and output (lib/model). */
@@ -35,9 +60,10 @@ export class CfgUnet implements NoisePredictor {
     return { session, inputs: io };
   }
 
-  /** Binds one generation's text embeddings ([T, D] each) to a loaded session. */
-  static bind(loaded: { session: ort.InferenceSession; inputs: UnetInputs }, latentDims: [number, number, number], uncond: Float32Array, cond: Float32Array, textDims: [number, number]): CfgUnet {
-    return new CfgUnet(loaded.session, loaded.inputs, loaded.inputs.output.name, latentDims, uncond, cond, textDims);
+  /** Binds one generation's text embeddings ([T, D] each) and added conditions (SDXL) to a loaded session. */
+  static bind(loaded: { session: ort.InferenceSession; inputs: UnetInputs }, latentDims: [number, number, number], uncond: Float32Array, cond: Float32Array,
+    textDims: [number, number], extra: readonly ExtraUnetInput[] = []): CfgUnet {
+    return new CfgUnet(loaded.session, loaded.inputs, loaded.inputs.output.name, latentDims, uncond, cond, textDims, extra);
   }
 
   async predict(latents: Float32Array, timestep: number, guidanceScale: number): Promise<Float32Array> {
@@ -46,8 +72,8 @@ export class CfgUnet implements NoisePredictor {
     let epsU: Float32Array;
     let epsC: Float32Array;
     if (fixedBatch(this.inputs.sample) === 1) {
-      epsU = await this.run(latents, timestep, this.uncond, 1);
-      epsC = await this.run(latents, timestep, this.cond, 1);
+      epsU = await this.run(latents, timestep, this.uncond, ['uncond']);
+      epsC = await this.run(latents, timestep, this.cond, ['cond']);
     } else {
       const both = new Float32Array(2 * n);
       both.set(latents, 0);
@@ -55,7 +81,7 @@ export class CfgUnet implements NoisePredictor {
       const text = new Float32Array(2 * T * D);
       text.set(this.uncond, 0);
       text.set(this.cond, T * D);
-      const eps = await this.run(both, timestep, text, 2);
+      const eps = await this.run(both, timestep, text, ['uncond', 'cond']);
       epsU = eps.subarray(0, n);
       epsC = eps.subarray(n, 2 * n);
     }
@@ -64,13 +90,15 @@ export class CfgUnet implements NoisePredictor {
     return out;
   }
 
-  private async run(sample: Float32Array, timestep: number, text: Float32Array, batch: number): Promise<Float32Array> {
+  private async run(sample: Float32Array, timestep: number, text: Float32Array, rows: ReadonlyArray<'uncond' | 'cond'>): Promise<Float32Array> {
     const [c, h, w] = this.latentDims;
     const [T, D] = this.textDims;
+    const batch = rows.length;
     const out = await this.session.run({
       sample: floatInput(this.inputs.sample, sample, [batch, c, h, w]),
       timestep: scalarInput(this.inputs.timestep, timestep, batch),
       encoder_hidden_states: floatInput(this.inputs.encoderHiddenStates, text, [batch, T, D]),
+      ...extraFeeds(this.inputs.added, this.extra, rows),
     }, [this.outputName]);
     return floatOutput(out[this.outputName], 'UNet output');
   }
@@ -96,30 +124,37 @@ export class OrtGuidedUnet implements GuidedUnet {
     if (backward.inputNames.includes('sample')) bwdInputs.sample = inputSpec(backward, 'sample');
     if (backward.inputNames.includes('timestep')) bwdInputs.timestep = inputSpec(backward, 'timestep');
     if (backward.inputNames.includes('encoder_hidden_states')) bwdInputs.encoderHiddenStates = inputSpec(backward, 'encoder_hidden_states');
+    bwdInputs.added = ADDED_CONDITIONS.filter((n) => backward.inputNames.includes(n)).map((n) => inputSpec(backward, n));
     return new OrtGuidedUnet(prepared.files, forward, backward, forwardIo, bwdInputs);
   }
 
-  private feeds(inputs: Partial<UnetInputs>, sample: Float32Array, timestep: number, cond: Float32Array): Record<string, ort.Tensor> {
+  /** This UNet with one generation's added conditions (SDXL; the conditional row) bound to every forward. */
+  withExtraInputs(extra: readonly ExtraUnetInput[]): GuidedUnet {
+    if (extra.length === 0) return this;
+    return { layers: this.layers, forward: (sample, t, cond) => this.forward(sample, t, cond, extra), vjp: (fwd, cot) => this.vjp(fwd, cot) };
+  }
+
+  private feeds(inputs: Partial<UnetInputs>, sample: Float32Array, timestep: number, cond: Float32Array, extra: readonly ExtraUnetInput[]): Record<string, ort.Tensor> {
     const [c, h, w] = this.files.latentDims;
     const [T, D] = this.files.textDims;
-    const feeds: Record<string, ort.Tensor> = {};
+    const feeds: Record<string, ort.Tensor> = extraFeeds(inputs.added, extra, ['cond']);
     if (inputs.sample) feeds.sample = floatInput(inputs.sample, sample, [1, c, h, w]);
     if (inputs.timestep) feeds.timestep = scalarInput(inputs.timestep, timestep, 1);
     if (inputs.encoderHiddenStates) feeds.encoder_hidden_states = floatInput(inputs.encoderHiddenStates, cond, [1, T, D]);
     return feeds;
   }
 
-  async forward(sample: Float32Array, timestep: number, cond: Float32Array): Promise<GuidedForward> {
+  async forward(sample: Float32Array, timestep: number, cond: Float32Array, extra: readonly ExtraUnetInput[] = []): Promise<GuidedForward> {
     const fetches = [...this.files.mapOutputs, ...this.files.residuals.map((r) => r.output)];
-    const out = await this.fwdSession.run(this.feeds(this.fwdInputs, sample, timestep, cond), fetches);
+    const out = await this.fwdSession.run(this.feeds(this.fwdInputs, sample, timestep, cond, extra), fetches);
     const maps = this.files.mapOutputs.map((name) => floatOutput(out[name], `attention output ${name}`));
     const residuals = this.files.residuals.map((r) => out[r.output]);
-    return { maps, state: { sample, timestep, cond, residuals } };
+    return { maps, state: { sample, timestep, cond, extra, residuals } };
   }
 
   async vjp(fwd: GuidedForward, cotangents: Array<Float32Array | null>): Promise<Float32Array> {
-    const st = fwd.state as { sample: Float32Array; timestep: number; cond: Float32Array; residuals: ort.Tensor[] };
-    const feeds = this.feeds(this.bwdInputs, st.sample, st.timestep, st.cond);
+    const st = fwd.state as { sample: Float32Array; timestep: number; cond: Float32Array; extra: readonly ExtraUnetInput[]; residuals: ort.Tensor[] };
+    const feeds = this.feeds(this.bwdInputs, st.sample, st.timestep, st.cond, st.extra);
     this.files.cotangentInputs.forEach((name, k) => {
       const map = fwd.maps[k];
       const ct = cotangents[k] ?? new Float32Array(map.length);

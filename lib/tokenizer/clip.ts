@@ -16,7 +16,9 @@ export const EOT_TOKEN = '<|endoftext|>';
 const MAX_MERGES = 49152 - 256 - 2;
 
 // Python's \s also matches the ASCII separators \x1c-\x1f, JS's does not.
+// biome-ignore lint/suspicious/noControlCharactersInRegex: the separators are matched on purpose (CLIP's Python regex does)
 const WHITESPACE = /[\s\x1c-\x1f]+/gu;
+// biome-ignore lint/suspicious/noControlCharactersInRegex: as WHITESPACE
 const SPLIT = /<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\x1c-\x1f\p{L}\p{N}]+/giu;
 
 /** GPT-2/CLIP byte → printable character table (bytes that are printable Latin-1 keep their code point). */
@@ -76,6 +78,11 @@ export interface Encoding {
   tokens: string[];
   /** Number of real ids including SOT and EOT (≤ maxLength). */
   length: number;
+  /**
+   * Position of the EOT id in `ids` (SOT = 0): the first EOT, read off the ids, so it is right whatever the pad
+   * token ("!" for SD 2.x/SDXL's OpenCLIP tokenizers, EOT itself for SD 1.x). The 'until-eot' token slice needs it.
+   */
+  eotIndex: number;
   /** True when pieces were cut to fit maxLength. */
   truncated: boolean;
 }
@@ -255,7 +262,7 @@ export class ClipTokenizer {
     const ids = [this.sotId, ...kept.map((p) => this.pieceId(p)), this.eotId];
     const length = ids.length;
     while (ids.length < this.maxLength) ids.push(this.padId);
-    return { ids, tokens, length, truncated: tokens.length > room };
+    return { ids, tokens, length, eotIndex: ids.indexOf(this.eotId), truncated: tokens.length > room };
   }
 
   /** Maps each word of the prompt to the token indices of its pieces (index 0 is SOT). */
@@ -306,7 +313,7 @@ export class ClipTokenizer {
       if (id === this.eotId) break;
       const p = this.decoder.get(id);
       if (p === undefined) throw new RangeError(`decode: id ${id} is not in the vocab`);
-      parts.push(p.endsWith('</w>') ? p.slice(0, -4) + ' ' : p);
+      parts.push(p.endsWith('</w>') ? `${p.slice(0, -4)} ` : p);
     }
     const bytes: number[] = [];
     for (const ch of parts.join('')) bytes.push(ch === ' ' ? 0x20 : BYTE_DECODER.get(ch) ?? 0x3f);

@@ -7,7 +7,9 @@ import { Command } from 'commander';
 import * as ort from 'onnxruntime-node';
 import { availableBackends } from '../../loss/index';
 import { tryLoadNativeBinding } from '../../loss/binding';
-import { checkTextEncoder, checkUnet, checkVaeDecoder, openComponent } from '../../model/components';
+import { checkSdxlTextEncoder, checkTextEncoder, checkUnet, checkVaeDecoder, openComponent } from '../../model/components';
+import { familyResolutions, type ModelFamily } from '../../model/family';
+import { readModelDefaults } from '../../options/model-defaults';
 import { readModelFolder, type ComponentName, type ModelFolder } from '../../model/folder';
 import { listPrepared, prepareCommand, sourceIdentity } from '../../model/prepared';
 import { defaultImageSize, formatSize, sizeRule, type ImageSize } from '../../model/size';
@@ -53,21 +55,35 @@ function describePrepared(folder: ModelFolder, defaultSize: ImageSize): Record<s
   return { prepared, preparedSizes };
 }
 
+/** The family, why, and the defaults generate uses on this folder at `size` (family rules under the folder's own). */
+function describeFamily(folder: ModelFolder, family: ModelFamily, size: ImageSize): Record<string, unknown> {
+  const generate = readModelDefaults(folder.divbind, family).all as { guidanceScale: number; loss: { tokenSlice: string } };
+  return {
+    name: family.name, label: family.label, evidence: family.evidence,
+    defaults: { size: formatSize(size), ...familyResolutions(family, folder.divbind, size.height), tokenSlice: generate.loss.tokenSlice, guidanceScale: generate.guidanceScale },
+  };
+}
+
 async function describeModel(modelDir: string): Promise<Record<string, unknown>> {
   const folder = readModelFolder(modelDir);
-  const textEncoder = await describeComponent(folder.textEncoderFile, 'text_encoder', checkTextEncoder);
+  const dual = folder.textEncoder2File !== undefined;
+  const textEncoder = await describeComponent(folder.textEncoderFile, 'text_encoder', dual ? checkSdxlTextEncoder(false) : checkTextEncoder);
+  const textEncoder2 = dual ? await describeComponent(folder.textEncoder2File!, 'text_encoder_2', checkSdxlTextEncoder(true)) : undefined;
   const unet = await describeComponent(folder.unetFile, 'unet', checkUnet);
   const vaeDecoder = await describeComponent(folder.vaeDecoderFile, 'vae_decoder', checkVaeDecoder);
   const shape = unet.sampleShape?.isTensor ? unet.sampleShape.shape : [];
+  const size = defaultImageSize(sizeRule(shape, folder.vaeScaleFactor, undefined, folder.family.defaultLatentSide));
   return {
     dir: folder.dir,
     class: folder.index._class_name ?? null,
+    family: describeFamily(folder, folder.family, size),
     divbindDefaults: folder.divbind,
     vae: { scaleFactor: folder.vaeScaleFactor, scalingFactor: folder.vaeScalingFactor },
     textEncoder: textEncoder.info,
+    ...(textEncoder2 ? { textEncoder2: textEncoder2.info } : {}),
     unet: unet.info,
     vaeDecoder: vaeDecoder.info,
-    ...describePrepared(folder, defaultImageSize(sizeRule(shape, folder.vaeScaleFactor))),
+    ...describePrepared(folder, size),
   };
 }
 

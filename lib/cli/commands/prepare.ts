@@ -65,7 +65,7 @@ export function makePrepareCommand(): Command {
     .option('--text-length <n>', 'text length T (default: the UNet\'s, else 77)', intOption('text-length'))
     .option('--force', 'rebuild even when a ready set with the same options exists')
     .option('--cache-dir <dir>', 'where to write when the model folder is read-only (default $XDG_CACHE_HOME or ~/.cache, /divbind-native)')
-    .option('--no-head-average', 'expose raw per-head attention probabilities instead of head-averaged maps')
+    .option('--no-head-average', 'expose raw per-head attention probabilities (default: head-averaged maps when every layer has the same head count)')
     .option('--design <design>', 'VJP graph design: recompute (one graph) or residuals (forward + backward)')
     .option('--no-verify', 'skip the check run of the written graphs')
     .option('--json', 'print the manifest as JSON on stdout (progress stays on stderr)')
@@ -82,7 +82,8 @@ export function makePrepareCommand(): Command {
           ...(o.cacheDir !== undefined ? { cacheDir: o.cacheDir } : {}),
           ...(o.design !== undefined ? { design: o.design } : {}),
           force: o.force === true,
-          headAverage: o.headAverage,
+          // --no-head-average forces raw maps; without it prepare averages heads where that is exact.
+          ...(o.headAverage === false ? { headAverage: false } : {}),
           verify: o.verify,
           onProgress: progressPrinter(process.stderr),
         });
