@@ -17,6 +17,7 @@ import type { ClipTokenizer } from '../tokenizer/clip';
 import { checkGenerateOptions } from './check';
 import type { CheckedGenerateOptions, GenerateOptions } from './definitions';
 import { badInput } from './kinds';
+import { defaultLossResolutions } from '../model/layer-sets';
 import { latentSize, resolveImageSize, type SizeRule } from '../model/size';
 
 /** What a plan needs to know about the loaded model. */
@@ -211,8 +212,7 @@ function chooseTokens(o: CheckedGenerateOptions, ctx: PlanContext): TokenSelecti
  */
 function resolveLoss(o: CheckedGenerateOptions, ctx: PlanContext, tokens: TokenSelection, height: number): Omit<LossOptions, 'stepIndex'> {
   const given = o.loss ?? {};
-  const attentionResolution = given.attentionResolution ?? ctx.declared.attentionResolution ?? Math.ceil(height / 32);
-  const attributeResolutions = given.attributeResolutions ?? ctx.declared.attributeResolutions ?? [attentionResolution * 4, attentionResolution * 2];
+  const { attentionResolution, attributeResolutions } = defaultLossResolutions(height, ctx.declared, given);
   const eotIndex = given.tokenSlice === 'until-eot' ? ctx.tokenizer.encode(o.prompt).length - 1 : undefined;
   const loss: Omit<LossOptions, 'stepIndex'> = {
     ...(o.mode === 'max' ? { maxVariant: 'attend-excite' as const } : {}),

@@ -2,12 +2,13 @@
  * The UNet on onnxruntime, in its two roles:
  *  - CfgUnet: the plain export, ε̂ = ε_u + s·(ε_c − ε_u) from one batch-2 call (two batch-1 calls when the export
  *    has a fixed batch of 1);
- *  - OrtGuidedUnet: the prepared graphs (`divbind-native prepare`): the instrumented UNet that outputs the
+ *  - OrtGuidedUnet: the prepared graphs (`divbind-native prepare`): per layer set, a forward that outputs the
  *    cross-attention maps at batch 1, and the VJP graph that returns ∂L/∂sample for given ∂L/∂maps.
  */
 import { checkUnet, openComponent, type UnetIo } from '../model/components';
 import type { UnetFolder } from '../model/folder';
-import { openGuidedGraphs } from '../model/guided-graphs';
+import { openGuidedGraphs, type GuidedInputs } from '../model/guided-graphs';
+import { chooseLayerSet } from '../model/layer-sets';
 import { ensurePrepared, type EnsurePreparedOptions } from '../model/prepare';
 import { sizeDirName, type PreparedInfo, type PreparedKey, type PreparedUnetFiles } from '../model/prepared';
 import { fixedBatch, floatInput, floatOutput, inputSpec, ort, scalarInput, type SessionOptions } from './ort';
@@ -76,30 +77,32 @@ export class CfgUnet implements NoisePredictor {
   }
 }
 
-export class OrtGuidedUnet implements GuidedUnet {
+/** One layer set's graphs, opened: forward (maps, residuals) and backward (∂L/∂sample) of those layers only. */
+class GuidedSetSessions implements GuidedUnet {
   readonly layers: readonly GuidedLayerInfo[];
+  readonly textLength: number;
 
   private constructor(
     private readonly files: PreparedUnetFiles,
     private readonly fwdSession: ort.InferenceSession,
     private readonly bwdSession: ort.InferenceSession,
-    private readonly fwdInputs: UnetInputs,
-    private readonly bwdInputs: Partial<UnetInputs>,
+    private readonly fwdInputs: GuidedInputs,
+    private readonly bwdInputs: Partial<GuidedInputs>,
   ) {
     this.layers = files.layers;
+    this.textLength = files.textDims[0];
   }
 
-  /** Opens the forward and backward graphs of a ready prepared set, checked against its manifest (lib/model). */
-  static async load(prepared: PreparedInfo, options: SessionOptions = {}): Promise<OrtGuidedUnet> {
-    const { forward, backward, forwardIo } = await openGuidedGraphs(prepared, options);
-    const bwdInputs: Partial<UnetInputs> = {};
+  static async open(prepared: PreparedInfo, files: PreparedUnetFiles, options: SessionOptions): Promise<GuidedSetSessions> {
+    const { forward, backward, forwardIo } = await openGuidedGraphs(prepared, files, options);
+    const bwdInputs: Partial<GuidedInputs> = {};
     if (backward.inputNames.includes('sample')) bwdInputs.sample = inputSpec(backward, 'sample');
     if (backward.inputNames.includes('timestep')) bwdInputs.timestep = inputSpec(backward, 'timestep');
     if (backward.inputNames.includes('encoder_hidden_states')) bwdInputs.encoderHiddenStates = inputSpec(backward, 'encoder_hidden_states');
-    return new OrtGuidedUnet(prepared.files, forward, backward, forwardIo, bwdInputs);
+    return new GuidedSetSessions(files, forward, backward, forwardIo, bwdInputs);
   }
 
-  private feeds(inputs: Partial<UnetInputs>, sample: Float32Array, timestep: number, cond: Float32Array): Record<string, ort.Tensor> {
+  private feeds(inputs: Partial<GuidedInputs>, sample: Float32Array, timestep: number, cond: Float32Array): Record<string, ort.Tensor> {
     const [c, h, w] = this.files.latentDims;
     const [T, D] = this.files.textDims;
     const feeds: Record<string, ort.Tensor> = {};
@@ -121,11 +124,7 @@ export class OrtGuidedUnet implements GuidedUnet {
     const st = fwd.state as { sample: Float32Array; timestep: number; cond: Float32Array; residuals: ort.Tensor[] };
     const feeds = this.feeds(this.bwdInputs, st.sample, st.timestep, st.cond);
     this.files.cotangentInputs.forEach((name, k) => {
-      const map = fwd.maps[k];
-      const ct = cotangents[k] ?? new Float32Array(map.length);
-      const meta = this.bwdSession.inputMetadata.find((m) => m.name === name);
-      const dims = meta && meta.isTensor && meta.shape.every((d) => typeof d === 'number') ? (meta.shape as number[]) : [ct.length];
-      feeds[name] = new ort.Tensor('float32', ct, dims);
+      feeds[name] = new ort.Tensor('float32', cotangents[k] ?? new Float32Array(fwd.maps[k].length), this.files.mapDims[k]);
     });
     this.files.residuals.forEach((r, k) => { feeds[r.input] = st.residuals[k]; });
     const out = await this.bwdSession.run(feeds, [this.files.gradOutput]);
@@ -135,6 +134,57 @@ export class OrtGuidedUnet implements GuidedUnet {
   async release(): Promise<void> {
     await this.fwdSession.release();
     await this.bwdSession.release();
+  }
+}
+
+/**
+ * The guided UNet of a ready prepared set: the full layer set, and the layer subsets `prepare` built for losses
+ * that read fewer layers (lib/model/layer-sets.ts). Each set's sessions are opened on first use, so a process
+ * holds only the graphs its losses need; forward() and vjp() run the full set.
+ */
+export class OrtGuidedUnet implements GuidedUnet {
+  readonly layers: readonly GuidedLayerInfo[];
+  readonly textLength: number;
+  private readonly opened = new Map<PreparedUnetFiles, Promise<GuidedSetSessions>>();
+
+  private constructor(private readonly prepared: PreparedInfo, private readonly options: SessionOptions) {
+    this.layers = prepared.files.layers;
+    this.textLength = prepared.files.textDims[0];
+  }
+
+  /** The guided UNet of a ready prepared set; its graphs are opened and checked against the manifest on first use. */
+  static async load(prepared: PreparedInfo, options: SessionOptions = {}): Promise<OrtGuidedUnet> {
+    return new OrtGuidedUnet(prepared, options);
+  }
+
+  /** The sessions of one layer set, opened once (a failed open is retried by the next call). */
+  private open(files: PreparedUnetFiles): Promise<GuidedSetSessions> {
+    let entry = this.opened.get(files);
+    if (entry === undefined) {
+      entry = GuidedSetSessions.open(this.prepared, files, this.options);
+      this.opened.set(files, entry);
+      entry.catch(() => this.opened.delete(files));
+    }
+    return entry;
+  }
+
+  /** The smallest prepared layer set holding every layer of `needed` (indices into `layers`). */
+  forLayers(needed: readonly number[]): Promise<GuidedUnet> {
+    return this.open(chooseLayerSet([...this.prepared.layerSets, this.prepared.files], needed) ?? this.prepared.files);
+  }
+
+  async forward(sample: Float32Array, timestep: number, cond: Float32Array): Promise<GuidedForward> {
+    return (await this.open(this.prepared.files)).forward(sample, timestep, cond);
+  }
+
+  async vjp(fwd: GuidedForward, cotangents: Array<Float32Array | null>): Promise<Float32Array> {
+    return (await this.open(this.prepared.files)).vjp(fwd, cotangents);
+  }
+
+  async release(): Promise<void> {
+    const sets = [...this.opened.values()];
+    this.opened.clear();
+    for (const s of await Promise.allSettled(sets)) if (s.status === 'fulfilled') await s.value.release();
   }
 }
 
