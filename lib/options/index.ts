@@ -13,5 +13,5 @@ export { buildScheduler, checkLossAgainstLayers, isGenerationPlan, resolveGenera
 export type { GenerationPlan, PlanContext } from './plan';
 export { describeGenerationPlan } from './describe';
 export { generateOptionsJsonSchema } from './schema';
-export { addGenerateFlags, generateOptionsFromFlags, THREADS } from './cli';
+export { addGenerateFlags, generateOptionsFromFlags, EXECUTION_PROVIDER, THREADS } from './cli';
 export type { JsonSchema, Kind } from './kinds';

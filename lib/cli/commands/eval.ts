@@ -5,7 +5,7 @@ import { DivBindPipeline } from '../../pipeline/pipeline';
 import type { GuidanceMode } from '../../pipeline/guidance';
 import { METHODS, runBenchmark } from '../../eval/benchmark';
 import { PROMPT_SETS } from '../../eval/prompts';
-import { GENERATE_OPTIONS, THREADS } from '../../options/index';
+import { EXECUTION_PROVIDER, GENERATE_OPTIONS, THREADS } from '../../options/index';
 import { integer } from '../../options/kinds';
 import { handleCliError } from '../errors';
 
@@ -20,6 +20,7 @@ export interface EvalCliOptions {
   prompts?: string;
   prepare: boolean;
   threads?: string;
+  executionProvider?: string;
   quiet: boolean;
 }
 
@@ -34,11 +35,13 @@ function int(value: string, flag: string, min: number): number {
 
 export async function runEvalCommand(o: EvalCliOptions): Promise<void> {
   const threads = o.threads !== undefined ? THREADS.parse!(o.threads, '--threads') : undefined;
+  const executionProvider = o.executionProvider === undefined ? undefined : EXECUTION_PROVIDER.kind.parse!(o.executionProvider, '--execution-provider');
   const modelDir = o.model ?? defaultModelDir();
   const log = o.quiet ? () => {} : (m: string) => process.stderr.write(`${m}\n`);
   const pipeline = await DivBindPipeline.load(modelDir, {
     prepare: o.prepare,
     session: threads !== undefined ? { intraOpNumThreads: threads } : undefined,
+    executionProvider,
     onProgress: log,
   });
   try {
@@ -74,6 +77,7 @@ export function makeEvalCommand(): Command {
     .option('--prompts <n>', 'prompts per set (default all; quick 1)')
     .option('--prepare', 'prepare the UNet first if it is not prepared yet', false)
     .option('--threads <n>', 'onnxruntime intra-op threads (default: all cores)')
+    .option(EXECUTION_PROVIDER.flags, EXECUTION_PROVIDER.doc)
     .option('-q, --quiet', 'no progress on stderr', false)
     .action(async (o: EvalCliOptions) => {
       try {
