@@ -1,7 +1,7 @@
 // `prepare`: turn a Stable Diffusion ONNX folder's UNet into the graphs guidance needs, once per model and size:
 //   1. read the folder and check the UNet (fp32, un-fused), 2. infer static shapes for the image size,
 //   3. find the cross-attention layers and expose them as outputs attn_<i>, 4. build the VJP graph(s) w.r.t. the
-//   latent, 5. write everything into a fresh temp folder beside the final one (weights hard-linked, never copied),
+//   latent, for every layer and for the layer subsets the default losses read (lib/model/layer-sets.ts), 5. write everything into a fresh temp folder beside the final one (weights hard-linked, never copied),
 //   6. run each graph once as a check, 7. write the manifest and check the whole set as a reader would,
 //   8. swap the temp folder into place.
 // A ready set for the same UNet and options is reused; a stale, damaged or edited one is rebuilt (no --force
@@ -267,7 +267,7 @@ async function buildGraphs(folder: UnetFolder, unet: UnetAnalysis, plan: Prepare
   }
   const inst = instrumentUnet(unet.loaded.model, shapes, { layers, headAverage: plan.headAverage });
   stages.lap('attention');
-  stages.report('vjp', `building the VJP graph of ${inst.outputs.length} attention outputs w.r.t. ${unet.sample.name} (${plan.design})`, 0.3);
+  stages.report('vjp', `building the VJP graphs of ${inst.outputs.length} attention outputs w.r.t. ${unet.sample.name} and of the layer subsets (${plan.design})`, 0.3);
   const vjp = buildVjp(inst.model, { wrt: unet.sample.name!, outputs: inst.outputs, shapes: inst.shapes, design: plan.design });
   const subsets = buildLayerSets(folder, plan, inst, unet.sample.name!);
   stages.lap('vjp');
