@@ -12,9 +12,10 @@ export const MANIFEST_FILE = 'divbind-manifest.json';
 export const MANIFEST_FORMAT = 'divbind-manifest';
 /**
  * Bumped whenever the manifest or the prepared graphs change layout; other versions read as invalid and are
- * rebuilt. 2: one set per image size, graph stamps, link checks, checksum, the VAE factor.
+ * rebuilt. 2: one set per image size, graph stamps, link checks, checksum, the VAE factor. 3: layer subsets
+ * (vjp.layerSets).
  */
-export const MANIFEST_VERSION = 2;
+export const MANIFEST_VERSION = 3;
 
 export interface ManifestTensor {
   /** ONNX data type name ('FLOAT', 'INT64', …). */
@@ -82,11 +83,30 @@ export interface Manifest {
     /** design 'residuals': tensors passed from forward to backward. */
     residuals?: string[];
     stats: Record<string, unknown>;
+    /** Proper layer subsets with their own graphs (the full set is the one above). */
+    layerSets: ManifestLayerSet[];
   };
   /** Milliseconds per stage of the prepare run. */
   timings: Record<string, number>;
   /** sha256 of the manifest without this field (canonical JSON): a hand edit reads as invalid. */
   checksum: string;
+}
+
+/**
+ * Graphs for a proper subset of the layers (lib/model/layer-sets.ts): a guidance step whose loss reads only these
+ * maps runs a forward cut after the last of them and differentiates only them. The cotangent inputs and the
+ * gradient output are named as in the full set (vjp.cotangents, vjp.gradient).
+ */
+export interface ManifestLayerSet {
+  /** Indices into attention.layers, ascending. */
+  layers: number[];
+  /** Forward graph: the UNet inputs → these maps (and, design 'residuals', the residuals), nothing after them. */
+  forward: string;
+  /** Backward graph (design 'residuals') or VJP graph (design 'recompute') of these maps. */
+  backward: string;
+  /** design 'residuals': tensors passed from this forward to this backward. */
+  residuals?: string[];
+  stats: Record<string, unknown>;
 }
 
 export type ManifestRead =
@@ -267,7 +287,25 @@ function validateVjp(m: Obj, layers: ManifestLayer[]): void {
   const cot = obj(vjp.cotangents, 'vjp.cotangents');
   for (const l of layers) str(cot[l.output], `vjp.cotangents.${l.output}`);
   str(vjp.gradient, 'vjp.gradient');
-  if (vjp.design === 'residuals') arr(vjp.residuals, 'vjp.residuals').forEach((r, i) => str(r, `vjp.residuals[${i}]`));
+  if (vjp.design === 'residuals') arr(vjp.residuals, 'vjp.residuals').forEach((r, i) => { str(r, `vjp.residuals[${i}]`); });
+  const stamped = new Set((obj(m.files, 'files').graphs as Obj[]).map((g) => g.file));
+  arr(vjp.layerSets, 'vjp.layerSets').forEach((v, i) => { validateLayerSet(v, `vjp.layerSets[${i}]`, layers.length, vjp.design, stamped); });
+}
+
+/** A layer subset: proper, ascending layer indices; stamped graph files; residuals with the residuals design. */
+function validateLayerSet(v: unknown, field: string, layerCount: number, design: unknown, stamped: Set<unknown>): void {
+  const s = obj(v, field);
+  const indices = arr(s.layers, `${field}.layers`, 1);
+  indices.forEach((k, j) => {
+    if (typeof k !== 'number' || !Number.isInteger(k) || k < 0 || k >= layerCount) fail(`${field}.layers[${j}] must be a layer index below ${layerCount} but is ${JSON.stringify(k)}`);
+    if (j > 0 && k <= (indices[j - 1] as number)) fail(`${field}.layers must be ascending without repeats`);
+  });
+  if (indices.length >= layerCount) fail(`${field}.layers must be a proper subset of attention.layers`);
+  for (const k of ['forward', 'backward'] as const) {
+    if (!stamped.has(fileName(s[k], `${field}.${k}`))) fail(`files.graphs has no stamp for ${String(s[k])}`);
+  }
+  if (design === 'residuals') arr(s.residuals, `${field}.residuals`).forEach((r, i) => { str(r, `${field}.residuals[${i}]`); });
+  obj(s.stats, `${field}.stats`);
 }
 
 /** Checks every field the pipeline and `prepare` rely on; throws ManifestProblem naming the first bad one. */

@@ -1,7 +1,7 @@
 // `prepare`: turn a Stable Diffusion ONNX folder's UNet into the graphs guidance needs, once per model and size:
 //   1. read the folder and check the UNet (fp32, un-fused), 2. infer static shapes for the image size,
 //   3. find the cross-attention layers and expose them as outputs attn_<i>, 4. build the VJP graph(s) w.r.t. the
-//   latent, 5. write everything into a fresh temp folder beside the final one (weights hard-linked, never copied),
+//   latent, for every layer and for the layer subsets the default losses read (lib/model/layer-sets.ts), 5. write everything into a fresh temp folder beside the final one (weights hard-linked, never copied),
 //   6. run each graph once as a check, 7. write the manifest and check the whole set as a reader would,
 //   8. swap the temp folder into place.
 // A ready set for the same UNet and options is reused; a stale, damaged or edited one is rebuilt (no --force
@@ -16,12 +16,14 @@ import { assertUnfusedExport, findCrossAttention, headAveragingExact, instrument
 import { saveModel, type LoadedModel, type SavedModel } from '../onnx/model-io';
 import { DataType, dataTypeName, int64ToNumber, opsetVersion, valueInfoDims, valueInfoElemType, type ModelProto, type ValueInfoProto } from '../onnx/proto';
 import { inferStaticShapes, realGraphInputs, type ShapeMap } from '../onnx/shapes';
-import { buildVjp, type VjpResult } from '../onnx/vjp/index';
+import { buildVjp, pruneToOutputs, type VjpResult, type VjpStats } from '../onnx/vjp/index';
 import { PACKAGE_ROOT } from '../pipeline/defaults';
 import { isWritableDir, preparedRoots } from './cache';
 import { loadModelFile, restoreFix } from './components';
 import { COMPONENT_FILES, readUnetFolder, type UnetFolder } from './folder';
-import { MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, writeManifest, type Manifest, type ManifestTensor } from './manifest';
+import { preparedLayerSets } from './layer-sets';
+import { familyResolutions } from './family';
+import { MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, writeManifest, type Manifest, type ManifestLayerSet, type ManifestTensor } from './manifest';
 import {
   inspectPrepared, listPrepared, locatePrepared, sizeDirName, sourceIdentity, type PreparedInfo, type PreparedKey, type SourceIdentity,
 } from './prepared';
@@ -203,14 +205,50 @@ function reusableSet(folder: UnetFolder, plan: PreparePlan, src: SourceIdentity,
   return undefined;
 }
 
+/** The graphs of a proper layer subset: a forward cut after its last map, and its VJP. */
+export interface BuiltLayerSet {
+  /** Indices into the instrumented layers, ascending. */
+  layers: number[];
+  /** Their outputs (attn_<i>). */
+  outputs: string[];
+  /** Maps (and residuals, design 'residuals') of these layers only. */
+  forward: ModelProto;
+  /** Backward graph (residuals) or VJP graph (recompute) of these maps. */
+  backward: ModelProto;
+  stats: VjpStats;
+}
+
 interface BuiltGraphs {
   headAverage: boolean;
   shapes: ShapeMap;
   inst: InstrumentResult;
   vjp: VjpResult;
+  subsets: BuiltLayerSet[];
 }
 
-async function buildGraphs(unet: UnetAnalysis, plan: PreparePlan, stages: Stages): Promise<BuiltGraphs> {
+/**
+ * The forward and VJP graphs of the layers `layers` only. Residuals: the forward-with-residuals graph cut to the
+ * maps and residuals; recompute: the instrumented UNet cut to the maps, and the VJP graph (which recomputes only up
+ * to its last map).
+ */
+export function buildLayerSet(inst: InstrumentResult, wrt: string, layers: number[], design: PreparePlan['design']): BuiltLayerSet {
+  const outputs = layers.map((k) => inst.outputs[k]!);
+  const vjp = buildVjp(inst.model, { wrt, outputs, shapes: inst.shapes, design });
+  const forward = design === 'residuals'
+    ? pruneToOutputs(vjp.forward!, [...outputs, ...vjp.stats.residualNames])
+    : pruneToOutputs(inst.model, outputs);
+  return { layers, outputs, forward, backward: (vjp.backward ?? vjp.vjp)!, stats: vjp.stats };
+}
+
+/** The layer subsets of the default loss resolutions (lib/model/layer-sets.ts), built when the layers are square. */
+function buildLayerSets(folder: UnetFolder, plan: PreparePlan, inst: InstrumentResult, wrt: string): BuiltLayerSet[] {
+  if (inst.layers.some((l) => l.resolution === null)) return [];
+  const shapes = inst.layers.map((l) => ({ heads: l.headAveraged ? 1 : l.heads, resolution: l.resolution! }));
+  const sets = preparedLayerSets(shapes, plan.textLength, familyResolutions(folder.family, folder.divbind, plan.key.height));
+  return sets.map((layers) => buildLayerSet(inst, wrt, layers, plan.design));
+}
+
+async function buildGraphs(folder: UnetFolder, unet: UnetAnalysis, plan: PreparePlan, stages: Stages): Promise<BuiltGraphs> {
   const rel = COMPONENT_FILES.unet;
   const dimsText = Object.entries(plan.inputDims).map(([k, v]) => `${k}=[${v.join(',')}]`).join(' ');
   stages.report('shapes', `inferring static shapes for ${dimsText}`, 0.05);
@@ -225,7 +263,7 @@ async function buildGraphs(unet: UnetAnalysis, plan: PreparePlan, stages: Stages
   }
   stages.lap('shapes');
   stages.report('attention', 'finding cross-attention layers', 0.2);
-  let layers;
+  let layers: ReturnType<typeof findCrossAttention>;
   try {
     layers = findCrossAttention(unet.loaded.model, shapes, { sampleInput: unet.sample.name!, textInput: unet.text.name! });
   } catch (err) {
@@ -234,10 +272,11 @@ async function buildGraphs(unet: UnetAnalysis, plan: PreparePlan, stages: Stages
   const headAverage = plan.headAverage ?? headAveragingExact(layers);
   const inst = instrumentUnet(unet.loaded.model, shapes, { layers, headAverage });
   stages.lap('attention');
-  stages.report('vjp', `building the VJP graph of ${inst.outputs.length} attention outputs w.r.t. ${unet.sample.name} (${plan.design})`, 0.3);
+  stages.report('vjp', `building the VJP graphs of ${inst.outputs.length} attention outputs w.r.t. ${unet.sample.name} and of the layer subsets (${plan.design})`, 0.3);
   const vjp = buildVjp(inst.model, { wrt: unet.sample.name!, outputs: inst.outputs, shapes: inst.shapes, design: plan.design });
+  const subsets = buildLayerSets(folder, plan, inst, unet.sample.name!);
   stages.lap('vjp');
-  return { headAverage, shapes, inst, vjp };
+  return { headAverage, shapes, inst, vjp, subsets };
 }
 
 /** Beside the model when writable, else the cache. */
@@ -250,18 +289,38 @@ function chooseRoot(folder: UnetFolder, cacheDir?: string): string {
   });
 }
 
+/** File names of the k-th layer subset's graphs. */
+function layerSetFiles(k: number): { forward: string; backward: string } {
+  return { forward: `forward-set${k + 1}.onnx`, backward: `backward-set${k + 1}.onnx` };
+}
+
+/** The manifest entries of the layer subsets (files named by layerSetFiles). */
+function manifestLayerSets(built: BuiltGraphs): ManifestLayerSet[] {
+  return built.subsets.map((set, k) => ({
+    layers: set.layers,
+    ...layerSetFiles(k),
+    ...(set.stats.residualNames.length > 0 ? { residuals: set.stats.residualNames } : {}),
+    stats: { ...set.stats, residualNames: undefined },
+  }));
+}
+
 /** Writes the graphs into `dir`; returns the manifest's `files` (graph stamps and how each weights file is reached). */
 function saveGraphs(dir: string, unet: UnetAnalysis, built: BuiltGraphs): Manifest['files'] {
   const saved: SavedModel[] = [];
   const files: Manifest['files'] = { unet: 'unet.onnx', externalData: [], graphs: [] };
-  const graphs: Array<['unet' | 'vjp' | 'forward' | 'backward', ModelProto | undefined]> = [
-    ['unet', built.inst.model], ['vjp', built.vjp.vjp], ['forward', built.vjp.forward], ['backward', built.vjp.backward],
+  type Graph = ['unet' | 'vjp' | 'forward' | 'backward' | null, string, ModelProto | undefined];
+  const graphs: Graph[] = [
+    ['unet', 'unet.onnx', built.inst.model], ['vjp', 'vjp.onnx', built.vjp.vjp],
+    ['forward', 'forward.onnx', built.vjp.forward], ['backward', 'backward.onnx', built.vjp.backward],
+    ...built.subsets.flatMap((set, k) => {
+      const names = layerSetFiles(k);
+      return [[null, names.forward, set.forward], [null, names.backward, set.backward]] as Graph[];
+    }),
   ];
-  for (const [key, model] of graphs) {
+  for (const [key, file, model] of graphs) {
     if (model === undefined) continue;
-    const file = `${key}.onnx`;
     saved.push(saveModel(model, path.join(dir, file), { sourceDir: unet.loaded.dir }));
-    files[key] = file;
+    if (key !== null) files[key] = file;
     const st = fs.statSync(path.join(dir, file));
     files.graphs.push({ file, bytes: st.size, mtimeMs: st.mtimeMs });
   }
@@ -338,6 +397,7 @@ function buildManifest(folder: UnetFolder, unet: UnetAnalysis, plan: PreparePlan
       ...vjpNames(built, wrt),
       ...(built.vjp.stats.residualNames.length > 0 ? { residuals: built.vjp.stats.residualNames } : {}),
       stats: { ...built.vjp.stats, residualNames: undefined },
+      layerSets: manifestLayerSets(built),
     },
     timings,
   };
@@ -402,7 +462,8 @@ async function writeSet(folder: UnetFolder, unet: UnetAnalysis, plan: PreparePla
     stages.lap('save');
     if (opts.verify ?? true) {
       stages.report('verify', 'running the prepared graphs once', 0.75);
-      await verifyPrepared(tmp, files, built, plan.inputDims, built.headAverage, vjpNames(built, unet.sample.name!));
+      const sets = built.subsets.map((set, k) => ({ ...layerSetFiles(k), outputs: set.outputs }));
+      await verifyPrepared(tmp, files, built, plan.inputDims, built.headAverage, vjpNames(built, unet.sample.name!), sets);
       stages.lap('verify');
     }
     writeManifest(tmp, buildManifest(folder, unet, plan, built, files, stages.timings));
@@ -435,7 +496,7 @@ export async function prepareModel(modelDir: string, opts: PrepareOptions = {}):
     stages.report('done', `already prepared (${path.join(existing.dir, MANIFEST_FILE)})`, 1);
     return { dir: existing.dir, manifestPath: path.join(existing.dir, MANIFEST_FILE), manifest: existing.manifest, skipped: true };
   }
-  const built = await buildGraphs(unet, plan, stages);
+  const built = await buildGraphs(folder, unet, plan, stages);
   const written = await writeSet(folder, unet, plan, built, opts, stages);
   stages.report('done', `prepared ${built.inst.outputs.length} attention layers for ${formatSize(plan.key)} in ${written.dir}`, 1);
   return { ...written, skipped: false };

@@ -160,6 +160,8 @@ export interface PreparedInfo {
   memoryExternalData: Array<{ location: string; source: string }>;
   /** The command that rebuilds this set, for errors found when it is opened. */
   rebuild: string;
+  /** Graphs of proper layer subsets (manifest vjp.layerSets), for losses that read only those layers. */
+  layerSets: PreparedUnetFiles[];
 }
 
 /** The ready set for `key`, or a DivbindError MODEL_NOT_PREPARED that says why and gives the command. */
@@ -199,6 +201,8 @@ export interface PreparedUnetFiles {
   /** Latent dims the graphs were prepared for: [C, h, w]. */
   latentDims: [number, number, number];
   textDims: [number, number];
+  /** Indices of these graphs' layers in the full layer list (every index for the full set). */
+  layerIndices: number[];
 }
 
 function preparedInfo(folder: UnetFolder, dir: string, m: Manifest, rebuild: string): PreparedInfo {
@@ -207,24 +211,33 @@ function preparedInfo(folder: UnetFolder, dir: string, m: Manifest, rebuild: str
     throw new DivbindError('MODEL_UNSUPPORTED', `${dir} is prepared for ${m.width}×${m.height}, where ${oblong.output} is ${oblong.h}×${oblong.w}: `
       + 'the D&B and A&E losses need square attention maps', { field: 'height', fix: 'use a square image size (equal height and width) for guided modes' });
   }
-  const sample = m.inputs[m.vjp.wrt]!;
-  const text = Object.entries(m.inputs).find(([k, v]) => k !== m.vjp.wrt && v.dims.length === 3)![1];
   const forward = m.vjp.design === 'residuals' ? m.files.forward! : m.files.unet;
   const backward = m.vjp.design === 'residuals' ? m.files.backward! : m.files.vjp!;
-  const files: PreparedUnetFiles = {
-    design: m.vjp.design,
-    forwardFile: path.join(dir, forward),
-    backwardFile: path.join(dir, backward),
-    mapOutputs: m.attention.layers.map((l) => l.output),
-    mapDims: m.attention.layers.map((l) => l.dims),
-    cotangentInputs: m.attention.layers.map((l) => m.vjp.cotangents[l.output]!),
-    residuals: (m.vjp.residuals ?? []).map((r) => ({ output: r, input: r })),
-    gradOutput: m.vjp.gradient,
-    layers: m.attention.layers.map((l) => ({ name: l.scope || l.source, heads: l.headAveraged ? 1 : l.heads, resolution: l.resolution!, place: l.place })),
-    latentDims: [sample.dims[1]!, sample.dims[2]!, sample.dims[3]!],
-    textDims: [text.dims[1]!, text.dims[2]!],
-  };
+  const all = m.attention.layers.map((_, k) => k);
+  const files = unetFiles(dir, m, { forward, backward, residuals: m.vjp.residuals ?? [] }, all);
+  const layerSets = m.vjp.layerSets.map((s) => unetFiles(dir, m, { forward: s.forward, backward: s.backward, residuals: s.residuals ?? [] }, s.layers));
   const unetDir = path.dirname(folder.unetFile);
   const memoryExternalData = m.files.externalData.filter((e) => e.method === 'memory').map((e) => ({ location: e.location, source: path.join(unetDir, e.location) }));
-  return { dir, manifest: m, files, memoryExternalData, rebuild };
+  return { dir, manifest: m, files, memoryExternalData, rebuild, layerSets };
+}
+
+/** The graphs of one layer set (the full one, or a subset) as the guided UNet runs them. */
+function unetFiles(dir: string, m: Manifest, graphs: { forward: string; backward: string; residuals: string[] }, indices: number[]): PreparedUnetFiles {
+  const sample = m.inputs[m.vjp.wrt]!;
+  const text = Object.entries(m.inputs).find(([k, v]) => k !== m.vjp.wrt && v.dims.length === 3)![1];
+  const layers = indices.map((k) => m.attention.layers[k]!);
+  return {
+    design: m.vjp.design,
+    forwardFile: path.join(dir, graphs.forward),
+    backwardFile: path.join(dir, graphs.backward),
+    mapOutputs: layers.map((l) => l.output),
+    mapDims: layers.map((l) => l.dims),
+    cotangentInputs: layers.map((l) => m.vjp.cotangents[l.output]!),
+    residuals: graphs.residuals.map((r) => ({ output: r, input: r })),
+    gradOutput: m.vjp.gradient,
+    layers: layers.map((l) => ({ name: l.scope || l.source, heads: l.headAveraged ? 1 : l.heads, resolution: l.resolution!, place: l.place })),
+    latentDims: [sample.dims[1]!, sample.dims[2]!, sample.dims[3]!],
+    textDims: [text.dims[1]!, text.dims[2]!],
+    layerIndices: indices,
+  };
 }

@@ -59,10 +59,10 @@ async function runGraph(dir: string, file: string, available: Record<string, ort
   }
 }
 
-/** The instrumented UNet returns every map, finite, each row a probability distribution (or a mean of them). */
-async function checkMaps(dir: string, files: Manifest['files'], outputs: string[], feeds: Record<string, ort.Tensor>, headAverage: boolean,
-  memory: Memory): Promise<void> {
-  const res = await runGraph(dir, files.unet, feeds, memory);
+/** `graph` returns every map of `outputs`, finite, each row a probability distribution (or a mean of them). */
+async function checkMaps(dir: string, graph: string, outputs: string[], feeds: Record<string, ort.Tensor>, headAverage: boolean,
+  memory: Memory): Promise<ort.InferenceSession.OnnxValueMapType> {
+  const res = await runGraph(dir, graph, feeds, memory);
   for (const o of outputs) {
     const got = res[o];
     if (got === undefined) throw new Error(`Check run failed: the instrumented UNet did not return '${o}'`);
@@ -77,17 +77,42 @@ async function checkMaps(dir: string, files: Manifest['files'], outputs: string[
       }
     }
   }
+  return res;
+}
+
+function checkGradient(out: ort.InferenceSession.OnnxValueMapType, gradient: string, want: readonly number[]): void {
+  const g = out[gradient];
+  if (g === undefined) throw new Error(`Check run failed: the VJP graph did not return '${gradient}'`);
+  if (g.dims.join(',') !== want.join(',')) throw new Error(`Check run failed: '${gradient}' has dims [${g.dims.join(', ')}], expected [${want.join(', ')}]`);
+  assertFinite(g.data as Float32Array, gradient);
+}
+
+/** Each layer subset's forward returns its maps (and residuals); its backward, fed them, a finite gradient. */
+async function checkLayerSets(dir: string, sets: readonly LayerSetToCheck[], feeds: Record<string, ort.Tensor>, cot: Record<string, ort.Tensor>,
+  check: { headAverage: boolean; gradient: string; dims: readonly number[] }, memory: Memory): Promise<void> {
+  for (const set of sets) {
+    const maps = await checkMaps(dir, set.forward, set.outputs, feeds, check.headAverage, memory);
+    checkGradient(await runGraph(dir, set.backward, { ...feeds, ...maps, ...cot }, memory), check.gradient, check.dims);
+  }
+}
+
+/** A layer subset's graph files and the maps its forward returns. */
+export interface LayerSetToCheck {
+  forward: string;
+  backward: string;
+  outputs: string[];
 }
 
 /** Runs the graphs written in `dir` once (see the file header). */
 export async function verifyPrepared(dir: string, files: Manifest['files'], built: { inst: InstrumentResult; shapes: ShapeMap },
-  inputDims: Record<string, number[]>, headAverage: boolean, names: { cotangents: Record<string, string>; gradient: string }): Promise<void> {
+  inputDims: Record<string, number[]>, headAverage: boolean, names: { cotangents: Record<string, string>; gradient: string },
+  sets: readonly LayerSetToCheck[] = []): Promise<void> {
   const memory = files.externalData.filter((e) => e.method === 'memory').map((e) => ({ location: e.location, source: e.source }));
   const shapes = built.inst.shapes;
   const feeds: Record<string, ort.Tensor> = {};
   let seed = 1;
   for (const [name, dims] of Object.entries(inputDims)) feeds[name] = feedFor(name, shapes.get(name)!.elemType, dims, seed++);
-  await checkMaps(dir, files, built.inst.outputs, feeds, headAverage, memory);
+  await checkMaps(dir, files.unet, built.inst.outputs, feeds, headAverage, memory);
 
   const cot: Record<string, ort.Tensor> = {};
   for (const o of built.inst.outputs) {
@@ -97,9 +122,7 @@ export async function verifyPrepared(dir: string, files: Manifest['files'], buil
   const out = files.vjp !== undefined
     ? await runGraph(dir, files.vjp, { ...feeds, ...cot }, memory)
     : await runGraph(dir, files.backward!, { ...feeds, ...(await runGraph(dir, files.forward!, feeds, memory)), ...cot }, memory);
-  const g = out[names.gradient];
-  if (g === undefined) throw new Error(`Check run failed: the VJP graph did not return '${names.gradient}'`);
-  const want = inputDims.sample ?? g.dims;
-  if (g.dims.join(',') !== want.join(',')) throw new Error(`Check run failed: '${names.gradient}' has dims [${g.dims.join(', ')}], expected [${want.join(', ')}]`);
-  assertFinite(g.data as Float32Array, names.gradient);
+  const want = inputDims.sample ?? out[names.gradient]?.dims ?? [];
+  checkGradient(out, names.gradient, want);
+  await checkLayerSets(dir, sets, feeds, cot, { headAverage, gradient: names.gradient, dims: want }, memory);
 }

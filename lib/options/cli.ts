@@ -5,10 +5,22 @@
  */
 import { Option, type Command } from 'commander';
 import { GENERATE_OPTION_NAMES, definitionOf, type GenerateOptions, type OptionDefinition } from './definitions';
-import { integer, type Kind } from './kinds';
+import { knownExecutionProviders } from '../pipeline/ort';
+import { integer, oneOf, type Kind } from './kinds';
 
 /** onnxruntime intra-op threads (a load option, shared by the commands that load a model). */
 export const THREADS: Kind<number> = integer(1, 1024, 'pass the number of CPU threads onnxruntime may use, e.g. 2');
+
+/**
+ * The --execution-provider flag (a load option, LoadOptions.executionProvider): one of the providers this
+ * onnxruntime-node knows; whether it is installed is checked when the model loads (lib/pipeline/ort.ts).
+ */
+export const EXECUTION_PROVIDER = {
+  flags: '--execution-provider <name>',
+  doc: `onnxruntime execution provider: ${knownExecutionProviders().map((p) => p.name).join(', ')} (default cpu; cuda and tensorrt need `
+    + 'onnxruntime-node installed with --onnxruntime-node-install=cuda12)',
+  kind: oneOf(knownExecutionProviders().map((p) => p.name)),
+} as const;
 
 function renderDefault(value: unknown): string {
   if (value === '') return '""';

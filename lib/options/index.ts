@@ -15,5 +15,5 @@ export { describeGenerationPlan } from './describe';
 export { MODEL_DEFAULT_OPTIONS, readModelDefaults, withModelDefaults } from './model-defaults';
 export type { ModelDefaults } from './model-defaults';
 export { generateOptionsJsonSchema } from './schema';
-export { addGenerateFlags, generateOptionsFromFlags, THREADS } from './cli';
+export { addGenerateFlags, generateOptionsFromFlags, EXECUTION_PROVIDER, THREADS } from './cli';
 export type { JsonSchema, Kind } from './kinds';

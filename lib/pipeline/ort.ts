@@ -3,8 +3,12 @@
  * and rank differ between exports: e.g. the UNet timestep is int64 [B], float32 [B] or a float scalar), never
  * assumed. Sessions of a model folder are opened by lib/model/components.ts, which checks each component.
  */
+import * as fs from 'node:fs';
 import * as os from 'node:os';
+import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
+import { DivbindError } from '../errors';
+import { encodeModel, makeNode, makeValueInfo, DataType } from '../onnx/proto';
 
 export { ort };
 
@@ -24,16 +28,146 @@ export interface SessionOptions {
    * cores from the one that is running.
    */
   allowSpinning?: boolean;
+  /**
+   * Run on the weights as the model's external data file holds them (default true). onnxruntime maps a page-aligned
+   * external data file instead of reading it, so every session (CFG UNet, guided forward, backward) and every
+   * process that opens the same file (the prepared graphs hard-link it) shares one copy of the weights. false lets
+   * the CPU provider repack them per session (prepacked GEMM panels, NCHWc convolution weights): a private copy of
+   * nearly all weights in each session (3.4 GB for SD 1.5), for faster kernels (bench/results/sd15.json).
+   */
+  shareWeights?: boolean;
+  /**
+   * Keep each session's memory arena between runs (onnxruntime's default). Default false: the pipeline alternates
+   * between sessions, and a kept arena holds a session's largest working set while the others run, so the peak
+   * would be the sum of all of them instead of the largest.
+   */
+  memoryArena?: boolean;
+}
+
+/** Session config entries that keep the weights in the mapped external data file (SessionOptions.shareWeights). */
+const SHARED_WEIGHTS = {
+  session: { disable_prepacking: '1' },
+  optimization: { disable_specified_optimizers: 'NchwcTransformer' },
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// Execution providers
+
+/** The CPU provider: always there, and the fallback for operators another provider lacks. */
+export const CPU_PROVIDER = 'cpu';
+
+/**
+ * How to get the GPU providers: onnxruntime-node ships the CPU (and WebGPU) providers; CUDA and TensorRT are
+ * downloaded by its install script only when asked (linux x64, CUDA 12 + cuDNN 9 on the machine).
+ */
+export const GPU_PROVIDERS_INSTALL = 'npm install onnxruntime-node --onnxruntime-node-install=cuda12 '
+  + '(or, in an existing install, ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node); '
+  + 'the CUDA and TensorRT providers need CUDA 12 and cuDNN 9 installed';
+
+/** Providers this onnxruntime-node build knows, and whether their libraries ship with it. */
+export function knownExecutionProviders(): Array<{ name: string; bundled: boolean }> {
+  return ort.listSupportedBackends().map((b) => ({ name: b.name, bundled: b.bundled }));
+}
+
+/** Folder of the onnxruntime-node binding, where it looks for the provider libraries it does not bundle. */
+function bindingDir(): string {
+  return path.join(path.dirname(require.resolve('onnxruntime-node')), '..', 'bin', 'napi-v6', process.platform, process.arch);
+}
+
+/** Library files a non-bundled provider needs next to the binding (onnxruntime's provider bridge loads them). */
+function providerLibraries(name: string): string[] {
+  const lib = (base: string) => (process.platform === 'win32' ? `${base}.dll` : `lib${base}.so`);
+  return [lib('onnxruntime_providers_shared'), lib(`onnxruntime_providers_${name}`)];
+}
+
+function providerMissing(name: string, detail: string, cause?: unknown): DivbindError {
+  return new DivbindError('BAD_INPUT', `The '${name}' execution provider is not available here: ${detail}`, {
+    field: 'executionProvider', fix: `run with --execution-provider cpu, or install onnxruntime-node with its GPU providers: ${GPU_PROVIDERS_INSTALL}`, cause,
+  });
+}
+
+/**
+ * Checks that `name` is a provider this onnxruntime-node knows and has installed; returns it. A DivbindError
+ * BAD_INPUT naming the provider and the install command otherwise (before onnxruntime logs its own errors).
+ */
+export function checkExecutionProvider(name: unknown): string {
+  const known = knownExecutionProviders();
+  const names = known.map((k) => k.name);
+  if (typeof name !== 'string' || !names.includes(name)) {
+    throw new DivbindError('BAD_INPUT', `Expected one of ${names.map((n) => `'${n}'`).join(', ')} for executionProvider but received ${JSON.stringify(name)}`, {
+      field: 'executionProvider', fix: `onnxruntime-node ${ort.env.versions.common} on ${process.platform}/${process.arch} knows these providers`,
+    });
+  }
+  if (known.find((k) => k.name === name)!.bundled) return name;
+  const dir = bindingDir();
+  const missing = providerLibraries(name).filter((f) => !fs.existsSync(path.join(dir, f)));
+  if (missing.length > 0) throw providerMissing(name, `onnxruntime-node was installed without it (${missing.join(', ')} missing in ${dir})`);
+  return name;
+}
+
+/** A one-node model (Identity on float[1]) that a provider must be able to run. */
+function probeModel(): Uint8Array {
+  return encodeModel({
+    ir_version: 8,
+    opset_import: [{ domain: '', version: 17 }],
+    producer_name: 'divbind-native provider probe',
+    graph: {
+      name: 'probe',
+      node: [makeNode('Identity', ['x'], ['y'])],
+      input: [makeValueInfo('x', DataType.FLOAT, [1])],
+      output: [makeValueInfo('y', DataType.FLOAT, [1])],
+      initializer: [],
+      value_info: [],
+    },
+  });
+}
+
+const probed = new Map<string, Promise<void>>();
+
+/**
+ * checkExecutionProvider, then one tiny session on that provider alone (once per process): a provider whose
+ * libraries are present but cannot start (no GPU, CUDA or cuDNN missing) fails here with the same clear error,
+ * not later as an unreadable model.
+ */
+export async function probeExecutionProvider(name: unknown): Promise<void> {
+  const provider = checkExecutionProvider(name);
+  let p = probed.get(provider);
+  if (p === undefined) {
+    p = (async () => {
+      try {
+        const s = await ort.InferenceSession.create(probeModel(), { executionProviders: [provider], logSeverityLevel: 4 });
+        await s.release();
+      } catch (err) {
+        probed.delete(provider);
+        throw providerMissing(provider, `onnxruntime could not start it (${(err as Error).message})`, err);
+      }
+    })();
+    probed.set(provider, p);
+  }
+  return p;
+}
+
+/** Session options that run on `provider` (CPU takes the operators it lacks), after probing it. */
+export async function withExecutionProvider(options: SessionOptions | undefined, provider: string | undefined): Promise<SessionOptions | undefined> {
+  if (provider === undefined) return options;
+  await probeExecutionProvider(provider);
+  return { ...options, executionProviders: provider === CPU_PROVIDER ? [CPU_PROVIDER] : [provider, CPU_PROVIDER] };
 }
 
 export function sessionOptions(opts: SessionOptions = {}): ort.InferenceSession.SessionOptions {
+  const spinning = opts.allowSpinning ? '1' : '0';
+  const shared = opts.shareWeights ?? true;
   return {
     intraOpNumThreads: opts.intraOpNumThreads ?? Math.max(1, os.cpus().length),
     interOpNumThreads: opts.interOpNumThreads ?? 1,
     graphOptimizationLevel: opts.graphOptimizationLevel ?? 'all',
-    executionProviders: opts.executionProviders ?? ['cpu'],
+    executionProviders: opts.executionProviders ?? [CPU_PROVIDER],
     logSeverityLevel: opts.logSeverityLevel ?? 3,
-    extra: { session: { intra_op: { allow_spinning: opts.allowSpinning ? '1' : '0' }, inter_op: { allow_spinning: opts.allowSpinning ? '1' : '0' } } },
+    enableCpuMemArena: opts.memoryArena ?? false,
+    extra: {
+      session: { intra_op: { allow_spinning: spinning }, inter_op: { allow_spinning: spinning }, ...(shared ? SHARED_WEIGHTS.session : {}) },
+      ...(shared ? { optimization: SHARED_WEIGHTS.optimization } : {}),
+    },
   };
 }
 
@@ -69,7 +203,7 @@ export function toHalf(value: number): number {
   const exp = (x >>> 23) & 0xff;
   let mant = x & 0x7fffff;
   if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
-  let e = exp - 127 + 15;
+  const e = exp - 127 + 15;
   if (e >= 0x1f) return sign | 0x7c00;
   if (e <= 0) {
     if (e < -10) return sign;

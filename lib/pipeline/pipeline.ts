@@ -23,7 +23,7 @@ import type { Scheduler } from '../schedulers/index';
 import { stepSizes, type GuidanceMode, type RefinementCaps, type RefinementPreset } from './guidance';
 import { defaultModelDir } from './defaults';
 import { randnTorchCpu } from './noise';
-import type { SessionOptions } from './ort';
+import { withExecutionProvider, type SessionOptions } from './ort';
 import { firstNonFinite, sampleLatents, type GuidanceSettings, type SamplerHooks, type StepEvent } from './sampler';
 import { TextConditioner, type TextConditioning } from './text-encoder';
 import type { SelectionSpec, TokenSelection } from './token-selection';
@@ -38,6 +38,12 @@ export type { GenerateOptions, GenerateLossOptions, GenerationPlan };
 export interface LoadOptions {
   /** onnxruntime session options for every model. */
   session?: SessionOptions;
+  /**
+   * onnxruntime execution provider for every model: 'cpu' (the default), or one this onnxruntime-node has installed
+   * ('cuda', 'tensorrt': installed on request, GPU_PROVIDERS_INSTALL in lib/pipeline/ort.ts says how). A provider that
+   * is unknown, not installed or cannot start is a DivbindError BAD_INPUT naming it and the fix, before any model loads.
+   */
+  executionProvider?: string;
   /**
    * Prepare the UNet (instrumentation + VJP graph) when it is not prepared yet, instead of failing.
    * Default: true for the bundled default model (a few seconds, once), false for a folder you pass.
@@ -126,14 +132,15 @@ export class DivBindPipeline {
    */
   static async load(modelDir?: string, options: LoadOptions = {}): Promise<DivBindPipeline> {
     const progress = options.onProgress ?? (() => {});
+    const session = await withExecutionProvider(options.session, options.executionProvider);
     const folder = readModelFolder(modelDir ?? defaultModelDir());
     const tokenizer = openTokenizer(folder);
     const scheduler = openScheduler(folder);
-    const { textEncoder, unet, vae } = await loadComponents(folder, tokenizer, options.session, progress);
+    const { textEncoder, unet, vae } = await loadComponents(folder, tokenizer, session, progress);
     const sizes = sizeRule(unet.inputs.sample.shape, folder.vaeScaleFactor, undefined, folder.family.defaultLatentSide);
     const defaultSize = defaultImageSize(sizes);
     const guidedBySize = new GuidedUnetsBySize(folder, {
-      prepare: options.prepare ?? modelDir === undefined, cacheDir: options.cacheDir, defaultSize, session: options.session, onProgress: progress,
+      prepare: options.prepare ?? modelDir === undefined, cacheDir: options.cacheDir, defaultSize, session, onProgress: progress,
     });
     let first: { unet: OrtGuidedUnet; prepared: PreparedInfo } | null = null;
     try {

@@ -8,11 +8,12 @@
  *   3. if i < maxIterToAlter and L ≠ 0: z ← z − α_i ∇L;
  *   4. CFG step on z, scheduler step.
  * The UNet always sees scheduler.scaleModelInput(z, t) (identity for PNDM/DDIM, as in the reference code).
- * Passes that cannot change the result are skipped: no gradient pass after the last guided index, and the
- * gradient (VJP) is only computed when an update will use it.
+ * Passes that cannot change the result are skipped: no gradient pass after the last guided index, the gradient
+ * (VJP) is only computed when an update will use it, and only the layers the loss reads are run and differentiated.
  */
 import { DivbindError } from '../errors';
 import { attentionLoss } from '../loss/index';
+import { layersRead } from '../model/layer-sets';
 import type { AttentionLayer, LayerPlace, LossBackend, LossCallOptions, LossOptions, LossResult, TokenDiagnostics } from '../loss/types';
 import type { Scheduler } from '../schedulers/scheduler';
 import { lastGuidedIndex, type GuidanceMode, type RefinementCaps } from './guidance';
@@ -33,9 +34,16 @@ export interface GuidedForward {
 
 export interface GuidedUnet {
   readonly layers: readonly GuidedLayerInfo[];
+  /** T of the text embeddings (and of every map). */
+  readonly textLength: number;
   forward(sample: Float32Array, timestep: number, cond: Float32Array): Promise<GuidedForward>;
   /** ∂L/∂sample for the forward `fwd`, given ∂L/∂maps (one per layer; null = zero). */
   vjp(fwd: GuidedForward, cotangents: Array<Float32Array | null>): Promise<Float32Array>;
+  /**
+   * A guided UNet over fewer layers that holds every layer of `layers` (indices into `layers`): its forward stops
+   * after the last of them and its VJP differentiates only them. Optional; without it every layer is run.
+   */
+  forLayers?(layers: readonly number[]): Promise<GuidedUnet>;
 }
 
 export interface NoisePredictor {
@@ -135,6 +143,7 @@ export async function sampleLatents(
     throw new RangeError(`stepSizes has ${guided.settings.stepSizes.length} entries but the scheduler has ${total} timesteps`);
   }
 
+  const guidedRun = guided && lastGuided >= 0 ? { ...guided, unet: await unetForLoss(guided.unet, guided.settings) } : null;
   for (let i = 0; i < total; i++) {
     abortIfNeeded(hooks.signal);
     const t = timesteps[i];
@@ -144,13 +153,13 @@ export async function sampleLatents(
       loss: null, indicator: null, tokens: null, refinementIterations: 0, updates: 0,
     };
 
-    if (guided && i <= lastGuided) {
+    if (guidedRun && i <= lastGuided) {
       // The gradient pass sees the scaled model input too (Euler: x = z/√(σ²+1); identity for PNDM/DDIM), so
       // ∂L/∂z = c·∂L/∂x with the scalar c read off the scheduler.
       const inputScale = scheduler.scaleModelInput(Float32Array.of(1), t)[0];
-      const g = await guideStep(latents, t, i, inputScale, guided, ms, hooks);
+      const g = await guideStep(latents, t, i, inputScale, guidedRun, ms, hooks);
       latents = g.latents;
-      checkFinite(latents, 'the latents after the guidance update', i, t, `lower scaleFactor (step size α here ${guided.settings.stepSizes[i]})`);
+      checkFinite(latents, 'the latents after the guidance update', i, t, `lower scaleFactor (step size α here ${guidedRun.settings.stepSizes[i]})`);
       event = g.event;
       ms.guidance = performance.now() - t0;
     }
@@ -171,6 +180,16 @@ export async function sampleLatents(
     hooks.onStep?.(stepEvent);
   }
   return { latents, steps };
+}
+
+/**
+ * The guided UNet over the layers this loss reads (lib/model/layer-sets.ts asks lib/loss/plan.ts which), when
+ * the UNet offers a smaller one: the loss reads the same maps, so L, θ and ∂L/∂z are those of the full set.
+ */
+async function unetForLoss(unet: GuidedUnet, settings: GuidanceSettings): Promise<GuidedUnet> {
+  if (unet.forLayers === undefined) return unet;
+  const loss: LossOptions = { ...settings.loss, mode: settings.mode as LossOptions['mode'] };
+  return unet.forLayers(layersRead(unet.layers, unet.textLength, loss));
 }
 
 interface Evaluation {

@@ -2,14 +2,15 @@
  * The UNet on onnxruntime, in its two roles:
  *  - CfgUnet: the plain export, ε̂ = ε_u + s·(ε_c − ε_u) from one batch-2 call (two batch-1 calls when the export
  *    has a fixed batch of 1);
- *  - OrtGuidedUnet: the prepared graphs (`divbind-native prepare`): the instrumented UNet that outputs the
+ *  - OrtGuidedUnet: the prepared graphs (`divbind-native prepare`): per layer set, a forward that outputs the
  *    cross-attention maps at batch 1, and the VJP graph that returns ∂L/∂sample for given ∂L/∂maps.
  * SDXL's added conditions (text_embeds, time_ids) are ExtraUnetInputs: fed per CFG row to the plain UNet, and the
  * conditional row to both guided graphs where they take them (the VJP is w.r.t. sample only).
  */
 import { ADDED_CONDITIONS, checkUnet, openComponent, type UnetIo } from '../model/components';
 import type { UnetFolder } from '../model/folder';
-import { openGuidedGraphs } from '../model/guided-graphs';
+import { openGuidedGraphs, type GuidedInputs } from '../model/guided-graphs';
+import { chooseLayerSet } from '../model/layer-sets';
 import { ensurePrepared, type EnsurePreparedOptions } from '../model/prepare';
 import { sizeDirName, type PreparedInfo, type PreparedKey, type PreparedUnetFiles } from '../model/prepared';
 import { fixedBatch, floatInput, floatOutput, inputSpec, ort, scalarInput, type InputSpec, type SessionOptions } from './ort';
@@ -104,37 +105,58 @@ export class CfgUnet implements NoisePredictor {
   }
 }
 
-export class OrtGuidedUnet implements GuidedUnet {
+/** A guided UNet whose forward also takes SDXL's added conditions (the conditional row). */
+export interface ConditionedGuidedUnet extends GuidedUnet {
+  forward(sample: Float32Array, timestep: number, cond: Float32Array, extra?: readonly ExtraUnetInput[]): Promise<GuidedForward>;
+  forLayers?(layers: readonly number[]): Promise<ConditionedGuidedUnet>;
+}
+
+/** `unet` with one generation's added conditions bound to every forward, its layer subsets included. */
+function withExtra(unet: ConditionedGuidedUnet, extra: readonly ExtraUnetInput[]): GuidedUnet {
+  if (extra.length === 0) return unet;
+  const bound: GuidedUnet = {
+    layers: unet.layers,
+    textLength: unet.textLength,
+    forward: (sample, t, cond) => unet.forward(sample, t, cond, extra),
+    vjp: (fwd, cot) => unet.vjp(fwd, cot),
+  };
+  const forLayers = unet.forLayers?.bind(unet);
+  if (forLayers) bound.forLayers = async (needed) => withExtra(await forLayers(needed), extra);
+  return bound;
+}
+
+/** One layer set's graphs, opened: forward (maps, residuals) and backward (∂L/∂sample) of those layers only. */
+class GuidedSetSessions implements ConditionedGuidedUnet {
   readonly layers: readonly GuidedLayerInfo[];
+  readonly textLength: number;
 
   private constructor(
     private readonly files: PreparedUnetFiles,
     private readonly fwdSession: ort.InferenceSession,
     private readonly bwdSession: ort.InferenceSession,
-    private readonly fwdInputs: UnetInputs,
-    private readonly bwdInputs: Partial<UnetInputs>,
+    private readonly fwdInputs: GuidedInputs,
+    private readonly bwdInputs: Partial<GuidedInputs>,
   ) {
     this.layers = files.layers;
+    this.textLength = files.textDims[0];
   }
 
-  /** Opens the forward and backward graphs of a ready prepared set, checked against its manifest (lib/model). */
-  static async load(prepared: PreparedInfo, options: SessionOptions = {}): Promise<OrtGuidedUnet> {
-    const { forward, backward, forwardIo } = await openGuidedGraphs(prepared, options);
-    const bwdInputs: Partial<UnetInputs> = {};
+  static async open(prepared: PreparedInfo, files: PreparedUnetFiles, options: SessionOptions): Promise<GuidedSetSessions> {
+    const { forward, backward, forwardIo } = await openGuidedGraphs(prepared, files, options);
+    const bwdInputs: Partial<GuidedInputs> = {};
     if (backward.inputNames.includes('sample')) bwdInputs.sample = inputSpec(backward, 'sample');
     if (backward.inputNames.includes('timestep')) bwdInputs.timestep = inputSpec(backward, 'timestep');
     if (backward.inputNames.includes('encoder_hidden_states')) bwdInputs.encoderHiddenStates = inputSpec(backward, 'encoder_hidden_states');
     bwdInputs.added = ADDED_CONDITIONS.filter((n) => backward.inputNames.includes(n)).map((n) => inputSpec(backward, n));
-    return new OrtGuidedUnet(prepared.files, forward, backward, forwardIo, bwdInputs);
+    return new GuidedSetSessions(files, forward, backward, forwardIo, bwdInputs);
   }
 
-  /** This UNet with one generation's added conditions (SDXL; the conditional row) bound to every forward. */
+  /** This set with one generation's added conditions (SDXL; the conditional row) bound to every forward. */
   withExtraInputs(extra: readonly ExtraUnetInput[]): GuidedUnet {
-    if (extra.length === 0) return this;
-    return { layers: this.layers, forward: (sample, t, cond) => this.forward(sample, t, cond, extra), vjp: (fwd, cot) => this.vjp(fwd, cot) };
+    return withExtra(this, extra);
   }
 
-  private feeds(inputs: Partial<UnetInputs>, sample: Float32Array, timestep: number, cond: Float32Array, extra: readonly ExtraUnetInput[]): Record<string, ort.Tensor> {
+  private feeds(inputs: Partial<GuidedInputs>, sample: Float32Array, timestep: number, cond: Float32Array, extra: readonly ExtraUnetInput[]): Record<string, ort.Tensor> {
     const [c, h, w] = this.files.latentDims;
     const [T, D] = this.files.textDims;
     const feeds: Record<string, ort.Tensor> = extraFeeds(inputs.added, extra, ['cond']);
@@ -156,11 +178,7 @@ export class OrtGuidedUnet implements GuidedUnet {
     const st = fwd.state as { sample: Float32Array; timestep: number; cond: Float32Array; extra: readonly ExtraUnetInput[]; residuals: ort.Tensor[] };
     const feeds = this.feeds(this.bwdInputs, st.sample, st.timestep, st.cond, st.extra);
     this.files.cotangentInputs.forEach((name, k) => {
-      const map = fwd.maps[k];
-      const ct = cotangents[k] ?? new Float32Array(map.length);
-      const meta = this.bwdSession.inputMetadata.find((m) => m.name === name);
-      const dims = meta && meta.isTensor && meta.shape.every((d) => typeof d === 'number') ? (meta.shape as number[]) : [ct.length];
-      feeds[name] = new ort.Tensor('float32', ct, dims);
+      feeds[name] = new ort.Tensor('float32', cotangents[k] ?? new Float32Array(fwd.maps[k].length), this.files.mapDims[k]);
     });
     this.files.residuals.forEach((r, k) => { feeds[r.input] = st.residuals[k]; });
     const out = await this.bwdSession.run(feeds, [this.files.gradOutput]);
@@ -170,6 +188,62 @@ export class OrtGuidedUnet implements GuidedUnet {
   async release(): Promise<void> {
     await this.fwdSession.release();
     await this.bwdSession.release();
+  }
+}
+
+/**
+ * The guided UNet of a ready prepared set: the full layer set, and the layer subsets `prepare` built for losses
+ * that read fewer layers (lib/model/layer-sets.ts). Each set's sessions are opened on first use, so a process
+ * holds only the graphs its losses need; forward() and vjp() run the full set.
+ */
+export class OrtGuidedUnet implements ConditionedGuidedUnet {
+  readonly layers: readonly GuidedLayerInfo[];
+  readonly textLength: number;
+  private readonly opened = new Map<PreparedUnetFiles, Promise<GuidedSetSessions>>();
+
+  private constructor(private readonly prepared: PreparedInfo, private readonly options: SessionOptions) {
+    this.layers = prepared.files.layers;
+    this.textLength = prepared.files.textDims[0];
+  }
+
+  /** The guided UNet of a ready prepared set; its graphs are opened and checked against the manifest on first use. */
+  static async load(prepared: PreparedInfo, options: SessionOptions = {}): Promise<OrtGuidedUnet> {
+    return new OrtGuidedUnet(prepared, options);
+  }
+
+  /** The sessions of one layer set, opened once (a failed open is retried by the next call). */
+  private open(files: PreparedUnetFiles): Promise<GuidedSetSessions> {
+    let entry = this.opened.get(files);
+    if (entry === undefined) {
+      entry = GuidedSetSessions.open(this.prepared, files, this.options);
+      this.opened.set(files, entry);
+      entry.catch(() => this.opened.delete(files));
+    }
+    return entry;
+  }
+
+  /** The smallest prepared layer set holding every layer of `needed` (indices into `layers`). */
+  forLayers(needed: readonly number[]): Promise<ConditionedGuidedUnet> {
+    return this.open(chooseLayerSet([...this.prepared.layerSets, this.prepared.files], needed) ?? this.prepared.files);
+  }
+
+  async forward(sample: Float32Array, timestep: number, cond: Float32Array, extra: readonly ExtraUnetInput[] = []): Promise<GuidedForward> {
+    return (await this.open(this.prepared.files)).forward(sample, timestep, cond, extra);
+  }
+
+  /** This UNet with one generation's added conditions (SDXL; the conditional row) bound to every forward. */
+  withExtraInputs(extra: readonly ExtraUnetInput[]): GuidedUnet {
+    return withExtra(this, extra);
+  }
+
+  async vjp(fwd: GuidedForward, cotangents: Array<Float32Array | null>): Promise<Float32Array> {
+    return (await this.open(this.prepared.files)).vjp(fwd, cotangents);
+  }
+
+  async release(): Promise<void> {
+    const sets = [...this.opened.values()];
+    this.opened.clear();
+    for (const s of await Promise.allSettled(sets)) if (s.status === 'fulfilled') await s.value.release();
   }
 }
 

@@ -11,7 +11,7 @@ import { DivbindError } from '../../lib/errors';
 import { cacheDirFor, cacheRoot } from '../../lib/model/cache';
 import { checkComponentsAgree, type TextEncoderIo, type UnetIo, type VaeDecoderIo } from '../../lib/model/components';
 import { readUnetFolder } from '../../lib/model/folder';
-import { MANIFEST_FILE, readManifest, withChecksum, type Manifest } from '../../lib/model/manifest';
+import { MANIFEST_FILE, MANIFEST_VERSION, readManifest, withChecksum, type Manifest } from '../../lib/model/manifest';
 import { prepareModel } from '../../lib/model/prepare';
 import { listPrepared, locatePrepared, prepareCommand, sourceIdentity } from '../../lib/model/prepared';
 import { defaultImageSize, resolveImageSize, sizeRule } from '../../lib/model/size';
@@ -52,7 +52,12 @@ test('manifest: every field the readers rely on is checked, naming the field', (
     ['cotangent', (m) => { delete m.vjp.cotangents.attn_3; }, 'vjp.cotangents.attn_3 must be a non-empty string but is undefined'],
     ['design', (m) => { m.vjp.design = 'fast'; }, 'vjp.design must be \'recompute\' or \'residuals\' but is "fast"'],
     ['hash', (m) => { m.source.sourceHash = 'abc'; }, 'source.sourceHash must be a sha256 hex digest'],
-    ['version', (m) => { m.formatVersion = 99; }, 'written for manifest format 99; this divbind-native reads format 2'],
+    ['version', (m) => { m.formatVersion = 99; }, `written for manifest format 99; this divbind-native reads format ${MANIFEST_VERSION}`],
+    ['layer set order', (m) => { m.vjp.layerSets[0].layers.reverse(); }, 'vjp.layerSets[0].layers must be ascending without repeats'],
+    ['layer set index', (m) => { m.vjp.layerSets[0].layers.push(10); }, 'vjp.layerSets[0].layers[3] must be a layer index below 10 but is 10'],
+    ['layer set size', (m) => { m.vjp.layerSets[0].layers = m.attention.layers.map((_: unknown, k: number) => k); }, 'vjp.layerSets[0].layers must be a proper subset of attention.layers'],
+    ['layer set stamp', (m) => { m.files.graphs = m.files.graphs.filter((g: { file: string }) => g.file !== 'backward-set1.onnx'); }, 'files.graphs has no stamp for backward-set1.onnx'],
+    ['layer set residuals', (m) => { delete m.vjp.layerSets[1].residuals; }, 'vjp.layerSets[1].residuals must be an array of at least 0 entries but is undefined'],
     ['format', (m) => { m.format = 'other'; }, 'not a divbind-native manifest (format "other")'],
   ];
   for (const [name, edit, reason] of cases) {

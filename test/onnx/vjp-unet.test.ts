@@ -7,85 +7,10 @@
  */
 import test from 'ava';
 import { relativeL2 } from '../helpers/assert-close';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { loadModel } from '../../lib/onnx/model-io';
-import type { ModelProto } from '../../lib/onnx/proto';
-import { inferStaticShapes } from '../../lib/onnx/shapes';
 import { buildVjp } from '../../lib/onnx/vjp';
 import { runVjpGraphs } from '../../lib/onnx/vjp/runner';
-import { readNpy } from '../../lib/util/npy';
-
-const ROOT = path.resolve(__dirname, '../../..');
-const FIX = path.join(ROOT, 'test/fixtures');
-const GOLDEN = path.join(FIX, 'golden');
-
-/** attn2 (cross-attention) Softmax outputs in graph order, located by the module scope in node names. */
-function crossAttentionSoftmaxOutputs(model: ModelProto): string[] {
-  return model.graph!.node.filter((n) => n.op_type === 'Softmax' && /attn2/.test(n.name ?? '')).map((n) => n.output[0]);
-}
-
-interface LossCase {
-  name: string;
-  gradMaps: { layer: number; file: string }[];
-  gradSample: string;
-}
-
-function lossCases(): LossCase[] {
-  const manifest = JSON.parse(fs.readFileSync(path.join(GOLDEN, 'losses/manifest.json'), 'utf8')) as {
-    cases: LossCase[];
-  };
-  return manifest.cases.filter((c) => c.gradMaps.length > 0);
-}
-
-interface Variant {
-  name: string;
-  dir: string;
-  model: string;
-  timestep: { dtype: string; shape: number[] };
-}
-const variants = (
-  JSON.parse(fs.readFileSync(path.join(FIX, 'models/unet-variants/variants.json'), 'utf8')) as { variants: Variant[] }
-).variants;
-
-async function setUp(v: Variant) {
-  const loaded = loadModel(path.join(FIX, 'models/unet-variants', v.dir, v.model));
-  const model: ModelProto = loaded.model;
-  const sample = readNpy(path.join(GOLDEN, 'unet/sample.npy'));
-  const ehs = readNpy(path.join(GOLDEN, 'unet/encoder_hidden_states.npy'));
-  const unetManifest = JSON.parse(fs.readFileSync(path.join(GOLDEN, 'unet/manifest.json'), 'utf8')) as {
-    timestep: number;
-    attention: { layers: { shape: number[] }[] };
-  };
-  const tsDims = v.timestep.shape;
-  const timestep =
-    v.timestep.dtype === 'int64'
-      ? new ort.Tensor('int64', BigInt64Array.of(BigInt(unetManifest.timestep)), tsDims)
-      : new ort.Tensor('float32', Float32Array.of(unetManifest.timestep), tsDims);
-  const feeds = {
-    sample: new ort.Tensor('float32', Float32Array.from(sample.data as Float32Array), sample.shape),
-    timestep,
-    encoder_hidden_states: new ort.Tensor('float32', Float32Array.from(ehs.data as Float32Array), ehs.shape),
-  };
-  const shapes = await inferStaticShapes(model, { sample: sample.shape, encoder_hidden_states: ehs.shape });
-  const maps = crossAttentionSoftmaxOutputs(model);
-  return { model, loaded, feeds, shapes, maps, layers: unetManifest.attention.layers };
-}
-
-const cotangentsFor = (c: LossCase, maps: string[], shapes: Map<string, { dims: number[] }>) => {
-  const cot: Record<string, ort.Tensor> = {};
-  maps.forEach((m) => {
-    const dims = shapes.get(m)!.dims;
-    cot[m] = new ort.Tensor('float32', new Float32Array(dims.reduce((a, b) => a * b, 1)), dims);
-  });
-  for (const g of c.gradMaps) {
-    const arr = readNpy(path.join(GOLDEN, 'losses', g.file));
-    const dims = shapes.get(maps[g.layer])!.dims;
-    cot[maps[g.layer]] = new ort.Tensor('float32', Float32Array.from(arr.data as Float32Array), dims);
-  }
-  return cot;
-};
+import { cotangentsFor, goldenGradSample, lossCases, setUpVariant as setUp, variants } from './unet-golden';
 
 for (const v of variants) {
   test.serial(
@@ -106,7 +31,7 @@ for (const v of variants) {
       };
       try {
         for (const c of lossCases()) {
-          const golden = readNpy(path.join(GOLDEN, 'losses', c.gradSample)).data as Float64Array;
+          const golden = goldenGradSample(c);
           const cot = cotangentsFor(c, maps, shapes);
           for (const design of ['recompute', 'residuals'] as const) {
             const grad = await runners[design].run(cot, feeds);

@@ -6,7 +6,7 @@
  */
 import { Command } from 'commander';
 import {
-  THREADS, addGenerateFlags, checkGenerateOptions, generateOptionsFromFlags, type GenerationPlan,
+  EXECUTION_PROVIDER, THREADS, addGenerateFlags, checkGenerateOptions, generateOptionsFromFlags, type GenerationPlan,
 } from '../../options/index';
 import {
   allFiles, checkBaseName, checkNotWritten, defaultBaseName, outputFiles, prepareOutputFolder, writeOutput,
@@ -25,6 +25,7 @@ export interface GenerateCliOptions {
   overwrite: boolean;
   prepare: boolean;
   threads?: string;
+  executionProvider?: string;
   json: boolean;
   quiet: boolean;
   [generateFlag: string]: unknown;
@@ -50,6 +51,7 @@ export function makeGenerateCommand(): Command {
     .option('--overwrite', 'replace existing files of the same name (default: refuse, exit 3)', false)
     .option('--prepare', 'prepare the UNet first if it is not prepared yet', false)
     .option('--threads <n>', 'onnxruntime intra-op threads (default: all cores)')
+    .option(EXECUTION_PROVIDER.flags, EXECUTION_PROVIDER.doc)
     .option('--json', 'print the result summary as JSON', false)
     .option('-q, --quiet', 'no progress output', false)
     .action(async (prompt: string, o: GenerateCliOptions) => {
@@ -66,6 +68,7 @@ export async function runGenerate(prompt: string, o: GenerateCliOptions): Promis
   const options = generateOptionsFromFlags(prompt, o);
   checkGenerateOptions(options);
   const threads = o.threads === undefined ? undefined : THREADS.parse!(o.threads, '--threads');
+  const executionProvider = o.executionProvider === undefined ? undefined : EXECUTION_PROVIDER.kind.parse!(o.executionProvider, '--execution-provider');
   const name = o.name === undefined ? undefined : checkBaseName(o.name);
   const outDir = prepareOutputFolder(o.out);
   const progress = createProgress(o.quiet || o.json);
@@ -76,6 +79,7 @@ export async function runGenerate(prompt: string, o: GenerateCliOptions): Promis
     // The bundled default model is prepared on first use; a folder you pass needs `prepare` or --prepare.
     prepare: o.prepare || o.model === undefined,
     session: threads !== undefined ? { intraOpNumThreads: threads } : undefined,
+    executionProvider,
     onProgress: (m) => progress.note(m),
   });
   try {

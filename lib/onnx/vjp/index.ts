@@ -5,3 +5,4 @@
 export { buildVjp, gradName } from './build';
 export type { VjpDesign, VjpOptions, VjpResult, VjpStats } from './build';
 export { RULES as VJP_RULES } from './rules';
+export { pruneToOutputs } from './prune';
