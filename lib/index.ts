@@ -9,6 +9,8 @@ export * from './loss/types';
 export { attentionLoss, attentionLossAsync, availableBackends } from './loss/index';
 export { DivBindPipeline } from './pipeline/pipeline';
 export type { GenerateOptions, GenerateResult, GeneratedImage, LoadOptions, GenerateLossOptions } from './pipeline/pipeline';
+export { GENERATE_OPTIONS, checkGenerateOptions, describeGenerationPlan, generateOptionsJsonSchema } from './options/index';
+export type { CheckedGenerateOptions, GenerationPlan, JsonSchema } from './options/index';
 export type { GuidanceMode, RefinementPreset, RefinementCaps } from './pipeline/guidance';
 export { defaultThresholds, refinementCaps, stepSizes } from './pipeline/guidance';
 export type { StepEvent } from './pipeline/sampler';

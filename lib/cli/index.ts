@@ -9,6 +9,7 @@ import { makeEvalCommand } from './commands/eval';
 import { makeInfoCommand } from './commands/info';
 import { makePrepareCommand } from './commands/prepare';
 import { makeTokensCommand } from './commands/tokens';
+import { handleCliError } from './errors';
 import { EXIT } from './exit-codes';
 
 // eslint-disable-next-line @typescript-eslint/no-var-requires
@@ -42,8 +43,5 @@ if (require.main === module) {
   };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
-  makeProgram().parseAsync(process.argv).catch((err: unknown) => {
-    process.stderr.write(`error: ${err instanceof Error ? err.message : String(err)}\n`);
-    process.exit(EXIT.FAILURE);
-  });
+  makeProgram().parseAsync(process.argv).catch(handleCliError);
 }

@@ -7,8 +7,12 @@ import type { LossMode } from '../loss/types';
 /** 'none' = plain Stable Diffusion. */
 export type GuidanceMode = 'none' | LossMode;
 
+export const GUIDANCE_MODES = ['none', 'max', 'tv', 'tv_bind', 'tv_max'] as const satisfies readonly GuidanceMode[];
+
 /** Refinement-cap presets: the official "latest" pipeline (100 at i = 0, 50 later) or the paper-era code. */
 export type RefinementPreset = 'official-latest' | 'paper';
+
+export const REFINEMENT_PRESETS = ['official-latest', 'paper'] as const satisfies readonly RefinementPreset[];
 
 export interface RefinementCaps {
   /** Cap at loop index 0. */

@@ -232,15 +232,8 @@ const BACKGROUND = [32, 32, 32];
 const BAR = [48, 48, 48];
 const INK = [240, 240, 240];
 
-/**
- * One tile per token: the image with the token's attention map (r×r, upsampled bilinearly, normalised, jet colours)
- * alpha-blended on top, in a grid, each tile under a title bar with its label. Returns a PNG.
- * Call as (image, maps[], labels?, opts?) or (rgb, width, height, maps, resolution, labels?, opts?), where maps may be
- * one Float32Array holding k stacked r×r maps ([k, r, r], as the loss returns them).
- */
-export function attentionGrid(image: RgbImage, maps: Float32Array[] | Float32Array, labels?: string[], opts?: AttentionGridOptions): Buffer;
-export function attentionGrid(rgb: Uint8Array, width: number, height: number, maps: Float32Array[] | Float32Array, resolution: number, labels?: string[], opts?: AttentionGridOptions): Buffer;
-export function attentionGrid(...args: unknown[]): Buffer {
+/** The two call forms of attentionGrid, checked and brought to one. */
+function gridArguments(args: unknown[]): { image: RgbImage; maps: Float32Array[]; side: number; labels: string[]; opts: AttentionGridOptions } {
   let image: RgbImage;
   let mapsIn: unknown;
   let labels: string[];
@@ -271,6 +264,19 @@ export function attentionGrid(...args: unknown[]): Buffer {
   });
   if (!Array.isArray(labels) || labels.some((l) => typeof l !== 'string')) throw new TypeError('attentionGrid: Expected an array of strings for labels');
   if (labels.length > 0 && labels.length !== maps.length) throw new RangeError(`attentionGrid: labels has ${labels.length} entries but maps has ${maps.length}; give one label per map or none`);
+  return { image, maps, side, labels, opts };
+}
+
+/**
+ * One tile per token: the image with the token's attention map (r×r, upsampled bilinearly, normalised, jet colours)
+ * alpha-blended on top, in a grid, each tile under a title bar with its label. Returns a PNG.
+ * Call as (image, maps[], labels?, opts?) or (rgb, width, height, maps, resolution, labels?, opts?), where maps may be
+ * one Float32Array holding k stacked r×r maps ([k, r, r], as the loss returns them).
+ */
+export function attentionGrid(image: RgbImage, maps: Float32Array[] | Float32Array, labels?: string[], opts?: AttentionGridOptions): Buffer;
+export function attentionGrid(rgb: Uint8Array, width: number, height: number, maps: Float32Array[] | Float32Array, resolution: number, labels?: string[], opts?: AttentionGridOptions): Buffer;
+export function attentionGrid(...args: unknown[]): Buffer {
+  const { image, maps, side, labels, opts } = gridArguments(args);
   const alpha = opts.alpha ?? 0.5;
   if (typeof alpha !== 'number' || !(alpha >= 0 && alpha <= 1)) throw new RangeError(`attentionGrid: Expected a number between 0 and 1 for alpha but received ${String(alpha)}`);
   const normalize = opts.normalize ?? 'max';

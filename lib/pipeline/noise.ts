@@ -9,8 +9,7 @@
  * Seeds from the official Divide & Bind notebooks use a CUDA generator (Philox), which this does not reproduce; for
  * per-seed parity with those runs import the latents with `readLatentsNpy`.
  */
-import * as fs from 'node:fs';
-import { parseNpy } from '../util/npy';
+import { NPY_MAX_HEADER_BYTES, parseNpy, readBoundedFile } from '../util/npy';
 import { fmaf } from '../schedulers/float32';
 
 // ------------------------------------------------------------------------------------------------ mt19937
@@ -335,17 +334,19 @@ export function randnTorchCpu(
 
 /**
  * Reads initial latents from a .npy file (float32, or float64 converted to float32) and checks the shape, so that
- * runs can start from the exact noise of a PyTorch/CUDA run.
+ * runs can start from the exact noise of a PyTorch/CUDA run. The read is bounded by the expected shape (float64,
+ * plus the header) and refuses FIFOs and devices, so a wrong path fails at once instead of hanging.
  */
 export function readLatentsNpy(file: string, expectedShape: number[]): Float32Array {
   if (typeof file !== 'string' || file.length === 0) {
     throw new TypeError(`Expected a file path for latents but received ${typeof file === 'string' ? 'an empty string' : typeof file}`);
   }
-  checkShape(expectedShape);
+  const count = checkShape(expectedShape);
   let buf: Buffer;
   try {
-    buf = fs.readFileSync(file);
+    buf = readBoundedFile(file, NPY_MAX_HEADER_BYTES + count * 8, 'latents');
   } catch (err) {
+    if (err instanceof RangeError) throw err;
     const code = (err as NodeJS.ErrnoException).code ?? 'error';
     throw new Error(`latents: cannot read ${file} (${code}); save them with numpy.save('latents.npy', latents.cpu().numpy())`);
   }

@@ -6,25 +6,31 @@
  *   const pipe = await DivBindPipeline.load('models/shapes-sd');
  *   const { images } = await pipe.generate({ prompt: 'a red circle and a blue square', mode: 'tv_bind', seed: 1 });
  */
-import type { LossBackend, LossOptions } from '../loss/types';
+import { DivbindError } from '../errors';
+import type { LossBackend } from '../loss/types';
 import { availableBackends } from '../loss/index';
+import {
+  buildScheduler, describeGenerationPlan, isGenerationPlan, resolveGenerationPlan,
+  type GenerateLossOptions, type GenerateOptions, type GenerationPlan, type PlanContext,
+} from '../options/index';
 import { ClipTokenizer } from '../tokenizer/clip';
-import { fromConfig, type Scheduler, type SchedulerName } from '../schedulers/index';
-import { defaultThresholds, refinementCaps, stepSizes, type GuidanceMode, type RefinementCaps, type RefinementPreset } from './guidance';
+import { fromConfig, type Scheduler } from '../schedulers/index';
+import { stepSizes, type GuidanceMode, type RefinementCaps, type RefinementPreset } from './guidance';
 import { defaultModelDir } from './defaults';
 import { readModelFolder, type ModelFolder } from './model-folder';
-import { randnTorchCpu, readLatentsNpy } from './noise';
+import { randnTorchCpu } from './noise';
 import { type SessionOptions } from './ort';
 import { loadPreparedUnet, PreparedModelError, type PreparedInfo } from './prepared';
-import { sampleLatents, type StepEvent } from './sampler';
+import { firstNonFinite, sampleLatents, type GuidanceSettings, type SamplerHooks, type StepEvent } from './sampler';
 import { TextEncoder } from './text-encoder';
-import { selectTokens, type SelectionSpec, type TokenSelection } from './token-selection';
+import type { SelectionSpec, TokenSelection } from './token-selection';
 import { CfgUnet, OrtGuidedUnet, type UnetInputs } from './unet';
 import { VaeDecoder } from './vae';
 import { attentionGrid, encodePng, imageFromDecoderOutput } from './image';
 import type { ort } from './ort';
 
 export type { GuidanceMode, RefinementPreset, RefinementCaps, StepEvent, SelectionSpec, TokenSelection };
+export type { GenerateOptions, GenerateLossOptions, GenerationPlan };
 
 export interface LoadOptions {
   /** onnxruntime session options for every model. */
@@ -38,55 +44,6 @@ export interface LoadOptions {
   cacheDir?: string;
   /** Progress of loading / preparing. */
   onProgress?: (message: string) => void;
-}
-
-/** Loss parameters a generate() call may override (spec §9); token indices come from `tokens`. */
-export type GenerateLossOptions = Omit<LossOptions, 'mode' | 'tokenIndices' | 'attributeIndices' | 'stepIndex'>;
-
-export interface GenerateOptions {
-  prompt: string;
-  /** Default "" (the reference pipelines' unconditional prompt). */
-  negativePrompt?: string;
-  /** 'none' = plain SD, 'max' = Attend-and-Excite, 'tv' / 'tv_bind' / 'tv_max' = Divide & Bind. Default 'tv_bind'. */
-  mode?: GuidanceMode;
-  /**
-   * Which tokens to guide: { objects: [indices or words], attributes?: [...aligned, null = none] }; omit objects
-   * (or the whole field) for the automatic part-of-speech choice.
-   */
-  tokens?: SelectionSpec;
-  /** Classifier-free guidance scale. Default 7.5. */
-  guidanceScale?: number;
-  /** Inference steps. Default 50 (PNDM then runs 51 timesteps). */
-  steps?: number;
-  /** Image size; must match the prepared graphs (default: the prepared size). */
-  height?: number;
-  width?: number;
-  /** Seed for the initial noise (PyTorch CPU torch.randn, bit-exact). Default: random. */
-  seed?: number | bigint;
-  /** Initial latents [n, 4, h, w] (overrides seed), as a Float32Array or a .npy file path. */
-  latents?: Float32Array | string;
-  /** Images for this prompt (one noise draw of shape [n, 4, h, w], like diffusers). Default 1. */
-  imagesPerPrompt?: number;
-  /** Scheduler; default: the model's scheduler_config.json (_class_name). */
-  scheduler?: SchedulerName;
-  /** Loss backend; default 'native' when the addon loads, else 'js'. */
-  lossBackend?: LossBackend;
-  /** Latent updates run for loop indices i < maxIterToAlter. Default 25. */
-  maxIterToAlter?: number;
-  /** α_i = scaleFactor·√linspace(scaleRange[0], scaleRange[1], N)[i]. Defaults 20 and [1, 0.5]. */
-  scaleFactor?: number;
-  scaleRange?: [number, number];
-  /** Refinement thresholds {loop index: θ threshold}; default per mode (spec §3). */
-  thresholds?: Record<number, number>;
-  /** Refinement caps: a preset ('official-latest' 100/50 default, 'paper') or explicit caps. */
-  refinement?: RefinementPreset | RefinementCaps;
-  /** Loss parameters (spec §9). attentionResolution defaults to the model's declared value or ceil(height/32). */
-  loss?: GenerateLossOptions;
-  /** Loop indices at which to record the smoothed attention maps (for heat-map grids). */
-  attentionMapsAt?: number[];
-  signal?: AbortSignal;
-  /** Progress: one event per denoising step. */
-  onStep?: (event: StepEvent & { image: number }) => void;
 }
 
 export interface GeneratedImage {
@@ -112,20 +69,16 @@ export interface GenerateResult {
   timings: { textEncoder: number; denoise: number; vae: number; total: number };
 }
 
-function positiveInt(value: unknown, field: string, max = Number.MAX_SAFE_INTEGER): number {
-  if (typeof value !== 'number' || !Number.isInteger(value)) throw new TypeError(`Expected an integer for ${field} but received ${JSON.stringify(value)} of type ${typeof value}`);
-  if (value < 1 || value > max) throw new RangeError(`Expected an integer between 1 and ${max} for ${field} but received ${value}`);
-  return value;
+interface TextEmbeddings {
+  cond: Float32Array;
+  uncond: Float32Array;
+  /** [T, D] of each. */
+  dims: [number, number];
 }
-
-function finite(value: unknown, field: string): number {
-  if (typeof value !== 'number' || !Number.isFinite(value)) throw new TypeError(`Expected a finite number for ${field} but received ${JSON.stringify(value)}`);
-  return value;
-}
-
-const MODES: readonly GuidanceMode[] = ['none', 'max', 'tv', 'tv_bind', 'tv_max'];
 
 export class DivBindPipeline {
+  private planContext: PlanContext | undefined;
+
   private constructor(
     readonly folder: ModelFolder,
     readonly tokenizer: ClipTokenizer,
@@ -174,156 +127,159 @@ export class DivBindPipeline {
     return this.guided !== null;
   }
 
-  async generate(options: GenerateOptions): Promise<GenerateResult> {
-    const tStart = performance.now();
-    // 1. Check inputs.
-    if (options === null || typeof options !== 'object') throw new TypeError('generate: Expected an options object');
-    if (typeof options.prompt !== 'string') throw new TypeError(`Expected a string for prompt but received ${typeof options.prompt}`);
-    const mode: GuidanceMode = options.mode ?? 'tv_bind';
-    if (!MODES.includes(mode)) throw new RangeError(`Expected one of ${MODES.join(', ')} for mode but received ${JSON.stringify(mode)}`);
-    if (mode !== 'none' && !this.guided) {
-      throw new PreparedModelError(`mode '${mode}' needs the prepared UNet: ${this.unpreparedReason ?? 'not prepared'}`);
-    }
-    const negativePrompt = options.negativePrompt ?? '';
-    if (typeof negativePrompt !== 'string') throw new TypeError('Expected a string for negativePrompt');
-    const guidanceScale = finite(options.guidanceScale ?? 7.5, 'guidanceScale');
-    const steps = positiveInt(options.steps ?? 50, 'steps', 1000);
-    const nImages = positiveInt(options.imagesPerPrompt ?? 1, 'imagesPerPrompt', 64);
-    const latentDims = this.latentDims(options.height, options.width);
-    const [C, h, w] = latentDims;
-    const height = h * this.folder.vaeScaleFactor;
-    const width = w * this.folder.vaeScaleFactor;
-    const maxIterToAlter = options.maxIterToAlter ?? 25;
-    if (!Number.isInteger(maxIterToAlter) || maxIterToAlter < 0) throw new RangeError(`Expected a non-negative integer for maxIterToAlter but received ${maxIterToAlter}`);
-    const scaleFactor = finite(options.scaleFactor ?? 20, 'scaleFactor');
-    const scaleRange = options.scaleRange ?? [1.0, 0.5];
-    if (!Array.isArray(scaleRange) || scaleRange.length !== 2 || !scaleRange.every((v) => typeof v === 'number' && v >= 0 && Number.isFinite(v))) {
-      throw new RangeError('Expected [start, end] with non-negative finite numbers for scaleRange, e.g. [1, 0.5]');
-    }
-    const thresholds = options.thresholds ?? defaultThresholds(mode);
-    for (const [k, v] of Object.entries(thresholds)) {
-      if (!/^\d+$/.test(k) || typeof v !== 'number' || !Number.isFinite(v)) throw new RangeError(`thresholds: expected {loopIndex: number}, got ${k}: ${JSON.stringify(v)}`);
-    }
-    const refinement = options.refinement ?? 'official-latest';
-    const caps: RefinementCaps = typeof refinement === 'string'
-      ? (refinement === 'official-latest' || refinement === 'paper' ? refinementCaps(refinement, mode)
-        : (() => { throw new RangeError(`Expected 'official-latest', 'paper' or {initStep, other} for refinement but received ${JSON.stringify(refinement)}`); })())
-      : refinement;
-    const lossBackend = options.lossBackend;
-    if (lossBackend !== undefined && !availableBackends().includes(lossBackend)) {
-      throw new RangeError(`lossBackend '${lossBackend}' is not available here (available: ${availableBackends().join(', ')})`);
-    }
+  /** What plans need to know about this model; built once. */
+  private get context(): PlanContext {
+    this.planContext ??= this.makeContext();
+    return this.planContext;
+  }
 
-    // 2. Prompt → token ids → embeddings; token choice.
-    const condEnc = this.tokenizer.encode(options.prompt);
-    const uncondEnc = this.tokenizer.encode(negativePrompt);
-    const tokens = mode === 'none' ? null : selectTokens(this.tokenizer, options.prompt, options.tokens ?? {});
-    const tText = performance.now();
-    const cond = await this.textEncoder.encode(condEnc.ids);
-    const uncond = await this.textEncoder.encode(uncondEnc.ids);
-    const textDims: [number, number] = [cond.dims[1], cond.dims[2]];
-    const textMs = performance.now() - tText;
-
-    // 3. Scheduler (own state per call) and step sizes.
-    const scheduler = options.scheduler ? fromConfig(this.folder.schedulerConfig, { name: options.scheduler }) : this.scheduler.clone();
-    scheduler.setTimesteps(steps);
-    const alphas = stepSizes(scaleFactor, [scaleRange[0], scaleRange[1]], scheduler.timesteps.length);
-
-    // 4. Initial noise [n, C, h, w].
-    const perImage = C * h * w;
-    let noise: Float32Array;
-    if (options.latents !== undefined) {
-      noise = typeof options.latents === 'string' ? readLatentsNpy(options.latents, [nImages, C, h, w]) : options.latents;
-      if (!(noise instanceof Float32Array) || noise.length !== nImages * perImage) {
-        throw new RangeError(`latents: expected ${nImages}×${C}×${h}×${w} = ${nImages * perImage} float32 values but received ${noise?.length}`);
-      }
-    } else {
-      const seed = options.seed ?? BigInt(Math.floor(Math.random() * 2 ** 52));
-      noise = randnTorchCpu(seed, [nImages, C, h, w]);
-    }
-
-    // 5. Loss options: resolution defaults from the model (declared) or from the size, as diffusers derives attn_res.
-    const attentionResolution = options.loss?.attentionResolution ?? this.folder.divbind.attentionResolution ?? Math.ceil(height / 32);
-    const attributeResolutions = options.loss?.attributeResolutions ?? this.folder.divbind.attributeResolutions ?? [attentionResolution * 4, attentionResolution * 2];
-    const lossOptions: LossOptions = {
-      // 'max' is Attend-and-Excite: its hinge max(0, 1 − m) unless the caller asks for D&B's variant.
-      ...(mode === 'max' ? { maxVariant: 'attend-excite' as const } : {}),
-      ...options.loss,
-      mode: mode === 'none' ? 'tv' : mode,
-      attentionResolution,
-      attributeResolutions,
-      tokenIndices: tokens?.tokenIndices ?? [],
-      attributeIndices: tokens?.attributeIndices ?? undefined,
+  private makeContext(): PlanContext {
+    const shape = this.unet.inputs.sample.shape;
+    const dim = (k: number): number | null => (typeof shape[k] === 'number' && (shape[k] as number) > 0 ? (shape[k] as number) : null);
+    const [c, h, w] = [dim(1), dim(2), dim(3)];
+    const fixed: [number, number] | null = h !== null && w !== null ? [h, w] : null;
+    const prepared = this.prepared?.files;
+    return {
+      modelDir: this.folder.dir,
+      tokenizer: this.tokenizer,
+      latentChannels: prepared?.latentDims[0] ?? c ?? 4,
+      // Default size: the prepared graphs', else the UNet's static sample dims, else SD's 64×64 latent (512²).
+      defaultLatentSize: prepared ? [prepared.latentDims[1], prepared.latentDims[2]] : fixed ?? [64, 64],
+      fixedLatentSize: fixed,
+      vaeScaleFactor: this.folder.vaeScaleFactor,
+      schedulerConfig: this.folder.schedulerConfig,
+      defaultScheduler: this.scheduler.name,
+      declared: this.folder.divbind,
+      guidance: prepared && this.guided
+        ? { latentSize: [prepared.latentDims[1], prepared.latentDims[2]], textLength: prepared.textDims[0], resolutions: [...new Set(this.guided.layers.map((l) => l.resolution))] }
+        : { unavailable: this.unpreparedReason ?? 'not prepared' },
     };
+  }
 
-    // 6. Denoising loop per image.
+  /**
+   * Checks `options` against this model and resolves every default (a random seed included) without running
+   * anything. Throws a DivbindError naming the field. generate() accepts the returned plan.
+   */
+  plan(options: GenerateOptions): GenerationPlan {
+    return resolveGenerationPlan(options, this.context);
+  }
+
+  /** Generates the images of `options` (or of a plan from this pipeline's plan()). */
+  async generate(options: GenerateOptions | GenerationPlan): Promise<GenerateResult> {
+    const tStart = performance.now();
+    // 1. Check inputs: the plan (defaults, the seed, every check against the model).
+    const plan = this.ownPlan(options);
+    this.checkVaeScaling();
+    // 2. Prompt → embeddings.
+    const tText = performance.now();
+    const text = await this.encodeText(plan);
+    const textMs = performance.now() - tText;
+    // 3. Initial noise [n, C, h, w]: the caller's latents or torch.randn on the seed.
+    const noise = plan.latents ?? randnTorchCpu(plan.seed ?? 0n, plan.latentShape);
+    // 4. Denoising loop and decoding, per image.
     const images: GeneratedImage[] = [];
     const tLoop = performance.now();
     let vaeMs = 0;
-    for (let n = 0; n < nImages; n++) {
-      const mapsAt = new Set(options.attentionMapsAt ?? []);
-      const captured: Array<{ index: number; maps: Float32Array; resolution: number }> = [];
-      const initial = noise.subarray(n * perImage, (n + 1) * perImage).map((v) => v * scheduler.initNoiseSigma);
-      const cfg = CfgUnet.bind(this.unet, latentDims, uncond.data, cond.data, textDims);
-      const run = await sampleLatents(initial, n === 0 ? scheduler : (() => { const s = scheduler.clone(); s.setTimesteps(steps); return s; })(), cfg, guidanceScale,
-        mode === 'none' || !this.guided ? null : {
-          unet: this.guided,
-          cond: cond.data,
-          settings: { mode, loss: lossOptions, lossBackend, maxIterToAlter, thresholds, caps, stepSizes: alphas },
-        },
-        {
-          signal: options.signal,
-          onStep: options.onStep ? (e) => options.onStep!({ ...e, image: n }) : undefined,
-          captureMapsAt: mapsAt,
-          onMaps: (index, maps) => captured.push({ index, maps: Float32Array.from(maps.objects), resolution: maps.resolution }),
-        });
-      const tv = performance.now();
-      const decoded = await this.vae.decode(run.latents.map((v) => v / this.folder.vaeScalingFactor), [1, C, h, w]);
-      vaeMs += performance.now() - tv;
-      const rgb = imageFromDecoderOutput(decoded.data, decoded.dims[2], decoded.dims[3]);
-      const parameters = this.describe(options, mode, steps, guidanceScale, height, width, tokens, n);
-      const png = encodePng(rgb, decoded.dims[3], decoded.dims[2], { parameters: JSON.stringify(parameters), Software: 'divbind-native' });
-      const attentionMaps = captured.map((c) => ({
-        index: c.index,
-        png: attentionGrid(rgb, decoded.dims[3], decoded.dims[2], c.maps, c.resolution, (tokens?.choices ?? []).filter((c) => c.role === 'object').map((c) => c.word)),
-      }));
-      images.push({ index: n, width: decoded.dims[3], height: decoded.dims[2], rgb, png, latents: run.latents, steps: run.steps, attentionMaps });
+    for (let n = 0; n < plan.imagesPerPrompt; n++) {
+      const { image, decodeMs } = await this.generateImage(plan, n, noise, text);
+      images.push(image);
+      vaeMs += decodeMs;
     }
-    const loopMs = performance.now() - tLoop - vaeMs;
     return {
       images,
-      tokens,
-      parameters: this.describe(options, mode, steps, guidanceScale, height, width, tokens, 0),
-      timings: { textEncoder: textMs, denoise: loopMs, vae: vaeMs, total: performance.now() - tStart },
+      tokens: plan.tokens,
+      parameters: describeGenerationPlan(plan),
+      timings: { textEncoder: textMs, denoise: performance.now() - tLoop - vaeMs, vae: vaeMs, total: performance.now() - tStart },
     };
   }
 
-  /** Latent dims [C, h, w] for a requested size, checked against the prepared graphs. */
-  private latentDims(height?: number, width?: number): [number, number, number] {
-    const f = this.folder.vaeScaleFactor;
-    const prepared = this.prepared?.files.latentDims;
-    // Default size: the prepared graphs', else the UNet's static sample dims, else SD's 64×64 latent (512²).
-    const s = this.unet.inputs.sample.shape;
-    const dim = (k: number, dflt: number) => (typeof s[k] === 'number' && (s[k] as number) > 0 ? (s[k] as number) : dflt);
-    const base: [number, number, number] = prepared ?? [dim(1, 4), dim(2, 64), dim(3, 64)];
-    const hh = height === undefined ? base[1] * f : positiveInt(height, 'height', 4096);
-    const ww = width === undefined ? base[2] * f : positiveInt(width, 'width', 4096);
-    if (hh % f !== 0 || ww % f !== 0) throw new RangeError(`height and width must be multiples of ${f} (the VAE's scale factor) but received ${hh}×${ww}`);
-    if (prepared && (hh !== prepared[1] * f || ww !== prepared[2] * f)) {
-      throw new PreparedModelError(`the UNet is prepared for ${prepared[2] * f}×${prepared[1] * f} but ${ww}×${hh} was requested; run \`divbind-native prepare ${this.folder.dir} --height ${hh} --width ${ww}\``);
+  private ownPlan(options: GenerateOptions | GenerationPlan): GenerationPlan {
+    if (!isGenerationPlan(options)) return this.plan(options);
+    if (!isGenerationPlan(options, this.context)) {
+      throw new DivbindError('BAD_INPUT', 'generate: this plan was made by another pipeline', { field: 'options', fix: 'pass a plan from this pipeline\'s plan(), or the options' });
     }
-    return [base[0], hh / f, ww / f];
+    return options;
   }
 
-  private describe(o: GenerateOptions, mode: GuidanceMode, steps: number, guidanceScale: number, height: number, width: number, tokens: TokenSelection | null, image: number): Record<string, unknown> {
+  /** A VAE scaling factor of 0 (or worse) would turn every image black; refuse before generating. */
+  private checkVaeScaling(): void {
+    const sf = this.folder.vaeScalingFactor;
+    if (!(Number.isFinite(sf) && sf > 0)) {
+      throw new DivbindError('MODEL_INVALID', `the VAE's scaling_factor is ${sf}; it must be a positive number (SD 1.x/2.x: 0.18215)`, {
+        field: 'vae_decoder/config.json',
+        fix: 'correct "scaling_factor" in the model folder\'s vae_decoder/config.json (or vae/config.json)',
+      });
+    }
+  }
+
+  private async encodeText(plan: GenerationPlan): Promise<TextEmbeddings> {
+    const cond = await this.textEncoder.encode(this.tokenizer.encode(plan.prompt).ids);
+    const uncond = await this.textEncoder.encode(this.tokenizer.encode(plan.negativePrompt).ids);
+    return { cond: cond.data, uncond: uncond.data, dims: [cond.dims[1], cond.dims[2]] };
+  }
+
+  private guidance(plan: GenerationPlan, timesteps: number): GuidanceSettings | null {
+    if (plan.mode === 'none' || plan.loss === null) return null;
     return {
-      prompt: o.prompt, negativePrompt: o.negativePrompt ?? '', mode, steps, guidanceScale, height, width,
-      seed: o.seed === undefined ? null : String(o.seed), image, scheduler: o.scheduler ?? this.scheduler.name,
-      tokens: tokens ? { tokenIndices: tokens.tokenIndices, attributeIndices: tokens.attributeIndices, choices: tokens.choices.map((c) => `${c.role} ${c.word}@${c.index}`) } : null,
-      maxIterToAlter: o.maxIterToAlter ?? 25, scaleFactor: o.scaleFactor ?? 20, refinement: o.refinement ?? 'official-latest',
-      thresholds: o.thresholds ?? defaultThresholds(mode), loss: o.loss ?? {}, model: this.folder.dir,
+      mode: plan.mode,
+      loss: { ...plan.loss, stepIndex: 0 },
+      lossBackend: plan.lossBackend,
+      maxIterToAlter: plan.maxIterToAlter,
+      thresholds: plan.thresholds,
+      caps: plan.caps,
+      stepSizes: stepSizes(plan.scaleFactor, plan.scaleRange, timesteps),
     };
   }
+
+  /** Image n of the plan: its own scheduler state, the shared noise slice, the loop, the decoder, the PNGs. */
+  private async generateImage(plan: GenerationPlan, n: number, noise: Float32Array, text: TextEmbeddings): Promise<{ image: GeneratedImage; decodeMs: number }> {
+    const [, C, h, w] = plan.latentShape;
+    const perImage = C * h * w;
+    const scheduler = buildScheduler(this.context, plan.scheduler);
+    scheduler.setTimesteps(plan.steps);
+    const initial = noise.subarray(n * perImage, (n + 1) * perImage).map((v) => v * scheduler.initNoiseSigma);
+    const cfg = CfgUnet.bind(this.unet, [C, h, w], text.uncond, text.cond, text.dims);
+    const settings = this.guidance(plan, scheduler.timesteps.length);
+    const captured: Array<{ index: number; maps: Float32Array; resolution: number }> = [];
+    const hooks: SamplerHooks = {
+      signal: plan.signal,
+      onStep: plan.onStep ? (e) => plan.onStep!({ ...e, image: n }) : undefined,
+      captureMapsAt: new Set(plan.attentionMapsAt),
+      onMaps: (index, maps) => captured.push({ index, maps: Float32Array.from(maps.objects), resolution: maps.resolution }),
+    };
+    const guided = settings && this.guided ? { unet: this.guided, cond: text.cond, settings } : null;
+    const run = await sampleLatents(initial, scheduler, cfg, plan.guidanceScale, guided, hooks);
+    const t0 = performance.now();
+    const { rgb, width, height } = await this.decode(run.latents, [C, h, w]);
+    const decodeMs = performance.now() - t0;
+    const png = encodePng(rgb, width, height, { parameters: JSON.stringify(describeGenerationPlan(plan, n)), Software: 'divbind-native' });
+    const labels = (plan.tokens?.choices ?? []).filter((c) => c.role === 'object').map((c) => c.word);
+    const attentionMaps = captured.map((c) => ({ index: c.index, png: attentionGrid(rgb, width, height, c.maps, c.resolution, labels) }));
+    return { image: { index: n, width, height, rgb, png, latents: run.latents, steps: run.steps, attentionMaps }, decodeMs };
+  }
+
+  /** Final latents → RGB, refusing non-finite numbers (they would become a black image). */
+  private async decode(latents: Float32Array, dims: [number, number, number]): Promise<{ rgb: Uint8Array; width: number; height: number }> {
+    const sf = this.folder.vaeScalingFactor;
+    const input = latents.map((v) => v / sf);
+    const badInput = firstNonFinite(input);
+    if (badInput >= 0) {
+      throw new DivbindError('NUMERIC', `the VAE decoder's input (latents / scaling_factor ${sf}) is not finite at index ${badInput} (latent value ${latents[badInput]})`, {
+        field: 'vae_decoder/config.json',
+      });
+    }
+    const decoded = await this.vae.decode(input, [1, ...dims]);
+    const bad = firstNonFinite(decoded.data);
+    if (bad >= 0) {
+      throw new DivbindError('NUMERIC', `the VAE decoder returned a non-finite value (${decoded.data[bad]} at index ${bad}) from finite latents`, {
+        field: 'vae_decoder/model.onnx',
+        fix: 'check the VAE decoder export (fp16 overflow?) and its scaling_factor',
+      });
+    }
+    const [height, width] = [decoded.dims[2], decoded.dims[3]];
+    return { rgb: imageFromDecoderOutput(decoded.data, height, width), width, height };
+  }
+
 
   /** Loss backends usable here. */
   static lossBackends(): LossBackend[] {

@@ -11,8 +11,9 @@
  * Passes that cannot change the result are skipped: no gradient pass after the last guided index, and the
  * gradient (VJP) is only computed when an update will use it.
  */
+import { DivbindError } from '../errors';
 import { attentionLoss } from '../loss/index';
-import type { AttentionLayer, LayerPlace, LossBackend, LossOptions, LossResult, TokenDiagnostics } from '../loss/types';
+import type { AttentionLayer, LayerPlace, LossBackend, LossCallOptions, LossOptions, LossResult, TokenDiagnostics } from '../loss/types';
 import type { Scheduler } from '../schedulers/scheduler';
 import { lastGuidedIndex, type GuidanceMode, type RefinementCaps } from './guidance';
 
@@ -85,11 +86,33 @@ export interface SamplerResult {
 
 function abortIfNeeded(signal?: AbortSignal): void {
   if (signal?.aborted) {
-    // Always an Error named AbortError (signal.reason may be a DOMException, which is not an Error in Node 20).
+    // signal.reason may be a DOMException, which is not an Error in Node 20: keep it as the cause.
     const reason: unknown = signal.reason;
     const detail = reason instanceof Error || (typeof reason === 'object' && reason !== null && 'message' in reason) ? `: ${(reason as { message: string }).message}` : '';
-    throw Object.assign(new Error(`generation aborted${detail}`), { name: 'AbortError', cause: reason });
+    throw new DivbindError('ABORTED', `generation aborted${detail}`, { cause: reason });
   }
+}
+
+/** Index of the first NaN/±Inf, or -1. */
+export function firstNonFinite(values: Float32Array): number {
+  for (let k = 0; k < values.length; k++) if (!Number.isFinite(values[k])) return k;
+  return -1;
+}
+
+function maxAbs(values: Float32Array): number {
+  let m = 0;
+  for (let k = 0; k < values.length; k++) m = Math.max(m, Math.abs(values[k]));
+  return m;
+}
+
+/**
+ * Stops a diverged run where it diverged, instead of letting NaN reach the loss (which would blame the
+ * attention probabilities) or the decoder (a black image).
+ */
+function checkFinite(values: Float32Array, what: string, i: number, t: number, fix: string): void {
+  const bad = firstNonFinite(values);
+  if (bad < 0) return;
+  throw new DivbindError('NUMERIC', `${what} became non-finite at loop index ${i} (timestep ${t}): ${values[bad]} at index ${bad}`, { fix });
 }
 
 /** Runs the denoising loop from `latents` (already scaled by initNoiseSigma); returns the final latents. */
@@ -127,6 +150,7 @@ export async function sampleLatents(
       const inputScale = scheduler.scaleModelInput(Float32Array.of(1), t)[0];
       const g = await guideStep(latents, t, i, inputScale, guided, ms, hooks);
       latents = g.latents;
+      checkFinite(latents, 'the latents after the guidance update', i, t, `lower scaleFactor (step size α here ${guided.settings.stepSizes[i]})`);
       event = g.event;
       ms.guidance = performance.now() - t0;
     }
@@ -134,9 +158,12 @@ export async function sampleLatents(
     abortIfNeeded(hooks.signal);
     const tc = performance.now();
     const eps = await unet.predict(scheduler.scaleModelInput(latents, t), t, guidanceScale);
+    checkFinite(eps, `the noise prediction (latents max |z| ${maxAbs(latents).toExponential(2)})`, i, t,
+      `lower guidanceScale (${guidanceScale}) or check the initial latents (randn values are within ±6)`);
     const ts = performance.now();
     ms.cfg = ts - tc;
     latents = scheduler.step(eps, t, latents).prevSample;
+    checkFinite(latents, 'the latents after the scheduler step', i, t, 'lower guidanceScale or scaleFactor');
     ms.scheduler = performance.now() - ts;
     ms.total = performance.now() - t0;
     const stepEvent: StepEvent = { index: i, total, timestep: t, ...event, ms };
@@ -149,6 +176,32 @@ export async function sampleLatents(
 interface Evaluation {
   fwd: GuidedForward;
   result: LossResult;
+}
+
+/**
+ * L, θ and ∂L/∂maps of one forward. Non-finite maps come from non-finite UNet activations: that becomes a NUMERIC
+ * error saying so, rather than the loss core's complaint about the attention probabilities.
+ */
+function lossOf(
+  fwd: GuidedForward,
+  info: readonly GuidedLayerInfo[],
+  options: LossOptions,
+  call: LossCallOptions,
+  at: { i: number; t: number; sample: Float32Array },
+): LossResult {
+  const layers: AttentionLayer[] = fwd.maps.map((data, k) => ({
+    data, heads: info[k].heads, resolution: info[k].resolution, place: info[k].place, name: info[k].name,
+  }));
+  try {
+    return attentionLoss(layers, options, call);
+  } catch (err) {
+    const k = fwd.maps.findIndex((m) => firstNonFinite(m) >= 0);
+    if (k < 0) throw err;
+    throw new DivbindError('NUMERIC', `the UNet's attention maps (layer ${info[k].name}) became non-finite at loop index ${at.i} (timestep ${at.t}); the latents entering it have max |z| ${maxAbs(at.sample).toExponential(2)}`, {
+      fix: 'lower scaleFactor or guidanceScale, or check the initial latents (randn values are within ±6)',
+      cause: err,
+    });
+  }
 }
 
 async function guideStep(
@@ -171,10 +224,7 @@ async function guideStep(
     const x = inputScale === 1 ? sample : sample.map((v) => v * inputScale);
     const fwd = await unet.forward(x, t, cond);
     const b = performance.now();
-    const layers: AttentionLayer[] = fwd.maps.map((data, k) => ({
-      data, heads: layerInfo[k].heads, resolution: layerInfo[k].resolution, place: layerInfo[k].place, name: layerInfo[k].name,
-    }));
-    const result = attentionLoss(layers, lossOptions, { backend: settings.lossBackend, computeGrad: true, returnMaps: wantMaps });
+    const result = lossOf(fwd, layerInfo, lossOptions, { backend: settings.lossBackend, computeGrad: true, returnMaps: wantMaps }, { i, t, sample });
     ms.unetForward += b - a;
     ms.loss += performance.now() - b;
     return { fwd, result };

@@ -91,6 +91,14 @@ export function formatTokenTable(rows: TokenTableRow[]): string {
 
 // ------------------------------------------------------------------------------------------------ explicit
 
+/** Error messages quote the prompt at most this long, so a 10 KB prompt is not repeated in every message. */
+const MAX_QUOTED_PROMPT = 120;
+const MAX_LISTED_WORDS = 80;
+
+function quotePrompt(prompt: string): string {
+  return JSON.stringify(prompt.length > MAX_QUOTED_PROMPT ? `${prompt.slice(0, MAX_QUOTED_PROMPT - 1)}…` : prompt);
+}
+
 function pieceIndex(w: WordPieces, rule: PieceRule): number {
   return rule === 'first' ? w.start : w.end - 1;
 }
@@ -108,7 +116,7 @@ function asIndex(v: number | string): number | null {
 function checkIndex(index: number, field: string, rows: TokenTableRow[], prompt: string): TokenTableRow {
   const pieces = rows.filter((r) => r.kind === 'token');
   const last = pieces.length > 0 ? pieces[pieces.length - 1].index : 0;
-  const table = `\nTokens of ${JSON.stringify(prompt)}:\n${formatTokenTable(rows)}`;
+  const table = `\nTokens of ${quotePrompt(prompt)}:\n${formatTokenTable(rows)}`;
   if (!Number.isInteger(index)) {
     throw new RangeError(`Expected an integer token index for ${field} but received ${index}.${table}`);
   }
@@ -132,7 +140,7 @@ function finish(prompt: string, objects: TokenChoice[], attributes: Array<TokenC
     const prev = seen.get(c.index);
     const label = `${c.role} ${c.slot} ("${c.word}")`;
     if (prev !== undefined) {
-      throw new RangeError(`Token index ${c.index} is chosen twice (${prev} and ${label}); each object and attribute needs its own token.\nTokens of ${JSON.stringify(prompt)}:\n${formatTokenTable(table)}`);
+      throw new RangeError(`Token index ${c.index} is chosen twice (${prev} and ${label}); each object and attribute needs its own token.\nTokens of ${quotePrompt(prompt)}:\n${formatTokenTable(table)}`);
     }
     seen.set(c.index, label);
   }
@@ -165,7 +173,7 @@ function findWord(tokenizer: ClipTokenizer, words: WordPieces[], spec: string, f
   const text = m?.[1] ?? '';
   const nth = m?.[2] !== undefined ? Number(m[2]) : 1;
   const needle = tokenizer.wordPieces(text).map((w) => w.word);
-  const listing = `\nWords of ${JSON.stringify(prompt)}: ${words.map((w) => w.word).join(' ')}`;
+  const listing = `\nWords of ${quotePrompt(prompt)}: ${words.slice(0, MAX_LISTED_WORDS).map((w) => w.word).join(' ')}${words.length > MAX_LISTED_WORDS ? ' …' : ''}`;
   if (needle.length === 0) throw new RangeError(`${field}: ${JSON.stringify(spec)} contains no word.${listing}`);
   if (nth < 1) throw new RangeError(`${field}: occurrence #${nth} in ${JSON.stringify(spec)} must be 1 or more`);
   const hits: number[] = [];
@@ -379,7 +387,7 @@ export function selectTokens(tokenizer: ClipTokenizer, prompt: string, spec: Sel
   if (spec.objects === undefined) {
     const auto = autoChoose(tokenizer, prompt);
     if (auto.length === 0) {
-      throw new RangeError(`No object noun found in ${JSON.stringify(prompt)}; pass objects explicitly (words or token indices).\n${formatTokenTable(table)}`);
+      throw new RangeError(`No object noun found in ${quotePrompt(prompt)}; pass objects explicitly (words or token indices).\n${formatTokenTable(table)}`);
     }
     const objects = auto.map((a, slot) => describeWord(a.object, rule, 'object', slot, 'auto'));
     const attributes = auto.map((a, slot) => (a.attribute ? describeWord(a.attribute, rule, 'attribute', slot, 'auto') : null));

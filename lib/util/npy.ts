@@ -74,6 +74,40 @@ export function readNpy(file: string): NpyArray {
   return parseNpy(fs.readFileSync(file), file);
 }
 
+/** Room for any .npy header numpy writes (format 1.0 caps it at 65535 bytes). */
+export const NPY_MAX_HEADER_BYTES = 12 + 65535;
+
+/**
+ * Reads a file that must be a regular file of at most `maxBytes`, without ever blocking on it: a FIFO or a
+ * device (/dev/zero, a terminal) is refused before any read (O_NONBLOCK keeps even the open of a FIFO from
+ * waiting for a writer), and a file larger than the bound is refused from its size, so a wrong path can neither
+ * hang the process nor fill its memory. Throws an Error with the errno code, or a RangeError naming `what`.
+ */
+export function readBoundedFile(file: string, maxBytes: number, what: string): Buffer {
+  const fd = fs.openSync(file, fs.constants.O_RDONLY | (fs.constants.O_NONBLOCK ?? 0));
+  try {
+    const stat = fs.fstatSync(fd);
+    if (!stat.isFile()) {
+      const kind = stat.isFIFO() ? 'a FIFO' : stat.isCharacterDevice() ? 'a character device' : stat.isBlockDevice() ? 'a block device'
+        : stat.isSocket() ? 'a socket' : stat.isDirectory() ? 'a folder' : 'not a regular file';
+      throw new RangeError(`${what}: ${file} is ${kind}; pass a regular .npy file`);
+    }
+    if (stat.size > maxBytes) {
+      throw new RangeError(`${what}: ${file} has ${stat.size} bytes, more than the ${maxBytes} the expected array can take`);
+    }
+    const buf = Buffer.alloc(stat.size);
+    let at = 0;
+    while (at < buf.length) {
+      const n = fs.readSync(fd, buf, at, buf.length - at, at);
+      if (n === 0) break;
+      at += n;
+    }
+    return buf.subarray(0, at);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 function dtypeOf(data: NpyData): NpyDtype {
   if (data instanceof Float32Array) return 'float32';
   if (data instanceof Float64Array) return 'float64';

@@ -3,6 +3,7 @@
  * pipeline, cancellation, progress events, bad input.
  */
 import test from 'ava';
+import { DivbindError } from '../../lib/errors';
 import { DivBindPipeline, type GenerateOptions } from '../../lib/pipeline/pipeline';
 import type { StepEvent } from '../../lib/pipeline/sampler';
 import { preparedFixtureModel, removeDir } from './prepared-model';
@@ -64,17 +65,25 @@ test.serial('imagesPerPrompt draws one noise batch and returns one image per lat
 test.serial('AbortSignal cancels a running generation', async (t) => {
   const ac = new AbortController();
   const p = pipe.generate({ ...base, mode: 'tv', tokens: { objects: ['cat'] }, steps: 10, signal: ac.signal, onStep: () => ac.abort() });
-  const err = await t.throwsAsync(p);
-  t.is(err?.name, 'AbortError');
+  const err = await t.throwsAsync(p, { instanceOf: DivbindError });
+  t.is((err as DivbindError).code, 'ABORTED');
 });
 
-test('bad input gives TypeError/RangeError naming the field', async (t) => {
-  await t.throwsAsync(pipe.generate({ ...base, steps: 0 }), { instanceOf: RangeError, message: /steps/ });
-  await t.throwsAsync(pipe.generate({ ...base, guidanceScale: Number.NaN }), { instanceOf: TypeError, message: /guidanceScale/ });
-  await t.throwsAsync(pipe.generate({ ...base, mode: 'bogus' as never }), { instanceOf: RangeError, message: /mode/ });
-  await t.throwsAsync(pipe.generate({ ...base, height: 300 }), { message: /multiples of 8|prepared/ });
-  await t.throwsAsync(pipe.generate({ ...base, height: 512, width: 512 }), { name: 'PreparedModelError', message: /divbind-native prepare/ });
-  await t.throwsAsync(pipe.generate({ ...base, tokens: { objects: [60] } }), { instanceOf: RangeError, message: /objects\[0\]/ });
-  await t.throwsAsync(pipe.generate({ ...base, latents: new Float32Array(7) }), { instanceOf: RangeError, message: /latents/ });
-  await t.throwsAsync(pipe.generate({ ...base, refinement: 'fast' as never }), { instanceOf: RangeError, message: /refinement/ });
+test('bad input gives a DivbindError naming the field, before anything runs', async (t) => {
+  const cases: Array<[Record<string, unknown>, string, RegExp]> = [
+    [{ steps: 0 }, 'steps', /between 1 and 1000/],
+    [{ guidanceScale: Number.NaN }, 'guidanceScale', /guidanceScale/],
+    [{ mode: 'bogus' }, 'mode', /mode/],
+    [{ height: 300 }, 'height', /multiple of 8/],
+    [{ tokens: { objects: [60] } }, 'tokens', /objects\[0\]/],
+    [{ latents: new Float32Array(7) }, 'latents', /latents/],
+    [{ refinement: 'fast' }, 'refinement', /refinement/],
+    [{ stpes: 3 }, 'stpes', /did you mean steps\?/],
+    [{ refinement: { initStep: 0, other: 3 } }, 'refinement.initStep', /between 1 and 1000/],
+  ];
+  for (const [bad, field, message] of cases) {
+    const err = await t.throwsAsync(pipe.generate({ ...base, ...bad } as GenerateOptions), { instanceOf: DivbindError, message });
+    t.is((err as DivbindError).code, 'BAD_INPUT');
+    t.is((err as DivbindError).field, field);
+  }
 });

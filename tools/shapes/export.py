@@ -185,7 +185,7 @@ def export(ckpt_path: str, out: str) -> dict:
                 f'input_ids: tokenizer({prompt!r}) and tokenizer(\'\') → last_hidden_state;\n'
                 f'sample + timestep + last_hidden_state → out_sample (unet); latent_sample → decoded (vae_decoder).\n')
 
-    for extra in ('loss.png', 'loss.json', 'samples.png'):
+    for extra in ('loss.png', 'loss.json', 'samples.png', 'train.log'):
         src = os.path.join(os.path.dirname(ckpt_path), extra)
         if os.path.isfile(src):
             shutil.copyfile(src, os.path.join(out, extra))
@@ -206,55 +206,66 @@ def export(ckpt_path: str, out: str) -> dict:
 
 
 def write_readme(out: str, ck: dict, ae_ck: dict, state: dict) -> None:
-    """models/shapes-sd/README.md: recipe, training numbers read from the checkpoint, what the model draws."""
+    """models/shapes-sd/README.md: what the model is, and the training numbers read from the checkpoint. The
+    measured quality (detector-scored grids and the benchmark table) is appended by the project README's eval run."""
     curves = ck.get('curves') or {}
     unet_curve = curves.get('unet') or []
     last = [r[1] for r in unet_curve[-10:]]
     final_loss = f'{sum(last) / len(last):.4f} (mean of the last {len(last)} logged points)' if last else 'n/a'
-    cfg = ck['config']
+    cfg, recipe = ck['config'], ck.get('recipe', {})
+    unet_s = state.get('unet_s') or 0.0
+    rate = state.get('samples_seen', 0) / unet_s if unet_s else float('nan')
+    te, un, vae = cfg['text_encoder'], cfg['unet'], cfg['vae']
     text = f"""# shapes-sd: the bundled small text-to-image model
 
-A Stable-Diffusion-architecture model trained from scratch on the **Shapes world** (tools/shapes/data.py):
-64×64 scenes of 1-3 shapes (circle, square, triangle) in 8 named colours ({', '.join(D.COLOUR_NAMES)}) on a grey
-background, with captions such as "a red circle and a blue square". Because the truth of every scene is known,
-the project can *measure* what Divide & Bind claims (fewer missing objects, correct colour binding) with
-`divbind-native eval` (lib/eval/).
+A Stable-Diffusion-architecture model trained from scratch, on a 2-core CPU, on the **Shapes world**
+(tools/shapes/data.py): 64×64 scenes of 1-3 shapes (circle, square, triangle) in 8 named colours
+({', '.join(D.COLOUR_NAMES)}) on a grey background, with captions such as "a red circle and a blue square" or
+"two circles and a triangle". Because the truth of every scene is known, the project can *measure* what Divide &
+Bind claims (fewer missing objects, correct colour binding) with `divbind-native eval` (lib/eval/).
 
 ## Files
-Standard diffusers ONNX layout (OnnxStableDiffusionPipeline), opset {OPSET}, float32:
-`model_index.json`, `scheduler/` (SD 1.5 PNDM config), `tokenizer/` (CLIP BPE learnt over the caption words, each
-word one token), `text_encoder/`, `unet/` (dynamic batch, int64 timestep [1]), `vae_decoder/` (latent
-standardisation folded in; SD's 0.18215 convention), `reference/` (PyTorch outputs on fixed inputs for runtime
-checks), `loss.png` / `loss.json` (training curves), `samples.png` (PyTorch preview at the end of training; the
-prompts are listed in the training log).
+Standard diffusers ONNX layout (OnnxStableDiffusionPipeline), opset {OPSET}, float32: `model_index.json`,
+`scheduler/` (SD 1.5 PNDM config), `tokenizer/` (CLIP BPE learnt over the caption words, each word one token),
+`text_encoder/`, `unet/` (dynamic batch, int64 timestep [1]), `vae_decoder/` (latent standardisation folded in;
+SD's 0.18215 convention; `config.json` says the VAE factor is 4, not SD's 8), `reference/` (PyTorch outputs on
+fixed inputs, checked against onnxruntime by test/eval/shapes-model.test.ts), `loss.png` / `loss.json`
+(training curves), `samples.png` (PyTorch DDIM preview at the end of training), `train.log`.
 
 ## Architecture
-- Text encoder: CLIP text transformer, hidden {cfg['text_encoder']['hidden_size']}, {cfg['text_encoder']['num_layers']} layers, {cfg['text_encoder']['num_heads']} heads, causal mask, 77 positions.
-- Autoencoder: 64×64×3 → 16×16×4 latent (4× per side, not SD's 8×), encoder + SD-style VAE decoder
-  (block_out_channels {tuple(cfg['vae']['block_out_channels'])}); plain autoencoder (MSE + 0.5·L1, latent noise).
-- UNet: SD layout, block_out_channels {tuple(cfg['unet']['block_out_channels'])}, {cfg['unet']['layers_per_block']} layer per block, {cfg['unet']['num_heads']} heads, cross-attention dim
-  {cfg['unet']['cross_attention_dim']}. Levels: 16² cross-attention only (no self-attention), 8² cross + self, 4² resnets, mid at 4² (cross + self).
-- D&B: `model_index.json` declares `"divbind": {{"attentionResolution": 16, "attributeResolutions": [16]}}`: object
-  and attribute maps both come from the 16×16 cross-attention layers (8² and 4² are too coarse for 2-3 objects).
-- Image size: the pipeline must run at the latent size 16×16 (64×64 pixels). Note: the VAE scale factor is 4
-  (`vae_decoder/config.json` "vae_scale_factor": 4), not SD's 8.
+- Text encoder: CLIP text transformer, hidden {te['hidden_size']}, {te['num_layers']} layers, {te['num_heads']} heads, causal mask, 77 positions;
+  **frozen** at its seeded random initialisation (as SD keeps CLIP frozen), so its outputs for every training
+  caption were computed once.
+- Autoencoder: 64×64×3 → 16×16×4 latent. Encoder (training only): 4×4 space-to-depth + convolutions at 16².
+  Decoder: SD's VAE decoder layout, block_out_channels {tuple(vae['block_out_channels'])}, no mid attention.
+- UNet: SD layout, block_out_channels {tuple(un['block_out_channels'])}, {un['layers_per_block']} layer per block, {un['num_heads']} heads, cross-attention dim
+  {un['cross_attention_dim']}. 16²: cross-attention only (no self-attention or feed-forward); 8²: resnets; mid at 8²:
+  self- and cross-attention with feed-forward. Object and attribute maps both come from the three 16²
+  cross-attention layers: `"divbind": {{"attentionResolution": 16, "attributeResolutions": [16]}}` in
+  model_index.json.
 
-## Training recipe (tools/shapes/train.py, bench/gpu/train.sh)
-1. Autoencoder: {state.get('ae_step')} steps (AdamW 2e-3), eval MSE {state.get('ae_eval_mse', float('nan')):.5f} on [-1, 1] images.
-2. Text encoder + UNet jointly: ε-prediction DDPM, SD 1.5 schedule (scaled_linear 0.00085-0.012, 1000 steps),
-   10 % empty captions (classifier-free guidance), 20 % captions without colour words, AdamW 7e-4 (warm-up 200
-   steps, cosine to 10 % over the wall-clock budget), grad-norm clip 1, bf16 autocast on CUDA, EMA 0.999 (exported).
-   {state.get('unet_step')} steps at batch {ck.get('batch')}, seed {ck.get('seed')}, torch {ck.get('torch')}; final ε-MSE {final_loss}.
-3. Export: `python3 tools/shapes/export.py <out>/ckpt-ema.pt models/shapes-sd` (torch 1.13, CPU).
+## Training (tools/shapes/train.py; recipe in the checkpoint, reproduced here)
+- Data: {recipe.get('scenes')} scenes rendered once (seed {ck.get('seed')}), encoded once by the frozen encoder and cached;
+  each draw picks a caption variant at random (object order; {recipe.get('p_uncoloured')} without colour words,
+  half of those counting repeated shapes; {recipe.get('p_empty')} empty for classifier-free guidance).
+- Autoencoder: {state.get('ae_step')} steps (AdamW {recipe.get('ae_lr')}, MSE + 0.5·L1, latent noise); reconstruction MSE
+  {state.get('ae_eval_mse', float('nan')):.5f} on [-1, 1] images.
+- UNet: ε-prediction, SD 1.5 noise schedule (scaled_linear 0.00085-0.012, 1000 steps), min-SNR-5 loss weights,
+  AdamW {recipe.get('lr')} (β₂ 0.99, weight decay 0.01, warm-up {recipe.get('warmup')} steps, cosine to 10 % over the wall-clock budget),
+  grad-norm clip 1, EMA {recipe.get('ema')} (exported). {recipe.get('procs')} worker processes × batch {recipe.get('batch')}.
+- {state.get('unet_step')} UNet steps, **{state.get('samples_seen')} samples seen at {rate:.0f} samples/s**; final ε-loss {final_loss}.
+  Total wall time {state.get('elapsed_s', 0) / 60:.1f} min over {state.get('runs')} run(s), torch {ck.get('torch')}, 2 CPU cores.
+- Export: `/usr/bin/python3 tools/shapes/export.py <out>/ckpt-ema.pt models/shapes-sd`.
 
-![loss curve](loss.png)
+![loss curves](loss.png)
 
 ## What it draws, and its limits
-- Prompts in the caption grammar: "a [colour] shape", "… and …", "…, … and …" with the words above. Other words
-  tokenize into byte pieces the model never saw: expect noise-like or arbitrary scenes.
-- Scenes are 64×64 only; colours and shapes are the 8 × 3 above; no textures, no overlap semantics.
-- It is a small model trained for minutes: objects can be missing, merged or miscoloured — exactly what the
-  benchmark measures. See `divbind-native eval` for numbers per guidance method.
+- Prompts in the caption grammar: "a [colour] shape", "two|three shapes", joined by "," and "and". Other words
+  tokenize into byte pieces the model never saw: expect arbitrary scenes.
+- Scenes are 64×64 only (latent 16×16; `--height 64 --width 64` are the only sizes); 8 colours × 3 shapes; a
+  scene never has two objects of the same colour, so "two red circles" is outside what it learnt.
+- It is a small model trained for a couple of hours on a CPU: objects can be missing, merged or miscoloured,
+  which is exactly what the benchmark measures (see the project README for the table per guidance method).
 """
     with open(os.path.join(out, 'README.md'), 'w') as f:
         f.write(text)

@@ -251,6 +251,15 @@ class Worker:
         self.log(f'encoded {len(scenes)} scenes per worker in {time.time() - t0:.0f} s')
         return cache
 
+    def load_latents(self) -> Dict[str, torch.Tensor]:
+        """This worker's share of the cached latents; a run resumed with fewer workers than wrote the cache takes
+        the shares of the missing ranks too (rank r of w takes the files k ≡ r mod w)."""
+        files = sorted((f for f in os.listdir(self.args.out) if f.startswith('latents-r') and f.endswith('.pt')),
+                       key=lambda f: int(f[len('latents-r'):-3]))
+        mine = [load(self.path(f)) for f in files if int(f[len('latents-r'):-3]) % self.world == self.rank]
+        self.log(f'latent cache: {len(mine)} file(s) per worker, {sum(c["latents"].shape[0] for c in mine)} scenes')
+        return {k: torch.cat([c[k] for c in mine]) for k in mine[0]}
+
     def average_grads(self, params: List[torch.nn.Parameter]) -> None:
         if self.world == 1:
             return
@@ -329,6 +338,7 @@ class Worker:
                 t_phase_start = time.time()
                 self.save()
                 t_ckpt = time.time()
+                self.log(f'checkpoint at unet step {self.state["unet_step"]}')
         self.state['unet_s'] += time.time() - t_phase_start
         M.use_fast_attention(self.unet, False)
 
@@ -348,7 +358,7 @@ class Worker:
             self.state['phase'] = 'unet'
             self.save()
         else:
-            cache = load(self.path(f'latents-r{self.rank}.pt'))
+            cache = self.load_latents()
         self.train_unet(cache)
         self.save()
         if self.rank == 0:

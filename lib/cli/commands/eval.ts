@@ -5,6 +5,8 @@ import { DivBindPipeline } from '../../pipeline/pipeline';
 import type { GuidanceMode } from '../../pipeline/guidance';
 import { METHODS, runBenchmark } from '../../eval/benchmark';
 import { PROMPT_SETS } from '../../eval/prompts';
+import { GENERATE_OPTIONS, THREADS } from '../../options/index';
+import { integer } from '../../options/kinds';
 import { handleCliError } from '../errors';
 
 export interface EvalCliOptions {
@@ -25,14 +27,13 @@ function list(value: string): string[] {
   return value.split(',').map((s) => s.trim()).filter((s) => s.length > 0);
 }
 
+/** Strict integers ("0x3", "", "1e3" refused), as the generate flags parse them. */
 function int(value: string, flag: string, min: number): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < min) throw new RangeError(`${flag}: "${value}" is not an integer ≥ ${min}`);
-  return n;
+  return integer(min, Number.MAX_SAFE_INTEGER).parse!(value, flag);
 }
 
 export async function runEvalCommand(o: EvalCliOptions): Promise<void> {
-  const threads = o.threads !== undefined ? int(o.threads, '--threads', 1) : undefined;
+  const threads = o.threads !== undefined ? THREADS.parse!(o.threads, '--threads') : undefined;
   const modelDir = o.model ?? defaultModelDir();
   const log = o.quiet ? () => {} : (m: string) => process.stderr.write(`${m}\n`);
   const pipeline = await DivBindPipeline.load(modelDir, {
@@ -49,7 +50,7 @@ export async function runEvalCommand(o: EvalCliOptions): Promise<void> {
       methods: o.methods !== undefined ? (list(o.methods) as GuidanceMode[]) : undefined,
       sets: o.sets !== undefined ? list(o.sets) : undefined,
       seeds: o.seeds !== undefined ? list(o.seeds).map((s) => int(s, '--seeds', 0)) : undefined,
-      steps: o.steps !== undefined ? int(o.steps, '--steps', 1) : undefined,
+      steps: o.steps !== undefined ? GENERATE_OPTIONS.steps.kind.parse!(o.steps, '--steps') : undefined,
       promptsPerSet: o.prompts !== undefined ? int(o.prompts, '--prompts', 1) : undefined,
       onProgress: log,
     });
