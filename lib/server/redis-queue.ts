@@ -21,6 +21,7 @@ import {
 } from './queue';
 import { BULL_PREFIX, CANCEL_CHANNEL, QUEUE_NAME, cancelKey, connectRedis, connectionOptions } from './redis';
 import { RedisStore } from './redis-store';
+import type { JobStore } from './store';
 import { type RedisJobWorker, cancelledRecord } from './redis-worker';
 
 const POLL_MS = 2000;
@@ -30,6 +31,26 @@ function unavailable(err: unknown): HttpError {
     fix: 'retry after the Retry-After seconds',
     headers: { 'retry-after': String(RETRY_AFTER_SECONDS) },
   });
+}
+
+/** Runs Redis work; a failure (Redis away or restarting) becomes 503 with Retry-After. */
+async function guard<T>(work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (err) {
+    throw err instanceof HttpError ? err : unavailable(err);
+  }
+}
+
+/** The job store as the routes use it: Redis failures are 503, not 500. */
+function guardedStore(store: RedisStore): JobStore {
+  return {
+    finish: (record, images) => guard(() => store.finish(record, images)),
+    record: (id) => guard(() => store.record(id)),
+    image: (id, n) => guard(() => store.image(id, n)),
+    observeStep: (seconds) => guard(() => store.observeStep(seconds)),
+    stats: () => guard(() => store.stats()),
+  };
 }
 
 function isProgress(value: unknown): value is JobProgress {
@@ -43,6 +64,7 @@ export interface RedisQueueOptions {
 
 export class RedisQueue implements JobQueue {
   private readonly hub = new EventHub();
+  readonly store: JobStore;
   private closing = false;
   private poller: NodeJS.Timeout | undefined;
 
@@ -50,11 +72,13 @@ export class RedisQueue implements JobQueue {
     private readonly redis: Redis,
     private readonly queue: Queue<JobRequest>,
     private readonly events: QueueEvents,
-    readonly store: RedisStore,
+    private readonly results: RedisStore,
     readonly pipelines: ReadonlyMap<string, DivBindPipeline>,
     private readonly worker: RedisJobWorker | null,
     private readonly options: RedisQueueOptions,
-  ) {}
+  ) {
+    this.store = guardedStore(results);
+  }
 
   static async open(
     url: string,
@@ -118,8 +142,12 @@ export class RedisQueue implements JobQueue {
     }
   }
 
-  async status(id: string): Promise<JobStatus | null> {
-    const record = await this.store.record(id);
+  status(id: string): Promise<JobStatus | null> {
+    return guard(() => this.readStatus(id));
+  }
+
+  private async readStatus(id: string): Promise<JobStatus | null> {
+    const record = await this.results.record(id);
     if (record) return statusOfRecord(record);
     const job = await this.queue.getJob(id);
     if (!job) return null;
@@ -130,22 +158,26 @@ export class RedisQueue implements JobQueue {
     if (state === 'failed') return { ...base, state: 'failed', error: failureOf(job.failedReason) };
     if (state === 'completed' || state === 'unknown') {
       // Finished between the two reads: the record is there now.
-      const late = await this.store.record(id);
+      const late = await this.results.record(id);
       return late ? statusOfRecord(late) : null;
     }
     const position = await this.position(id);
     return { ...base, state: 'queued', ...(position !== undefined ? { position } : {}) };
   }
 
-  async cancel(id: string): Promise<JobStatus | null> {
-    const current = await this.status(id);
+  cancel(id: string): Promise<JobStatus | null> {
+    return guard(() => this.cancelJob(id));
+  }
+
+  private async cancelJob(id: string): Promise<JobStatus | null> {
+    const current = await this.readStatus(id);
     if (!current || current.record) return current;
     // Marked first: a worker that takes the job from now on sees the mark; one running it hears the message.
     await this.redis.set(cancelKey(id), '1', 'EX', this.options.resultTtlSeconds);
     await this.redis.publish(CANCEL_CHANNEL, id);
     const job = await this.queue.getJob(id);
     if (job && (await this.queue.remove(id)) === 1) {
-      if (await this.store.finish(cancelledRecord(job.data), [])) this.hub.emit(id, { type: 'cancelled' });
+      if (await this.results.finish(cancelledRecord(job.data), [])) this.hub.emit(id, { type: 'cancelled' });
     } else {
       const ended = new Promise<void>((resolve) => {
         const off = this.hub.subscribe(id, (e) => {
@@ -155,14 +187,18 @@ export class RedisQueue implements JobQueue {
       });
       await settledWithin(ended, CANCEL_WAIT_MS);
     }
-    return this.status(id);
+    return this.readStatus(id);
   }
 
   subscribe(id: string, listener: (event: JobEvent) => void): () => void {
     return this.hub.subscribe(id, listener);
   }
 
-  async overview(): Promise<QueueOverview> {
+  overview(): Promise<QueueOverview> {
+    return guard(() => this.readOverview());
+  }
+
+  private async readOverview(): Promise<QueueOverview> {
     const [queued, active, workers] = await Promise.all([
       this.queue.getWaitingCount(),
       this.queue.getActive(),
@@ -225,14 +261,14 @@ export class RedisQueue implements JobQueue {
 
   private async deliverFinal(id: string, failedReason?: string): Promise<void> {
     if (!this.hub.has(id)) return;
-    const record = await this.store.record(id).catch(() => null);
+    const record = await this.results.record(id).catch(() => null);
     if (record) for (const event of finalEvents(record)) this.hub.emit(id, event);
     else if (failedReason !== undefined) this.hub.emit(id, { type: 'failed', error: failureOf(failedReason) });
   }
 
   private async poll(): Promise<void> {
     const ids = this.hub.ids();
-    const records = await this.store.records(ids).catch(() => []);
+    const records = await this.results.records(ids).catch(() => []);
     records.forEach((record) => {
       if (record) for (const event of finalEvents(record)) this.hub.emit(record.id, event);
     });
