@@ -5,6 +5,7 @@
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import { request as httpRequest } from 'node:http';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -193,10 +194,11 @@ async function waitForRedis(port: number): Promise<void> {
   );
 }
 
-/** Stops every child process started here (SIGTERM, then SIGKILL) and removes the temp dirs. */
-export async function stopAll(): Promise<void> {
+/** Stops every child process started here that still runs: SIGTERM, then SIGKILL after 20 s. */
+export async function stopProcesses(): Promise<void> {
   await Promise.all(
     [...children].map(async (child) => {
+      if (child.exitCode !== null || child.signalCode !== null) return;
       const exited = new Promise((resolve) => child.once('exit', resolve));
       child.kill('SIGTERM');
       const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
@@ -204,6 +206,11 @@ export async function stopAll(): Promise<void> {
       clearTimeout(timer);
     }),
   );
+}
+
+/** Stops every child process and removes the temp dirs (test.after.always). */
+export async function stopAll(): Promise<void> {
+  await stopProcesses();
   for (const dir of dirs) removeDir(dir);
   dirs.clear();
 }
@@ -240,6 +247,36 @@ export async function http<T = Json>(
     // not JSON: keep the text
   }
   return { status: res.status, headers: res.headers, body: parsed as T };
+}
+
+/**
+ * Announces a JSON body of `bytes` bytes (Content-Length) and waits for the answer before sending any of it: a
+ * server enforcing a size limit answers 413 at once. (Sending the body too races the server closing the
+ * connection after it answered, which a client may see as a write error instead of the answer.)
+ */
+export function postDeclaredSize(
+  url: string,
+  bytes: number,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; body: Json }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(
+      url,
+      { method: 'POST', headers: { 'content-type': 'application/json', 'content-length': bytes, ...headers } },
+      (res) => {
+        let text = '';
+        res.on('data', (d: Buffer) => {
+          text += d.toString();
+        });
+        res.on('end', () => {
+          req.destroy();
+          resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) });
+        });
+      },
+    );
+    req.on('error', reject);
+    req.flushHeaders();
+  });
 }
 
 export async function getBytes(
