@@ -9,6 +9,8 @@ import { DivbindError } from '../errors';
 export interface ModelConfig {
   name: string;
   dir: string;
+  /** The library's default model (no --model/--models): loaded as DivBindPipeline.load() loads it. */
+  isDefault?: boolean;
 }
 
 export interface LimitsConfig {
@@ -121,5 +123,5 @@ export function modelsFromFlags(flags: { model?: string; models?: string }, defa
   }
   if (flags.models !== undefined) return parseModelList(flags.models);
   const dir = path.resolve(flags.model ?? defaultDir());
-  return [{ name: modelNameOf(dir), dir }];
+  return [{ name: modelNameOf(dir), dir, ...(flags.model === undefined ? { isDefault: true } : {}) }];
 }

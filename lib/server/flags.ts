@@ -39,7 +39,10 @@ export function addWorkerFlags(command: Command): Command {
     .option('--models <list>', 'several models: name=DIR,name=DIR (requests choose one by name)')
     .option('--concurrency <n>', `jobs this process runs at once (default: ${DEFAULTS.concurrency})`)
     .addOption(new Option('--threads <n>', 'onnxruntime threads per model session (default: the number of cores)'))
-    .option('--prepare', 'prepare the UNet for guided modes when it is not prepared yet (once per model)')
+    .option(
+      '--prepare',
+      'prepare the UNet for guided modes when it is not prepared yet (once per model; the bundled model always does)',
+    )
     .option(
       '--grace <seconds>',
       `on SIGTERM, how long running jobs may take to finish before they are requeued (default: ${DEFAULTS.graceSeconds})`,

@@ -20,7 +20,8 @@ export async function loadModels(
   try {
     for (const model of models) {
       options.log(`loading model ${model.name} (${model.dir})`);
-      const pipeline = await DivBindPipeline.load(model.dir, {
+      // The default model gets the library's defaults too (it prepares itself on first use).
+      const pipeline = await DivBindPipeline.load(model.isDefault ? undefined : model.dir, {
         ...(options.threads !== undefined ? { session: { intraOpNumThreads: options.threads } } : {}),
         ...(options.prepare !== undefined ? { prepare: options.prepare } : {}),
         onProgress: (message) => options.log(`  ${model.name}: ${message}`),

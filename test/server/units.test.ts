@@ -390,7 +390,11 @@ test('models: name=DIR lists, folder names, and refusals naming --models', (t) =
   });
   t.deepEqual(
     modelsFromFlags({}, () => '/models/shapes-sd'),
-    [{ name: 'shapes-sd', dir: '/models/shapes-sd' }],
+    [{ name: 'shapes-sd', dir: '/models/shapes-sd', isDefault: true }],
+  );
+  t.deepEqual(
+    modelsFromFlags({ model: '/models/x' }, () => '/models/shapes-sd'),
+    [{ name: 'x', dir: '/models/x' }],
   );
 });
 
