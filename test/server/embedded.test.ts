@@ -11,6 +11,7 @@ import type { ServeConfig } from '../../lib/server/config';
 import { PNG_PARAMETERS_KEY } from '../../lib/server/runner';
 import { type RunningServer, startServer } from '../../lib/server/serve';
 import { encodeNpy } from '../../lib/util/npy';
+import { copyFixtureModel, removeDir } from '../pipeline/prepared-model';
 import {
   CLI,
   type SseEvent,
@@ -261,6 +262,35 @@ test.serial('bad requests: 400 naming the field, 404, 413, 415; none reaches the
     t.is(after.get(key), before.get(key), key);
   }
 });
+
+test.serial(
+  'a model that cannot serve a request as configured answers 422 (guided mode on an unprepared UNet)',
+  async (t) => {
+    const unpreparedDir = copyFixtureModel('tiny-sd');
+    const unprepared = await DivBindPipeline.load(unpreparedDir, { session: { intraOpNumThreads: 1 } });
+    try {
+      const s = await startServer(
+        config({ models: [{ name: 'raw', dir: unpreparedDir }] }),
+        () => {},
+        new Map([['raw', unprepared]]),
+      );
+      servers.push(s);
+      const guided = await http('POST', `${s.url}/v1/generations`, { prompt: PROMPT, mode: 'tv_bind' });
+      t.is(guided.status, 422);
+      t.is(guided.body.error.code, 'MODEL_NOT_PREPARED');
+      t.is(guided.body.error.field, 'mode');
+      const plain = await http('POST', `${s.url}/v1/generations`, { prompt: PROMPT, mode: 'none', steps: 1 });
+      t.is(plain.status, 202);
+      t.is((await finalState(s.url, plain.body.id)).state, 'succeeded');
+      t.deepEqual((await http('GET', `${s.url}/v1/models`)).body.models, [
+        { name: 'raw', default: true, loaded: true, guided: false },
+      ]);
+    } finally {
+      await unprepared.release();
+      removeDir(unpreparedDir);
+    }
+  },
+);
 
 test.serial(
   'A1111: txt2img answers base64 PNGs and info; progress, samplers and models; a client that leaves cancels',

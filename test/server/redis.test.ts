@@ -211,6 +211,20 @@ test.serial(
     );
     t.is((await stream).at(-1)?.event, 'cancelled');
 
+    // What needs the model is checked by the worker (this API node has none): the job fails naming the field.
+    const unchecked = await http('POST', `${api.url}/v1/generations`, {
+      prompt: 'a cat',
+      tokens: { objects: ['dog'] },
+    });
+    t.is(unchecked.status, 202);
+    const failedEvents = await readEvents(`${api.url}/v1/generations/${unchecked.body.id}/events`);
+    t.is(failedEvents.at(-1)?.event, 'failed');
+    const failed = await http('GET', `${api.url}/v1/generations/${unchecked.body.id}`);
+    t.is(failed.body.state, 'failed');
+    t.is(failed.body.error.code, 'BAD_INPUT');
+    t.is(failed.body.error.field, 'tokens');
+    t.regex(failed.body.error.message, /"dog" is not a word of the prompt/);
+
     // SIGTERM with --grace 0: the running job goes back to the queue, the worker exits 0, another finishes it.
     const requeued = await http('POST', `${api.url}/v1/generations`, { prompt: PROMPT, steps: 30, mode: 'tv_bind' });
     await waitFor('the job to run', async () =>
