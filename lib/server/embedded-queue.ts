@@ -15,7 +15,7 @@ import {
   type JobQueue,
   type QueueOverview,
 } from './queue';
-import type { AbortReason, JobRunner } from './runner';
+import type { AbortReason, JobRunner, RunOutcome } from './runner';
 import type { MemoryStore } from './store';
 
 interface Running {
@@ -159,39 +159,44 @@ export class EmbeddedQueue implements JobQueue {
     const entry: Running = { request, controller, startedAt: Date.now(), progress: null, done: Promise.resolve() };
     this.running.set(request.id, entry);
     this.hub.emit(request.id, { type: 'running' });
+    const onProgress = (progress: JobProgress) => {
+      entry.progress = progress;
+      void this.store.observeStep(progress.seconds);
+      this.hub.emit(request.id, { type: 'step', progress });
+    };
     entry.done = this.runner
-      .run(request, {
-        signal: controller.signal,
-        onProgress: (progress) => {
-          entry.progress = progress;
-          void this.store.observeStep(progress.seconds);
-          this.hub.emit(request.id, { type: 'step', progress });
-        },
-      })
-      .then(async (outcome) => {
-        // The embedded queue cannot requeue (nothing outlives the process): a shutdown abort ends as cancelled.
-        const result =
-          outcome !== 'interrupted'
-            ? outcome
-            : {
-                record: {
-                  id: request.id,
-                  model: request.model,
-                  state: 'cancelled' as const,
-                  createdAt: request.createdAt,
-                  startedAt: entry.startedAt,
-                  finishedAt: Date.now(),
-                  images: 0,
-                  error: { code: 'SHUTDOWN' as const, message: 'the server shut down while the job ran' },
-                },
-                images: [],
-              };
+      .run(request, { signal: controller.signal, onProgress })
+      .then((outcome) => this.settle(entry, outcome))
+      .catch((err: unknown) => this.log(`job ${request.id}: could not be ended: ${(err as Error).message}`))
+      .finally(() => {
+        // Only now: status() finds the stored record first, so the job is never missing in between.
         this.running.delete(request.id);
-        const seconds = ((result.record.finishedAt - entry.startedAt) / 1000).toFixed(1);
-        this.log(`job ${request.id}: ${result.record.state} in ${seconds} s`);
-        await this.end(result.record, result.images);
         this.pump();
       });
+  }
+
+  /** Stores a run's end; a shutdown abort ends as cancelled (the embedded queue cannot requeue: nothing outlives it). */
+  private async settle(entry: Running, outcome: RunOutcome | 'interrupted'): Promise<void> {
+    const { request } = entry;
+    const result: RunOutcome =
+      outcome !== 'interrupted'
+        ? outcome
+        : {
+            record: {
+              id: request.id,
+              model: request.model,
+              state: 'cancelled',
+              createdAt: request.createdAt,
+              startedAt: entry.startedAt,
+              finishedAt: Date.now(),
+              images: 0,
+              error: { code: 'SHUTDOWN', message: 'the server shut down while the job ran' },
+            },
+            images: [],
+          };
+    const seconds = ((result.record.finishedAt - entry.startedAt) / 1000).toFixed(1);
+    this.log(`job ${request.id}: ${result.record.state} in ${seconds} s`);
+    await this.end(result.record, result.images);
   }
 
   private async end(record: JobRecord, images: Buffer[]): Promise<void> {

@@ -443,6 +443,8 @@ test.serial(
 test.serial(
   'the CLI: serve refuses bad flags with exit codes; SIGTERM lets the running job finish and exits 0',
   async (t) => {
+    // Spawned serve processes load the model: on a busy machine that may outlast AVA's 10-minute idle limit.
+    t.timeout(20 * 60_000);
     const bad = await startProcessExit(['--port', '70000', '--model', modelDir]);
     t.is(bad.code, 3);
     t.regex(bad.output, /--port/);

@@ -42,6 +42,8 @@ test.after.always(stopAll);
 test.afterEach.always(stopProcesses);
 
 const PROMPT = 'a red cat and a blue dog';
+/** Each test starts processes that load the model; on a busy machine that outlasts AVA's 10-minute idle limit. */
+const LONG_TEST_MS = 20 * 60_000;
 /** Short locks so a killed worker's job moves on within seconds (the default is 30 s). */
 const FAST_LOCK = ['--lock-timeout', '3'];
 
@@ -90,6 +92,7 @@ test.serial("the Redis store writes a job's result once: a second writer is drop
 test.serial(
   'refused requests never reach the queue; queued jobs show their position and cancel without a worker',
   async (t) => {
+    t.timeout(LONG_TEST_MS);
     const redis = await startRedis();
     const key = 'secret-key';
     const api = await apiNode(redis, ['--api-key', key]);
@@ -140,6 +143,7 @@ test.serial(
 test.serial(
   'kill -9 a worker mid-job: another worker takes the job again, and the client gets it exactly once',
   async (t) => {
+    t.timeout(LONG_TEST_MS);
     const redis = await startRedis();
     const api = await apiNode(redis);
     const first = await startWorker(workerArgs(redis));
@@ -192,6 +196,7 @@ test.serial(
 test.serial(
   'a cancel on the API node stops the job on the worker within one step; SIGTERM requeues a running job',
   async (t) => {
+    t.timeout(LONG_TEST_MS);
     const redis = await startRedis();
     const api = await apiNode(redis);
     const worker = await startWorker(workerArgs(redis, ['--grace', '0']));
@@ -242,6 +247,7 @@ test.serial(
 );
 
 test.serial('Redis killed and restarted mid-run (AOF): no accepted job is lost', async (t) => {
+  t.timeout(LONG_TEST_MS);
   const redis = await startRedis({ aof: true });
   const api = await apiNode(redis);
   const worker = await startWorker(workerArgs(redis, ['--concurrency', '2']));
@@ -282,6 +288,7 @@ test.serial('Redis killed and restarted mid-run (AOF): no accepted job is lost',
 });
 
 test.serial('200 concurrent submissions on two workers: every job completes once, none duplicated', async (t) => {
+  t.timeout(2 * LONG_TEST_MS);
   const redis = await startRedis();
   const api = await apiNode(redis);
   await Promise.all([startWorker(workerArgs(redis)), startWorker(workerArgs(redis))]);
