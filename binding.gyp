@@ -7,7 +7,10 @@
       "target_name": "divbind_native",
       "sources": [
         "native/core/attention_loss.cc",
+        "native/core/plan.cc",
+        "native/core/gradient_write.cc",
         "native/addon/convert.cc",
+        "native/addon/loss_call.cc",
         "native/addon/addon.cc"
       ],
       "include_dirs": [

@@ -13,8 +13,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { prepareModel } from '../lib/onnx/prepare';
-import { readManifest } from '../lib/onnx/manifest';
+import { readUnetFolder } from '../lib/model/folder';
+import { prepareModel } from '../lib/model/prepare';
+import { locatePrepared } from '../lib/model/prepared';
 
 const ROOT = path.resolve(__dirname, '../..');
 const TINY = path.join(ROOT, 'test/fixtures/models/tiny-sd');
@@ -73,7 +74,8 @@ async function child(req: ChildRequest): Promise<PrepareResultMsg | RunResult> {
       timings: r.manifest.timings,
     };
   }
-  const m = readManifest(path.join(req.dir, 'unet', 'divbind'))!;
+  // The tiny UNet is exported for 256×256 only.
+  const { dir, manifest: m } = locatePrepared(readUnetFolder(req.dir), { height: 256, width: 256, batch: 1 });
   const opts: ort.InferenceSession.SessionOptions = {
     graphOptimizationLevel: 'all',
     intraOpNumThreads: req.threads ?? 2,
@@ -116,7 +118,6 @@ async function child(req: ChildRequest): Promise<PrepareResultMsg | RunResult> {
     }
     return ts;
   };
-  const dir = path.join(req.dir, 'unet', 'divbind');
   const unet = await ort.InferenceSession.create(path.join(dir, m.files.unet), opts);
   const unetMs = await time(unet, feeds);
   await unet.release();

@@ -3,7 +3,9 @@
  *
  * - Loss core: attentionLoss / attentionLossAsync (native C++ addon, CUDA, or the pure-TS twin).
  * - Pipeline: DivBindPipeline.load(modelDir) → generate({ prompt, mode, tokens, seed, … }).
- * - Graph tooling: prepareModel(modelDir) exposes the UNet's cross-attention maps and builds its VJP graph.
+ * - Model lifecycle: prepareModel(modelDir, { height, width }) exposes the UNet's cross-attention maps and builds its
+ *   VJP graph, once per model and image size (lib/model).
+ * - Errors: every failure a caller can act on is a DivbindError with a code (lib/errors.ts).
  */
 export * from './loss/types';
 export { attentionLoss, attentionLossAsync, availableBackends } from './loss/index';
@@ -15,8 +17,13 @@ export type { GuidanceMode, RefinementPreset, RefinementCaps } from './pipeline/
 export { defaultThresholds, refinementCaps, stepSizes } from './pipeline/guidance';
 export type { StepEvent } from './pipeline/sampler';
 export { defaultModelDir } from './pipeline/defaults';
-export { prepareModel } from './onnx/prepare';
-export type { PrepareOptions, PrepareResult } from './onnx/prepare';
+export { DivbindError, isDivbindError } from './errors';
+export type { DivbindErrorCode, DivbindErrorDetails } from './errors';
+export { prepareModel } from './model/prepare';
+export type { PrepareOptions, PrepareProgress, PrepareResult } from './model/prepare';
+export { readModelFolder } from './model/folder';
+export type { ModelFolder } from './model/folder';
+export { cacheDirFor } from './model/cache';
 export { ClipTokenizer } from './tokenizer/clip';
 export { createScheduler, fromConfig } from './schedulers/index';
 export type { Scheduler, SchedulerName } from './schedulers/index';

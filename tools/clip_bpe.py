@@ -9,7 +9,8 @@ The tokenizer follows OpenAI CLIP's `simple_tokenizer` algorithm (written here f
      with the same alternation order; \\p{L} = str.isalpha(), \\p{N} = Unicode category N*);
   3. map each piece's UTF-8 bytes through bytes_to_unicode, append `</w>` to the last symbol, and apply merges
      by lowest rank until none applies;
-  4. ids = [SOT] + pieces + [EOT], truncated to 77 (keeping EOT last), padded with EOT (SD 1.x convention).
+  4. ids = [SOT] + pieces + [EOT], truncated to 77 (keeping EOT last), padded with the pad token: EOT in SD 1.x
+     (and SDXL's first tokenizer), "!" (id 0) in SD 2.x and SDXL's tokenizer_2.
 
 Vocabulary layout (CLIP's): the 256 byte symbols in bytes_to_unicode order, the same 256 with `</w>`, one entry
 per merge (the concatenated pair) in merge order, then `<|startoftext|>`, `<|endoftext|>` last.
@@ -26,6 +27,7 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 
 SOT = '<|startoftext|>'
 EOT = '<|endoftext|>'
+OPENCLIP_PAD = '!'  # SD 2.x / SDXL tokenizer_2 pad token: the first byte symbol, id 0
 MAX_LENGTH = 77
 CONTRACTIONS = ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d")
 
@@ -163,7 +165,7 @@ def build_vocab(merges: Sequence[Tuple[str, str]]) -> Dict[str, int]:
     return vocab
 
 
-def write_tokenizer_files(folder: str, merges: Sequence[Tuple[str, str]]) -> Dict[str, int]:
+def write_tokenizer_files(folder: str, merges: Sequence[Tuple[str, str]], pad_token: str = EOT) -> Dict[str, int]:
     os.makedirs(folder, exist_ok=True)
     vocab = build_vocab(merges)
     with open(os.path.join(folder, 'vocab.json'), 'w', encoding='utf-8') as f:
@@ -172,12 +174,14 @@ def write_tokenizer_files(folder: str, merges: Sequence[Tuple[str, str]]) -> Dic
         f.write('#version: 0.2 - divbind-native tiny CLIP BPE (tools/clip_bpe.py)\n')
         for a, b in merges:
             f.write(f'{a} {b}\n')
-    special = {'bos_token': SOT, 'eos_token': EOT, 'unk_token': EOT, 'pad_token': EOT}
+    if pad_token not in vocab:
+        raise ValueError(f'pad token {pad_token!r} is not in the vocabulary')
+    special = {'bos_token': SOT, 'eos_token': EOT, 'unk_token': EOT, 'pad_token': pad_token}
     with open(os.path.join(folder, 'special_tokens_map.json'), 'w') as f:
         json.dump(special, f, indent=2)
     config = {
         'tokenizer_class': 'CLIPTokenizer', 'model_max_length': MAX_LENGTH, 'do_lower_case': True,
-        'bos_token': SOT, 'eos_token': EOT, 'unk_token': EOT, 'pad_token': EOT,
+        'bos_token': SOT, 'eos_token': EOT, 'unk_token': EOT, 'pad_token': pad_token,
         'errors': 'replace', 'add_prefix_space': False,
     }
     with open(os.path.join(folder, 'tokenizer_config.json'), 'w') as f:
@@ -190,11 +194,13 @@ def write_tokenizer_files(folder: str, merges: Sequence[Tuple[str, str]]) -> Dic
 
 
 class ClipTokenizer:
-    def __init__(self, vocab: Dict[str, int], merges: Sequence[Tuple[str, str]]):
+    def __init__(self, vocab: Dict[str, int], merges: Sequence[Tuple[str, str]], pad_token: str = EOT):
         self.vocab = vocab
         self.ranks = {tuple(m): i for i, m in enumerate(merges)}
         self.sot = vocab[SOT]
         self.eot = vocab[EOT]
+        self.pad_token = pad_token
+        self.pad = vocab[pad_token]
 
     @classmethod
     def from_folder(cls, folder: str) -> 'ClipTokenizer':
@@ -203,7 +209,9 @@ class ClipTokenizer:
         with open(os.path.join(folder, 'merges.txt'), encoding='utf-8') as f:
             lines = f.read().split('\n')
         merges = [tuple(l.split(' ')) for l in lines[1:] if l.strip()]
-        return cls(vocab, merges)
+        with open(os.path.join(folder, 'special_tokens_map.json'), encoding='utf-8') as f:
+            pad = json.load(f).get('pad_token', EOT)
+        return cls(vocab, merges, pad if isinstance(pad, str) else pad['content'])
 
     def bpe(self, piece: str) -> List[str]:
         sym = list(word_symbols(piece))
@@ -241,6 +249,10 @@ class ClipTokenizer:
         return [self.vocab[t] for t in self.tokens(text)]
 
     def __call__(self, text: str, max_length: int = MAX_LENGTH) -> List[int]:
-        """SOT + ids + EOT, truncated to max_length with EOT kept last, padded with EOT."""
+        """SOT + ids + EOT, truncated to max_length with EOT kept last, padded with the pad token."""
         ids = [self.sot] + self.encode(text)[:max_length - 2] + [self.eot]
-        return ids + [self.eot] * (max_length - len(ids))
+        return ids + [self.pad] * (max_length - len(ids))
+
+    def eot_index(self, text: str, max_length: int = MAX_LENGTH) -> int:
+        """Position of the EOT token in self(text) (= 1 + number of kept pieces)."""
+        return 1 + min(len(self.encode(text)), max_length - 2)

@@ -1,12 +1,14 @@
 #!/usr/bin/python3
 """Builds the tiny SD-architecture reference models (fixed seeds) and exports them to ONNX.
 
-    /usr/bin/python3 tools/make_reference_models.py [--out test/fixtures/models]
+    /usr/bin/python3 tools/make_reference_models.py [--family sd1|sd2|sdxl] [--out test/fixtures/models]
 
-Writes `tiny-sd/` (a standard OnnxStableDiffusionPipeline folder: tokenizer, text_encoder, unet, vae_decoder,
-scheduler, model_index.json) and `unet-variants/<name>/` + `unet-variants/variants.json` (the same UNet weights
-exported with other opsets, timestep dtypes/ranks, axes, external-data layouts and the SDPA attention pattern).
-Deterministic: the same code gives the same weights; `build_models()` is imported by the golden generators.
+sd1 (default) writes `tiny-sd/` (a standard OnnxStableDiffusionPipeline folder: tokenizer, text_encoder, unet,
+vae_decoder, scheduler, model_index.json) and `unet-variants/<name>/` + `unet-variants/variants.json` (the same
+UNet weights exported with other opsets, timestep dtypes/ranks, axes, external-data layouts and the SDPA
+attention pattern). sd2 writes `tiny-sd2/` (the same layout, SD 2.x structure), sdxl `tiny-sdxl/` (Optimum's
+SDXL layout). Deterministic: the same code gives the same weights; the models come from model_families.py,
+which the golden generators import too.
 """
 from __future__ import annotations
 
@@ -23,70 +25,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import clip_bpe  # noqa: E402
 import sd_modules as sm  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(os.path.dirname(REPO), 'shared', 'benchmarks')
-SEEDS = {'text_encoder': 1001, 'unet': 1002, 'vae_decoder': 1003}
-LATENT = 32  # 32×32 latent → 256×256 images
-VAE_SCALING = 0.18215
-
-# Words added to the benchmark prompts so common shape/colour/scene words are single tokens.
-EXTRA_WORDS = """
-circle square triangle star hexagon heart diamond cross rectangle oval cube sphere cone
-red orange yellow green blue purple pink brown gray grey black white cyan magenta gold silver
-street snowy library kitchen beach forest park city room table field sky mountain river garden desert night
-sunny rainy road lake sea ocean house window door car tree flower grass snow rain cloud sun moon
-a an the of on in under above below next to with and near behind left right top bottom small big large tiny
-photo painting drawing picture image of sitting standing running flying swimming
-""".split()
-
-# The SD 1.5 scheduler config (runwayml/stable-diffusion-v1-5 scheduler/scheduler_config.json).
-SD15_SCHEDULER = {
-    '_class_name': 'PNDMScheduler',
-    '_diffusers_version': '0.6.0',
-    'beta_end': 0.012,
-    'beta_schedule': 'scaled_linear',
-    'beta_start': 0.00085,
-    'clip_sample': False,
-    'num_train_timesteps': 1000,
-    'set_alpha_to_one': False,
-    'skip_prk_steps': True,
-    'steps_offset': 1,
-    'trained_betas': None,
-}
-
-
-def corpus_words() -> List[str]:
-    words: List[str] = []
-    with open(os.path.join(BENCH, 'ae-prompts.txt')) as f:
-        for line in f:
-            if line.strip():
-                words += line.rstrip('\n').split('\t')[-1].split()
-    with open(os.path.join(BENCH, 'golden-prompts.tsv')) as f:
-        for line in list(f)[1:]:
-            if line.strip():
-                words += line.split('\t')[0].split()
-    return words + EXTRA_WORDS
-
-
-def learn_tokenizer() -> Tuple[Dict[str, int], List[Tuple[str, str]]]:
-    merges = clip_bpe.learn_merges(corpus_words())
-    return clip_bpe.build_vocab(merges), merges
-
-
-def build_models(attention_impl: str = 'classic'):
-    """Returns (tokenizer, text_encoder, unet, vae_decoder), float32, eval mode, fixed weights."""
-    torch.manual_seed(0)
-    vocab, merges = learn_tokenizer()
-    tok = clip_bpe.ClipTokenizer(vocab, merges)
-    te = sm.init_text_encoder_(sm.CLIPTextModel(sm.TextEncoderConfig(vocab_size=len(vocab))),
-                               SEEDS['text_encoder']).eval()
-    unet = sm.init_unet_(sm.UNet2DConditionModel(sm.tiny_unet_config()), SEEDS['unet']).eval()
-    if attention_impl != 'classic':
-        other = sm.UNet2DConditionModel(sm.tiny_unet_config(attention_impl=attention_impl)).eval()
-        other.load_state_dict(unet.state_dict())
-        unet = other
-    vae = sm.init_default_(sm.VaeDecoder(sm.VaeDecoderConfig()), SEEDS['vae_decoder']).eval()
-    return tok, te, unet, vae
+# The SD 1.x definitions live in model_families (one place for every family); re-exported for the other tools.
+from model_families import (BENCH, EXTRA_WORDS, LATENT, REPO, SD15_SCHEDULER, SEEDS, VAE_SCALING,  # noqa: E402,F401
+                            build_models, corpus_words, learn_tokenizer)
+import model_families as mf  # noqa: E402
 
 
 class TextEncoderExport(torch.nn.Module):
@@ -253,12 +195,203 @@ def export_all(out: str) -> None:
                    'crossAttentionLayers': 10, 'heads': 2, 'variants': entries}, f, indent=2)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# SD 2.x and SDXL tiny models (model_families.FAMILIES['sd2'/'sdxl'])
+
+
+class TextEncoderOutputs(torch.nn.Module):
+    """Exports a text encoder with Optimum's outputs: `names` from CLIPTextModel(WithProjection).encode, then
+    (with hidden_states) hidden_states.0 … hidden_states.N (embeddings, then each layer, before the final LN)."""
+
+    def __init__(self, te, names, hidden_states: bool):
+        super().__init__()
+        self.te, self.names, self.hidden_states = te, list(names), hidden_states
+
+    def forward(self, input_ids):
+        out = self.te.encode(input_ids)
+        return tuple(out[n] for n in self.names) + (tuple(out['hidden_states']) if self.hidden_states else ())
+
+    def output_names(self):
+        extra = [f'hidden_states.{i}' for i in range(self.te.cfg.num_layers + 1)] if self.hidden_states else []
+        return self.names + extra
+
+
+def _write_json(path: str, obj: dict) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(obj, f, indent=2)
+        f.write('\n')
+
+
+def _fresh(folder: str) -> None:
+    if os.path.isdir(folder):
+        shutil.rmtree(folder)
+    os.makedirs(folder)
+
+
+def _export_text_encoder(te, ids, path: str, names, hidden_states: bool, batch: str) -> List[str]:
+    wrapper = TextEncoderOutputs(te, names, hidden_states)
+    outputs = wrapper.output_names()
+    axes = {'input_ids': {0: batch}, **{n: {0: batch} for n in outputs}}
+    _export(wrapper, (ids,), path, ['input_ids'], outputs, axes, 17)
+    return outputs
+
+
+def _export_vae(vae, latent: int, path: str, batch: str) -> None:
+    z = torch.randn(1, 4, latent, latent, generator=torch.Generator().manual_seed(7))
+    _export(vae, (z,), path, ['latent_sample'], ['sample'],
+            {'latent_sample': {0: batch, 2: 'height', 3: 'width'}, 'sample': {0: batch, 2: 'height', 3: 'width'}}, 17)
+
+
+def _unet_example(fam, models, batch: int = 1):
+    g = torch.Generator().manual_seed(5)
+    sample = torch.randn(batch, 4, fam.latent, fam.latent, generator=g)
+    cond = mf.cond_cat(*[models.encode(['a red cat and a blue dog'])] * batch)
+    return sample, cond
+
+
+def export_sd2(out: str) -> None:
+    """tiny-sd2/: diffusers' OnnxStableDiffusionPipeline layout (as convert_stable_diffusion_checkpoint_to_onnx.py
+    writes it for an SD 2.x checkpoint): no per-component config.json, so a reader must take the v-prediction
+    from the scheduler config and the "!" padding from the tokenizer files."""
+    fam = mf.FAMILIES['sd2']
+    models = fam.build()
+    root = os.path.join(out, fam.folder)
+    _fresh(root)
+    vocab, merges = learn_tokenizer()
+    clip_bpe.write_tokenizer_files(os.path.join(root, 'tokenizer'), merges, pad_token=clip_bpe.OPENCLIP_PAD)
+    _write_json(os.path.join(root, 'scheduler', 'scheduler_config.json'), fam.scheduler_config)
+    _write_json(os.path.join(root, 'model_index.json'), {
+        '_class_name': 'OnnxStableDiffusionPipeline',
+        '_diffusers_version': '0.8.0',
+        'feature_extractor': [None, None],
+        'requires_safety_checker': False,
+        'safety_checker': [None, None],
+        'scheduler': ['diffusers', fam.scheduler_config['_class_name']],
+        'text_encoder': ['diffusers', 'OnnxRuntimeModel'],
+        'tokenizer': ['transformers', 'CLIPTokenizer'],
+        'unet': ['diffusers', 'OnnxRuntimeModel'],
+        'vae_decoder': ['diffusers', 'OnnxRuntimeModel'],
+        'vae_encoder': [None, None],
+        'divbind': fam.divbind,
+    })
+    ids = models.input_ids(['a red cat and a blue dog'])[0]
+    _export_text_encoder(models.text_encoders[0], ids, os.path.join(root, 'text_encoder', 'model.onnx'),
+                         ['last_hidden_state', 'pooler_output'], False, 'batch')
+    sample, cond = _unet_example(fam, models)
+    _export(models.unet, (sample, torch.tensor([500], dtype=torch.int64), cond['encoder_hidden_states']),
+            os.path.join(root, 'unet', 'model.onnx'), ['sample', 'timestep', 'encoder_hidden_states'], ['out_sample'],
+            {'sample': {0: 'batch'}, 'encoder_hidden_states': {0: 'batch'}, 'out_sample': {0: 'batch'}}, 17)
+    _export_vae(models.vae, fam.latent, os.path.join(root, 'vae_decoder', 'model.onnx'), 'batch')
+    print(f'{fam.folder}: exported')
+
+
+def _unet_config_json(cfg: sm.UNetConfig) -> dict:
+    """unet/config.json with diffusers' keys (attention_head_dim = the per-block head counts, as diffusers
+    reads it); no_self_attention_levels is this project's own key (see model_families)."""
+    down, up = cfg.block_types()
+    return {
+        '_class_name': 'UNet2DConditionModel', '_diffusers_version': '0.19.0.dev0', 'act_fn': 'silu',
+        'addition_embed_type': cfg.addition_embed_type, 'addition_time_embed_dim': cfg.addition_time_embed_dim,
+        'attention_head_dim': list(cfg.per_block(cfg.num_heads)), 'block_out_channels': list(cfg.block_out_channels),
+        'center_input_sample': False, 'cross_attention_dim': cfg.cross_attention_dim,
+        'down_block_types': list(down), 'flip_sin_to_cos': True, 'freq_shift': 0,
+        'in_channels': cfg.in_channels, 'layers_per_block': cfg.layers_per_block,
+        'mid_block_type': 'UNetMidBlock2DCrossAttn', 'norm_eps': cfg.norm_eps, 'norm_num_groups': cfg.norm_num_groups,
+        'out_channels': cfg.out_channels,
+        'projection_class_embeddings_input_dim': cfg.projection_class_embeddings_input_dim,
+        'sample_size': cfg.sample_size,
+        'transformer_layers_per_block': list(cfg.per_block(cfg.transformer_layers_per_block)),
+        'up_block_types': list(up), 'upcast_attention': None, 'use_linear_projection': cfg.use_linear_projection,
+        'divbind_no_self_attention_levels': list(cfg.no_self_attention_levels),
+    }
+
+
+def _text_config_json(te, tok: clip_bpe.ClipTokenizer) -> dict:
+    c = te.cfg
+    out = {
+        'architectures': ['CLIPTextModelWithProjection' if c.projection_dim else 'CLIPTextModel'],
+        'model_type': 'clip_text_model', 'hidden_act': c.hidden_act, 'hidden_size': c.hidden_size,
+        'intermediate_size': c.intermediate_size, 'num_attention_heads': c.num_heads,
+        'num_hidden_layers': c.num_layers, 'max_position_embeddings': c.max_position_embeddings,
+        'layer_norm_eps': c.layer_norm_eps, 'vocab_size': c.vocab_size,
+        'bos_token_id': tok.sot, 'eos_token_id': tok.eot, 'pad_token_id': tok.pad,
+    }
+    if c.projection_dim:
+        out['projection_dim'] = c.projection_dim
+    return out
+
+
+def export_sdxl(out: str) -> None:
+    """tiny-sdxl/: Optimum's SDXL layout (`optimum-cli export onnx`): model_index.json as diffusers'
+    StableDiffusionXLPipeline saves it, text_encoder/ + text_encoder_2/ with every hidden state as an output,
+    tokenizer/ + tokenizer_2/, unet/ (sample, timestep, encoder_hidden_states, text_embeds, time_ids), vae_decoder/,
+    scheduler/, and each component's config.json."""
+    fam = mf.FAMILIES['sdxl']
+    models = fam.build()
+    root = os.path.join(out, fam.folder)
+    _fresh(root)
+    vocab, merges = learn_tokenizer()
+    for sub, tok in zip(('tokenizer', 'tokenizer_2'), models.tokenizers):
+        clip_bpe.write_tokenizer_files(os.path.join(root, sub), merges, pad_token=tok.pad_token)
+    _write_json(os.path.join(root, 'scheduler', 'scheduler_config.json'), fam.scheduler_config)
+    _write_json(os.path.join(root, 'model_index.json'), {
+        '_class_name': 'StableDiffusionXLPipeline',
+        '_diffusers_version': '0.19.0.dev0',
+        'add_watermarker': None,
+        'force_zeros_for_empty_prompt': fam.force_zeros_for_empty_prompt,
+        'scheduler': ['diffusers', fam.scheduler_config['_class_name']],
+        'text_encoder': ['transformers', 'CLIPTextModel'],
+        'text_encoder_2': ['transformers', 'CLIPTextModelWithProjection'],
+        'tokenizer': ['transformers', 'CLIPTokenizer'],
+        'tokenizer_2': ['transformers', 'CLIPTokenizer'],
+        'unet': ['diffusers', 'UNet2DConditionModel'],
+        'vae': ['diffusers', 'AutoencoderKL'],
+        'divbind': fam.divbind,
+    })
+    ids = models.input_ids(['a red cat and a blue dog'])
+    for sub, te, tok, i, names in (
+            ('text_encoder', models.text_encoders[0], models.tokenizers[0], ids[0],
+             ['last_hidden_state', 'pooler_output']),
+            ('text_encoder_2', models.text_encoders[1], models.tokenizers[1], ids[1],
+             ['text_embeds', 'last_hidden_state'])):
+        _export_text_encoder(te, i, os.path.join(root, sub, 'model.onnx'), names, True, 'batch_size')
+        _write_json(os.path.join(root, sub, 'config.json'), _text_config_json(te, tok))
+    sample, cond = _unet_example(fam, models)
+    batch = {0: 'batch_size'}
+    # forward(sample, timestep, encoder_hidden_states, text_embeds, time_ids): Optimum's input order, positional.
+    _export(models.unet,
+            (sample, torch.tensor([500], dtype=torch.int64), cond['encoder_hidden_states'], cond['text_embeds'],
+             cond['time_ids']),
+            os.path.join(root, 'unet', 'model.onnx'),
+            ['sample', 'timestep', 'encoder_hidden_states', 'text_embeds', 'time_ids'], ['out_sample'],
+            {'sample': {0: 'batch_size', 2: 'height', 3: 'width'}, 'timestep': {0: 'steps'},
+             'encoder_hidden_states': batch, 'text_embeds': batch, 'time_ids': batch,
+             'out_sample': {0: 'batch_size', 2: 'height', 3: 'width'}}, 17)
+    _write_json(os.path.join(root, 'unet', 'config.json'), _unet_config_json(models.unet.cfg))
+    _export_vae(models.vae, fam.latent, os.path.join(root, 'vae_decoder', 'model.onnx'), 'batch_size')
+    vcfg = models.vae.cfg
+    _write_json(os.path.join(root, 'vae_decoder', 'config.json'), {
+        '_class_name': 'AutoencoderKL', '_diffusers_version': '0.19.0.dev0', 'act_fn': 'silu',
+        'block_out_channels': list(vcfg.block_out_channels), 'force_upcast': True, 'in_channels': 3,
+        'latent_channels': vcfg.latent_channels, 'layers_per_block': vcfg.layers_per_block,
+        'norm_num_groups': vcfg.norm_num_groups, 'out_channels': vcfg.out_channels, 'sample_size': fam.image,
+        'scaling_factor': fam.vae_scaling, 'divbind_mid_attention': vcfg.mid_attention,
+    })
+    print(f'{fam.folder}: exported')
+
+
+EXPORTS = {'sd1': export_all, 'sd2': export_sd2, 'sdxl': export_sdxl}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--out', default=os.path.join(REPO, 'test', 'fixtures', 'models'))
+    ap.add_argument('--family', default='sd1', choices=sorted(EXPORTS),
+                    help='sd1: tiny-sd + unet-variants; sd2: tiny-sd2; sdxl: tiny-sdxl')
     args = ap.parse_args()
     torch.set_num_threads(2)
-    export_all(args.out)
+    EXPORTS[args.family](args.out)
 
 
 if __name__ == '__main__':

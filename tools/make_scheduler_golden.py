@@ -1,6 +1,10 @@
 """Writes test/fixtures/schedulers/: PNDM (PLMS), DDIM and Euler trajectories from schedulers_reference.py.
 
-    /usr/bin/python3 tools/make_scheduler_golden.py
+    /usr/bin/python3 tools/make_scheduler_golden.py                      # SD 1.5 config (epsilon)
+    /usr/bin/python3 tools/make_scheduler_golden.py --config sd21        # → test/fixtures/golden-sd2/schedulers/
+
+--config sd21 runs PNDM, DDIM and Euler (leading) with SD 2.1's (768-v) scheduler config, i.e. v-prediction, and
+checks them against an (x0, eps) oracle instead of the SD 1.5 facts below.
 
 For every scheduler and N in {10, 50} inference steps: set_timesteps(N); a fixed random initial sample
 (1, 4, 8, 8) scaled by init_noise_sigma; at each step i a fixed random model output eps_i; the sample handed
@@ -56,8 +60,8 @@ def inputs(name: str, n: int, steps: int):
     return noise, eps, delta
 
 
-def run(name: str, n: int, sample_in_override=None):
-    sched = sr.SCHEDULERS[name]()
+def run(name: str, n: int, sample_in_override=None, **config):
+    sched = sr.SCHEDULERS[name](**config)
     timesteps = sched.set_timesteps(n)
     noise, eps, delta = inputs(name, n, len(timesteps))
     out = dict(timesteps=timesteps, model_output=eps, sample_in=[], prev_sample=[], pred_original_sample=[],
@@ -148,18 +152,85 @@ def check_ddim_vs_pndm_and_euler(runs):
         print(f'ddim == euler (leading) in Euler variables for {n} steps except the last: max diff {worst:.1e}')
 
 
-def main():
-    torch.set_num_threads(2)
-    runs = {}
-    for name in ('pndm', 'ddim', 'euler', 'euler_linspace'):
-        for n in (10, 50):
-            runs[(name, n)] = run(name, n)
-    check_pndm(runs)
-    check_ddim_vs_pndm_and_euler(runs)
-    # Euler with 'linspace' spacing has fractional timesteps: sigma comes from the interpolation.
-    _, lin = runs[('euler_linspace', 50)]
-    assert np.any(lin['timesteps'] != np.round(lin['timesteps']))
+def check_v_prediction(runs) -> None:
+    """v-prediction against an oracle: for x_t = sqrt(a) x0 + sqrt(1 - a) eps and v = sqrt(a) eps - sqrt(1 - a) x0,
+    DDIM and Euler recover x0 exactly and step to sqrt(a') x0 + sqrt(1 - a') eps (DDIM; Euler in its scaled
+    variables); PNDM's first step equals DDIM's; PNDM's i = 1 redo converts (v0 + v1)/2 at (t + ratio, stored
+    sample); its AB2 step converts the combined v at (t, sample)."""
+    acp = sr.schedule_float32()[1].astype(np.float64)
+    rng = np.random.default_rng(7)
+    x0, eps = rng.standard_normal(SHAPE), rng.standard_normal(SHAPE)
+    for n in (10, 50):  # the oracle checks cost nothing, so both step counts
+        ddim = sr.Ddim(prediction_type='v_prediction')
+        euler = sr.Euler('leading', prediction_type='v_prediction')
+        pndm = sr.Pndm(prediction_type='v_prediction')
+        for s_ in (ddim, euler, pndm):
+            s_.set_timesteps(n)
+        for i, t in enumerate(ddim.timesteps):
+            t, t_prev = int(t), int(t) - 1000 // n
+            a = acp[t]
+            a_prev = acp[t_prev] if t_prev >= 0 else acp[0]
+            xt = math.sqrt(a) * x0 + math.sqrt(1 - a) * eps
+            v = math.sqrt(a) * eps - math.sqrt(1 - a) * x0
+            d = ddim.step(v, t, xt)
+            assert np.allclose(d['pred_original_sample'], x0, rtol=0, atol=1e-12), (n, t)
+            assert np.allclose(d['prev_sample'], math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps, rtol=0,
+                               atol=1e-12), (n, t)
+            e = euler.step(v, float(euler.timesteps[i]), xt / math.sqrt(a))  # Euler's x = x_t / sqrt(a)
+            # Euler's sigma is float32, so x0 is recovered to float32 precision only.
+            assert np.allclose(e['pred_original_sample'], x0, rtol=0, atol=1e-5), (n, t)
+        pndm.set_timesteps(n)
+        ratio = 1000 // n
+        t0 = int(pndm.timesteps[0])
+        a0 = acp[t0]
+        xt = math.sqrt(a0) * x0 + math.sqrt(1 - a0) * eps
+        v0 = math.sqrt(a0) * eps - math.sqrt(1 - a0) * x0
+        first = pndm.step(v0, t0, xt)['prev_sample']
+        dd = sr.Ddim(prediction_type='v_prediction')
+        dd.set_timesteps(n)
+        assert np.allclose(first, dd.step(v0, t0, xt)['prev_sample'], rtol=1e-12, atol=1e-12)
+        v1 = rng.standard_normal(SHAPE)
+        second = pndm.step(v1, int(pndm.timesteps[1]), first + 0.5)['prev_sample']  # the sample passed is ignored
+        mid = (v0 + v1) / 2
+        redo = pndm.prev_sample(xt, t0, t0 - ratio, mid)  # converts mid at (t0, xt) inside
+        assert np.array_equal(second, redo)
+        ref = math.sqrt(a0) * mid + math.sqrt(1 - a0) * xt
+        eps_pndm = sr.Pndm()  # epsilon PNDM: the same transfer with the converted model output
+        assert np.allclose(second, eps_pndm.prev_sample(xt, t0, t0 - ratio, ref), rtol=1e-13, atol=1e-13)
+    print('v-prediction: DDIM/Euler recover x0 and step exactly; PNDM first step = DDIM; i = 1 redo: OK')
 
+
+SD21 = dict(prediction_type='v_prediction')  # SD 2.1 768-v: SD 1.5's betas/offset/spacing, v-prediction
+OUT_SD21 = os.path.join(ROOT, 'test', 'fixtures', 'golden-sd2', 'schedulers')
+
+
+def main():
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--config', default='sd15', choices=('sd15', 'sd21'))
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    v_pred = args.config == 'sd21'
+    config = SD21 if v_pred else {}
+    out_dir = OUT_SD21 if v_pred else OUT
+    names = ('pndm', 'ddim', 'euler') if v_pred else ('pndm', 'ddim', 'euler', 'euler_linspace')
+    runs = {}
+    for name in names:
+        # v-prediction: 10 steps are enough for its conversions (the 50-step quirks are the epsilon golden's).
+        for n in ((10,) if v_pred else (10, 50)):
+            runs[(name, n)] = run(name, n, **config)
+    if v_pred:
+        check_v_prediction(runs)
+    else:
+        check_pndm(runs)
+        check_ddim_vs_pndm_and_euler(runs)
+        # Euler with 'linspace' spacing has fractional timesteps: sigma comes from the interpolation.
+        _, lin = runs[('euler_linspace', 50)]
+        assert np.any(lin['timesteps'] != np.round(lin['timesteps']))
+    write(runs, out_dir, 'v_prediction' if v_pred else 'epsilon')
+
+
+def write(runs, OUT, prediction_type: str) -> None:
     if os.path.isdir(OUT):
         shutil.rmtree(OUT)
     os.makedirs(OUT)
@@ -169,7 +240,7 @@ def main():
     index = dict(version=1, generator='tools/make_scheduler_golden.py',
                  config=dict(numTrainTimesteps=sr.NUM_TRAIN, betaStart=sr.BETA_START, betaEnd=sr.BETA_END,
                              betaSchedule='scaled_linear', stepsOffset=sr.STEPS_OFFSET, setAlphaToOne=False,
-                             skipPrkSteps=True, clipSample=False, predictionType='epsilon', eta=0),
+                             skipPrkSteps=True, clipSample=False, predictionType=prediction_type, eta=0),
                  betas='betas.npy', alphasCumprod='alphas_cumprod.npy', runs=[])
     for (name, n), (sched, r) in runs.items():
         folder = f'{name}_{n}'

@@ -1,7 +1,7 @@
 """Independent reference implementations of three diffusers schedulers with the SD 1.5 configuration.
 
 Written from diffusers' documented semantics and docs/divide-and-bind.md §3 (diffusers itself is not
-installed). Only the epsilon-prediction paths that SD 1.5 uses:
+installed). The paths SD 1.5 (epsilon), SD 2.1 768-v (v-prediction) and SDXL (Euler, epsilon) use:
 
   PNDM   PLMS only (skip_prk_steps=True): the 51-timestep quirk for 50 steps, the i = 1 step that re-does the
          first transition from the stored sample with (e0 + e1) / 2, AB2/AB3/AB4 multistep combinations and the
@@ -14,6 +14,14 @@ installed). Only the epsilon-prediction paths that SD 1.5 uses:
 Common config: 1000 training steps, scaled_linear betas = linspace(sqrt(0.00085), sqrt(0.012), 1000)^2,
 steps_offset 1, 'leading' spacing. Like diffusers, betas / alphas_cumprod / sigmas are float32 (torch
 float32 linspace and cumprod); every step is evaluated in float64 from those float32 schedule values.
+
+prediction_type 'v_prediction' (v = sqrt(a) eps - sqrt(1 - a) x0, a = alphas_cumprod[t]) converts the model
+output where diffusers does:
+  DDIM   x0 = sqrt(a) x - sqrt(1 - a) v,  eps = sqrt(a) v + sqrt(1 - a) x;
+  PNDM   in formula (9), after the multistep combination: eps = sqrt(a_t) v_combined + sqrt(1 - a_t) x, with
+         the (t, x) of that transfer (at the i = 1 redo: t + ratio and the stored sample), so the history
+         holds raw v's;
+  Euler  x0 = v (-sigma / sqrt(sigma^2 + 1)) + x / (sigma^2 + 1).
 """
 from __future__ import annotations
 
@@ -60,14 +68,15 @@ def _like(x, sample):
 class _Base:
     """Config handling shared by the three schedulers (diffusers' scheduler_config.json keys)."""
 
+    # sample_max_value only matters with thresholding (not supported), so any value is accepted.
     SUPPORTED = dict(num_train_timesteps=None, beta_start=None, beta_end=None, beta_schedule=None,
                      steps_offset=None, set_alpha_to_one=None, trained_betas=(None,), clip_sample=(False,),
-                     prediction_type=('epsilon',), skip_prk_steps=None, timestep_spacing=None,
-                     interpolation_type=('linear',), use_karras_sigmas=(False,))
+                     skip_prk_steps=None, timestep_spacing=None, interpolation_type=('linear',),
+                     use_karras_sigmas=(False,), sample_max_value=None, thresholding=(False,))
 
     def __init__(self, num_train_timesteps=NUM_TRAIN, beta_start=BETA_START, beta_end=BETA_END,
                  beta_schedule='scaled_linear', steps_offset=STEPS_OFFSET, set_alpha_to_one=False,
-                 timestep_spacing='leading', **extra):
+                 timestep_spacing='leading', prediction_type='epsilon', **extra):
         for key, value in extra.items():
             if key.startswith('_'):
                 continue  # _class_name, _diffusers_version
@@ -78,6 +87,9 @@ class _Base:
                 raise ValueError(f'{key}={value!r} is not supported by this reference (only {allowed})')
         if timestep_spacing not in ('leading', 'linspace'):
             raise ValueError(f"timestep_spacing {timestep_spacing!r} is not supported (use 'leading' or 'linspace')")
+        if prediction_type not in ('epsilon', 'v_prediction'):
+            raise ValueError(f"prediction_type {prediction_type!r} is not supported (use 'epsilon' or 'v_prediction')")
+        self.prediction_type = prediction_type
         self.num_train_timesteps = int(num_train_timesteps)
         self.steps_offset = int(steps_offset)
         self.timestep_spacing = timestep_spacing
@@ -126,8 +138,11 @@ class PNDMScheduler(_Base):
         return float(self.alphas_cumprod[t]) if t >= 0 else self.final_alpha_cumprod
 
     def prev_sample(self, sample, t: int, t_prev: int, eps):
-        """PNDM formula (9): x_prev = sqrt(a'/a) x - (a' - a) eps / (a sqrt(1 - a') + sqrt(a (1 - a) a'))."""
+        """PNDM formula (9): x_prev = sqrt(a'/a) x - (a' - a) eps / (a sqrt(1 - a') + sqrt(a (1 - a) a')).
+        With v-prediction `eps` is a (combined) v and is converted here, at (t, sample)."""
         a, a_prev = self._alpha(t), self._alpha(t_prev)
+        if self.prediction_type == 'v_prediction':
+            eps = math.sqrt(a) * eps + math.sqrt(1.0 - a) * sample
         denom = a * math.sqrt(1.0 - a_prev) + math.sqrt(a * (1.0 - a) * a_prev)
         return math.sqrt(a_prev / a) * sample - (a_prev - a) * eps / denom
 
@@ -159,7 +174,7 @@ class PNDMScheduler(_Base):
 
 
 class DDIMScheduler(_Base):
-    """DDIMScheduler, eta = 0, clip_sample False."""
+    """DDIMScheduler, eta = 0, clip_sample False, epsilon or v-prediction."""
 
     def __init__(self, **config) -> None:
         super().__init__(**config)
@@ -182,13 +197,17 @@ class DDIMScheduler(_Base):
         t_prev = t - self.num_train_timesteps // self.num_inference_steps
         a = float(self.alphas_cumprod[t])
         a_prev = float(self.alphas_cumprod[t_prev]) if t_prev >= 0 else self.final_alpha_cumprod
-        x0 = (sample - math.sqrt(1.0 - a) * eps) / math.sqrt(a)  # DDIM eq. 12, "predicted x0"
+        if self.prediction_type == 'v_prediction':
+            x0 = math.sqrt(a) * sample - math.sqrt(1.0 - a) * eps
+            eps = math.sqrt(a) * eps + math.sqrt(1.0 - a) * sample
+        else:
+            x0 = (sample - math.sqrt(1.0 - a) * eps) / math.sqrt(a)  # DDIM eq. 12, "predicted x0"
         prev = math.sqrt(a_prev) * x0 + math.sqrt(1.0 - a_prev) * eps  # eta = 0: no noise term
         return StepOutput(prev_sample=prev, pred_original_sample=x0)
 
 
 class EulerDiscreteScheduler(_Base):
-    """EulerDiscreteScheduler (epsilon, linear interpolation, no Karras sigmas, s_churn = 0)."""
+    """EulerDiscreteScheduler (epsilon or v-prediction, linear interpolation, no Karras sigmas, s_churn = 0)."""
 
     def __init__(self, **config) -> None:
         super().__init__(**config)
@@ -227,19 +246,33 @@ class EulerDiscreteScheduler(_Base):
         eps = _like(model_output, sample)
         i = self._index(timestep)
         sigma, sigma_next = float(self.sigmas[i]), float(self.sigmas[i + 1])
-        x0 = sample - sigma * eps
+        if self.prediction_type == 'v_prediction':
+            x0 = eps * (-sigma / math.sqrt(sigma ** 2 + 1)) + sample / (sigma ** 2 + 1)
+        else:
+            x0 = sample - sigma * eps
         derivative = (sample - x0) / sigma
         return StepOutput(prev_sample=sample + derivative * (sigma_next - sigma), pred_original_sample=x0)
 
 
-# Short names used by tools/make_scheduler_golden.py (SD 1.5 configuration).
+CLASSES = {'PNDMScheduler': PNDMScheduler, 'DDIMScheduler': DDIMScheduler,
+           'EulerDiscreteScheduler': EulerDiscreteScheduler}
+
+
+def from_config(config: dict, class_name: str = None):
+    """The scheduler a scheduler_config.json describes (its _class_name, or class_name with the same settings,
+    as diffusers' `OtherScheduler.from_config(config)`)."""
+    cls = CLASSES[class_name or config['_class_name']]
+    return cls(**{k: v for k, v in config.items() if k != '_class_name'})
+
+
+# Short names used by tools/make_scheduler_golden.py (SD 1.5 configuration unless prediction_type is given).
 Pndm = PNDMScheduler
 Ddim = DDIMScheduler
 
 
-def Euler(spacing: str = 'leading') -> EulerDiscreteScheduler:
-    return EulerDiscreteScheduler(timestep_spacing=spacing)
+def Euler(spacing: str = 'leading', **config) -> EulerDiscreteScheduler:
+    return EulerDiscreteScheduler(timestep_spacing=spacing, **config)
 
 
-SCHEDULERS = dict(pndm=lambda: Pndm(), ddim=lambda: Ddim(), euler=lambda: Euler('leading'),
-                  euler_linspace=lambda: Euler('linspace'))
+SCHEDULERS = dict(pndm=lambda **c: Pndm(**c), ddim=lambda **c: Ddim(**c), euler=lambda **c: Euler('leading', **c),
+                  euler_linspace=lambda **c: Euler('linspace', **c))

@@ -1,6 +1,10 @@
 /**
- * Scoring one generated image against what its prompt asked for: best one-to-one matching of the requested
- * objects to the detections (at most 3! = 6 assignments per image, so exhaustive search is exact and cheap).
+ * Scoring one generated image against what its prompt requested: maximum one-to-one matchings between the
+ * requested object instances and the detections (Kuhn's augmenting paths: exact for any number of detections).
+ *
+ * Success: every requested instance is matched to its own detection of the same shape and, where the prompt names
+ * one, the same colour. "two circles and a square" needs two circles and a square; extra detected objects do not
+ * fail an image (so counts are minimums: three circles satisfy "two circles").
  */
 import type { Detection, ShapeName } from './detector';
 
@@ -11,75 +15,54 @@ export interface RequestedObject {
 }
 
 export interface ImageScore {
-  /** Requested objects matched by a detection of the same shape (colour ignored). */
+  /** The benchmark's verdict: every requested object present (counts honoured) with its named colour. */
+  success: boolean;
+  /** Requested instances in the best full matching (shape, and colour where named). */
+  matched: number;
+  /** Requested instances matched by shape alone (colours ignored). */
   shapesFound: number;
-  /** Requested coloured objects matched by a detection of the same shape AND colour. */
-  boundFound: number;
+  /** Every requested shape present, counts honoured, colours ignored. */
+  allPresent: boolean;
   requested: number;
   requestedColoured: number;
   detected: number;
-  /** Every requested shape is there. */
-  allPresent: boolean;
-  /** Every requested object is there with its requested colour (only colours the prompt names count). */
-  allBound: boolean;
-  /** Exactly as many objects as requested. */
-  countCorrect: boolean;
+  /** Exactly as many objects detected as requested (informational; not part of success). */
+  countExact: boolean;
 }
 
-function permutations(n: number, k: number): number[][] {
-  // All injective maps from k requested objects into n detections (−1 = unmatched), as index arrays.
-  const out: number[][] = [];
-  const cur: number[] = [];
-  const used = new Array<boolean>(n).fill(false);
-  const rec = (i: number) => {
-    if (i === k) {
-      out.push([...cur]);
-      return;
+/** Size of a maximum matching between left items 0..nLeft−1 and right items 0..nRight−1 where ok(i, j). */
+export function maximumMatching(nLeft: number, nRight: number, ok: (i: number, j: number) => boolean): number {
+  const owner = new Int32Array(nRight).fill(-1);
+  const augment = (i: number, visited: Uint8Array): boolean => {
+    for (let j = 0; j < nRight; j++) {
+      if (visited[j] || !ok(i, j)) continue;
+      visited[j] = 1;
+      if (owner[j] < 0 || augment(owner[j], visited)) {
+        owner[j] = i;
+        return true;
+      }
     }
-    cur.push(-1);
-    rec(i + 1);
-    cur.pop();
-    for (let j = 0; j < n; j++) {
-      if (used[j]) continue;
-      used[j] = true;
-      cur.push(j);
-      rec(i + 1);
-      cur.pop();
-      used[j] = false;
-    }
+    return false;
   };
-  rec(0);
-  return out;
+  let size = 0;
+  for (let i = 0; i < nLeft; i++) if (augment(i, new Uint8Array(nRight))) size++;
+  return size;
 }
 
-function bestMatch(req: RequestedObject[], det: Detection[], ok: (r: RequestedObject, d: Detection) => boolean): number {
-  if (req.length > 6) throw new RangeError(`at most 6 requested objects are supported, got ${req.length}`);
-  // Cap the detections considered: the largest ones (det is sorted by area) — 8 is far more than a 64² scene holds.
-  const d = det.slice(0, 8);
-  let best = 0;
-  for (const perm of permutations(d.length, req.length)) {
-    let n = 0;
-    perm.forEach((j, i) => {
-      if (j >= 0 && ok(req[i], d[j])) n++;
-    });
-    best = Math.max(best, n);
-  }
-  return best;
-}
-
-export function scoreImage(requested: RequestedObject[], detections: Detection[]): ImageScore {
+export function scoreImage(requested: readonly RequestedObject[], detections: readonly Detection[]): ImageScore {
   if (!Array.isArray(requested) || requested.length === 0) throw new TypeError('Expected a non-empty array of requested objects');
-  const shapesFound = bestMatch(requested, detections, (r, d) => r.shape === d.shape);
-  const coloured = requested.filter((r) => r.colour !== null);
-  const boundFound = coloured.length ? bestMatch(coloured, detections, (r, d) => r.shape === d.shape && r.colour === d.colour) : 0;
+  const match = (ok: (r: RequestedObject, d: Detection) => boolean) =>
+    maximumMatching(requested.length, detections.length, (i, j) => ok(requested[i], detections[j]));
+  const matched = match((r, d) => r.shape === d.shape && (r.colour === null || r.colour === d.colour));
+  const shapesFound = match((r, d) => r.shape === d.shape);
   return {
+    success: matched === requested.length,
+    matched,
     shapesFound,
-    boundFound,
-    requested: requested.length,
-    requestedColoured: coloured.length,
-    detected: detections.length,
     allPresent: shapesFound === requested.length,
-    allBound: coloured.length > 0 ? boundFound === coloured.length : shapesFound === requested.length,
-    countCorrect: detections.length === requested.length,
+    requested: requested.length,
+    requestedColoured: requested.filter((r) => r.colour !== null).length,
+    detected: detections.length,
+    countExact: detections.length === requested.length,
   };
 }

@@ -3,10 +3,15 @@
  * TypeScript twin js-backend.ts) → LossResult. Spec: docs/divide-and-bind.md §1, §2, §9.
  *
  *   attentionLoss(layers, options, call?)        [sync]
- *   attentionLossAsync(layers, options, call?)   [async] native: the addon's AsyncWorker (libuv pool,
- *                                                 UV_THREADPOOL_SIZE threads shared with fs/dns/zlib);
+ *   attentionLossAsync(layers, options, call?)   [async] native: reads the layers before returning, computes on
+ *                                                 the libuv pool (UV_THREADPOOL_SIZE threads shared with
+ *                                                 fs/dns/zlib), writes the outputs back on the JS thread in
+ *                                                 ~4 MB slices (native/addon/loss_call.h says why);
  *                                                 js: the same computation sliced between event-loop turns
  *   availableBackends()
+ *
+ * Both async paths touch the caller's buffers only on the JS thread and check them between slices: a buffer
+ * transferred, detached or resized while a call runs rejects it with a TypeError naming the buffer.
  *
  * Why the js async path does not use a worker thread: the loss reads the layers only through two small
  * (r0², T) aggregates, so the only large work is O(data) memory passes (aggregation reads, gradient
@@ -14,10 +19,14 @@
  * clone = a synchronous memcpy of every layer on this thread, plus the gradients back), which costs more
  * main-thread time than the passes themselves. Slicing the passes (one layer / ≈ 1 M floats per turn)
  * keeps each event-loop block short; bench/loss.bench.ts measures the longest block.
+ *
+ * gradOutReuse (LossCallOptions): grad-reuse.ts remembers what each kept gradOut buffer holds and tells the
+ * backend, which then writes only where this or the previous gradient can be non-zero.
  */
 import { loadNativeBinding, tryLoadNativeBinding } from './binding';
+import { acquireGradOut, type GradOutLease } from './grad-reuse';
 import { jsAttentionLoss, jsAttentionLossAsync, makePlan } from './js-backend';
-import type { NativeBinding, NativeLayer, NativeLossResult, NormalizedLossOptions } from './native-types';
+import type { NativeBinding, NativeLayer, NativeLossFn, NativeLossResult, NormalizedLossOptions } from './native-types';
 import type { AttentionLayer, LossBackend, LossCallOptions, LossOptions, LossResult } from './types';
 import {
   normalizeCallOptions, normalizeOptionsFor, throwFirstNonFinite, validateLayers,
@@ -27,8 +36,7 @@ import {
 export type { AttentionLayer, LossBackend, LossCallOptions, LossOptions, LossResult } from './types';
 export { normalizeLossOptions } from './validate';
 
-type RawFn = (layers: NativeLayer[], o: NormalizedLossOptions, grads: Float32Array[] | null,
-  objectMaps: Float32Array | null, attributeMaps: Float32Array | null) => NativeLossResult;
+type RawFn = NativeLossFn;
 type RawAsyncFn = (...args: Parameters<RawFn>) => Promise<NativeLossResult>;
 
 interface Backend {
@@ -128,6 +136,8 @@ interface Prepared {
   grads: Float32Array[] | null;
   objectMaps: Float32Array | null;
   attributeMaps: Float32Array | null;
+  /** The caller's gradOut while the call runs (gradOutReuse bookkeeping), or null. */
+  lease: GradOutLease | null;
 }
 
 /**
@@ -150,7 +160,14 @@ function prepare(layers: unknown, options: unknown, call: unknown): Prepared {
     objectMaps = new Float32Array(normalized.tokenIndices.length * plan.n);
     if (plan.useAttributes) attributeMaps = new Float32Array(normalized.tokenIndices.length * plan.n);
   }
-  return { layers: plain, options: normalized, call: callOptions, backend, grads, objectMaps, attributeMaps };
+  // Last: nothing may throw after the buffers are marked as in use.
+  const lease = callOptions.gradOut ? acquireGradOut(callOptions.gradOut, plain, normalized.attentionResolution, callOptions.gradOutReuse) : null;
+  return { layers: plain, options: normalized, call: callOptions, backend, grads, objectMaps, attributeMaps, lease };
+}
+
+/** The backend's arguments for a prepared call. */
+function rawArgs(p: Prepared): Parameters<RawFn> {
+  return [p.layers, p.options, p.grads, p.objectMaps, p.attributeMaps, p.lease?.priors ?? null];
 }
 
 function toResult(p: Prepared, raw: NativeLossResult): LossResult {
@@ -178,7 +195,8 @@ function toResult(p: Prepared, raw: NativeLossResult): LossResult {
 
 /**
  * A native RangeError about a layer may be its non-finite-data check (it scans what it reads while
- * aggregating, at no extra cost): rerun the TS scan so every backend reports the same message.
+ * aggregating, at no extra cost): rerun the TS scan so every backend reports the same message. The backends
+ * call the gradient buffers `grads`; the caller knows its own as `gradOut`.
  */
 function canonicalError(p: Prepared, error: unknown): unknown {
   if (p.backend.name !== 'js' && error instanceof RangeError && error.message.startsWith('layers[')) {
@@ -187,6 +205,9 @@ function canonicalError(p: Prepared, error: unknown): unknown {
     } catch (canonical) {
       return canonical;
     }
+  }
+  if (p.call.gradOut && error instanceof TypeError && error.message.startsWith('grads[')) {
+    return new TypeError(`gradOut${error.message.slice('grads'.length)}`);
   }
   return error;
 }
@@ -198,11 +219,15 @@ function canonicalError(p: Prepared, error: unknown): unknown {
  */
 export function attentionLoss(layers: AttentionLayer[], options: LossOptions, call?: LossCallOptions): LossResult {
   const p = prepare(layers, options, call);
+  let raw: NativeLossResult;
   try {
-    return toResult(p, p.backend.run(p.layers, p.options, p.grads, p.objectMaps, p.attributeMaps));
+    raw = p.backend.run(...rawArgs(p));
   } catch (error) {
+    p.lease?.settle(null);
     throw canonicalError(p, error);
   }
+  p.lease?.settle(raw.gradStates ?? null);
+  return toResult(p, raw);
 }
 
 /** Re-creates a native error at the caller's stack, keeping class and message (sharp's nativeError). */
@@ -216,16 +241,21 @@ function relocate(error: unknown, site: Error): unknown {
 
 /**
  * [async] Same result as attentionLoss without blocking the event loop. Argument errors reject the
- * promise (they are not thrown). Do not mutate the layers or gradOut buffers until it settles.
+ * promise (they are not thrown). Do not mutate the layers or gradOut buffers until it settles; transferring,
+ * detaching or resizing them meanwhile rejects it with a TypeError naming the buffer (never a crash).
  */
 export async function attentionLossAsync(layers: AttentionLayer[], options: LossOptions, call?: LossCallOptions): Promise<LossResult> {
   const site = new Error('attentionLossAsync');
   const p = prepare(layers, options, call);
+  let raw: NativeLossResult;
   try {
-    return toResult(p, await p.backend.runAsync(p.layers, p.options, p.grads, p.objectMaps, p.attributeMaps));
+    raw = await p.backend.runAsync(...rawArgs(p));
   } catch (error) {
+    p.lease?.settle(null);
     throw relocate(canonicalError(p, error), site);
   }
+  p.lease?.settle(raw.gradStates ?? null);
+  return toResult(p, raw);
 }
 
 /** Which backend a call with these call options would use (for logs and `divbind-native info`). */

@@ -15,8 +15,8 @@
  * Gradient conventions (PyTorch's): full-tensor max splits the gradient evenly among tied maxima, the
  * aggregate max over tokens gives it all to the FIRST maximal token, relu'(0) = 0, |x|'(0) = 0.
  */
-import type { NativeLossResult, NativeTokenResult, NormalizedLossOptions } from './native-types';
-import { makePlan, nearestSource, type Layer, type LossPlan } from './plan';
+import { GRAD_STATE, type GradStateValue, type NativeLossResult, type NativeTokenResult, type NormalizedLossOptions } from './native-types';
+import { makePlan, nearestSource, sampledPixels, type Layer, type LossPlan } from './plan';
 import { throwFirstNonFinite } from './validate';
 
 export { makePlan, type Layer, type LossPlan } from './plan';
@@ -82,23 +82,23 @@ const POOL64 = new BufferPool<Float64Array>((n) => new Float64Array(n));
 const POOL32 = new BufferPool<Float32Array>((n) => new Float32Array(n));
 
 /**
- * Backward of the aggregation. dĀ_obj, dĀ_attr are (n, T). Returns the float32 gradient pattern
- * (r², T) shared by every head of every layer at resolution r (a resolution missing from the map gets
- * zeros). Give the patterns back with releasePatterns once written.
+ * Backward of the aggregation. dĀ_obj, dĀ_attr are (n, T) (null: that source gets no gradient). Returns the
+ * float32 gradient pattern (r², T) shared by every head of every layer at resolution r, for the resolutions
+ * that receive a gradient (the others get zeros). Give the patterns back with releasePatterns once written.
  * forward: Ā_obj = (1/N_obj) Σ_{l at r0, h} P_l[h];  Ā_attr[o] = (1/N_attr) Σ_{l in attr, h} P_l[h, src(o)].
  */
 export function aggregateBackwardPatterns(plan: LossPlan, layers: Layer[], attributeResolutions: number[],
-  dObject: Float64Array, dAttribute: Float64Array | null): Map<number, Float32Array> {
+  dObject: Float64Array | null, dAttribute: Float64Array | null): Map<number, Float32Array> {
   const { r0, T } = plan;
   const patterns = new Map<number, Float32Array>();
   const resolutions = new Set<number>();
-  for (const l of plan.objectLayers) resolutions.add(layers[l].resolution);
-  for (const l of plan.attributeLayers) resolutions.add(layers[l].resolution);
+  if (dObject) for (const l of plan.objectLayers) resolutions.add(layers[l].resolution);
+  if (dAttribute) for (const l of plan.attributeLayers) resolutions.add(layers[l].resolution);
   for (const r of resolutions) {
     const acc = POOL64.take(r * r * T);
     // 2) attribute layers: each output pixel o sends dĀ_attr[o] / N_attr back to its source pixel src(o)
     //    (several o share a source when r < r0, hence the float64 accumulator).
-    if (dAttribute && plan.useAttributes && attributeResolutions.includes(r)) {
+    if (dAttribute && attributeResolutions.includes(r)) {
       const s = 1 / plan.attributeMaps;
       for (let oy = 0; oy < r0; oy++) {
         const sy = nearestSource(oy, r, r0);
@@ -111,7 +111,7 @@ export function aggregateBackwardPatterns(plan: LossPlan, layers: Layer[], attri
       }
     }
     // 1) object layers: every head receives dĀ_obj / N_obj.
-    if (r === r0) {
+    if (dObject && r === r0) {
       const s = 1 / plan.objectMaps;
       for (let i = 0; i < acc.length; i++) acc[i] += dObject[i] * s;
     }
@@ -127,13 +127,44 @@ export function releasePatterns(patterns: Map<number, Float32Array>): void {
   for (const p of patterns.values()) POOL32.give(p);
 }
 
-/** Writes one layer's gradient (heads copies of its resolution's pattern, or zeros). */
-export function writeLayerGrad(grad: Float32Array, layer: Layer, pattern: Float32Array | undefined, headStart = 0, headEnd = layer.heads): void {
-  if (!pattern) {
-    grad.fill(0, headStart * (grad.length / layer.heads), headEnd * (grad.length / layer.heads));
+/**
+ * Writes heads [headStart, headEnd) of one layer's gradient: with prior 'unknown', every float (the pattern, or
+ * zeros); otherwise the buffer holds zeros outside the sampled pixel rows (`pixels`, for this r0), so only those
+ * rows are written: the pattern's, or zeros when the layer gets no gradient now but may hold the last call's.
+ * Same contract as native/core/gradient_write.h.
+ */
+export function writeLayerGrad(grad: Float32Array, layer: Layer, pattern: Float32Array | undefined, prior: GradStateValue,
+  pixels: () => number[], headStart = 0, headEnd = layer.heads): void {
+  const perHead = grad.length / layer.heads;
+  if (prior === GRAD_STATE.unknown) {
+    if (!pattern) grad.fill(0, headStart * perHead, headEnd * perHead);
+    else for (let h = headStart; h < headEnd; h++) grad.set(pattern, h * perHead);
     return;
   }
-  for (let h = headStart; h < headEnd; h++) grad.set(pattern, h * pattern.length);
+  if (!pattern && prior === GRAD_STATE.zero) return;
+  const T = perHead / (layer.resolution * layer.resolution);
+  for (let h = headStart; h < headEnd; h++) {
+    for (const p of pixels()) {
+      const at = h * perHead + p * T;
+      if (pattern) grad.set(pattern.subarray(p * T, p * T + T), at);
+      else grad.fill(0, at, at + T);
+    }
+  }
+}
+
+/** The state writeLayerGrad leaves a buffer in. */
+export function gradStateAfter(pattern: Float32Array | undefined): GradStateValue {
+  return pattern ? GRAD_STATE.sampled : GRAD_STATE.zero;
+}
+
+/** Sampled pixel rows per resolution, computed once per call (only sparse writes need them). */
+function pixelCache(r0: number): (r: number) => () => number[] {
+  const cache = new Map<number, number[]>();
+  return (r) => () => {
+    let pixels = cache.get(r);
+    if (!pixels) cache.set(r, (pixels = sampledPixels(r, r0)));
+    return pixels;
+  };
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -415,8 +446,9 @@ export function jsdBackward(dO: Float64Array, dC: Float64Array, o: Float64Array,
 
 export interface CoreOutput {
   result: NativeLossResult;
-  /** dL/dĀ_obj (n, T) or null when no gradient was asked. */
+  /** dL/dĀ_obj (n, T); null when no gradient was asked or L has none (A&E hinge at m >= 1). */
   dObject: Float64Array | null;
+  /** dL/dĀ_attr (n, T); null unless the selected token's JSD term gives the attribute map a gradient. */
   dAttribute: Float64Array | null;
 }
 
@@ -427,128 +459,152 @@ export function bindingCoefficient(o: NormalizedLossOptions): number {
   return coefficient;
 }
 
-/**
- * Forward (and backward when wantGrad) from the aggregates. objectAgg/attributeAgg are the (n, T) means.
- * objectMaps / attributeMaps: optional (K_tokens·n) float32 outputs of the smoothed maps.
- */
-export function lossCore(plan: LossPlan, o: NormalizedLossOptions, objectAgg: Float64Array, attributeAgg: Float64Array | null,
-  wantGrad: boolean, objectMaps: Float32Array | null, attributeMaps: Float32Array | null): CoreOutput {
-  const { n, T, start, K, r0 } = plan;
-  const g = gaussianWeights(o.smoothingSigma);
-  const tokens = o.tokenIndices;
+/** What the forward of one token keeps for its backward. */
+interface TokenState {
+  /** Smoothed object map A (n). */
+  a: Float64Array;
+  /** Smoothed attribute map C (n), when the token has a JSD term. */
+  c: Float64Array | null;
+  cache: JsdCache | null;
+}
 
-  // Forward 1: token softmax of both aggregates.
-  const sObj = new Float64Array(n * K);
-  tokenSoftmaxForward(sObj, objectAgg, n, T, start, K, o.temperature);
-  const sAttr = attributeAgg ? new Float64Array(n * K) : null;
-  if (attributeAgg && sAttr) tokenSoftmaxForward(sAttr, attributeAgg, n, T, start, K, o.temperature);
+/** Shared inputs of the per-token stages. */
+interface CoreContext {
+  plan: LossPlan;
+  o: NormalizedLossOptions;
+  g: [number, number, number];
+  sObj: Float64Array;
+  sAttr: Float64Array | null;
+  coefficient: number;
+}
 
-  // Forward 2: per token, column → smoothed map → m, TV (and JSD).
-  const coefficient = o.mode === 'tv_bind' ? bindingCoefficient(o) : 0;
-  const objectA: Float64Array[] = [];
-  const attributeC: Array<Float64Array | null> = [];
-  const jsdCaches: Array<JsdCache | null> = [];
-  const out: NativeTokenResult[] = [];
-  const x = new Float64Array(n);
-  for (let s = 0; s < tokens.length; s++) {
-    const a = new Float64Array(n);
-    column(x, sObj, tokens[s] - start, n, K);
-    if (o.smoothing) smoothForward(a, x, r0, g);
-    else a.set(x);
-    objectA.push(a);
-    const m = mapMaxForward(a);
-    const tv = tvForward(a, r0, o.tvVertical);
-    const attr = o.attributeIndices[s];
-    let jsd = NaN;
-    let cMap: Float64Array | null = null;
-    let cache: JsdCache | null = null;
-    if (o.mode === 'tv_bind' && attr > 0 && sAttr) {
-      cMap = new Float64Array(n);
-      column(x, sAttr, attr - start, n, K);
-      if (o.smoothing) smoothForward(cMap, x, r0, g);
-      else cMap.set(x);
-      const rho = tv < o.bindingTvSwitch ? o.bindingRhoLowTv : o.bindingRhoHighTv;
-      ({ jsd, cache } = jsdForward(a, cMap, rho, o.bindingEpsilon));
-    }
-    attributeC.push(cMap);
-    jsdCaches.push(cache);
-    let value: number;
-    switch (o.mode) {
-      case 'max': value = o.maxVariant === 'attend-excite' ? Math.max(0, 1 - m) : m; break;
-      case 'tv': value = tv; break;
-      case 'tv_bind': value = cache ? tv - coefficient * jsd : tv; break;
-      case 'tv_max': value = o.tvMaxWeights[0] * tv + o.tvMaxWeights[1] * m; break;
-    }
-    out.push({ tokenIndex: tokens[s], attributeIndex: attr > 0 ? attr : -1, maxAttention: m, tv, jsd, coefficient, value });
-    if (objectMaps) for (let i = 0; i < n; i++) objectMaps[s * n + i] = a[i];
-    if (attributeMaps && cMap) for (let i = 0; i < n; i++) attributeMaps[s * n + i] = cMap[i];
+/** x (n) = column c of S, smoothed into out (n) when smoothing is on. */
+function smoothedColumn(out: Float64Array, x: Float64Array, S: Float64Array, c: number, ctx: CoreContext): void {
+  const { n, K, r0 } = ctx.plan;
+  column(x, S, c, n, K);
+  if (ctx.o.smoothing) smoothForward(out, x, r0, ctx.g);
+  else out.set(x);
+}
+
+/** Forward of token s: its maps, m, TV, JSD (tv_bind with an attribute) and value v_s (§2). */
+function tokenForward(ctx: CoreContext, s: number, x: Float64Array): { token: NativeTokenResult; state: TokenState } {
+  const { plan, o, coefficient } = ctx;
+  const a = new Float64Array(plan.n);
+  smoothedColumn(a, x, ctx.sObj, o.tokenIndices[s] - plan.start, ctx);
+  const m = mapMaxForward(a);
+  const tv = tvForward(a, plan.r0, o.tvVertical);
+  const attr = o.attributeIndices[s];
+  let jsd = NaN;
+  let c: Float64Array | null = null;
+  let cache: JsdCache | null = null;
+  if (o.mode === 'tv_bind' && attr > 0 && ctx.sAttr) {
+    c = new Float64Array(plan.n);
+    smoothedColumn(c, x, ctx.sAttr, attr - plan.start, ctx);
+    const rho = tv < o.bindingTvSwitch ? o.bindingRhoLowTv : o.bindingRhoHighTv;
+    ({ jsd, cache } = jsdForward(a, c, rho, o.bindingEpsilon));
   }
+  let value: number;
+  switch (o.mode) {
+    case 'max': value = o.maxVariant === 'attend-excite' ? Math.max(0, 1 - m) : m; break;
+    case 'tv': value = tv; break;
+    case 'tv_bind': value = cache ? tv - coefficient * jsd : tv; break;
+    case 'tv_max': value = o.tvMaxWeights[0] * tv + o.tvMaxWeights[1] * m; break;
+  }
+  const token = { tokenIndex: o.tokenIndices[s], attributeIndex: attr > 0 ? attr : -1, maxAttention: m, tv, jsd, coefficient, value };
+  return { token, state: { a, c, cache } };
+}
 
-  // Forward 3: aggregate L = max_s(−v_s) (A&E: max_s hinge_s); Python's max keeps the FIRST maximal token.
+/** L = max_s(−v_s) (A&E: max_s hinge_s), Python's max keeping the FIRST maximal token, and the indicator θ. */
+function selectToken(o: NormalizedLossOptions, tokens: NativeTokenResult[]): { loss: number; indicator: number; chosen: number } {
   const hinge = o.mode === 'max' && o.maxVariant === 'attend-excite';
   let chosen = 0;
-  let loss = hinge ? out[0].value : -out[0].value;
-  for (let s = 1; s < out.length; s++) {
-    const candidate = hinge ? out[s].value : -out[s].value;
+  let loss = hinge ? tokens[0].value : -tokens[0].value;
+  for (let s = 1; s < tokens.length; s++) {
+    const candidate = hinge ? tokens[s].value : -tokens[s].value;
     if (candidate > loss) {
       loss = candidate;
       chosen = s;
     }
   }
   let indicator = Infinity;
-  for (const t of out) indicator = Math.min(indicator, o.mode === 'max' || o.mode === 'tv_max' ? t.maxAttention : t.tv);
-  const result: NativeLossResult = { loss, indicator, tokens: out };
-  if (!wantGrad) return { result, dObject: null, dAttribute: null };
+  for (const t of tokens) indicator = Math.min(indicator, o.mode === 'max' || o.mode === 'tv_max' ? t.maxAttention : t.tv);
+  return { loss, indicator, chosen };
+}
 
-  // Backward 3: only the chosen token s* receives dL/dv = −1 (A&E: dL/dhinge = 1).
-  const s = chosen;
-  const a = objectA[s];
-  const m = out[s].maxAttention;
-  let dm = 0;
-  let dtv = 0;
-  let dJ = 0;
+/**
+ * Backward 3 → 2: dL/dm, dL/dTV, dL/dJSD of the chosen token (only it receives dL/dv = −1; A&E: dL/dhinge = 1),
+ * or null when L has no gradient (A&E hinge at 1 − m <= 0).
+ */
+function lossSeeds(ctx: CoreContext, token: NativeTokenResult, hasJsd: boolean): { dm: number; dtv: number; dJ: number } | null {
+  const { o } = ctx;
   switch (o.mode) {
-    case 'max':
-      // forward: v = m (divbind) or h = max(0, 1 − m) (A&E; no gradient when 1 − m <= 0)
-      dm = hinge ? (1 - m > 0 ? -1 : 0) : -1;
-      break;
+    case 'max': // forward: v = m (divbind) or h = max(0, 1 − m) (A&E)
+      if (o.maxVariant === 'attend-excite') return 1 - token.maxAttention > 0 ? { dm: -1, dtv: 0, dJ: 0 } : null;
+      return { dm: -1, dtv: 0, dJ: 0 };
     case 'tv':
-      dtv = -1;
-      break;
-    case 'tv_bind':
-      // forward: v = TV − coef·JSD
-      dtv = -1;
-      if (jsdCaches[s]) dJ = coefficient;
-      break;
-    case 'tv_max':
-      // forward: v = wTv·TV + wMax·m
-      dtv = -o.tvMaxWeights[0];
-      dm = -o.tvMaxWeights[1];
-      break;
+      return { dm: 0, dtv: -1, dJ: 0 };
+    case 'tv_bind': // forward: v = TV − coef·JSD
+      return { dm: 0, dtv: -1, dJ: hasJsd ? ctx.coefficient : 0 };
+    case 'tv_max': // forward: v = wTv·TV + wMax·m
+      return { dm: -o.tvMaxWeights[1], dtv: -o.tvMaxWeights[0], dJ: 0 };
   }
-  // Backward 2: JSD, TV, max of the smoothed maps, then the smoothing, for token s* only.
+}
+
+/** Backward 2 → 1 for the chosen token s: JSD, TV, max of the smoothed maps, the smoothing, the token softmax. */
+function tokenBackward(ctx: CoreContext, s: number, state: TokenState, m: number,
+  seeds: { dm: number; dtv: number; dJ: number }): { dObject: Float64Array; dAttribute: Float64Array | null } {
+  const { plan, o, g } = ctx;
+  const { n, T, start, K, r0 } = plan;
+  const { a, c, cache } = state;
   const dA = new Float64Array(n);
-  const cMap = attributeC[s];
-  const dCmap = new Float64Array(n);
-  const cache = jsdCaches[s];
-  if (cache && cMap) jsdBackward(dA, dCmap, a, cMap, cache, dJ);
-  tvBackward(dA, a, r0, o.tvVertical, dtv);
-  mapMaxBackward(dA, a, m, dm);
+  const dC = new Float64Array(n);
+  if (cache && c) jsdBackward(dA, dC, a, c, cache, seeds.dJ);
+  tvBackward(dA, a, r0, o.tvVertical, seeds.dtv);
+  mapMaxBackward(dA, a, m, seeds.dm);
   const dX = new Float64Array(n);
   if (o.smoothing) smoothBackward(dX, dA, r0, g);
   else dX.set(dA);
-  // Backward 1: token softmax → dĀ.
   const dObject = new Float64Array(n * T);
-  tokenSoftmaxBackwardColumn(dObject, sObj, dX, tokens[s] - start, n, T, start, K, o.temperature);
-  let dAttribute: Float64Array | null = null;
-  if (sAttr && cache) {
-    const dXc = new Float64Array(n);
-    if (o.smoothing) smoothBackward(dXc, dCmap, r0, g);
-    else dXc.set(dCmap);
-    dAttribute = new Float64Array(n * T);
-    tokenSoftmaxBackwardColumn(dAttribute, sAttr, dXc, o.attributeIndices[s] - start, n, T, start, K, o.temperature);
+  tokenSoftmaxBackwardColumn(dObject, ctx.sObj, dX, o.tokenIndices[s] - start, n, T, start, K, o.temperature);
+  if (!ctx.sAttr || !cache) return { dObject, dAttribute: null };
+  const dXc = new Float64Array(n);
+  if (o.smoothing) smoothBackward(dXc, dC, r0, g);
+  else dXc.set(dC);
+  const dAttribute = new Float64Array(n * T);
+  tokenSoftmaxBackwardColumn(dAttribute, ctx.sAttr, dXc, o.attributeIndices[s] - start, n, T, start, K, o.temperature);
+  return { dObject, dAttribute };
+}
+
+/**
+ * Forward (and backward when wantGrad) from the aggregates. objectAgg/attributeAgg are the (n, T) means.
+ * objectMaps / attributeMaps: optional (K_tokens·n) float32 outputs of the smoothed maps.
+ */
+export function lossCore(plan: LossPlan, o: NormalizedLossOptions, objectAgg: Float64Array, attributeAgg: Float64Array | null,
+  wantGrad: boolean, objectMaps: Float32Array | null, attributeMaps: Float32Array | null): CoreOutput {
+  const { n, T, start, K } = plan;
+  // Forward 1: token softmax of both aggregates.
+  const sObj = new Float64Array(n * K);
+  tokenSoftmaxForward(sObj, objectAgg, n, T, start, K, o.temperature);
+  let sAttr: Float64Array | null = null;
+  if (attributeAgg) tokenSoftmaxForward((sAttr = new Float64Array(n * K)), attributeAgg, n, T, start, K, o.temperature);
+  const ctx: CoreContext = { plan, o, g: gaussianWeights(o.smoothingSigma), sObj, sAttr, coefficient: o.mode === 'tv_bind' ? bindingCoefficient(o) : 0 };
+  // Forward 2: per token, column → smoothed map → m, TV (and JSD).
+  const x = new Float64Array(n);
+  const tokens: NativeTokenResult[] = [];
+  const states: TokenState[] = [];
+  for (let s = 0; s < o.tokenIndices.length; s++) {
+    const { token, state } = tokenForward(ctx, s, x);
+    tokens.push(token);
+    states.push(state);
+    if (objectMaps) objectMaps.set(state.a, s * n);
+    if (attributeMaps && state.c) attributeMaps.set(state.c, s * n);
   }
-  return { result, dObject, dAttribute };
+  // Forward 3: aggregate L.
+  const { loss, indicator, chosen } = selectToken(o, tokens);
+  const result: NativeLossResult = { loss, indicator, tokens };
+  const seeds = wantGrad ? lossSeeds(ctx, tokens[chosen], states[chosen].cache !== null) : null;
+  if (!seeds) return { result, dObject: null, dAttribute: null };
+  return { result, ...tokenBackward(ctx, chosen, states[chosen], tokens[chosen].maxAttention, seeds) };
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -585,23 +641,48 @@ function checkAggregates(plan: LossPlan, layers: Layer[], o: NormalizedLossOptio
   }
 }
 
+/** One call's gradient, ready to be written layer by layer (see writeLayerGrad). */
+interface GradientWriter {
+  /** Writes heads [h0, h1) of layer l. */
+  write(l: number, h0?: number, h1?: number): void;
+  /** The state every buffer is left in; gives the patterns back. */
+  finish(): GradStateValue[];
+}
+
+function gradientWriter(plan: LossPlan, layers: Layer[], o: NormalizedLossOptions, core: CoreOutput, grads: Float32Array[],
+  gradState: Uint8Array | null | undefined): GradientWriter {
+  const patterns = core.dObject || core.dAttribute
+    ? aggregateBackwardPatterns(plan, layers, o.attributeResolutions, core.dObject, core.dAttribute)
+    : new Map<number, Float32Array>();
+  const pixels = pixelCache(plan.r0);
+  return {
+    write(l, h0 = 0, h1 = layers[l].heads) {
+      const prior = (gradState ? gradState[l] : GRAD_STATE.unknown) as GradStateValue;
+      writeLayerGrad(grads[l], layers[l], patterns.get(layers[l].resolution), prior, pixels(layers[l].resolution), h0, h1);
+    },
+    finish() {
+      const states = layers.map((l) => gradStateAfter(patterns.get(l.resolution)));
+      releasePatterns(patterns);
+      return states;
+    },
+  };
+}
+
 /**
- * [sync] Forward + analytic backward. grads: null or one Float32Array per layer (overwritten).
- * Same contract as NativeBinding.attentionLoss (jsd NaN / attributeIndex −1 when absent).
+ * [sync] Forward + analytic backward. grads: null or one Float32Array per layer (overwritten); gradState as
+ * in NativeLossFn. Same contract as NativeBinding.attentionLoss (jsd NaN / attributeIndex −1 when absent).
  */
 export function jsAttentionLoss(layers: Layer[], options: NormalizedLossOptions, grads: Float32Array[] | null,
-  objectMaps: Float32Array | null, attributeMaps: Float32Array | null): NativeLossResult {
+  objectMaps: Float32Array | null, attributeMaps: Float32Array | null, gradState?: Uint8Array | null): NativeLossResult {
   const plan = makePlan(layers, options);
   const { objectAgg, attributeAgg } = aggregateForward(plan, layers);
   checkAggregates(plan, layers, options, [objectAgg, attributeAgg]);
   if (attributeMaps) attributeMaps.fill(0);
   const core = lossCore(plan, options, objectAgg, attributeAgg, grads !== null, objectMaps, attributeMaps);
-  if (grads && core.dObject) {
-    const patterns = aggregateBackwardPatterns(plan, layers, options.attributeResolutions, core.dObject, core.dAttribute);
-    for (let l = 0; l < layers.length; l++) writeLayerGrad(grads[l], layers[l], patterns.get(layers[l].resolution));
-    releasePatterns(patterns);
-  }
-  return core.result;
+  if (!grads) return core.result;
+  const writer = gradientWriter(plan, layers, options, core, grads, gradState);
+  for (let l = 0; l < layers.length; l++) writer.write(l);
+  return { ...core.result, gradStates: writer.finish() };
 }
 
 /** Yields to the event loop (setImmediate: lets I/O and timers run, unlike a microtask). */
@@ -613,44 +694,67 @@ function turn(): Promise<void> {
 export const ASYNC_SLICE = 1 << 20;
 
 /**
- * [async] Same as jsAttentionLoss with event-loop turns between the O(data) passes (one per aggregated
- * layer, one per ≈ ASYNC_SLICE gradient floats written); the core on the (n, T) aggregates is small.
- * Caller must not mutate layers or grads until the promise settles.
+ * Between event-loop turns JavaScript may detach (transfer) or resize the buffers: the next slice would then read
+ * undefined or write nowhere. Checked after every turn; the message matches the addon's (native/addon/loss_call.cc).
  */
-export async function jsAttentionLossAsync(layers: Layer[], options: NormalizedLossOptions, grads: Float32Array[] | null,
-  objectMaps: Float32Array | null, attributeMaps: Float32Array | null): Promise<NativeLossResult> {
-  const plan = makePlan(layers, options);
+function checkIntact(layers: Layer[], grads: Float32Array[] | null, lengths: number[]): void {
+  const why = 'was detached or resized while the async call was running; keep output buffers attached and at their ' +
+    'length (do not transfer, postMessage or resize them) until the promise settles';
+  layers.forEach((l, i) => {
+    if (l.data.length !== lengths[i]) throw new TypeError(`layers[${i}].data: ${why.replace('output buffers', 'input and output buffers')}`);
+    if (grads && grads[i].length !== lengths[i]) throw new TypeError(`grads[${i}]: ${why}`);
+  });
+}
+
+/** Aggregates of §1 with a turn after each layer (the async path's reads). */
+async function aggregateSliced(plan: LossPlan, layers: Layer[], intact: () => void): Promise<{ objectAgg: Float64Array; attributeAgg: Float64Array | null }> {
   const objectAgg = new Float64Array(plan.n * plan.T);
   for (const l of plan.objectLayers) {
     aggregateObjectAdd(objectAgg, layers[l]);
     await turn();
+    intact();
   }
   scaleInPlace(objectAgg, 1 / plan.objectMaps);
-  let attributeAgg: Float64Array | null = null;
-  if (plan.useAttributes) {
-    attributeAgg = new Float64Array(plan.n * plan.T);
-    for (const l of plan.attributeLayers) {
-      aggregateAttributeAdd(attributeAgg, layers[l], plan.r0, plan.T);
-      await turn();
-    }
-    scaleInPlace(attributeAgg, 1 / plan.attributeMaps);
+  if (!plan.useAttributes) return { objectAgg, attributeAgg: null };
+  const attributeAgg = new Float64Array(plan.n * plan.T);
+  for (const l of plan.attributeLayers) {
+    aggregateAttributeAdd(attributeAgg, layers[l], plan.r0, plan.T);
+    await turn();
+    intact();
   }
+  scaleInPlace(attributeAgg, 1 / plan.attributeMaps);
+  return { objectAgg, attributeAgg };
+}
+
+/**
+ * [async] Same as jsAttentionLoss with event-loop turns between the O(data) passes (one per aggregated
+ * layer, one per ≈ ASYNC_SLICE gradient floats written); the core on the (n, T) aggregates is small. A buffer
+ * detached or resized meanwhile rejects the promise with a TypeError naming it.
+ */
+export async function jsAttentionLossAsync(layers: Layer[], options: NormalizedLossOptions, grads: Float32Array[] | null,
+  objectMaps: Float32Array | null, attributeMaps: Float32Array | null, gradState?: Uint8Array | null): Promise<NativeLossResult> {
+  const plan = makePlan(layers, options);
+  const lengths = layers.map((l) => l.data.length);
+  const intact = () => checkIntact(layers, grads, lengths);
+  const { objectAgg, attributeAgg } = await aggregateSliced(plan, layers, intact);
   checkAggregates(plan, layers, options, [objectAgg, attributeAgg]);
   if (attributeMaps) attributeMaps.fill(0);
   const core = lossCore(plan, options, objectAgg, attributeAgg, grads !== null, objectMaps, attributeMaps);
-  if (grads && core.dObject) {
-    await turn();
-    const patterns = aggregateBackwardPatterns(plan, layers, options.attributeResolutions, core.dObject, core.dAttribute);
+  if (!grads) return core.result;
+  const writer = gradientWriter(plan, layers, options, core, grads, gradState);
+  try {
     for (let l = 0; l < layers.length; l++) {
-      const layer = layers[l];
-      const perHead = layer.data.length / layer.heads;
+      const perHead = layers[l].data.length / layers[l].heads;
       const headsPerSlice = Math.max(1, Math.floor(ASYNC_SLICE / perHead));
-      for (let h = 0; h < layer.heads; h += headsPerSlice) {
+      for (let h = 0; h < layers[l].heads; h += headsPerSlice) {
         await turn();
-        writeLayerGrad(grads[l], layer, patterns.get(layer.resolution), h, Math.min(layer.heads, h + headsPerSlice));
+        intact();
+        writer.write(l, h, Math.min(layers[l].heads, h + headsPerSlice));
       }
     }
-    releasePatterns(patterns);
+  } catch (error) {
+    writer.finish(); // gives the patterns back; the buffers' state is the caller's to forget (index.ts does)
+    throw error;
   }
-  return core.result;
+  return { ...core.result, gradStates: writer.finish() };
 }

@@ -2,7 +2,10 @@
  * The raw surface of the C++ addon (native/addon). lib/loss/validate.ts turns user options into
  * NormalizedLossOptions; lib/loss/binding.ts loads the addon; lib/loss/index.ts adapts results.
  */
-import type { LayerPlace, LossMode, MaxVariant, TokenSlice, TvVertical } from './types';
+import type { LayerPlace } from './types';
+
+export type { NormalizedLossOptions } from './options';
+import type { NormalizedLossOptions } from './options';
 
 /** A layer as the addon receives it (already validated). */
 export interface NativeLayer {
@@ -12,32 +15,14 @@ export interface NativeLayer {
   place: LayerPlace;
 }
 
-/** Fully resolved options: every field present, defaults applied, indices checked. */
-export interface NormalizedLossOptions {
-  mode: LossMode;
-  /** T, identical for every layer (derived from data.length / (heads·r²)). */
-  textLength: number;
-  tokenIndices: number[];
-  /** Aligned with tokenIndices; -1 = no attribute. */
-  attributeIndices: number[];
-  stepIndex: number;
-  attentionResolution: number;
-  attributeResolutions: number[];
-  temperature: number;
-  tokenSlice: TokenSlice;
-  /** -1 unless tokenSlice is 'until-eot'. */
-  eotIndex: number;
-  smoothing: boolean;
-  smoothingSigma: number;
-  tvVertical: TvVertical;
-  maxVariant: MaxVariant;
-  bindingRhoLowTv: number;
-  bindingRhoHighTv: number;
-  bindingTvSwitch: number;
-  bindingEpsilon: number;
-  bindingCoefficients: Array<[number, number]>;
-  tvMaxWeights: [number, number];
-}
+/**
+ * What a gradient buffer holds between calls (native/core/attention_loss.h GradState; the addon exports the
+ * same values in lossOptionSchema.gradStates). unknown: anything (the next write covers the whole buffer);
+ * zero: all zeros; sampled: zeros except, possibly, the pixel rows the loss samples for that call's
+ * attentionResolution.
+ */
+export const GRAD_STATE = { unknown: 0, zero: 1, sampled: 2 } as const;
+export type GradStateValue = (typeof GRAD_STATE)[keyof typeof GRAD_STATE];
 
 export interface NativeTokenResult {
   tokenIndex: number;
@@ -55,11 +40,16 @@ export interface NativeLossResult {
   loss: number;
   indicator: number;
   tokens: NativeTokenResult[];
+  /** When grads were written: the GRAD_STATE each buffer is left in. */
+  gradStates?: GradStateValue[];
 }
 
 /**
  * grads: null, or one Float32Array per layer (same lengths), overwritten.
  * objectMaps: null or Float32Array(K·r0²); attributeMaps: null or Float32Array(K·r0²) (zeros for tokens without attribute).
+ * gradState: null (write every gradient buffer in full), or one GRAD_STATE per layer saying what each grads
+ * buffer holds now (the caller vouches for it); buffers known to be zero outside the sampled rows are then
+ * written only there.
  * Errors: TypeError / RangeError whose message starts with the field name.
  */
 export type NativeLossFn = (
@@ -68,15 +58,14 @@ export type NativeLossFn = (
   grads: Float32Array[] | null,
   objectMaps: Float32Array | null,
   attributeMaps: Float32Array | null,
+  gradState?: Uint8Array | null,
 ) => NativeLossResult;
 
-export type NativeLossAsyncFn = (
-  layers: NativeLayer[],
-  options: NormalizedLossOptions,
-  grads: Float32Array[] | null,
-  objectMaps: Float32Array | null,
-  attributeMaps: Float32Array | null,
-) => Promise<NativeLossResult>;
+/**
+ * The same as a Promise. Inputs are read before it returns; outputs are written on the JS thread when the work
+ * is done: an output detached or resized meanwhile rejects it with a TypeError naming the buffer.
+ */
+export type NativeLossAsyncFn = (...args: Parameters<NativeLossFn>) => Promise<NativeLossResult>;
 
 export interface NativeFeatures {
   /** The addon was built with CUDA kernels. */
@@ -85,6 +74,13 @@ export interface NativeFeatures {
   version: string;
   /** Compiler / SIMD info, for `divbind-native info`. */
   build: string;
+}
+
+/** The addon's option table (native/core/loss_options.h), in the shape of options.ts LOSS_OPTIONS. */
+export interface NativeOptionSchema {
+  options: Record<string, Record<string, unknown>>;
+  gradStates: Record<string, number>;
+  limits: { maxResolution: number; maxDim: number; maxStep: number };
 }
 
 export interface NativeBinding {
@@ -96,4 +92,5 @@ export interface NativeBinding {
   /** Present when built with CUDA: number of usable devices (0 when no driver/device), and why not. */
   cudaDevices?: () => { count: number; error: string | null };
   features: NativeFeatures;
+  lossOptionSchema: NativeOptionSchema;
 }

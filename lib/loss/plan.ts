@@ -55,15 +55,19 @@ export function nearestSource(o: number, r: number, r0: number): number {
 }
 
 /**
- * Pixels of a layer at resolution r that the loss reads: every pixel for an object layer (r = r0), the
- * subsampled ones for an attribute layer; ascending, without repeats.
+ * Pixels of an r × r layer that the r0 × r0 grid samples (nearest): every pixel when r <= r0; ascending, without
+ * repeats. These are the only pixels the loss reads, and the only ones whose gradient can be non-zero.
  */
-export function readPixels(plan: LossPlan, layerIndex: number, r: number): number[] {
-  if (plan.objectLayers.includes(layerIndex)) return Array.from({ length: r * r }, (_, p) => p);
-  if (!plan.attributeLayers.includes(layerIndex)) return [];
+export function sampledPixels(r: number, r0: number): number[] {
   const set = new Set<number>();
-  for (let oy = 0; oy < plan.r0; oy++) {
-    for (let ox = 0; ox < plan.r0; ox++) set.add(nearestSource(oy, r, plan.r0) * r + nearestSource(ox, r, plan.r0));
+  for (let oy = 0; oy < r0; oy++) {
+    for (let ox = 0; ox < r0; ox++) set.add(nearestSource(oy, r, r0) * r + nearestSource(ox, r, r0));
   }
   return [...set].sort((a, b) => a - b);
+}
+
+/** Pixels of layer `layerIndex` (at resolution r) that the loss reads: sampledPixels for a layer it uses, else none. */
+export function readPixels(plan: LossPlan, layerIndex: number, r: number): number[] {
+  if (!plan.objectLayers.includes(layerIndex) && !plan.attributeLayers.includes(layerIndex)) return [];
+  return sampledPixels(r, plan.r0);
 }

@@ -1,14 +1,27 @@
 /**
  * Public types of the attention-loss core (Divide & Bind / Attend-and-Excite).
  * The spec is docs/divide-and-bind.md (§1 extraction, §2 losses, §9 parameters).
- * Both backends ('native' C++ addon, 'js' pure TypeScript twin, later 'cuda') compute exactly this.
+ * Both backends ('native' C++ addon, 'js' pure TypeScript twin, 'cuda') compute exactly this.
+ * The options themselves (names, defaults, ranges, meaning) are defined once, in options.ts.
  */
+import type { LAYER_PLACES, LOSS_MODES, MAX_VARIANTS, TOKEN_SLICES, TV_VERTICALS } from './options';
 
-/** Loss modes of §2: A&E/D&B max, D&B attendance (TV), attendance + binding (JSD), TV + 0.3·max. */
-export type LossMode = 'max' | 'tv' | 'tv_bind' | 'tv_max';
+export type { LossOptions } from './options';
+
+/** Loss modes of §2 (LOSS_MODES). */
+export type LossMode = (typeof LOSS_MODES)[number];
 
 /** Where a cross-attention layer sits in the UNet. */
-export type LayerPlace = 'down' | 'mid' | 'up';
+export type LayerPlace = (typeof LAYER_PLACES)[number];
+
+/** How the token axis is sliced before the temperature softmax (§1; TOKEN_SLICES). */
+export type TokenSlice = (typeof TOKEN_SLICES)[number];
+
+/** Vertical TV term (§2.2; TV_VERTICALS). */
+export type TvVertical = (typeof TV_VERTICALS)[number];
+
+/** `max` mode flavour (§2.1; MAX_VARIANTS). */
+export type MaxVariant = (typeof MAX_VARIANTS)[number];
 
 /** Which backend computes the loss. */
 export type LossBackend = 'native' | 'js' | 'cuda';
@@ -24,74 +37,6 @@ export interface AttentionLayer {
   place: LayerPlace;
   /** Optional diagnostic name, e.g. "down_blocks.2.attentions.0.transformer_blocks.0.attn2". */
   name?: string;
-}
-
-/** How the token axis is sliced before the temperature softmax (§1). */
-export type TokenSlice =
-  /** Positions 1..T-2 (Python `1:-1`): drops SOT and the last padded position. Official D&B default. */
-  | 'all-but-last'
-  /** Positions 1..eotIndex-1 (A&E's SD 2.1 `1:last_idx`); needs `eotIndex`. */
-  | 'until-eot';
-
-/** Vertical TV term (§2.2). */
-export type TvVertical =
-  /** Each row 1..r-1 against the LAST row (official code's broadcasting quirk; default, for parity). */
-  | 'official'
-  /** True neighbour differences, rows 0..r-2 against rows 1..r-1. */
-  | 'neighbor';
-
-/** `max` mode flavour (§2.1). */
-export type MaxVariant =
-  /** D&B: per-token value v = m, loss = max_s(-v_s) = -min_s m_s. */
-  | 'divbind'
-  /** A&E: loss = max_s max(0, 1 - m_s) (the hinge; no gradient once m_s >= 1). */
-  | 'attend-excite';
-
-export interface LossOptions {
-  /** Loss mode. Default 'tv'. */
-  mode?: LossMode;
-  /** Object ("subject") token positions in prompt coordinates (SOT = 0). Required, non-empty, distinct. */
-  tokenIndices: number[];
-  /**
-   * Attribute token per object, aligned with tokenIndices (same length). `null` or a value <= 0 means
-   * "no attribute" (official convention). Only used by 'tv_bind'. Default: no attributes.
-   */
-  attributeIndices?: Array<number | null>;
-  /** Denoising-loop index i (0-based), selects the binding coefficient. Default 0. */
-  stepIndex?: number;
-  /** Resolution r of the object maps (HW = r²). Default 16. */
-  attentionResolution?: number;
-  /** Resolutions whose layers make the attribute map (nearest-subsampled to attentionResolution). Default [64, 32]. */
-  attributeResolutions?: number[];
-  /** Softmax temperature multiplier. Default 100. */
-  temperature?: number;
-  /** Token slice. Default 'all-but-last'. */
-  tokenSlice?: TokenSlice;
-  /** Index of the EOT token (required for tokenSlice 'until-eot'). */
-  eotIndex?: number;
-  /** Gaussian smoothing on/off. Default true. */
-  smoothing?: boolean;
-  /** Gaussian σ (with the official (2σ)² exponent, 3×3 kernel, reflect padding of 1). Default 0.5. */
-  smoothingSigma?: number;
-  /** Vertical TV term. Default 'official'. */
-  tvVertical?: TvVertical;
-  /** Flavour of 'max' mode. Default 'divbind'. */
-  maxVariant?: MaxVariant;
-  /** Binding threshold factor ρ used when TV < bindingTvSwitch. Default 0.3. */
-  bindingRhoLowTv?: number;
-  /** Binding threshold factor ρ used when TV >= bindingTvSwitch. Default 0.2. */
-  bindingRhoHighTv?: number;
-  /** TV value at which ρ switches. Default 0.1. */
-  bindingTvSwitch?: number;
-  /** ε added after relu. Default 1e-5. */
-  bindingEpsilon?: number;
-  /**
-   * Binding coefficient schedule as [fromStepIndex, coefficient] pairs, ascending.
-   * Default [[0, 1], [10, 5], [20, 10]].
-   */
-  bindingCoefficients?: Array<[number, number]>;
-  /** tv_max weights [wTv, wMax]: v = wTv·TV + wMax·m. Default [1, 0.3]. */
-  tvMaxWeights?: [number, number];
 }
 
 /** Per object token diagnostics. */
@@ -134,6 +79,19 @@ export interface LossCallOptions {
   computeGrad?: boolean;
   /** Caller-owned gradient buffers (one per layer, same lengths): written in place, no allocation per call. */
   gradOut?: Float32Array[];
+  /**
+   * Keep gradOut between calls and write only where a gradient can be non-zero: the pixels the loss samples on
+   * the layers that receive a gradient now or received one from the previous call with that buffer. The rest of
+   * each buffer already holds the zeros an earlier call wrote (the first call with a buffer writes all of it).
+   * Results are identical to full writes. Default false.
+   *
+   * Contract: between calls, nothing but attentionLoss / attentionLossAsync writes to these buffers (reading,
+   * e.g. feeding them to a VJP, is fine). Detected and refused: a buffer still being written by a pending
+   * attentionLossAsync call. Detected and handled by a full write: a buffer first seen, one whose layer shape
+   * or attentionResolution changed, one written through a differently placed view of the same memory, and one
+   * whose last call failed.
+   */
+  gradOutReuse?: boolean;
   /** Also return the smoothed maps (for visualisation). Default false. */
   returnMaps?: boolean;
 }

@@ -5,9 +5,14 @@
  *   "Expected <what> for <field> but received <value> of type <type>[; <how to fix>]"
  * TypeError = wrong JavaScript type (or a missing field); RangeError = right type, value out of range.
  */
-import type { AttentionLayer, LayerPlace, LossCallOptions, LossOptions } from './types';
-import type { NormalizedLossOptions } from './native-types';
+import type { AttentionLayer, LossCallOptions } from './types';
+import {
+  LAYER_PLACES, LOSS_OPTIONS, LOSS_OPTION_KEYS, MAX_DIM, MAX_RESOLUTION, MAX_STEP,
+  type LossOptionKey, type NormalizedLossOptions,
+} from './options';
 import { makePlan, readPixels, type Layer } from './plan';
+
+export { LAYER_PLACES, LOSS_DEFAULTS, LOSS_OPTION_KEYS } from './options';
 
 // ---------------------------------------------------------------------------------------------------------
 // Message helpers
@@ -147,14 +152,6 @@ function checkNumber(field: string, value: unknown, min: number, max: number, mi
 // ---------------------------------------------------------------------------------------------------------
 // Layers
 
-export const LAYER_PLACES: readonly LayerPlace[] = ['down', 'mid', 'up'];
-/** Bounds on heads and text length: far above any UNet, low enough that products stay exact. */
-const MAX_DIM = 1 << 16;
-/** Bound on resolutions (the C++ core's limit too). */
-const MAX_RESOLUTION = 4096;
-/** Step indices travel to C++ as int32. */
-const MAX_STEP = 2 ** 31 - 1;
-
 /** What the layer checks learnt about the layer list. */
 export interface LayerSummary {
   /** T, identical for every layer. */
@@ -244,36 +241,149 @@ export function throwFirstNonFinite(layers: Layer[], o: NormalizedLossOptions): 
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Loss options
+// Loss options (names, defaults and ranges: options.ts)
 
-export const LOSS_OPTION_KEYS: readonly (keyof LossOptions)[] = [
-  'mode', 'tokenIndices', 'attributeIndices', 'stepIndex', 'attentionResolution', 'attributeResolutions',
-  'temperature', 'tokenSlice', 'eotIndex', 'smoothing', 'smoothingSigma', 'tvVertical', 'maxVariant',
-  'bindingRhoLowTv', 'bindingRhoHighTv', 'bindingTvSwitch', 'bindingEpsilon', 'bindingCoefficients', 'tvMaxWeights',
-];
+/** An entry of LOSS_OPTIONS that one generic check covers. */
+type SimpleEntry =
+  | { type: 'enum'; values: readonly string[]; default: string }
+  | { type: 'integer'; min: number; max: number; default: number }
+  | { type: 'number'; min: number; max: number; minExclusive?: boolean; default: number }
+  | { type: 'boolean'; default: boolean };
 
-/** Defaults of §9 (the official D&B values). */
-export const LOSS_DEFAULTS = {
-  mode: 'tv',
-  stepIndex: 0,
-  attentionResolution: 16,
-  attributeResolutions: [64, 32],
-  temperature: 100,
-  tokenSlice: 'all-but-last',
-  smoothing: true,
-  smoothingSigma: 0.5,
-  tvVertical: 'official',
-  maxVariant: 'divbind',
-  bindingRhoLowTv: 0.3,
-  bindingRhoHighTv: 0.2,
-  bindingTvSwitch: 0.1,
-  bindingEpsilon: 1e-5,
-  bindingCoefficients: [[0, 1], [10, 5], [20, 10]],
-  tvMaxWeights: [1, 0.3],
-} as const;
+const SIMPLE_TYPES = new Set(['enum', 'integer', 'number', 'boolean']);
+
+/** Advice appended to an option's range error. */
+const OPTION_HINTS: Partial<Record<LossOptionKey, string>> = {
+  attentionResolution: 'the object maps need at least 2×2 pixels (reflect padding, TV differences)',
+};
+
+/** The value of an option of LOSS_OPTIONS, or its default when absent. */
+function pick(o: Record<string, unknown>, key: LossOptionKey): unknown {
+  const entry = LOSS_OPTIONS[key] as { default?: unknown };
+  return o[key] === undefined ? entry.default : o[key];
+}
+
+/** Checks an enum / integer / number / boolean option against its entry. */
+function checkSimpleOption(key: LossOptionKey, value: unknown): unknown {
+  const e = LOSS_OPTIONS[key] as SimpleEntry;
+  switch (e.type) {
+    case 'enum': return checkEnum(key, value, e.values);
+    case 'boolean': return checkBoolean(key, value);
+    case 'integer': return checkInteger(key, value, e.min, e.max, OPTION_HINTS[key]);
+    case 'number': return checkNumber(key, value, e.min, e.max, e.minExclusive === true);
+  }
+}
 
 function resolutionList(resolutions: number[]): string {
   return resolutions.join(', ');
+}
+
+/** Kept token positions are 1..end-1 (end = T-1 for 1:-1, eotIndex for 1:eot); `hint` explains them. */
+interface Slice {
+  eotIndex: number;
+  end: number;
+  hint: string;
+}
+
+function normalizeSlice(o: Record<string, unknown>, T: number, tokenSlice: string): Slice {
+  let eotIndex = -1;
+  if (o.eotIndex !== undefined) {
+    const eot = checkInteger('eotIndex', o.eotIndex, 2, T - 1, `the EOT position in the ${T}-long text encoding (SOT = 0)`);
+    if (tokenSlice === 'until-eot') eotIndex = eot;
+  } else if (tokenSlice === 'until-eot') {
+    throw typeError('eotIndex', `integer between 2 and ${T - 1}`, undefined, "tokenSlice 'until-eot' needs the EOT position (SOT = 0)");
+  }
+  const end = tokenSlice === 'until-eot' ? eotIndex : T - 1;
+  const hint = tokenSlice === 'until-eot'
+    ? `token indices count from SOT = 0 (slice 1:${eotIndex} keeps 1..${end - 1})`
+    : `token indices count from SOT = 0 (slice 1:-1 keeps 1..${end - 1})`;
+  return { eotIndex, end, hint };
+}
+
+function normalizeTokens(raw: unknown, slice: Slice): number[] {
+  const expected = 'non-empty array of token indices';
+  const example = 'e.g. [2, 5] for "a cat and a dog" (SOT = 0)';
+  if (!Array.isArray(raw)) throw typeError('tokenIndices', expected, raw, example);
+  if (raw.length === 0) throw rangeError('tokenIndices', expected, raw, example);
+  const tokenIndices: number[] = [];
+  for (let i = 0; i < raw.length; i++) {
+    const k = checkInteger(`tokenIndices[${i}]`, raw[i], 1, slice.end - 1, slice.hint);
+    const previous = tokenIndices.indexOf(k);
+    if (previous >= 0) throw rangeError(`tokenIndices[${i}]`, 'distinct token indices', k, `already given as tokenIndices[${previous}]`);
+    tokenIndices.push(k);
+  }
+  return tokenIndices;
+}
+
+/** Attribute per object token, -1 = none. */
+function normalizeAttributes(raw: unknown, tokenIndices: number[], slice: Slice): number[] {
+  const attributeIndices: number[] = tokenIndices.map(() => -1);
+  if (raw === undefined || raw === null) return attributeIndices;
+  const expected = `array of length ${tokenIndices.length} (aligned with tokenIndices)`;
+  if (!Array.isArray(raw)) throw typeError('attributeIndices', expected, raw);
+  if (raw.length !== tokenIndices.length) throw rangeError('attributeIndices', expected, raw, 'use null (or 0) for an object without attribute');
+  for (let i = 0; i < raw.length; i++) {
+    const a: unknown = raw[i];
+    const field = `attributeIndices[${i}]`;
+    if (a === null) continue;
+    const expectedAttr = `null, a value <= 0 (no attribute) or an integer between 1 and ${slice.end - 1}`;
+    if (typeof a !== 'number') throw typeError(field, expectedAttr, a, slice.hint);
+    if (!Number.isInteger(a) || a > slice.end - 1) throw rangeError(field, expectedAttr, a, slice.hint);
+    if (a <= 0) continue;
+    if (a === tokenIndices[i]) throw rangeError(field, `an attribute token other than its object tokenIndices[${i}] = ${tokenIndices[i]}`, a);
+    attributeIndices[i] = a;
+  }
+  return attributeIndices;
+}
+
+function checkResolutionPresent(attentionResolution: number, summary: LayerSummary): void {
+  if (summary.resolutions.includes(attentionResolution)) return;
+  throw rangeError('attentionResolution', `a resolution present in layers (${resolutionList(summary.resolutions)})`, attentionResolution,
+    'no layer has this resolution; pass the resolution of the object-map layers (16 for SD 1.x at 512²)');
+}
+
+function normalizeAttributeResolutions(raw: unknown, usesAttributes: boolean, summary: LayerSummary): number[] {
+  const { min, max } = LOSS_OPTIONS.attributeResolutions;
+  const expected = 'array of distinct positive integer resolutions';
+  if (!Array.isArray(raw)) throw typeError('attributeResolutions', expected, raw);
+  const out: number[] = [];
+  for (let i = 0; i < raw.length; i++) {
+    const r = checkInteger(`attributeResolutions[${i}]`, raw[i], min, max);
+    if (out.includes(r)) throw rangeError(`attributeResolutions[${i}]`, 'distinct resolutions', r, 'listed twice');
+    out.push(r);
+  }
+  if (!usesAttributes) return out;
+  if (out.length === 0) {
+    throw rangeError('attributeResolutions', 'non-empty array of resolutions', raw, "'tv_bind' with attributeIndices builds attribute maps from these layers");
+  }
+  out.forEach((r, i) => {
+    if (summary.resolutions.includes(r)) return;
+    throw rangeError(`attributeResolutions[${i}]`, `a resolution present in layers (${resolutionList(summary.resolutions)})`, r,
+      "'tv_bind' with attributeIndices averages every listed resolution; list only resolutions you pass layers for");
+  });
+  return out;
+}
+
+function normalizeSchedule(raw: unknown): Array<[number, number]> {
+  const expected = 'non-empty array of [fromStepIndex, coefficient] pairs starting at step 0';
+  if (!Array.isArray(raw)) throw typeError('bindingCoefficients', expected, raw);
+  if (raw.length === 0) throw rangeError('bindingCoefficients', expected, raw);
+  const out: Array<[number, number]> = [];
+  for (let i = 0; i < raw.length; i++) {
+    const pair: unknown = raw[i];
+    const field = `bindingCoefficients[${i}]`;
+    if (!Array.isArray(pair) || pair.length !== 2) throw typeError(field, '[fromStepIndex, coefficient] pair', pair);
+    const from = i === 0
+      ? checkInteger(`${field}[0]`, pair[0], 0, 0, 'the schedule must say which coefficient applies from step 0')
+      : checkInteger(`${field}[0]`, pair[0], out[i - 1][0] + 1, MAX_STEP, 'steps must be strictly ascending');
+    out.push([from, checkNumber(`${field}[1]`, pair[1], -Infinity, Infinity)]);
+  }
+  return out;
+}
+
+function normalizeWeights(raw: unknown): [number, number] {
+  if (!Array.isArray(raw) || raw.length !== 2) throw typeError('tvMaxWeights', '[wTv, wMax] pair of finite numbers', raw);
+  return [checkNumber('tvMaxWeights[0]', raw[0], -Infinity, Infinity), checkNumber('tvMaxWeights[1]', raw[1], -Infinity, Infinity)];
 }
 
 /**
@@ -287,151 +397,46 @@ export function normalizeLossOptions(layers: unknown, options: unknown, scanData
   return normalized;
 }
 
-/** Option checks against an already validated layer summary. */
+/** Option checks against an already validated layer summary: the scalar options, then the structured ones. */
 export function normalizeOptionsFor(summary: LayerSummary, options: unknown): NormalizedLossOptions {
-  const T = summary.textLength;
   if (typeof options !== 'object' || options === null || Array.isArray(options)) {
     throw typeError('options', 'object { tokenIndices, mode?, ... }', options);
   }
   checkUnknownKeys(options, LOSS_OPTION_KEYS, 'loss options');
   const o = options as Record<string, unknown>;
-  const pick = <T>(key: keyof LossOptions, fallback: T): unknown => (o[key] === undefined ? fallback : o[key]);
-
-  const mode = checkEnum('mode', pick('mode', LOSS_DEFAULTS.mode), ['max', 'tv', 'tv_bind', 'tv_max'] as const);
-  const tokenSlice = checkEnum('tokenSlice', pick('tokenSlice', LOSS_DEFAULTS.tokenSlice), ['all-but-last', 'until-eot'] as const);
-
-  // Kept token positions are 1..end-1 (end = T-1 for 1:-1, eotIndex for 1:eot).
-  let eotIndex = -1;
-  if (o.eotIndex !== undefined) {
-    const eot = checkInteger('eotIndex', o.eotIndex, 2, T - 1, `the EOT position in the ${T}-long text encoding (SOT = 0)`);
-    if (tokenSlice === 'until-eot') eotIndex = eot;
-  } else if (tokenSlice === 'until-eot') {
-    throw typeError('eotIndex', `integer between 2 and ${T - 1}`, undefined, "tokenSlice 'until-eot' needs the EOT position (SOT = 0)");
+  const simple: Record<string, unknown> = {};
+  for (const key of LOSS_OPTION_KEYS) {
+    if (SIMPLE_TYPES.has(LOSS_OPTIONS[key].type)) simple[key] = checkSimpleOption(key, pick(o, key));
   }
-  const end = tokenSlice === 'until-eot' ? eotIndex : T - 1;
-  const sliceHint = tokenSlice === 'until-eot'
-    ? `token indices count from SOT = 0 (slice 1:${eotIndex} keeps 1..${end - 1})`
-    : `token indices count from SOT = 0 (slice 1:-1 keeps 1..${end - 1})`;
-
-  const tokenExpected = 'non-empty array of token indices';
-  const rawTokens = o.tokenIndices;
-  if (!Array.isArray(rawTokens)) throw typeError('tokenIndices', tokenExpected, rawTokens, 'e.g. [2, 5] for "a cat and a dog" (SOT = 0)');
-  if (rawTokens.length === 0) throw rangeError('tokenIndices', tokenExpected, rawTokens, 'e.g. [2, 5] for "a cat and a dog" (SOT = 0)');
-  const tokenIndices: number[] = [];
-  for (let i = 0; i < rawTokens.length; i++) {
-    const k = checkInteger(`tokenIndices[${i}]`, rawTokens[i], 1, end - 1, sliceHint);
-    const previous = tokenIndices.indexOf(k);
-    if (previous >= 0) throw rangeError(`tokenIndices[${i}]`, 'distinct token indices', k, `already given as tokenIndices[${previous}]`);
-    tokenIndices.push(k);
-  }
-
-  const attributeIndices: number[] = tokenIndices.map(() => -1);
-  const rawAttributes = o.attributeIndices;
-  if (rawAttributes !== undefined && rawAttributes !== null) {
-    const expected = `array of length ${tokenIndices.length} (aligned with tokenIndices)`;
-    if (!Array.isArray(rawAttributes)) throw typeError('attributeIndices', expected, rawAttributes);
-    if (rawAttributes.length !== tokenIndices.length) {
-      throw rangeError('attributeIndices', expected, rawAttributes, 'use null (or 0) for an object without attribute');
-    }
-    for (let i = 0; i < rawAttributes.length; i++) {
-      const a: unknown = rawAttributes[i];
-      const field = `attributeIndices[${i}]`;
-      if (a === null) continue;
-      const expectedAttr = `null, a value <= 0 (no attribute) or an integer between 1 and ${end - 1}`;
-      if (typeof a !== 'number') throw typeError(field, expectedAttr, a, sliceHint);
-      if (!Number.isInteger(a) || a > end - 1) throw rangeError(field, expectedAttr, a, sliceHint);
-      if (a <= 0) continue;
-      if (a === tokenIndices[i]) {
-        throw rangeError(field, `an attribute token other than its object tokenIndices[${i}] = ${tokenIndices[i]}`, a);
-      }
-      attributeIndices[i] = a;
-    }
-  }
-
-  const stepIndex = checkInteger('stepIndex', pick('stepIndex', LOSS_DEFAULTS.stepIndex), 0, MAX_STEP);
-
-  const attentionResolution = checkInteger('attentionResolution', pick('attentionResolution', LOSS_DEFAULTS.attentionResolution), 2, MAX_RESOLUTION,
-    'the object maps need at least 2×2 pixels (reflect padding, TV differences)');
-  if (!summary.resolutions.includes(attentionResolution)) {
-    throw rangeError('attentionResolution', `a resolution present in layers (${resolutionList(summary.resolutions)})`, attentionResolution,
-      'no layer has this resolution; pass the resolution of the object-map layers (16 for SD 1.x at 512²)');
-  }
-
-  const rawAttrRes = pick('attributeResolutions', LOSS_DEFAULTS.attributeResolutions);
-  const attrResExpected = 'array of distinct positive integer resolutions';
-  if (!Array.isArray(rawAttrRes)) throw typeError('attributeResolutions', attrResExpected, rawAttrRes);
-  const attributeResolutions: number[] = [];
-  for (let i = 0; i < rawAttrRes.length; i++) {
-    const r = checkInteger(`attributeResolutions[${i}]`, rawAttrRes[i], 1, MAX_RESOLUTION);
-    if (attributeResolutions.includes(r)) throw rangeError(`attributeResolutions[${i}]`, 'distinct resolutions', r, 'listed twice');
-    attributeResolutions.push(r);
-  }
-  const usesAttributes = mode === 'tv_bind' && attributeIndices.some((a) => a > 0);
-  if (usesAttributes) {
-    if (attributeResolutions.length === 0) {
-      throw rangeError('attributeResolutions', 'non-empty array of resolutions', rawAttrRes, "'tv_bind' with attributeIndices builds attribute maps from these layers");
-    }
-    for (let i = 0; i < attributeResolutions.length; i++) {
-      if (!summary.resolutions.includes(attributeResolutions[i])) {
-        throw rangeError(`attributeResolutions[${i}]`, `a resolution present in layers (${resolutionList(summary.resolutions)})`, attributeResolutions[i],
-          "'tv_bind' with attributeIndices averages every listed resolution; list only resolutions you pass layers for");
-      }
-    }
-  }
-
-  const temperature = checkNumber('temperature', pick('temperature', LOSS_DEFAULTS.temperature), 0, 1e6, true);
-  const smoothing = checkBoolean('smoothing', pick('smoothing', LOSS_DEFAULTS.smoothing));
-  const smoothingSigma = checkNumber('smoothingSigma', pick('smoothingSigma', LOSS_DEFAULTS.smoothingSigma), 0, Infinity, true);
-  const tvVertical = checkEnum('tvVertical', pick('tvVertical', LOSS_DEFAULTS.tvVertical), ['official', 'neighbor'] as const);
-  const maxVariant = checkEnum('maxVariant', pick('maxVariant', LOSS_DEFAULTS.maxVariant), ['divbind', 'attend-excite'] as const);
-  const bindingRhoLowTv = checkNumber('bindingRhoLowTv', pick('bindingRhoLowTv', LOSS_DEFAULTS.bindingRhoLowTv), 0, 1);
-  const bindingRhoHighTv = checkNumber('bindingRhoHighTv', pick('bindingRhoHighTv', LOSS_DEFAULTS.bindingRhoHighTv), 0, 1);
-  const bindingTvSwitch = checkNumber('bindingTvSwitch', pick('bindingTvSwitch', LOSS_DEFAULTS.bindingTvSwitch), -Infinity, Infinity);
-  const bindingEpsilon = checkNumber('bindingEpsilon', pick('bindingEpsilon', LOSS_DEFAULTS.bindingEpsilon), 0, Infinity, true);
-
-  const rawCoefficients = pick('bindingCoefficients', LOSS_DEFAULTS.bindingCoefficients);
-  const coefExpected = 'non-empty array of [fromStepIndex, coefficient] pairs starting at step 0';
-  if (!Array.isArray(rawCoefficients)) throw typeError('bindingCoefficients', coefExpected, rawCoefficients);
-  if (rawCoefficients.length === 0) throw rangeError('bindingCoefficients', coefExpected, rawCoefficients);
-  const bindingCoefficients: Array<[number, number]> = [];
-  for (let i = 0; i < rawCoefficients.length; i++) {
-    const pair: unknown = rawCoefficients[i];
-    const field = `bindingCoefficients[${i}]`;
-    if (!Array.isArray(pair) || pair.length !== 2) throw typeError(field, '[fromStepIndex, coefficient] pair', pair);
-    const previous = i === 0 ? -1 : bindingCoefficients[i - 1][0];
-    let from: number;
-    if (i === 0) {
-      from = checkInteger(`${field}[0]`, pair[0], 0, 0, 'the schedule must say which coefficient applies from step 0');
-    } else {
-      from = checkInteger(`${field}[0]`, pair[0], previous + 1, MAX_STEP, 'steps must be strictly ascending');
-    }
-    const coefficient = checkNumber(`${field}[1]`, pair[1], -Infinity, Infinity);
-    bindingCoefficients.push([from, coefficient]);
-  }
-
-  const rawWeights = pick('tvMaxWeights', LOSS_DEFAULTS.tvMaxWeights);
-  if (!Array.isArray(rawWeights) || rawWeights.length !== 2) throw typeError('tvMaxWeights', '[wTv, wMax] pair of finite numbers', rawWeights);
-  const tvMaxWeights: [number, number] = [
-    checkNumber('tvMaxWeights[0]', rawWeights[0], -Infinity, Infinity),
-    checkNumber('tvMaxWeights[1]', rawWeights[1], -Infinity, Infinity),
-  ];
-
+  const scalars = simple as Pick<NormalizedLossOptions, 'mode' | 'tokenSlice' | 'attentionResolution'>;
+  const slice = normalizeSlice(o, summary.textLength, scalars.tokenSlice);
+  const tokenIndices = normalizeTokens(o.tokenIndices, slice);
+  const attributeIndices = normalizeAttributes(o.attributeIndices, tokenIndices, slice);
+  checkResolutionPresent(scalars.attentionResolution, summary);
+  const usesAttributes = scalars.mode === 'tv_bind' && attributeIndices.some((a) => a > 0);
   return {
-    mode, textLength: T, tokenIndices, attributeIndices, stepIndex, attentionResolution, attributeResolutions,
-    temperature, tokenSlice, eotIndex, smoothing, smoothingSigma, tvVertical, maxVariant, bindingRhoLowTv,
-    bindingRhoHighTv, bindingTvSwitch, bindingEpsilon, bindingCoefficients, tvMaxWeights,
+    ...(simple as Omit<NormalizedLossOptions, 'textLength' | 'tokenIndices' | 'attributeIndices' | 'eotIndex'
+      | 'attributeResolutions' | 'bindingCoefficients' | 'tvMaxWeights'>),
+    textLength: summary.textLength,
+    tokenIndices,
+    attributeIndices,
+    eotIndex: slice.eotIndex,
+    attributeResolutions: normalizeAttributeResolutions(pick(o, 'attributeResolutions'), usesAttributes, summary),
+    bindingCoefficients: normalizeSchedule(pick(o, 'bindingCoefficients')),
+    tvMaxWeights: normalizeWeights(pick(o, 'tvMaxWeights')),
   };
 }
 
 // ---------------------------------------------------------------------------------------------------------
 // Call options
 
-export const CALL_OPTION_KEYS: readonly (keyof LossCallOptions)[] = ['backend', 'computeGrad', 'gradOut', 'returnMaps'];
+export const CALL_OPTION_KEYS: readonly (keyof LossCallOptions)[] = ['backend', 'computeGrad', 'gradOut', 'gradOutReuse', 'returnMaps'];
 
 export interface NormalizedCallOptions {
   backend: 'native' | 'js' | 'cuda' | 'auto';
   computeGrad: boolean;
   gradOut: Float32Array[] | null;
+  gradOutReuse: boolean;
   returnMaps: boolean;
 }
 
@@ -439,40 +444,50 @@ function overlaps(a: ArrayBufferView, b: ArrayBufferView): boolean {
   return a.buffer === b.buffer && a.byteOffset < b.byteOffset + b.byteLength && b.byteOffset < a.byteOffset + a.byteLength;
 }
 
+/** gradOut: one Float32Array per layer, of the layer's length, overlapping no layer data and no other buffer. */
+function checkGradOut(layers: AttentionLayer[], raw: unknown): Float32Array[] {
+  const expected = `array of ${layers.length} Float32Array (one per layer)`;
+  if (!Array.isArray(raw)) throw typeError('gradOut', expected, raw);
+  if (raw.length !== layers.length) throw rangeError('gradOut', expected, raw);
+  const gradOut: Float32Array[] = [];
+  for (let i = 0; i < layers.length; i++) {
+    const g: unknown = raw[i];
+    const field = `gradOut[${i}]`;
+    if (!(g instanceof Float32Array)) throw typeError(field, `Float32Array of length ${layers[i].data.length}`, g);
+    if (g.length !== layers[i].data.length) {
+      throw rangeError(field, `Float32Array of length ${layers[i].data.length} (as layers[${i}].data)`, g);
+    }
+    // Backends may read a layer after writing another layer's gradient, so no buffer may alias an input.
+    for (let j = 0; j < layers.length; j++) {
+      if (overlaps(g, layers[j].data)) throw rangeError(field, 'a buffer that does not overlap any layer data', g, `it overlaps layers[${j}].data`);
+    }
+    for (let j = 0; j < gradOut.length; j++) {
+      if (overlaps(g, gradOut[j])) throw rangeError(field, 'a buffer that does not overlap another gradient buffer', g, `it overlaps gradOut[${j}]`);
+    }
+    gradOut.push(g);
+  }
+  return gradOut;
+}
+
 /** Checks call options against validated layers. */
 export function normalizeCallOptions(layers: AttentionLayer[], call: unknown): NormalizedCallOptions {
-  if (call === undefined) return { backend: 'auto', computeGrad: true, gradOut: null, returnMaps: false };
+  if (call === undefined) return { backend: 'auto', computeGrad: true, gradOut: null, gradOutReuse: false, returnMaps: false };
   if (typeof call !== 'object' || call === null || Array.isArray(call)) {
-    throw typeError('call', 'object { backend?, computeGrad?, gradOut?, returnMaps? } or undefined', call);
+    throw typeError('call', 'object { backend?, computeGrad?, gradOut?, gradOutReuse?, returnMaps? } or undefined', call);
   }
   checkUnknownKeys(call, CALL_OPTION_KEYS, 'call options');
   const c = call as Record<string, unknown>;
   const backend = c.backend === undefined ? 'auto' : checkEnum('backend', c.backend, ['native', 'js', 'cuda'] as const);
   const computeGrad = c.computeGrad === undefined ? true : checkBoolean('computeGrad', c.computeGrad);
   const returnMaps = c.returnMaps === undefined ? false : checkBoolean('returnMaps', c.returnMaps);
+  const gradOutReuse = c.gradOutReuse === undefined ? false : checkBoolean('gradOutReuse', c.gradOutReuse);
   let gradOut: Float32Array[] | null = null;
   if (c.gradOut !== undefined) {
     if (!computeGrad) throw new TypeError('gradOut was given but computeGrad is false; drop one of them');
-    const expected = `array of ${layers.length} Float32Array (one per layer)`;
-    if (!Array.isArray(c.gradOut)) throw typeError('gradOut', expected, c.gradOut);
-    if (c.gradOut.length !== layers.length) throw rangeError('gradOut', expected, c.gradOut);
-    gradOut = [];
-    for (let i = 0; i < layers.length; i++) {
-      const g: unknown = c.gradOut[i];
-      const field = `gradOut[${i}]`;
-      if (!(g instanceof Float32Array)) throw typeError(field, `Float32Array of length ${layers[i].data.length}`, g);
-      if (g.length !== layers[i].data.length) {
-        throw rangeError(field, `Float32Array of length ${layers[i].data.length} (as layers[${i}].data)`, g);
-      }
-      // Backends may read a layer after writing another layer's gradient, so no buffer may alias an input.
-      for (let j = 0; j < layers.length; j++) {
-        if (overlaps(g, layers[j].data)) throw rangeError(field, 'a buffer that does not overlap any layer data', g, `it overlaps layers[${j}].data`);
-      }
-      for (let j = 0; j < gradOut.length; j++) {
-        if (overlaps(g, gradOut[j])) throw rangeError(field, 'a buffer that does not overlap another gradient buffer', g, `it overlaps gradOut[${j}]`);
-      }
-      gradOut.push(g);
-    }
+    gradOut = checkGradOut(layers, c.gradOut);
   }
-  return { backend, computeGrad, gradOut, returnMaps };
+  if (gradOutReuse && !gradOut) {
+    throw new TypeError('gradOutReuse is true but no gradOut was given; it applies to caller-owned gradient buffers that are kept between calls');
+  }
+  return { backend, computeGrad, gradOut, gradOutReuse, returnMaps };
 }

@@ -1,7 +1,7 @@
 /**
  * ONNX tooling: protobuf I/O over the vendored onnx.proto, model files with external data, static shapes through
- * onnxruntime, cross-attention discovery and instrumentation, and `prepare` (which also builds the VJP graphs of
- * ./vjp).
+ * onnxruntime, cross-attention discovery and instrumentation, and the VJP graphs of ./vjp. `prepare`, which puts
+ * them together for a model folder, lives in lib/model.
  */
 export * from './proto';
 export {
@@ -50,7 +50,3 @@ export type {
   InstrumentResult,
   ManifestLayer,
 } from './attention';
-export { MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, readManifest, writeManifest } from './manifest';
-export type { Manifest, ManifestTensor } from './manifest';
-export { ModelError, cacheDirFor, locatePrepared, prepareModel, validateModelDir } from './prepare';
-export type { LocatePreparedOptions, PrepareOptions, PrepareProgress, PrepareResult, PrepareStage } from './prepare';

@@ -12,6 +12,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
+import { DivbindError } from '../errors';
 import {
   decodeModel,
   encodeModel,
@@ -89,7 +90,8 @@ export function externalDataReferences(model: ModelProto): Map<string, { tensors
 
 /**
  * Reads and decodes an .onnx file. External weights are never read: their files are only checked to exist and
- * to be long enough (stat), and recorded with size and mtime.
+ * to be long enough (stat), and recorded with size and mtime. A missing file is a DivbindError MODEL_MISSING, an
+ * unreadable, undecodable or truncated one MODEL_INVALID (field: the absolute path at fault).
  */
 export function loadModel(modelPath: string): LoadedModel {
   if (typeof modelPath !== 'string' || modelPath === '') {
@@ -101,12 +103,17 @@ export function loadModel(modelPath: string): LoadedModel {
     bytes = fs.readFileSync(abs);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new Error(`ONNX model not found: ${abs}`);
-    if (code === 'EISDIR') throw new Error(`${abs} is a directory; expected an .onnx file`);
-    throw new Error(`Cannot read ONNX model ${abs}: ${(err as Error).message}`);
+    if (code === 'ENOENT') throw new DivbindError('MODEL_MISSING', `ONNX model not found: ${abs}`, { field: abs });
+    if (code === 'EISDIR') throw new DivbindError('MODEL_INVALID', `${abs} is a directory; expected an .onnx file`, { field: abs });
+    throw new DivbindError('MODEL_INVALID', `Cannot read ONNX model ${abs}: ${(err as Error).message}`, { field: abs, cause: err });
   }
   const sha256 = crypto.createHash('sha256').update(bytes).digest('hex');
-  const model = decodeModel(bytes, abs);
+  let model: ModelProto;
+  try {
+    model = decodeModel(bytes, abs);
+  } catch (err) {
+    throw new DivbindError('MODEL_INVALID', (err as Error).message, { field: abs, cause: err });
+  }
   const dir = path.dirname(abs);
 
   const externalData: ExternalDataFile[] = [];
@@ -116,16 +123,12 @@ export function loadModel(modelPath: string): LoadedModel {
     try {
       st = fs.statSync(file);
     } catch {
-      throw new Error(
-        `External data file '${location}' used by ${ref.tensors} tensor(s) of ${abs} is missing ` +
-          `(expected at ${file}). Keep the weights file next to model.onnx, as exported.`,
-      );
+      throw new DivbindError('MODEL_MISSING', `External data file '${location}' used by ${ref.tensors} tensor(s) of ${abs} is missing `
+        + `(expected at ${file}). Keep the weights file next to model.onnx, as exported.`, { field: file });
     }
     if (st.size < ref.end) {
-      throw new Error(
-        `External data file ${file} has ${st.size} bytes but ${abs} references bytes up to ${ref.end}: ` +
-          'the weights file is truncated or belongs to another export',
-      );
+      throw new DivbindError('MODEL_INVALID', `External data file ${file} has ${st.size} bytes but ${abs} references bytes up to ${ref.end}: `
+        + 'the weights file is truncated or belongs to another export', { field: file });
     }
     externalData.push({
       location,

@@ -9,9 +9,11 @@
 export { GENERATE_OPTIONS, GENERATE_OPTION_NAMES, GENERATE_LOSS_KEYS } from './definitions';
 export type { CheckedGenerateOptions, GenerateLossOptions, GenerateOptionName, GenerateOptions, OptionDefinition } from './definitions';
 export { checkGenerateOptions } from './check';
-export { buildScheduler, isGenerationPlan, resolveGenerationPlan } from './plan';
+export { buildScheduler, checkLossAgainstLayers, isGenerationPlan, resolveGenerationPlan } from './plan';
 export type { GenerationPlan, PlanContext } from './plan';
 export { describeGenerationPlan } from './describe';
+export { MODEL_DEFAULT_OPTIONS, readModelDefaults, withModelDefaults } from './model-defaults';
+export type { ModelDefaults } from './model-defaults';
 export { generateOptionsJsonSchema } from './schema';
 export { addGenerateFlags, generateOptionsFromFlags, THREADS } from './cli';
 export type { JsonSchema, Kind } from './kinds';

@@ -16,7 +16,9 @@ import { fromConfig, type Scheduler, type SchedulerName } from '../schedulers/in
 import type { ClipTokenizer } from '../tokenizer/clip';
 import { checkGenerateOptions } from './check';
 import type { CheckedGenerateOptions, GenerateOptions } from './definitions';
-import { badInput } from './kinds';
+import { badInput, plainObject } from './kinds';
+import { withModelDefaults, type ModelDefaults } from './model-defaults';
+import { latentSize, resolveImageSize, type SizeRule } from '../model/size';
 
 /** What a plan needs to know about the loaded model. */
 export interface PlanContext {
@@ -24,20 +26,16 @@ export interface PlanContext {
   modelDir: string;
   tokenizer: ClipTokenizer;
   latentChannels: number;
-  /** Latent size [h, w] when the caller gives none. */
-  defaultLatentSize: readonly [number, number];
-  /** Latent size the UNet export fixes (static input dims), or null when it takes any size. */
-  fixedLatentSize: readonly [number, number] | null;
-  /** Image pixels per latent pixel. */
-  vaeScaleFactor: number;
+  /** Which image sizes the UNet runs and its default (lib/model/size.ts: the one rule prepare uses too). */
+  sizes: SizeRule;
   schedulerConfig: Record<string, unknown>;
   defaultScheduler: SchedulerName;
   /** Resolutions D&B should use, as the model folder declares them (model_index.json "divbind"). */
   declared: { attentionResolution?: number; attributeResolutions?: number[] };
-  /** The prepared graphs (guided modes), or why there are none. */
-  guidance:
-    | { latentSize: readonly [number, number]; textLength: number; resolutions: readonly number[] }
-    | { unavailable: string };
+  /** Generate options the model folder declares as its defaults (checked, model-defaults.ts). */
+  modelDefaults: ModelDefaults;
+  /** The default size's prepared set (to check loss options early), or null; other sizes are checked on use. */
+  guidance: { latentSize: readonly [number, number]; textLength: number; resolutions: readonly number[] } | null;
 }
 
 const PLAN = Symbol('divbind.GenerationPlan');
@@ -94,14 +92,11 @@ function asOptionError(err: unknown, field: string, code: DivbindErrorCode = 'BA
 
 /** Resolves and checks the options against the loaded model; nothing runs yet. */
 export function resolveGenerationPlan(options: GenerateOptions | unknown, ctx: PlanContext): GenerationPlan {
-  // 1. Model-free checks, fixed defaults.
-  const o = checkGenerateOptions(options);
+  // 1. Model-free checks; the model's declared defaults, then the fixed ones.
+  const o = checkGenerateOptions(plainObject(options) ? withModelDefaults(options, ctx.modelDefaults) : options);
   // 2. The text: both prompts within the text encoder's length.
   checkPromptLength(ctx.tokenizer, o.prompt, 'prompt');
   checkPromptLength(ctx.tokenizer, o.negativePrompt, 'negativePrompt');
-  if (o.mode !== 'none' && 'unavailable' in ctx.guidance) {
-    throw new DivbindError('MODEL_NOT_PREPARED', `mode '${o.mode}' needs the prepared UNet: ${ctx.guidance.unavailable}`, { field: 'mode' });
-  }
   // 3. Size, schedule, refinement schedule.
   const size = resolveSize(o, ctx);
   const schedule = resolveSchedule(o, ctx);
@@ -153,34 +148,10 @@ function checkPromptLength(tokenizer: ClipTokenizer, prompt: string, field: stri
   });
 }
 
-function sameSize(a: readonly [number, number], b: readonly [number, number]): boolean {
-  return a[0] === b[0] && a[1] === b[1];
-}
-
 function resolveSize(o: CheckedGenerateOptions, ctx: PlanContext): Pick<GenerationPlan, 'height' | 'width' | 'latentShape'> {
-  const f = ctx.vaeScaleFactor;
-  const prepared = 'latentSize' in ctx.guidance ? ctx.guidance.latentSize : null;
-  const base = (o.mode !== 'none' ? prepared : null) ?? ctx.fixedLatentSize ?? ctx.defaultLatentSize;
-  const height = o.height ?? base[0] * f;
-  const width = o.width ?? base[1] * f;
-  for (const [field, v] of [['height', height], ['width', width]] as const) {
-    if (v % f !== 0) throw badInput(field, `a multiple of ${f} (the VAE's scale factor)`, v);
-  }
-  const latent = [height / f, width / f] as const;
-  const fixed = ctx.fixedLatentSize;
-  if (fixed && !sameSize(latent, fixed)) {
-    throw new DivbindError('BAD_INPUT', `this UNet export has a fixed size of ${fixed[1] * f}×${fixed[0] * f} but ${width}×${height} was requested`, {
-      field: 'height',
-      fix: `omit --height/--width, or re-export the UNet with dynamic (or ${width}×${height}) input sizes`,
-    });
-  }
-  if (o.mode !== 'none' && prepared && !sameSize(latent, prepared)) {
-    throw new DivbindError('MODEL_NOT_PREPARED', `the UNet is prepared for ${prepared[1] * f}×${prepared[0] * f} but ${width}×${height} was requested`, {
-      field: 'height',
-      fix: `run \`divbind-native prepare ${ctx.modelDir} --height ${height} --width ${width}\`, or omit --height/--width`,
-    });
-  }
-  return { height, width, latentShape: [o.imagesPerPrompt, ctx.latentChannels, latent[0], latent[1]] };
+  const { height, width } = resolveImageSize(ctx.sizes, o.height, o.width);
+  const [h, w] = latentSize({ height, width }, ctx.sizes.factor);
+  return { height, width, latentShape: [o.imagesPerPrompt, ctx.latentChannels, h, w] };
 }
 
 /** A fresh scheduler of the plan's kind on the model's config. */
@@ -256,14 +227,18 @@ function resolveLoss(o: CheckedGenerateOptions, ctx: PlanContext, tokens: TokenS
     ...(tokens.attributeIndices ? { attributeIndices: tokens.attributeIndices } : {}),
     ...(eotIndex !== undefined ? { eotIndex } : {}),
   };
-  if ('resolutions' in ctx.guidance) {
-    try {
-      normalizeOptionsFor({ textLength: ctx.guidance.textLength, resolutions: [...ctx.guidance.resolutions] }, loss);
-    } catch (err) {
-      throw asOptionError(err, 'loss');
-    }
-  }
+  const set = ctx.guidance;
+  if (set && set.latentSize[0] * ctx.sizes.factor === height) checkLossAgainstLayers(loss, set.textLength, set.resolutions);
   return loss;
+}
+
+/** The loss core's own option checks against a prepared set's text length and map resolutions. */
+export function checkLossAgainstLayers(loss: Omit<LossOptions, 'stepIndex'>, textLength: number, resolutions: readonly number[]): void {
+  try {
+    normalizeOptionsFor({ textLength, resolutions: [...new Set(resolutions)] }, loss);
+  } catch (err) {
+    throw asOptionError(err, 'loss');
+  }
 }
 
 function resolveLossBackend(requested: LossBackend | undefined): LossBackend {

@@ -1,5 +1,4 @@
-/** Where the bundled model lives and the defaults every entry point shares. */
-import * as fs from 'node:fs';
+/** Where the bundled model lives: the model every entry point uses when none is given. */
 import * as path from 'node:path';
 
 /** Package root: dist/lib/pipeline/defaults.js → three levels up. */
@@ -10,12 +9,10 @@ export const BUNDLED_MODEL_NAME = 'shapes-sd';
 
 /**
  * The model used when no --model / modelDir is given: env DIVBIND_MODEL, else the bundled model
- * (models/<BUNDLED_MODEL_NAME>), else the tiny random-weight reference model of the test fixtures.
+ * models/<BUNDLED_MODEL_NAME> (a missing folder is reported by the model loader, naming it).
  */
 export function defaultModelDir(): string {
   const fromEnv = process.env.DIVBIND_MODEL;
   if (fromEnv && fromEnv.length > 0) return path.resolve(fromEnv);
-  const bundled = path.join(PACKAGE_ROOT, 'models', BUNDLED_MODEL_NAME);
-  if (fs.existsSync(path.join(bundled, 'model_index.json'))) return bundled;
-  return path.join(PACKAGE_ROOT, 'test', 'fixtures', 'models', 'tiny-sd');
+  return path.join(PACKAGE_ROOT, 'models', BUNDLED_MODEL_NAME);
 }

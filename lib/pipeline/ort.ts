@@ -1,7 +1,7 @@
 /**
- * onnxruntime-node helpers: session creation with shared defaults, and tensors built from the model's own
- * input metadata (dtype and rank differ between exports: e.g. the UNet timestep is int64 [B], float32 [B] or a
- * float scalar), never assumed.
+ * onnxruntime-node helpers: shared session defaults, and tensors built from the model's own input metadata (dtype
+ * and rank differ between exports: e.g. the UNet timestep is int64 [B], float32 [B] or a float scalar), never
+ * assumed. Sessions of a model folder are opened by lib/model/components.ts, which checks each component.
  */
 import * as os from 'node:os';
 import * as ort from 'onnxruntime-node';
@@ -35,14 +35,6 @@ export function sessionOptions(opts: SessionOptions = {}): ort.InferenceSession.
     logSeverityLevel: opts.logSeverityLevel ?? 3,
     extra: { session: { intra_op: { allow_spinning: opts.allowSpinning ? '1' : '0' }, inter_op: { allow_spinning: opts.allowSpinning ? '1' : '0' } } },
   };
-}
-
-export async function createSession(file: string, opts: SessionOptions = {}): Promise<ort.InferenceSession> {
-  try {
-    return await ort.InferenceSession.create(file, sessionOptions(opts));
-  } catch (err) {
-    throw new Error(`could not load ONNX model ${file}: ${err instanceof Error ? err.message : String(err)}`);
-  }
 }
 
 export interface InputSpec {

@@ -6,25 +6,27 @@
  *   const pipe = await DivBindPipeline.load('models/shapes-sd');
  *   const { images } = await pipe.generate({ prompt: 'a red circle and a blue square', mode: 'tv_bind', seed: 1 });
  */
-import { DivbindError } from '../errors';
+import { DivbindError, isDivbindError } from '../errors';
 import type { LossBackend } from '../loss/types';
 import { availableBackends } from '../loss/index';
+import { checkComponentsAgree, openScheduler, openTokenizer } from '../model/components';
+import { readModelFolder, type ModelFolder } from '../model/folder';
+import type { PreparedInfo } from '../model/prepared';
+import { defaultImageSize, sizeRule, type SizeRule } from '../model/size';
 import {
-  buildScheduler, describeGenerationPlan, isGenerationPlan, resolveGenerationPlan,
+  buildScheduler, checkLossAgainstLayers, describeGenerationPlan, isGenerationPlan, readModelDefaults, resolveGenerationPlan,
   type GenerateLossOptions, type GenerateOptions, type GenerationPlan, type PlanContext,
 } from '../options/index';
-import { ClipTokenizer } from '../tokenizer/clip';
-import { fromConfig, type Scheduler } from '../schedulers/index';
+import type { ClipTokenizer } from '../tokenizer/clip';
+import type { Scheduler } from '../schedulers/index';
 import { stepSizes, type GuidanceMode, type RefinementCaps, type RefinementPreset } from './guidance';
 import { defaultModelDir } from './defaults';
-import { readModelFolder, type ModelFolder } from './model-folder';
 import { randnTorchCpu } from './noise';
 import { type SessionOptions } from './ort';
-import { loadPreparedUnet, PreparedModelError, type PreparedInfo } from './prepared';
 import { firstNonFinite, sampleLatents, type GuidanceSettings, type SamplerHooks, type StepEvent } from './sampler';
 import { TextEncoder } from './text-encoder';
 import type { SelectionSpec, TokenSelection } from './token-selection';
-import { CfgUnet, OrtGuidedUnet, type UnetInputs } from './unet';
+import { CfgUnet, GuidedUnetsBySize, type OrtGuidedUnet, type UnetInputs } from './unet';
 import { VaeDecoder } from './vae';
 import { attentionGrid, encodePng, imageFromDecoderOutput } from './image';
 import type { ort } from './ort';
@@ -76,6 +78,27 @@ interface TextEmbeddings {
   dims: [number, number];
 }
 
+/** Loads the three ONNX components, checked one by one and against each other; nothing stays open on failure. */
+async function loadComponents(folder: ModelFolder, session: SessionOptions | undefined, progress: (m: string) => void) {
+  const opened: Array<{ release(): Promise<void> }> = [];
+  try {
+    progress('loading text encoder');
+    const textEncoder = await TextEncoder.load(folder.textEncoderFile, session);
+    opened.push(textEncoder);
+    progress('loading UNet');
+    const unet = await CfgUnet.load(folder.unetFile, session);
+    opened.push(unet.session);
+    progress('loading VAE decoder');
+    const vae = await VaeDecoder.load(folder.vaeDecoderFile, session);
+    opened.push(vae);
+    checkComponentsAgree(folder, textEncoder.io, unet.inputs, vae.io);
+    return { textEncoder, unet, vae };
+  } catch (err) {
+    await Promise.all(opened.map((o) => o.release()));
+    throw err;
+  }
+}
+
 export class DivBindPipeline {
   private planContext: PlanContext | undefined;
 
@@ -84,45 +107,56 @@ export class DivBindPipeline {
     readonly tokenizer: ClipTokenizer,
     private readonly textEncoder: TextEncoder,
     private readonly unet: { session: ort.InferenceSession; inputs: UnetInputs },
+    /** The guided UNet per image size (prepared sets, opened on first use). */
+    private readonly guidedBySize: GuidedUnetsBySize,
+    /** The guided UNet at the default size, when that size is prepared. */
     private readonly guided: OrtGuidedUnet | null,
+    /** The prepared set of the default size, or null. */
     readonly prepared: PreparedInfo | null,
     private readonly vae: VaeDecoder,
     private readonly scheduler: Scheduler,
-    /** Why guidance is unavailable (unprepared model), shown when a guided mode is requested. */
-    private readonly unpreparedReason: string | null,
+    /** Which image sizes the UNet runs, and its default (lib/model/size.ts). */
+    private readonly sizes: SizeRule,
   ) {}
 
   /**
-   * Loads a Stable Diffusion ONNX folder (default: the bundled model). Guided modes need the prepared UNet
-   * (`divbind-native prepare`).
+   * Loads a Stable Diffusion ONNX folder (default: the bundled model). Every component is checked here (a damaged,
+   * missing or misplaced file is a DivbindError naming it). Guided modes need the UNet prepared for the image size
+   * (`divbind-native prepare`); the default size's set is opened now, other sizes on first use.
    */
   static async load(modelDir?: string, options: LoadOptions = {}): Promise<DivBindPipeline> {
     const progress = options.onProgress ?? (() => {});
-    const isDefault = modelDir === undefined;
     const folder = readModelFolder(modelDir ?? defaultModelDir());
-    const tokenizer = ClipTokenizer.fromDirectory(folder.tokenizerDir);
-    progress('loading text encoder');
-    const textEncoder = await TextEncoder.load(folder.textEncoderFile, options.session);
-    progress('loading UNet');
-    const unet = await CfgUnet.load(folder.unetFile, options.session);
-    progress('loading VAE decoder');
-    const vae = await VaeDecoder.load(folder.vaeDecoderFile, options.session);
-    let guided: OrtGuidedUnet | null = null;
-    let prepared: PreparedInfo | null = null;
-    let unpreparedReason: string | null = null;
+    const tokenizer = openTokenizer(folder);
+    const scheduler = openScheduler(folder);
+    const { textEncoder, unet, vae } = await loadComponents(folder, options.session, progress);
+    const sizes = sizeRule(unet.inputs.sample.shape, folder.vaeScaleFactor);
+    const defaultSize = defaultImageSize(sizes);
+    const guidedBySize = new GuidedUnetsBySize(folder, {
+      prepare: options.prepare ?? modelDir === undefined, cacheDir: options.cacheDir, defaultSize, session: options.session, onProgress: progress,
+    });
+    let first: { unet: OrtGuidedUnet; prepared: PreparedInfo } | null = null;
     try {
-      prepared = await loadPreparedUnet(folder, { prepare: options.prepare ?? isDefault, cacheDir: options.cacheDir, onProgress: progress });
       progress('loading prepared UNet graphs');
-      guided = await OrtGuidedUnet.load(prepared.files, options.session, prepared.memoryExternalData);
+      first = await guidedBySize.get({ ...defaultSize, batch: 1 });
     } catch (err) {
-      if (!(err instanceof PreparedModelError)) throw err;
-      unpreparedReason = err.message;
+      // Plain SD still works; guided modes report this error when asked for.
+      if (!isDivbindError(err, 'MODEL_NOT_PREPARED') && !isDivbindError(err, 'MODEL_UNSUPPORTED')) {
+        await Promise.all([textEncoder.release(), unet.session.release(), vae.release()]);
+        throw err;
+      }
     }
-    const scheduler = fromConfig(folder.schedulerConfig);
-    return new DivBindPipeline(folder, tokenizer, textEncoder, unet, guided, prepared, vae, scheduler, unpreparedReason);
+    const pipe = new DivBindPipeline(folder, tokenizer, textEncoder, unet, guidedBySize, first?.unet ?? null, first?.prepared ?? null, vae, scheduler, sizes);
+    try {
+      void pipe.context; // the model's declared defaults are checked now, not at the first generate()
+    } catch (err) {
+      await pipe.release();
+      throw err;
+    }
+    return pipe;
   }
 
-  /** Whether guided modes are available (the UNet is prepared). */
+  /** Whether guided modes are available at the default image size (the UNet is prepared for it). */
   get canGuide(): boolean {
     return this.guided !== null;
   }
@@ -134,25 +168,21 @@ export class DivBindPipeline {
   }
 
   private makeContext(): PlanContext {
-    const shape = this.unet.inputs.sample.shape;
-    const dim = (k: number): number | null => (typeof shape[k] === 'number' && (shape[k] as number) > 0 ? (shape[k] as number) : null);
-    const [c, h, w] = [dim(1), dim(2), dim(3)];
-    const fixed: [number, number] | null = h !== null && w !== null ? [h, w] : null;
-    const prepared = this.prepared?.files;
+    const c = this.unet.inputs.sample.shape[1];
+    const prepared = this.prepared;
     return {
       modelDir: this.folder.dir,
       tokenizer: this.tokenizer,
-      latentChannels: prepared?.latentDims[0] ?? c ?? 4,
-      // Default size: the prepared graphs', else the UNet's static sample dims, else SD's 64×64 latent (512²).
-      defaultLatentSize: prepared ? [prepared.latentDims[1], prepared.latentDims[2]] : fixed ?? [64, 64],
-      fixedLatentSize: fixed,
-      vaeScaleFactor: this.folder.vaeScaleFactor,
+      latentChannels: typeof c === 'number' && c > 0 ? c : 4,
+      sizes: this.sizes,
       schedulerConfig: this.folder.schedulerConfig,
       defaultScheduler: this.scheduler.name,
       declared: this.folder.divbind,
+      modelDefaults: readModelDefaults(this.folder.divbind),
+      // The default size's prepared set lets a plan check loss options early; other sizes are checked on use.
       guidance: prepared && this.guided
-        ? { latentSize: [prepared.latentDims[1], prepared.latentDims[2]], textLength: prepared.textDims[0], resolutions: [...new Set(this.guided.layers.map((l) => l.resolution))] }
-        : { unavailable: this.unpreparedReason ?? 'not prepared' },
+        ? { latentSize: [prepared.files.latentDims[1], prepared.files.latentDims[2]], textLength: prepared.files.textDims[0], resolutions: [...new Set(this.guided.layers.map((l) => l.resolution))] }
+        : null,
     };
   }
 
@@ -169,7 +199,7 @@ export class DivBindPipeline {
     const tStart = performance.now();
     // 1. Check inputs: the plan (defaults, the seed, every check against the model).
     const plan = this.ownPlan(options);
-    this.checkVaeScaling();
+    const guidedUnet = await this.guidedUnetFor(plan);
     // 2. Prompt → embeddings.
     const tText = performance.now();
     const text = await this.encodeText(plan);
@@ -181,7 +211,7 @@ export class DivBindPipeline {
     const tLoop = performance.now();
     let vaeMs = 0;
     for (let n = 0; n < plan.imagesPerPrompt; n++) {
-      const { image, decodeMs } = await this.generateImage(plan, n, noise, text);
+      const { image, decodeMs } = await this.generateImage(plan, n, noise, text, guidedUnet);
       images.push(image);
       vaeMs += decodeMs;
     }
@@ -199,17 +229,6 @@ export class DivBindPipeline {
       throw new DivbindError('BAD_INPUT', 'generate: this plan was made by another pipeline', { field: 'options', fix: 'pass a plan from this pipeline\'s plan(), or the options' });
     }
     return options;
-  }
-
-  /** A VAE scaling factor of 0 (or worse) would turn every image black; refuse before generating. */
-  private checkVaeScaling(): void {
-    const sf = this.folder.vaeScalingFactor;
-    if (!(Number.isFinite(sf) && sf > 0)) {
-      throw new DivbindError('MODEL_INVALID', `the VAE's scaling_factor is ${sf}; it must be a positive number (SD 1.x/2.x: 0.18215)`, {
-        field: 'vae_decoder/config.json',
-        fix: 'correct "scaling_factor" in the model folder\'s vae_decoder/config.json (or vae/config.json)',
-      });
-    }
   }
 
   private async encodeText(plan: GenerationPlan): Promise<TextEmbeddings> {
@@ -232,7 +251,25 @@ export class DivBindPipeline {
   }
 
   /** Image n of the plan: its own scheduler state, the shared noise slice, the loop, the decoder, the PNGs. */
-  private async generateImage(plan: GenerationPlan, n: number, noise: Float32Array, text: TextEmbeddings): Promise<{ image: GeneratedImage; decodeMs: number }> {
+  /**
+   * The guided UNet for the plan's image size (null for plain SD): its prepared set is opened (or, with
+   * `prepare`, built) on first use, else MODEL_NOT_PREPARED says which command fixes it. The loss options are
+   * checked against that set's layers.
+   */
+  private async guidedUnetFor(plan: GenerationPlan): Promise<OrtGuidedUnet | null> {
+    if (plan.mode === 'none' || plan.loss === null) return null;
+    const { unet, prepared } = await this.guidedBySize.get({ height: plan.height, width: plan.width, batch: 1 });
+    checkLossAgainstLayers(plan.loss, prepared.files.textDims[0], unet.layers.map((l) => l.resolution));
+    return unet;
+  }
+
+  private async generateImage(
+    plan: GenerationPlan,
+    n: number,
+    noise: Float32Array,
+    text: TextEmbeddings,
+    guidedUnet: OrtGuidedUnet | null,
+  ): Promise<{ image: GeneratedImage; decodeMs: number }> {
     const [, C, h, w] = plan.latentShape;
     const perImage = C * h * w;
     const scheduler = buildScheduler(this.context, plan.scheduler);
@@ -247,7 +284,7 @@ export class DivBindPipeline {
       captureMapsAt: new Set(plan.attentionMapsAt),
       onMaps: (index, maps) => captured.push({ index, maps: Float32Array.from(maps.objects), resolution: maps.resolution }),
     };
-    const guided = settings && this.guided ? { unet: this.guided, cond: text.cond, settings } : null;
+    const guided = settings && guidedUnet ? { unet: guidedUnet, cond: text.cond, settings } : null;
     const run = await sampleLatents(initial, scheduler, cfg, plan.guidanceScale, guided, hooks);
     const t0 = performance.now();
     const { rgb, width, height } = await this.decode(run.latents, [C, h, w]);
@@ -290,6 +327,6 @@ export class DivBindPipeline {
     await this.textEncoder.release();
     await this.unet.session.release();
     await this.vae.release();
-    if (this.guided) await this.guided.release();
+    await this.guidedBySize.release();
   }
 }

@@ -1,26 +1,23 @@
 /** CLIP text encoder on onnxruntime: token ids → last_hidden_state [1, T, D]. */
-import { createSession, inputSpec, floatOutput, ort, type SessionOptions } from './ort';
+import { checkTextEncoder, openComponent, type TextEncoderIo } from '../model/components';
+import { floatOutput, ort, type SessionOptions } from './ort';
 
 export class TextEncoder {
-  private constructor(private readonly session: ort.InferenceSession, private readonly inputName: string, private readonly idType: ort.Tensor.Type) {}
+  private constructor(private readonly session: ort.InferenceSession, readonly io: TextEncoderIo) {}
 
+  /** Opens text_encoder/model.onnx and checks it takes token ids and returns hidden states (lib/model). */
   static async load(file: string, options: SessionOptions = {}): Promise<TextEncoder> {
-    const session = await createSession(file, options);
-    const name = session.inputNames.includes('input_ids') ? 'input_ids' : session.inputNames[0];
-    const spec = inputSpec(session, name);
-    if (spec.type !== 'int32' && spec.type !== 'int64') {
-      throw new Error(`text encoder input "${name}" has type ${spec.type}; expected int32 or int64 token ids`);
-    }
-    return new TextEncoder(session, name, spec.type);
+    const { session, io } = await openComponent(file, 'text_encoder', options, checkTextEncoder);
+    return new TextEncoder(session, io);
   }
 
   /** Encodes one padded id sequence; returns the hidden states [T·D] and their dims. */
   async encode(ids: readonly number[]): Promise<{ data: Float32Array; dims: number[] }> {
-    const tensor = this.idType === 'int64'
+    const tensor = this.io.ids.type === 'int64'
       ? new ort.Tensor('int64', BigInt64Array.from(ids, (v) => BigInt(v)), [1, ids.length])
       : new ort.Tensor('int32', Int32Array.from(ids), [1, ids.length]);
-    const out = await this.session.run({ [this.inputName]: tensor });
-    const hidden = out.last_hidden_state ?? out[this.session.outputNames[0]];
+    const out = await this.session.run({ [this.io.ids.name]: tensor }, [this.io.hidden.name]);
+    const hidden = out[this.io.hidden.name]!;
     return { data: Float32Array.from(floatOutput(hidden, 'text encoder output')), dims: [...hidden.dims] };
   }
 

@@ -5,28 +5,18 @@
  *  - OrtGuidedUnet: the prepared graphs (`divbind-native prepare`): the instrumented UNet that outputs the
  *    cross-attention maps at batch 1, and the VJP graph that returns ∂L/∂sample for given ∂L/∂maps.
  */
-import { createSession as createSessionWithData } from '../onnx/model-io';
-import { createSession, sessionOptions, fixedBatch, floatInput, floatOutput, inputSpec, ort, scalarInput, type InputSpec, type SessionOptions } from './ort';
+import { checkUnet, openComponent, type UnetIo } from '../model/components';
+import type { UnetFolder } from '../model/folder';
+import { openGuidedGraphs } from '../model/guided-graphs';
+import { ensurePrepared, type EnsurePreparedOptions } from '../model/prepare';
+import { sizeDirName, type PreparedInfo, type PreparedKey, type PreparedUnetFiles } from '../model/prepared';
+import { fixedBatch, floatInput, floatOutput, inputSpec, ort, scalarInput, type SessionOptions } from './ort';
 import type { GuidedForward, GuidedLayerInfo, GuidedUnet, NoisePredictor } from './sampler';
 
-export interface UnetInputs {
-  sample: InputSpec;
-  timestep: InputSpec;
-  encoderHiddenStates: InputSpec;
-}
+export type { PreparedUnetFiles };
 
-function unetInputs(session: ort.InferenceSession, what: string): UnetInputs {
-  const need = ['sample', 'timestep', 'encoder_hidden_states'];
-  const missing = need.filter((n) => !session.inputNames.includes(n));
-  if (missing.length) {
-    throw new Error(`${what}: missing input(s) ${missing.join(', ')}; a Stable Diffusion UNet export has inputs sample, timestep, encoder_hidden_states (found ${session.inputNames.join(', ')})`);
-  }
-  return {
-    sample: inputSpec(session, 'sample'),
-    timestep: inputSpec(session, 'timestep'),
-    encoderHiddenStates: inputSpec(session, 'encoder_hidden_states'),
-  };
-}
+/** The UNet's inputs and output as its session declares them (checked by lib/model at load). */
+export type UnetInputs = UnetIo;
 
 export class CfgUnet implements NoisePredictor {
   private constructor(
@@ -39,15 +29,15 @@ export class CfgUnet implements NoisePredictor {
     private readonly textDims: [number, number],
   ) {}
 
+  /** Opens unet/model.onnx and checks its inputs and output (lib/model). */
   static async load(file: string, options: SessionOptions = {}): Promise<{ session: ort.InferenceSession; inputs: UnetInputs }> {
-    const session = await createSession(file, options);
-    return { session, inputs: unetInputs(session, file) };
+    const { session, io } = await openComponent(file, 'unet', options, checkUnet);
+    return { session, inputs: io };
   }
 
   /** Binds one generation's text embeddings ([T, D] each) to a loaded session. */
   static bind(loaded: { session: ort.InferenceSession; inputs: UnetInputs }, latentDims: [number, number, number], uncond: Float32Array, cond: Float32Array, textDims: [number, number]): CfgUnet {
-    const out = loaded.session.outputNames.includes('out_sample') ? 'out_sample' : loaded.session.outputNames[0];
-    return new CfgUnet(loaded.session, loaded.inputs, out, latentDims, uncond, cond, textDims);
+    return new CfgUnet(loaded.session, loaded.inputs, loaded.inputs.output.name, latentDims, uncond, cond, textDims);
   }
 
   async predict(latents: Float32Array, timestep: number, guidanceScale: number): Promise<Float32Array> {
@@ -86,27 +76,6 @@ export class CfgUnet implements NoisePredictor {
   }
 }
 
-/** What `prepare` produced, as the pipeline needs it (read from the manifest by prepared.ts). */
-export interface PreparedUnetFiles {
-  design: 'recompute' | 'residuals';
-  /** Instrumented UNet (recompute) or forward-with-residuals graph. */
-  forwardFile: string;
-  /** VJP graph (recompute) or backward-only graph (residuals). */
-  backwardFile: string;
-  /** Attention outputs of the forward graph, in layer order. */
-  mapOutputs: string[];
-  /** Cotangent inputs of the backward graph, aligned with mapOutputs. */
-  cotangentInputs: string[];
-  /** Residual tensors: forward output name → backward input name (residuals design only). */
-  residuals: Array<{ output: string; input: string }>;
-  /** Gradient output of the backward graph. */
-  gradOutput: string;
-  layers: GuidedLayerInfo[];
-  /** Latent dims the graphs were prepared for: [C, h, w]. */
-  latentDims: [number, number, number];
-  textDims: [number, number];
-}
-
 export class OrtGuidedUnet implements GuidedUnet {
   readonly layers: readonly GuidedLayerInfo[];
 
@@ -120,19 +89,14 @@ export class OrtGuidedUnet implements GuidedUnet {
     this.layers = files.layers;
   }
 
-  /** memoryExternalData: weight files ORT cannot reach from the prepared dir (see lib/onnx/model-io.ts). */
-  static async load(files: PreparedUnetFiles, options: SessionOptions = {}, memoryExternalData: Array<{ location: string; source: string }> = []): Promise<OrtGuidedUnet> {
-    const extras = { externalData: memoryExternalData };
-    const fwd = await createSessionWithData(files.forwardFile, sessionOptions(options), extras);
-    const bwd = await createSessionWithData(files.backwardFile, sessionOptions(options), extras);
-    for (const name of files.mapOutputs) {
-      if (!fwd.outputNames.includes(name)) throw new Error(`${files.forwardFile}: prepared graph lacks output ${name}; re-run \`divbind-native prepare --force\``);
-    }
+  /** Opens the forward and backward graphs of a ready prepared set, checked against its manifest (lib/model). */
+  static async load(prepared: PreparedInfo, options: SessionOptions = {}): Promise<OrtGuidedUnet> {
+    const { forward, backward, forwardIo } = await openGuidedGraphs(prepared, options);
     const bwdInputs: Partial<UnetInputs> = {};
-    if (bwd.inputNames.includes('sample')) bwdInputs.sample = inputSpec(bwd, 'sample');
-    if (bwd.inputNames.includes('timestep')) bwdInputs.timestep = inputSpec(bwd, 'timestep');
-    if (bwd.inputNames.includes('encoder_hidden_states')) bwdInputs.encoderHiddenStates = inputSpec(bwd, 'encoder_hidden_states');
-    return new OrtGuidedUnet(files, fwd, bwd, unetInputs(fwd, files.forwardFile), bwdInputs);
+    if (backward.inputNames.includes('sample')) bwdInputs.sample = inputSpec(backward, 'sample');
+    if (backward.inputNames.includes('timestep')) bwdInputs.timestep = inputSpec(backward, 'timestep');
+    if (backward.inputNames.includes('encoder_hidden_states')) bwdInputs.encoderHiddenStates = inputSpec(backward, 'encoder_hidden_states');
+    return new OrtGuidedUnet(prepared.files, forward, backward, forwardIo, bwdInputs);
   }
 
   private feeds(inputs: Partial<UnetInputs>, sample: Float32Array, timestep: number, cond: Float32Array): Record<string, ort.Tensor> {
@@ -171,5 +135,35 @@ export class OrtGuidedUnet implements GuidedUnet {
   async release(): Promise<void> {
     await this.fwdSession.release();
     await this.bwdSession.release();
+  }
+}
+
+/**
+ * The guided UNet per image size: each size's prepared set is located (and, when allowed, prepared), checked and
+ * opened once, on first use. A failed lookup is not kept, so a set prepared meanwhile is found by the next call.
+ */
+export class GuidedUnetsBySize {
+  private readonly open = new Map<string, Promise<{ unet: OrtGuidedUnet; prepared: PreparedInfo }>>();
+
+  constructor(private readonly folder: UnetFolder, private readonly options: EnsurePreparedOptions & { session?: SessionOptions }) {}
+
+  get(key: PreparedKey): Promise<{ unet: OrtGuidedUnet; prepared: PreparedInfo }> {
+    const id = sizeDirName(key);
+    let entry = this.open.get(id);
+    if (entry === undefined) {
+      entry = (async () => {
+        const prepared = await ensurePrepared(this.folder, key, this.options);
+        return { prepared, unet: await OrtGuidedUnet.load(prepared, this.options.session) };
+      })();
+      this.open.set(id, entry);
+      entry.catch(() => this.open.delete(id));
+    }
+    return entry;
+  }
+
+  async release(): Promise<void> {
+    const entries = [...this.open.values()];
+    this.open.clear();
+    for (const e of await Promise.allSettled(entries)) if (e.status === 'fulfilled') await e.value.unet.release();
   }
 }

@@ -1,18 +1,18 @@
 // divbind-native addon: registers the exports typed in lib/loss/native-types.ts.
-//   attentionLoss(layers, options, grads|null, objectMaps|null, attributeMaps|null)        [sync]
-//   attentionLossAsync(...same) -> Promise<NativeLossResult>                                 [async]
+//   attentionLoss(layers, options, grads|null, objectMaps|null, attributeMaps|null, gradState|null)  [sync]
+//   attentionLossAsync(...same) -> Promise<NativeLossResult>                                          [async]
 //   features: { cuda, version, build }
+//   lossOptionSchema: the option table of native/core/loss_options.h (keys, defaults, ranges) + GradState values
 //   with DIVBIND_WITH_CUDA: attentionLossCuda, attentionLossCudaAsync, cudaDevices()
 // Errors: TypeError / RangeError whose message starts with the field name; anything else is an Error. No
-// exception ever leaves a callback (every entry point funnels through Capture / a catch-all).
+// exception ever leaves a callback (every entry point funnels through Capture / a catch-all). The sync and async
+// runners and their threading rules: loss_call.{h,cc}.
 #include <napi.h>
 
-#include <memory>
 #include <string>
-#include <utility>
 
-#include "attention_loss.h"
 #include "convert.h"
+#include "loss_call.h"
 #ifdef DIVBIND_WITH_CUDA
 #include "../cuda/attention_loss_cuda.h"
 #endif
@@ -26,106 +26,6 @@
 
 namespace divbind::addon {
 namespace {
-
-enum class Engine { Cpu, CudaHost };
-
-// Computes one call. Pure C++: runs on the JS thread (sync) or a libuv pool thread (async).
-LossResult Compute(Engine engine, const Call& c) {
-  float* const* grads = c.grads.empty() ? nullptr : c.grads.data();
-#ifdef DIVBIND_WITH_CUDA
-  if (engine == Engine::CudaHost) {
-    std::string why;
-    if (cuda::device_count(&why) <= 0)
-      throw std::runtime_error("no usable CUDA device (" + (why.empty() ? std::string("none found") : why) +
-                               "); use backend 'native' (CPU) or 'js'");
-    return cuda::attention_loss_host(c.layers, c.options, grads, c.object_maps, c.attribute_maps);
-  }
-#else
-  (void)engine;
-#endif
-  return attention_loss(c.layers, c.options, grads, c.object_maps, c.attribute_maps);
-}
-
-// [sync] Validates, computes, returns NativeLossResult; throws TypeError / RangeError / Error.
-Napi::Value RunSync(const Napi::CallbackInfo& info, Engine engine, const char* fn) {
-  Napi::Env env = info.Env();
-  std::unique_ptr<Call> call;
-  try {
-    call = std::make_unique<Call>(ParseCall(info, fn));
-  } catch (const Napi::Error&) {
-    throw;  // already a JS TypeError / RangeError
-  } catch (const std::exception& e) {
-    throw Napi::Error::New(env, std::string(fn) + ": " + e.what());
-  }
-  LossResult result;
-  const PendingError err = Capture([&] { result = Compute(engine, *call); });
-  if (err.kind != PendingError::Kind::None) throw ToJsError(env, err);
-  return ResultToJs(env, result);
-}
-
-// Baton + worker for the Promise API. The baton owns persistent references to every typed array it reads
-// or writes, so the GC cannot free them while Execute() runs on the pool thread. Callers must not mutate
-// or transfer (detach) those buffers until the promise settles.
-//
-// libuv pool note: AsyncWorker runs on the libuv threadpool (4 threads unless UV_THREADPOOL_SIZE says
-// otherwise), shared with fs, dns, zlib and crypto. One SD-sized call takes a few milliseconds, so it does not
-// starve them; heavier callers can raise UV_THREADPOOL_SIZE.
-class LossWorker : public Napi::AsyncWorker {
- public:
-  LossWorker(Napi::Env env, std::unique_ptr<Call> call, Engine engine)
-      : Napi::AsyncWorker(env, "divbind:attentionLoss"), deferred_(Napi::Promise::Deferred::New(env)),
-        call_(std::move(call)), engine_(engine) {
-    for (const Napi::TypedArray& a : call_->arrays) keep_.push_back(Napi::Persistent(a));
-    call_->arrays.clear();  // the handles die with the call's scope; the references keep the buffers alive
-  }
-  Napi::Promise Promise() const { return deferred_.Promise(); }
-
-  // Pure C++: never touches N-API; errors go to err_.
-  void Execute() override { err_ = Capture([&] { result_ = Compute(engine_, *call_); }); }
-
-  void OnOK() override {
-    Napi::Env env = Env();
-    Napi::HandleScope scope(env);
-    if (err_.kind != PendingError::Kind::None) {
-      deferred_.Reject(ToJsError(env, err_).Value());
-      return;
-    }
-    const PendingError conv = Capture([&] { deferred_.Resolve(ResultToJs(env, result_)); });
-    if (conv.kind != PendingError::Kind::None) deferred_.Reject(ToJsError(env, conv).Value());
-  }
-
-  // Only reached if the worker itself failed (SetError is never called by Execute).
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
-
- private:
-  Napi::Promise::Deferred deferred_;
-  std::unique_ptr<Call> call_;
-  Engine engine_;
-  std::vector<Napi::Reference<Napi::TypedArray>> keep_;
-  LossResult result_;
-  PendingError err_;
-};
-
-// [async] Validation errors reject the promise (they do not throw synchronously).
-Napi::Value RunAsync(const Napi::CallbackInfo& info, Engine engine, const char* fn) {
-  Napi::Env env = info.Env();
-  std::unique_ptr<Call> call;
-  try {
-    call = std::make_unique<Call>(ParseCall(info, fn));
-  } catch (const Napi::Error& e) {
-    Napi::Promise::Deferred d = Napi::Promise::Deferred::New(env);
-    d.Reject(e.Value());
-    return d.Promise();
-  } catch (const std::exception& e) {
-    Napi::Promise::Deferred d = Napi::Promise::Deferred::New(env);
-    d.Reject(Napi::Error::New(env, std::string(fn) + ": " + e.what()).Value());
-    return d.Promise();
-  }
-  auto* worker = new LossWorker(env, std::move(call), engine);  // deletes itself after OnOK / OnError
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
-  return promise;
-}
 
 std::string BuildInfo() {
   std::string s;
@@ -181,25 +81,33 @@ Napi::Value CudaDevices(const Napi::CallbackInfo& info) {
   }
   Napi::Object out = Napi::Object::New(env);
   out.Set("count", Napi::Number::New(env, count > 0 ? count : 0));
-  out.Set("error", count > 0 && why.empty() ? env.Null() : Napi::Value(Napi::String::New(env, why.empty() ? "no CUDA device" : why)));
+  out.Set("error", count > 0 && why.empty()
+                       ? env.Null()
+                       : Napi::Value(Napi::String::New(env, why.empty() ? "no CUDA device" : why)));
   return out;
 }
 #endif
 
-Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  exports.Set("attentionLoss", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
-                return RunSync(info, Engine::Cpu, "attentionLoss");
-              }, "attentionLoss"));
-  exports.Set("attentionLossAsync", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
-                return RunAsync(info, Engine::Cpu, "attentionLossAsync");
-              }, "attentionLossAsync"));
+// The exports, one named function each ([sync] / [async]).
+Napi::Value AttentionLoss(const Napi::CallbackInfo& info) { return RunSync(info, Engine::Cpu, "attentionLoss"); }
+Napi::Value AttentionLossAsync(const Napi::CallbackInfo& info) {
+  return RunAsync(info, Engine::Cpu, "attentionLossAsync");
+}
 #ifdef DIVBIND_WITH_CUDA
-  exports.Set("attentionLossCuda", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
-                return RunSync(info, Engine::CudaHost, "attentionLossCuda");
-              }, "attentionLossCuda"));
-  exports.Set("attentionLossCudaAsync", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
-                return RunAsync(info, Engine::CudaHost, "attentionLossCudaAsync");
-              }, "attentionLossCudaAsync"));
+Napi::Value AttentionLossCuda(const Napi::CallbackInfo& info) {
+  return RunSync(info, Engine::CudaHost, "attentionLossCuda");
+}
+Napi::Value AttentionLossCudaAsync(const Napi::CallbackInfo& info) {
+  return RunAsync(info, Engine::CudaHost, "attentionLossCudaAsync");
+}
+#endif
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("attentionLoss", Napi::Function::New(env, AttentionLoss, "attentionLoss"));
+  exports.Set("attentionLossAsync", Napi::Function::New(env, AttentionLossAsync, "attentionLossAsync"));
+#ifdef DIVBIND_WITH_CUDA
+  exports.Set("attentionLossCuda", Napi::Function::New(env, AttentionLossCuda, "attentionLossCuda"));
+  exports.Set("attentionLossCudaAsync", Napi::Function::New(env, AttentionLossCudaAsync, "attentionLossCudaAsync"));
   exports.Set("cudaDevices", Napi::Function::New(env, CudaDevices, "cudaDevices"));
   const bool cuda = true;
 #else
@@ -211,6 +119,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   features.Set("build", Napi::String::New(env, BuildInfo()));
   features.Freeze();
   exports.Set("features", features);
+  Napi::Object schema = OptionSchemaToJs(env);
+  schema.Freeze();
+  exports.Set("lossOptionSchema", schema);
   return exports;
 }
 

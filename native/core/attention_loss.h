@@ -1,6 +1,8 @@
 // Divide & Bind / Attend-and-Excite attention losses: pure C++ core (no Node headers).
 // Spec: docs/divide-and-bind.md §1 (extraction), §2 (losses), §9 (parameters).
-// Forward and analytic backward live side by side in attention_loss.cc (llm.c style).
+// Forward and analytic backward live side by side in attention_loss.cc (llm.c style); the options (names,
+// defaults, ranges) in loss_options.h; the checks and the per-call plan in plan.{h,cc}; the gradient writer in
+// gradient_write.{h,cc}.
 //
 // Shapes: a layer is probs (heads, HW, T) row-major, HW = r*r. Object maps are (K, r0, r0) with
 // r0 = attention_resolution and K = number of object tokens.
@@ -23,10 +25,9 @@
 //  - Attribute maps are built only in tv_bind mode when some token has an attribute; the attribute_maps output
 //    is all zeros otherwise, and zeros for tokens without attribute. Attribute indices are range-checked in
 //    every mode (<= 0 means none).
-//  - Validation beyond the obvious: attention_resolution >= 2 (reflect padding and TV need two rows);
-//    temperature, smoothing_sigma and binding_epsilon > 0; attribute_resolutions have no duplicates and, when
-//    tv_bind has an attribute, EACH listed resolution must have at least one layer; binding_coefficients is
-//    non-empty, starts at from_step 0 and ascends strictly; text_length >= 3; eot_index in 2..T-1 for UntilEot.
+//  - Validation beyond the ranges of loss_options.h: attribute_resolutions have no duplicates and, when tv_bind
+//    has an attribute, EACH listed resolution must have at least one layer; binding_coefficients is non-empty,
+//    starts at from_step 0 and ascends strictly; text_length >= 3; eot_index in 2..T-1 for UntilEot.
 //    Probabilities are checked for NaN/Inf only where they are read (kept tokens of the sampled pixels).
 #pragma once
 
@@ -36,13 +37,9 @@
 #include <string>
 #include <vector>
 
-namespace divbind {
+#include "loss_options.h"
 
-enum class LossMode { Max, Tv, TvBind, TvMax };
-enum class LayerPlace { Down, Mid, Up };
-enum class TokenSlice { AllButLast, UntilEot };
-enum class TvVertical { Official, Neighbor };
-enum class MaxVariant { DivBind, AttendExcite };
+namespace divbind {
 
 // Non-owning view of one layer's probabilities (heads, r*r, text_length), row-major.
 struct LayerView {
@@ -55,33 +52,12 @@ struct LayerView {
 
 inline constexpr int kDefaultGradientThreads = 1;
 
-struct CoefficientStep {
-  int from_step;
-  double coefficient;
-};
-
-struct LossOptions {
-  LossMode mode = LossMode::Tv;
-  int text_length = 77;
-  std::vector<int> token_indices;      // prompt coordinates, SOT = 0
-  std::vector<int> attribute_indices;  // aligned with token_indices; <= 0 = none (may be empty = none)
-  int step_index = 0;
-  int attention_resolution = 16;
-  std::vector<int> attribute_resolutions = {64, 32};
-  double temperature = 100.0;
-  TokenSlice token_slice = TokenSlice::AllButLast;
-  int eot_index = -1;
-  bool smoothing = true;
-  double smoothing_sigma = 0.5;
-  TvVertical tv_vertical = TvVertical::Official;
-  MaxVariant max_variant = MaxVariant::DivBind;
-  double binding_rho_low_tv = 0.3;
-  double binding_rho_high_tv = 0.2;
-  double binding_tv_switch = 0.1;
-  double binding_epsilon = 1e-5;
-  std::vector<CoefficientStep> binding_coefficients = {{0, 1.0}, {10, 5.0}, {20, 10.0}};
-  double tv_max_weight_tv = 1.0;
-  double tv_max_weight_max = 0.3;
+// What a gradient buffer holds between calls (the "reuse" contract, see attention_loss). The values travel to
+// JS unchanged (NativeLossResult.gradStates, lib/loss/native-types.ts GRAD_STATE).
+enum class GradState : uint8_t {
+  Unknown = 0,  // anything: the next write covers the whole buffer
+  Zero = 1,     // all zeros
+  Sampled = 2,  // zeros except, possibly, the pixel rows the loss samples at (r, r0) for the r0 of that call
 };
 
 struct TokenDiagnostics {
@@ -99,6 +75,7 @@ struct LossResult {
   double loss = 0;
   double indicator = 0;
   std::vector<TokenDiagnostics> tokens;
+  std::vector<GradState> grad_states;  // when grads were written: the state each buffer is left in
 };
 
 // Thrown for invalid arguments; `field` names the offending option (e.g. "tokenIndices[2]").
@@ -114,11 +91,15 @@ void validate(const std::vector<LayerView>& layers, const LossOptions& options);
 
 // Forward + (optionally) analytic backward in one call. Large buffers live in a thread_local workspace
 // (reused across calls); safe to call from several threads at once.
-// grads: nullptr, or one float* per layer with that layer's length; overwritten (not accumulated).
+// grads: nullptr, or one float* per layer with that layer's length; the gradient is overwritten (not
+// accumulated). grad_prior: nullptr (every buffer written in full), or one GradState per layer saying what the
+// buffer holds now; a buffer in state Zero or Sampled (with the same r0) is written only where this or the
+// previous gradient can be non-zero, which is what makes reused buffers cheap. The caller vouches for the
+// states; LossResult::grad_states reports the states the buffers are left in.
 // object_maps_out / attribute_maps_out: optional (K*r0*r0 floats each) smoothed maps for visualisation.
-LossResult attention_loss(const std::vector<LayerView>& layers, const LossOptions& options,
-                          float* const* grads, float* object_maps_out = nullptr,
-                          float* attribute_maps_out = nullptr);
+LossResult attention_loss(const std::vector<LayerView>& layers, const LossOptions& options, float* const* grads,
+                          float* object_maps_out = nullptr, float* attribute_maps_out = nullptr,
+                          const GradState* grad_prior = nullptr);
 
 // Threads that write large gradient buffers (>= 8 MB in total): 1 or 2 (clamped). Default: the environment
 // variable DIVBIND_THREADS when set, else kDefaultGradientThreads. Process-wide; for benchmarks and tuning.

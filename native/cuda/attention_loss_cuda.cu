@@ -47,9 +47,9 @@ namespace {
   throw std::runtime_error(m.str());
 }
 
-#define DB_CUDA(call)                                            \
-  do {                                                           \
-    const cudaError_t db_err_ = (call);                          \
+#define DB_CUDA(call)                                                 \
+  do {                                                                \
+    const cudaError_t db_err_ = (call);                               \
     if (db_err_ != cudaSuccess) throw_cuda(db_err_, #call, __LINE__); \
   } while (0)
 
@@ -82,8 +82,8 @@ struct WriteLayer {
 
 // Small call descriptions travel as kernel parameters (no host-to-device copy on the critical path) when they
 // fit; larger ones are uploaded. Kernel parameters above 4 KB need CUDA >= 12.1 on sm_70+ (this is sm_90).
-constexpr int kInlineMaps = 192;    // SD 1.x tv_bind: 40 object + 80 attribute maps
-constexpr int kInlineLayers = 64;   // SD 1.x: 16 cross-attention layers
+constexpr int kInlineMaps = 192;   // SD 1.x tv_bind: 40 object + 80 attribute maps
+constexpr int kInlineLayers = 64;  // SD 1.x: 16 cross-attention layers
 constexpr int kInlineTokens = 32;
 
 struct Meta {
@@ -97,7 +97,7 @@ struct Params {
   int inline_meta;  // maps / layers are in the Meta kernel parameter, else at maps / wlayers
   int inline_cols;  // token columns are in cols, else at tok_col / attr_col
   int with_backward;
-  float inv_T;      // 1/T, for the write kernel's element -> (pixel, token) split
+  float inv_T;  // 1/T, for the write kernel's element -> (pixel, token) split
   double w[3];
   double temperature, rho_low, rho_high, tv_switch, eps, coef, w_tv, w_max;
   double inv_maps[2];
@@ -105,23 +105,25 @@ struct Params {
   int cols[2][kInlineTokens];
   const MapDesc* maps;
   const WriteLayer* wlayers;
-  const int* tok_col;   // (K) column in the kept range
-  const int* attr_col;  // (K) column or -1
-  double* soft;         // (2, n0, tk) token softmax per source
-  double* amap;         // (K, n0) smoothed object maps
-  double* cmap;         // (K, n0) smoothed attribute maps (tokens with an attribute)
-  double* scratch;      // (6, n0) backward scratch
-  double* stats;        // (K, kStats)
-  double* cg;           // (2, n0) gradient coefficient per pixel: temperature * dS * S_col / N
-  int* sel;             // selected token, any gradient, attribute gradient
+  const int* tok_col;           // (K) column in the kept range
+  const int* attr_col;          // (K) column or -1
+  double* soft;                 // (2, n0, tk) token softmax per source
+  double* amap;                 // (K, n0) smoothed object maps
+  double* cmap;                 // (K, n0) smoothed attribute maps (tokens with an attribute)
+  double* scratch;              // (6, n0) backward scratch
+  double* stats;                // (K, kStats)
+  double* cg;                   // (2, n0) gradient coefficient per pixel: temperature * dS * S_col / N
+  int* sel;                     // selected token, any gradient, attribute gradient
   unsigned long long* nan_key;  // atomicMin target; reset to kNoNan by token_forward_kernel for the next call
   unsigned long long* nan_out;  // this call's key, copied back to the host
   unsigned* counter;            // token blocks done; the last one runs the backward, then resets it to 0
-  float* out_obj;   // (K, n0) or null
-  float* out_attr;  // (K, n0) or null
+  float* out_obj;               // (K, n0) or null
+  float* out_attr;              // (K, n0) or null
 };
 
-__device__ __forceinline__ int tok_col_at(const Params& P, int i) { return P.inline_cols ? P.cols[0][i] : P.tok_col[i]; }
+__device__ __forceinline__ int tok_col_at(const Params& P, int i) {
+  return P.inline_cols ? P.cols[0][i] : P.tok_col[i];
+}
 __device__ __forceinline__ int attr_col_at(const Params& P, int i) {
   return P.inline_cols ? P.cols[1][i] : P.attr_col[i];
 }
@@ -199,15 +201,15 @@ __device__ void report_nonfinite(const Params& P, const MapDesc& d, int s, int o
   unsigned long long index = ((d.head_index * hw) + static_cast<unsigned long long>(y) * d.orig_res + x) * P.T + t;
   index = index < (1ull << 40) ? index : (1ull << 40) - 1;
   // The CPU core scans object layers first, then attribute layers, each in layer order: same key order.
-  const unsigned long long key = (static_cast<unsigned long long>(s) << 62) |
-                                 (static_cast<unsigned long long>(d.layer & 0x3fffff) << 40) | index;
+  const unsigned long long key =
+      (static_cast<unsigned long long>(s) << 62) | (static_cast<unsigned long long>(d.layer & 0x3fffff) << 40) | index;
   atomicMin(P.nan_key, key);
 }
 
 constexpr int kAggChunks = 4;  // kept tokens per pass: 4 x 32 lanes (T = 77 needs one pass)
 
-__global__ void __launch_bounds__(kThreads, 4) aggregate_kernel(const __grid_constant__ Params P,
-                                                             const __grid_constant__ Meta meta) {
+__global__ void __launch_bounds__(kThreads, 4)
+    aggregate_kernel(const __grid_constant__ Params P, const __grid_constant__ Meta meta) {
   __shared__ double red[kThreads / 32][kAggChunks * 32];
   __shared__ double sh[33];
   const int o = blockIdx.x, s = blockIdx.y;
@@ -224,10 +226,10 @@ __global__ void __launch_bounds__(kThreads, 4) aggregate_kernel(const __grid_con
     for (; m + nw < nm; m += 2 * nw) {
       const MapDesc d0 = maps[m], d1 = maps[m + nw];
       // nearest sampling: output o reads input floor(o * res / r0); 32-bit (o < r0 <= 4096, res <= 4096)
-      const float* r0p = d0.head + (static_cast<long long>((oy * d0.res) / P.r0) * d0.res + (ox * d0.res) / P.r0) * P.T +
-                         P.lo + base;
-      const float* r1p = d1.head + (static_cast<long long>((oy * d1.res) / P.r0) * d1.res + (ox * d1.res) / P.r0) * P.T +
-                         P.lo + base;
+      const float* r0p =
+          d0.head + (static_cast<long long>((oy * d0.res) / P.r0) * d0.res + (ox * d0.res) / P.r0) * P.T + P.lo + base;
+      const float* r1p =
+          d1.head + (static_cast<long long>((oy * d1.res) / P.r0) * d1.res + (ox * d1.res) / P.r0) * P.T + P.lo + base;
       float v0[kAggChunks], v1[kAggChunks];
 #pragma unroll
       for (int u = 0; u < kAggChunks; ++u) {
@@ -246,8 +248,8 @@ __global__ void __launch_bounds__(kThreads, 4) aggregate_kernel(const __grid_con
     }
     if (m < nm) {
       const MapDesc d0 = maps[m];
-      const float* r0p = d0.head + (static_cast<long long>((oy * d0.res) / P.r0) * d0.res + (ox * d0.res) / P.r0) * P.T +
-                         P.lo + base;
+      const float* r0p =
+          d0.head + (static_cast<long long>((oy * d0.res) / P.r0) * d0.res + (ox * d0.res) / P.r0) * P.T + P.lo + base;
 #pragma unroll
       for (int u = 0; u < kAggChunks; ++u) {
         const bool ok = base + u * 32 + lane < P.tk;
@@ -367,10 +369,22 @@ __device__ __forceinline__ int smooth_taps(int yy, int n, int* ys, int* as) {
   int c = 0;
   for (int a = 0; a < 3; ++a) {
     const int y = yy - a + 1;
-    if (y >= 0 && y < n) { ys[c] = y; as[c] = a; ++c; }
+    if (y >= 0 && y < n) {
+      ys[c] = y;
+      as[c] = a;
+      ++c;
+    }
   }
-  if (yy == 1) { ys[c] = 0; as[c] = 0; ++c; }              // output 0 reads refl(-1) = 1
-  if (yy == n - 2) { ys[c] = n - 1; as[c] = 2; ++c; }      // output n-1 reads refl(n) = n-2
+  if (yy == 1) {
+    ys[c] = 0;
+    as[c] = 0;
+    ++c;
+  }  // output 0 reads refl(-1) = 1
+  if (yy == n - 2) {
+    ys[c] = n - 1;
+    as[c] = 2;
+    ++c;
+  }  // output n-1 reads refl(n) = n-2
   return c;
 }
 
@@ -386,47 +400,170 @@ __device__ double smooth_adjoint_at(const Params& P, const double* d_out, int p)
   return acc;
 }
 
-// Run by the last token block to finish (see token_forward_kernel). Other blocks wrote the stats and maps it
-// reads, so those reads bypass L1 (__ldcg) after the fence; the selected token's maps are copied to scratch.
-__device__ void token_backward_body(const Params& P, double* sh, int* s_sel) {
-  const int n = P.n0;
+// The selected token and the seeds of its backward (dL/dm, dL/dTV), as the CPU core's select_token and
+// token_backward. Thread 0 selects; every thread returns the same seed.
+struct BackwardSeed {
+  int s;
+  bool any;       // L has a gradient (false: A&E hinge at 1 - m <= 0)
+  bool jsd_grad;  // tv_bind and the token has a JSD term
+  double m, tv, d_m, d_tv;
+};
+
+__device__ BackwardSeed backward_seed(const Params& P, int* s_sel) {
   if (threadIdx.x == 0) {
     // L = max_s(-v_s) (or max_s hinge_s): Python's builtin max keeps the FIRST maximal element.
     int sel = 0;
     for (int s = 1; s < P.K; ++s) {
       const double cand = P.hinge ? __ldcg(P.stats + s * kStats + kValue) : -__ldcg(P.stats + s * kStats + kValue);
-      const double best =
-          P.hinge ? __ldcg(P.stats + sel * kStats + kValue) : -__ldcg(P.stats + sel * kStats + kValue);
+      const double best = P.hinge ? __ldcg(P.stats + sel * kStats + kValue) : -__ldcg(P.stats + sel * kStats + kValue);
       if (cand > best) sel = s;
     }
     *s_sel = sel;
   }
   __syncthreads();
-  const int s = *s_sel;
-  const double* st = P.stats + static_cast<size_t>(s) * kStats;
-  const double m = __ldcg(st + kMax), tv = __ldcg(st + kTv);
-  const bool has_jsd = __ldcg(st + kHasJsd) != 0.0;
-  bool any = true;
-  double d_m = 0, d_tv = 0;
+  BackwardSeed b;
+  b.s = *s_sel;
+  const double* st = P.stats + static_cast<size_t>(b.s) * kStats;
+  b.m = __ldcg(st + kMax);
+  b.tv = __ldcg(st + kTv);
+  b.any = true;
+  b.d_m = b.d_tv = 0;
   switch (P.mode) {
     case kModeMax:
-      if (P.hinge && !(1.0 - m > 0)) any = false;  // hinge: no gradient when 1 - m <= 0
-      else d_m = -1.0;
+      if (P.hinge && !(1.0 - b.m > 0))
+        b.any = false;  // hinge: no gradient when 1 - m <= 0
+      else
+        b.d_m = -1.0;
       break;
-    case kModeTv: d_tv = -1.0; break;
-    case kModeTvMax: d_m = -P.w_max; d_tv = -P.w_tv; break;
-    default: d_tv = -1.0; break;
+    case kModeTv: b.d_tv = -1.0; break;
+    case kModeTvMax:
+      b.d_m = -P.w_max;
+      b.d_tv = -P.w_tv;
+      break;
+    default: b.d_tv = -1.0; break;
   }
-  const bool jsd_grad = P.mode == kModeTvBind && has_jsd;
+  b.jsd_grad = P.mode == kModeTvBind && __ldcg(st + kHasJsd) != 0.0;
   if (threadIdx.x == 0) {
-    P.sel[0] = s;
-    P.sel[1] = any ? 1 : 0;
-    P.sel[2] = any && jsd_grad ? 1 : 0;
+    P.sel[0] = b.s;
+    P.sel[1] = b.any ? 1 : 0;
+    P.sel[2] = b.any && b.jsd_grad ? 1 : 0;
   }
-  double* cg0 = P.cg;
-  double* cg1 = P.cg + n;
-  if (!any) {
-    for (int p = threadIdx.x; p < n; p += blockDim.x) cg0[p] = cg1[p] = 0.0;
+  return b;
+}
+
+// dA, dC (n0) += backward of v's binding term -coef * JSD(A, C). gp, gq: (n0) scratch. ties_a: ties of A's max.
+// In the forward this was (CPU jsd_forward): JSD of p' = relu(p - tau) + eps and q' = relu(q - tau) + eps
+__device__ void jsd_backward_block(const Params& P, const double* A, const double* C, double* dA, double* dC,
+                                   double* gp, double* gq, double tv, double ties_a, double* sh) {
+  const int n = P.n0;
+  const double rho = binding_rho(P, tv), d_j = P.coef;
+  const JsdScalars js = jsd_scalars(P, A, C, rho, sh);
+  // 4. j += 1/2 p' (ln p' - ln M) + 1/2 q' (ln q' - ln M): dj/dp' = 1/2 ln(p'/M), same for q'
+  // 3. p' = relu(p - tau) + eps, q' = relu(q - tau) + eps (relu'(0) = 0)
+  double part = 0, pt = 0;
+  for (int p = threadIdx.x; p < n; p += blockDim.x) {
+    const double pv = p_at(js, A, p), qv = q_at(js, C, p);
+    const double pp = fmax(pv - js.tau, 0.0) + P.eps, qq = fmax(qv - js.tau, 0.0) + P.eps;
+    const double mm = 0.5 * (pp + qq);
+    const double g_p = pv - js.tau > 0 ? d_j * 0.5 * log(pp / mm) : 0.0;
+    const double g_q = qv - js.tau > 0 ? d_j * 0.5 * log(qq / mm) : 0.0;
+    part += g_p + g_q;
+    pt += pv == js.pmax ? 1.0 : 0.0;
+    gp[p] = g_p;
+    gq[p] = g_q;
+  }
+  double r2[2] = {part, pt};
+  block_reduce_n<2, 0u>(r2, sh);
+  const double d_tau = -r2[0];
+  const double ties_p = r2[1];
+  // 2. tau = rho * max(p): split evenly among ties
+  const double share_tau = rho * d_tau / ties_p;
+  double qg = 0;
+  for (int p = threadIdx.x; p < n; p += blockDim.x) {
+    if (p_at(js, A, p) == js.pmax) gp[p] += share_tau;
+    qg += q_at(js, C, p) * gq[p];
+  }
+  qg = block_sum(qg, sh);
+  // 1b. q = softmax(C * m_o / m_c): g_x = q (g_q - <q, g_q>)
+  double ds = 0, ct = 0, pg = 0;
+  for (int p = threadIdx.x; p < n; p += blockDim.x) {
+    const double gx = q_at(js, C, p) * (gq[p] - qg);
+    dC[p] += gx * js.scale;
+    ds += gx * C[p];
+    ct += C[p] == js.m_c ? 1.0 : 0.0;
+    pg += p_at(js, A, p) * gp[p];
+  }
+  double r3[3] = {ds, ct, pg};
+  block_reduce_n<3, 0u>(r3, sh);
+  const double d_scale = r3[0];
+  const double ties_c = r3[1];
+  pg = r3[2];
+  // scale = max(O) / max(C);  1a. p = softmax(O): d_o = p (g_p - <p, g_p>)
+  const double share_o = (d_scale / js.m_c) / ties_a;
+  const double share_c = (-d_scale * js.m_o / (js.m_c * js.m_c)) / ties_c;
+  for (int p = threadIdx.x; p < n; p += blockDim.x) {
+    if (A[p] == js.m_o) dA[p] += share_o;
+    if (C[p] == js.m_c) dC[p] += share_c;
+    dA[p] += p_at(js, A, p) * (gp[p] - pg);
+  }
+}
+
+// dA (n0) += backward of the map max (d_m) and of TV (d_tv). ties_a: ties of A at its max m.
+__device__ void max_tv_backward_block(const Params& P, const double* A, double* dA, const BackwardSeed& b,
+                                      double ties_a) {
+  const int n = P.n0;
+  if (b.d_m != 0.0) {
+    // In the forward this was: m = max(A); split evenly among ties
+    const double share = b.d_m / ties_a;
+    for (int p = threadIdx.x; p < n; p += blockDim.x)
+      if (A[p] == b.m) dA[p] += share;
+  }
+  if (b.d_tv == 0.0) return;
+  // In the forward this was: TV = H/pairs + V/pairs (gathered per pixel: each |.| pair it takes part in)
+  const int r0 = P.r0, last = (r0 - 1) * r0;
+  const double g = b.d_tv / (static_cast<double>(r0) * (r0 - 1));
+  for (int p = threadIdx.x; p < n; p += blockDim.x) {
+    const int y = p / r0, x = p % r0;
+    double acc = 0;
+    if (P.neighbor) {
+      if (y + 1 < r0) acc += g * sgn(A[p] - A[p + r0]);
+      if (y >= 1) acc -= g * sgn(A[p - r0] - A[p]);
+    } else {
+      if (y >= 1) acc -= g * sgn(A[last + x] - A[p]);
+      if (y == r0 - 1)
+        for (int yy = 1; yy < r0; ++yy) acc += g * sgn(A[last + x] - A[yy * r0 + x]);
+    }
+    if (x + 1 < r0) acc += g * sgn(A[p] - A[p + 1]);
+    if (x >= 1) acc -= g * sgn(A[p - 1] - A[p]);
+    dA[p] += acc;
+  }
+}
+
+// Smoothing backward, then the softmax column: cg[o] = temperature * dS[o] * S[o, col] / N, per source.
+__device__ void column_backward_block(const Params& P, const double* dA, const double* dC, int s, bool jsd_grad) {
+  const int n = P.n0;
+  const double* soft0 = P.soft;
+  const double* soft1 = P.soft + static_cast<size_t>(n) * P.tk;
+  const int col = tok_col_at(P, s), acol = attr_col_at(P, s);
+  for (int p = threadIdx.x; p < n; p += blockDim.x) {
+    const double g0 = smooth_adjoint_at(P, dA, p) * P.temperature;
+    P.cg[p] = soft0[static_cast<size_t>(p) * P.tk + col] * g0 * P.inv_maps[0];
+    if (jsd_grad) {
+      const double g1 = smooth_adjoint_at(P, dC, p) * P.temperature;
+      P.cg[n + p] = soft1[static_cast<size_t>(p) * P.tk + acol] * g1 * P.inv_maps[1];
+    } else {
+      P.cg[n + p] = 0.0;
+    }
+  }
+}
+
+// Run by the last token block to finish (see token_forward_kernel). Other blocks wrote the stats and maps it
+// reads, so those reads bypass L1 (__ldcg) after the fence; the selected token's maps are copied to scratch.
+__device__ void token_backward_body(const Params& P, double* sh, int* s_sel) {
+  const int n = P.n0;
+  const BackwardSeed b = backward_seed(P, s_sel);
+  if (!b.any) {
+    for (int p = threadIdx.x; p < n; p += blockDim.x) P.cg[p] = P.cg[n + p] = 0.0;
     return;
   }
   double* A = P.scratch;  // (6, n0): A, C copies, dA, dC, gp, gq
@@ -436,111 +573,19 @@ __device__ void token_backward_body(const Params& P, double* sh, int* s_sel) {
   double* gp = dC + n;
   double* gq = gp + n;
   for (int p = threadIdx.x; p < n; p += blockDim.x) {
-    A[p] = __ldcg(P.amap + static_cast<size_t>(s) * n + p);
-    C[p] = jsd_grad ? __ldcg(P.cmap + static_cast<size_t>(s) * n + p) : 0.0;
+    A[p] = __ldcg(P.amap + static_cast<size_t>(b.s) * n + p);
+    C[p] = b.jsd_grad ? __ldcg(P.cmap + static_cast<size_t>(b.s) * n + p) : 0.0;
     dA[p] = dC[p] = 0.0;
   }
   __syncthreads();
-
   // ties of A at its max (shared by the map max and the binding rescale)
   double cnt = 0;
-  for (int p = threadIdx.x; p < n; p += blockDim.x) cnt += A[p] == m ? 1.0 : 0.0;
+  for (int p = threadIdx.x; p < n; p += blockDim.x) cnt += A[p] == b.m ? 1.0 : 0.0;
   const double ties_a = block_sum(cnt, sh);
-
-  if (jsd_grad) {
-    // In the forward this was (CPU jsd_forward): JSD of p' = relu(p - tau) + eps and q' = relu(q - tau) + eps
-    const double rho = binding_rho(P, tv), d_j = P.coef;
-    const JsdScalars js = jsd_scalars(P, A, C, rho, sh);
-    // 4. j += 1/2 p' (ln p' - ln M) + 1/2 q' (ln q' - ln M): dj/dp' = 1/2 ln(p'/M), same for q'
-    // 3. p' = relu(p - tau) + eps, q' = relu(q - tau) + eps (relu'(0) = 0)
-    double part = 0, pt = 0;
-    for (int p = threadIdx.x; p < n; p += blockDim.x) {
-      const double pv = p_at(js, A, p), qv = q_at(js, C, p);
-      const double pp = fmax(pv - js.tau, 0.0) + P.eps, qq = fmax(qv - js.tau, 0.0) + P.eps;
-      const double mm = 0.5 * (pp + qq);
-      const double g_p = pv - js.tau > 0 ? d_j * 0.5 * log(pp / mm) : 0.0;
-      const double g_q = qv - js.tau > 0 ? d_j * 0.5 * log(qq / mm) : 0.0;
-      part += g_p + g_q;
-      pt += pv == js.pmax ? 1.0 : 0.0;
-      gp[p] = g_p;
-      gq[p] = g_q;
-    }
-    double r2[2] = {part, pt};
-    block_reduce_n<2, 0u>(r2, sh);
-    const double d_tau = -r2[0];
-    const double ties_p = r2[1];
-    // 2. tau = rho * max(p): split evenly among ties
-    const double share_tau = rho * d_tau / ties_p;
-    double qg = 0;
-    for (int p = threadIdx.x; p < n; p += blockDim.x) {
-      if (p_at(js, A, p) == js.pmax) gp[p] += share_tau;
-      qg += q_at(js, C, p) * gq[p];
-    }
-    qg = block_sum(qg, sh);
-    // 1b. q = softmax(C * m_o / m_c): g_x = q (g_q - <q, g_q>)
-    double ds = 0, ct = 0, pg = 0;
-    for (int p = threadIdx.x; p < n; p += blockDim.x) {
-      const double gx = q_at(js, C, p) * (gq[p] - qg);
-      dC[p] += gx * js.scale;
-      ds += gx * C[p];
-      ct += C[p] == js.m_c ? 1.0 : 0.0;
-      pg += p_at(js, A, p) * gp[p];
-    }
-    double r3[3] = {ds, ct, pg};
-    block_reduce_n<3, 0u>(r3, sh);
-    const double d_scale = r3[0];
-    const double ties_c = r3[1];
-    pg = r3[2];
-    // scale = max(O) / max(C);  1a. p = softmax(O): d_o = p (g_p - <p, g_p>)
-    const double share_o = (d_scale / js.m_c) / ties_a;
-    const double share_c = (-d_scale * js.m_o / (js.m_c * js.m_c)) / ties_c;
-    for (int p = threadIdx.x; p < n; p += blockDim.x) {
-      if (A[p] == js.m_o) dA[p] += share_o;
-      if (C[p] == js.m_c) dC[p] += share_c;
-      dA[p] += p_at(js, A, p) * (gp[p] - pg);
-    }
-  }
-  if (d_m != 0.0) {
-    // In the forward this was: m = max(A); split evenly among ties
-    const double share = d_m / ties_a;
-    for (int p = threadIdx.x; p < n; p += blockDim.x)
-      if (A[p] == m) dA[p] += share;
-  }
-  if (d_tv != 0.0) {
-    // In the forward this was: TV = H/pairs + V/pairs (gathered per pixel: each |.| pair it takes part in)
-    const int r0 = P.r0, last = (r0 - 1) * r0;
-    const double g = d_tv / (static_cast<double>(r0) * (r0 - 1));
-    for (int p = threadIdx.x; p < n; p += blockDim.x) {
-      const int y = p / r0, x = p % r0;
-      double acc = 0;
-      if (P.neighbor) {
-        if (y + 1 < r0) acc += g * sgn(A[p] - A[p + r0]);
-        if (y >= 1) acc -= g * sgn(A[p - r0] - A[p]);
-      } else {
-        if (y >= 1) acc -= g * sgn(A[last + x] - A[p]);
-        if (y == r0 - 1)
-          for (int yy = 1; yy < r0; ++yy) acc += g * sgn(A[last + x] - A[yy * r0 + x]);
-      }
-      if (x + 1 < r0) acc += g * sgn(A[p] - A[p + 1]);
-      if (x >= 1) acc -= g * sgn(A[p - 1] - A[p]);
-      dA[p] += acc;
-    }
-  }
+  if (b.jsd_grad) jsd_backward_block(P, A, C, dA, dC, gp, gq, b.tv, ties_a, sh);
+  max_tv_backward_block(P, A, dA, b, ties_a);
   __syncthreads();
-  // smoothing backward, then the softmax column: cg[o] = temperature * dS[o] * S[o, col] / N
-  const double* soft0 = P.soft;
-  const double* soft1 = P.soft + static_cast<size_t>(n) * P.tk;
-  const int col = tok_col_at(P, s), acol = attr_col_at(P, s);
-  for (int p = threadIdx.x; p < n; p += blockDim.x) {
-    const double g0 = smooth_adjoint_at(P, dA, p) * P.temperature;
-    cg0[p] = soft0[static_cast<size_t>(p) * P.tk + col] * g0 * P.inv_maps[0];
-    if (jsd_grad) {
-      const double g1 = smooth_adjoint_at(P, dC, p) * P.temperature;
-      cg1[p] = soft1[static_cast<size_t>(p) * P.tk + acol] * g1 * P.inv_maps[1];
-    } else {
-      cg1[p] = 0.0;
-    }
-  }
+  column_backward_block(P, dA, dC, b.s, b.jsd_grad);
 }
 
 __global__ void __launch_bounds__(kThreads) token_forward_kernel(const __grid_constant__ Params P) {
@@ -592,7 +637,7 @@ __global__ void __launch_bounds__(kThreads) token_forward_kernel(const __grid_co
         for (int p = threadIdx.x; p < n; p += blockDim.x) {
           const double pp = fmax(p_at(js, A, p) - js.tau, 0.0) + P.eps;  // p' = relu(p - tau) + eps
           const double qq = fmax(q_at(js, C, p) - js.tau, 0.0) + P.eps;  // q' = relu(q - tau) + eps
-          const double lm = log(0.5 * (pp + qq));                         // ln M
+          const double lm = log(0.5 * (pp + qq));                        // ln M
           part += 0.5 * pp * (log(pp) - lm) + 0.5 * qq * (log(qq) - lm);
         }
         jsd = block_sum(part, sh);
@@ -631,7 +676,7 @@ __global__ void __launch_bounds__(kThreads) token_forward_kernel(const __grid_co
 //    (16-byte stores; each element split into pixel x and token t). In the forward this was:
 //    S = softmax(temperature * mean), mean = (1/N) sum of the sampled rows, so an input pixel's row is
 //    sum over the outputs o that sample it of cg[o] * (delta_{j,col} - S[o, j]) on the kept tokens t = lo + j
-//    (one output, or none, unless res < r0), and 0 elsewhere. dev/README.md has the earlier versions.
+//    (one output, or none, unless res < r0), and 0 elsewhere. README.md (optimisation log) has the earlier versions.
 
 __device__ __forceinline__ int ceil_div_ll(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
 
@@ -691,8 +736,8 @@ __device__ __forceinline__ float row_value(const RowCtx& c, int i) {
   return static_cast<float>(v);
 }
 
-__global__ void __launch_bounds__(kThreads) write_grads_kernel(const __grid_constant__ Params P,
-                                                               const __grid_constant__ Meta meta) {
+__global__ void __launch_bounds__(kThreads)
+    write_grads_kernel(const __grid_constant__ Params P, const __grid_constant__ Meta meta) {
   extern __shared__ int ox_range[];  // (2, res)
   const WriteLayer L = P.inline_meta ? meta.layers[blockIdx.y] : P.wlayers[blockIdx.y];
   const int r0 = P.r0, res = L.res, T = P.T;
@@ -752,66 +797,12 @@ __global__ void __launch_bounds__(kThreads) write_grads_kernel(const __grid_cons
 }
 
 // ------------------------------------------------------------------------------------------------
-// Host side: plan, cached per-device workspace, the two entry points.
-
-struct Plan {
-  int T = 0, lo = 1, tk = 0, r0 = 0, n0 = 0, K = 0;
-  std::vector<int> obj_layers, attr_layers;
-  long long obj_maps = 0, attr_maps = 0;
-  bool attr_active = false;
-  std::vector<int> tok_col, attr_col;
-  double coef = 0;
-  std::vector<char> is_obj, is_attr;  // per layer
-};
-
-// Mirrors the CPU core's planning; called after divbind::validate accepted the arguments.
-Plan make_plan(const std::vector<LayerView>& layers, const LossOptions& o) {
-  Plan plan;
-  plan.T = o.text_length;
-  plan.lo = 1;
-  const int hi = o.token_slice == TokenSlice::AllButLast ? o.text_length - 2 : o.eot_index - 1;
-  plan.tk = hi - plan.lo + 1;
-  plan.r0 = o.attention_resolution;
-  plan.n0 = plan.r0 * plan.r0;
-  plan.K = static_cast<int>(o.token_indices.size());
-  bool any_attr = false;
-  for (int k : o.token_indices) plan.tok_col.push_back(k - plan.lo);
-  for (int s = 0; s < plan.K; ++s) {
-    const int a = o.attribute_indices.empty() ? -1 : o.attribute_indices[size_t(s)];
-    plan.attr_col.push_back(a <= 0 ? -1 : a - plan.lo);
-    any_attr |= a > 0;
-  }
-  plan.attr_active = o.mode == LossMode::TvBind && any_attr;
-  for (const auto& c : o.binding_coefficients)
-    if (c.from_step <= o.step_index) plan.coef = c.coefficient;  // before the first entry: 0
-  plan.is_obj.assign(layers.size(), 0);
-  plan.is_attr.assign(layers.size(), 0);
-  for (size_t i = 0; i < layers.size(); ++i) {
-    const LayerView& l = layers[i];
-    if (l.resolution == plan.r0) {
-      plan.obj_layers.push_back(int(i));
-      plan.obj_maps += l.heads;
-      plan.is_obj[i] = 1;
-    }
-    if (plan.attr_active && std::find(o.attribute_resolutions.begin(), o.attribute_resolutions.end(),
-                                      l.resolution) != o.attribute_resolutions.end()) {
-      plan.attr_layers.push_back(int(i));
-      plan.attr_maps += l.heads;
-      plan.is_attr[i] = 1;
-    }
-  }
-  return plan;
-}
-
-inline int64_t sampled_pixel(int o, int r, int r0) {
-  const int y = o / r0, x = o % r0;
-  return int64_t((int64_t(y) * r) / r0) * r + (int64_t(x) * r) / r0;
-}
+// Host side: cached per-device workspace, the entry points. The plan is the CPU core's (native/core/plan.h).
 
 // Byte layout shared by the device arena and the pinned host arena (each uses the parts it needs).
 struct Layout {
-  size_t nan_key, counter, maps, tok_col, attr_col, wlayers, soft, amap, cmap, scratch, cg, stats, sel, nan_out, out_maps,
-      packed, total;
+  size_t nan_key, counter, maps, tok_col, attr_col, wlayers, soft, amap, cmap, scratch, cg, stats, sel, nan_out,
+      out_maps, packed, total;
   static size_t align(size_t v) { return (v + 255) & ~size_t(255); }
   Layout(const Plan& p, size_t n_maps, size_t n_layers, size_t packed_floats) {
     size_t at = 0;
@@ -820,7 +811,7 @@ struct Layout {
       at = align(at + bytes);
       return here;
     };
-    const size_t n0 = size_t(p.n0), K = size_t(p.K);
+    const size_t n0 = size_t(p.p0), K = size_t(p.tokens);
     nan_key = take(16);  // offset 0 in every layout: the NaN key and the token counter outlive the call
     counter = nan_key + 8;
     maps = take(n_maps * sizeof(MapDesc));
@@ -850,7 +841,7 @@ struct Workspace {
   int device = 0;
   int sm_count = 0;
   cudaStream_t stream = nullptr;  // host path
-  cudaEvent_t ev[6] = {};  // stage timing (benchmark only)
+  cudaEvent_t ev[6] = {};         // stage timing (benchmark only)
   char* dev = nullptr;
   size_t dev_cap = 0;
   char* host = nullptr;  // pinned
@@ -905,8 +896,7 @@ void check_grads(const std::vector<LayerView>& layers, float* const* grads) {
   for (size_t i = 0; i < layers.size(); ++i)
     if (!grads[i])
       throw InvalidArgument("grads[" + std::to_string(i) + "]",
-                            "grads[" + std::to_string(i) +
-                                "]: is a null buffer; pass one buffer per layer or no grads",
+                            "grads[" + std::to_string(i) + "]: is a null buffer; pass one buffer per layer or no grads",
                             false);
 }
 
@@ -917,16 +907,19 @@ void check_device_pointer(const void* ptr, const std::string& field) {
   const cudaError_t e = cudaPointerGetAttributes(&attr, ptr);
   if (e != cudaSuccess) {
     (void)cudaGetLastError();
-    throw InvalidArgument(field, field + ": is not CUDA memory (" + cudaGetErrorString(e) +
-                                     "); attention_loss_device takes device pointers, use attention_loss_host "
-                                     "for host buffers",
+    throw InvalidArgument(field,
+                          field + ": is not CUDA memory (" + cudaGetErrorString(e) +
+                              "); attention_loss_device takes device pointers, use attention_loss_host "
+                              "for host buffers",
                           false);
   }
   const bool ok = attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged ||
                   (attr.type == cudaMemoryTypeHost && attr.devicePointer == ptr);
   if (!ok)
-    throw InvalidArgument(field, field + ": is host memory the device cannot address; attention_loss_device "
-                                         "takes device pointers, use attention_loss_host for host buffers",
+    throw InvalidArgument(field,
+                          field +
+                              ": is host memory the device cannot address; attention_loss_device "
+                              "takes device pointers, use attention_loss_host for host buffers",
                           false);
 }
 
@@ -934,21 +927,21 @@ void check_device_pointer(const void* ptr, const std::string& field) {
 Params make_params(const Plan& plan, const LossOptions& o, const Layout& lay, char* dev, size_t n_obj_maps,
                    size_t n_attr_maps, char* host_meta) {
   Params P{};
-  P.T = plan.T;
-  P.lo = plan.lo;
+  P.T = plan.text_length;
+  P.lo = plan.k0;
   P.tk = plan.tk;
   P.r0 = plan.r0;
-  P.n0 = plan.n0;
-  P.K = plan.K;
-  P.mode = o.mode == LossMode::Max ? kModeMax
-           : o.mode == LossMode::Tv ? kModeTv
+  P.n0 = plan.p0;
+  P.K = plan.tokens;
+  P.mode = o.mode == LossMode::Max      ? kModeMax
+           : o.mode == LossMode::Tv     ? kModeTv
            : o.mode == LossMode::TvBind ? kModeTvBind
                                         : kModeTvMax;
   P.hinge = o.mode == LossMode::Max && o.max_variant == MaxVariant::AttendExcite;
   P.neighbor = o.tv_vertical == TvVertical::Neighbor;
   P.smoothing = o.smoothing;
-  P.attr_active = plan.attr_active;
-  P.inv_T = 1.0f / float(plan.T);
+  P.attr_active = plan.attributes_active;
+  P.inv_T = 1.0f / float(plan.text_length);
   // Same expressions as the CPU core's make_kernel, so the weights are bit-identical.
   const double e = std::exp(-1.0 / (4.0 * o.smoothing_sigma * o.smoothing_sigma));
   const double s = 1.0 + 2.0 * e;
@@ -960,24 +953,24 @@ Params make_params(const Plan& plan, const LossOptions& o, const Layout& lay, ch
   P.rho_high = o.binding_rho_high_tv;
   P.tv_switch = o.binding_tv_switch;
   P.eps = o.binding_epsilon;
-  P.coef = plan.coef;
+  P.coef = plan.coefficient;
   P.w_tv = o.tv_max_weight_tv;
   P.w_max = o.tv_max_weight_max;
-  P.inv_maps[0] = plan.obj_maps > 0 ? 1.0 / double(plan.obj_maps) : 0.0;
-  P.inv_maps[1] = plan.attr_maps > 0 ? 1.0 / double(plan.attr_maps) : 0.0;
+  P.inv_maps[0] = plan.object_maps > 0 ? 1.0 / double(plan.object_maps) : 0.0;
+  P.inv_maps[1] = plan.attribute_maps > 0 ? 1.0 / double(plan.attribute_maps) : 0.0;
   P.map_begin[0] = 0;
   P.map_count[0] = int(n_obj_maps);
   P.map_begin[1] = int(n_obj_maps);
   P.map_count[1] = int(n_attr_maps);
-  P.inline_cols = plan.K <= kInlineTokens;
+  P.inline_cols = plan.tokens <= kInlineTokens;
   if (P.inline_cols) {
-    for (int i = 0; i < plan.K; ++i) {
-      P.cols[0][i] = plan.tok_col[size_t(i)];
-      P.cols[1][i] = plan.attr_col[size_t(i)];
+    for (int i = 0; i < plan.tokens; ++i) {
+      P.cols[0][i] = plan.token_columns[size_t(i)];
+      P.cols[1][i] = plan.attribute_columns[size_t(i)];
     }
   } else {
-    std::memcpy(host_meta + lay.tok_col, plan.tok_col.data(), plan.tok_col.size() * sizeof(int));
-    std::memcpy(host_meta + lay.attr_col, plan.attr_col.data(), plan.attr_col.size() * sizeof(int));
+    std::memcpy(host_meta + lay.tok_col, plan.token_columns.data(), plan.token_columns.size() * sizeof(int));
+    std::memcpy(host_meta + lay.attr_col, plan.attribute_columns.data(), plan.attribute_columns.size() * sizeof(int));
   }
   P.maps = reinterpret_cast<const MapDesc*>(dev + lay.maps);
   P.wlayers = reinterpret_cast<const WriteLayer*>(dev + lay.wlayers);
@@ -1033,12 +1026,12 @@ void launch_core(Workspace& ws, Params& P, const Meta& meta, bool with_backward,
 // Reads the per-token stats (pinned host copy) into a LossResult with the CPU core's aggregation rules.
 LossResult assemble_result(const Plan& plan, const LossOptions& o, const double* stats) {
   LossResult result;
-  result.tokens.resize(size_t(plan.K));
-  for (int s = 0; s < plan.K; ++s) {
+  result.tokens.resize(size_t(plan.tokens));
+  for (int s = 0; s < plan.tokens; ++s) {
     const double* st = stats + size_t(s) * kStats;
     TokenDiagnostics& d = result.tokens[size_t(s)];
     d.token_index = o.token_indices[size_t(s)];
-    d.attribute_index = plan.attr_col[size_t(s)] >= 0 ? plan.attr_col[size_t(s)] + plan.lo : -1;
+    d.attribute_index = plan.attribute_columns[size_t(s)] >= 0 ? plan.attribute_columns[size_t(s)] + plan.k0 : -1;
     d.max_attention = st[kMax];
     d.tv = st[kTv];
     d.has_jsd = st[kHasJsd] != 0.0;
@@ -1048,7 +1041,7 @@ LossResult assemble_result(const Plan& plan, const LossOptions& o, const double*
   }
   const bool hinge = o.mode == LossMode::Max && o.max_variant == MaxVariant::AttendExcite;
   int selected = 0;
-  for (int s = 1; s < plan.K; ++s) {
+  for (int s = 1; s < plan.tokens; ++s) {
     const double cand = hinge ? result.tokens[size_t(s)].value : -result.tokens[size_t(s)].value;
     const double best = hinge ? result.tokens[size_t(selected)].value : -result.tokens[size_t(selected)].value;
     if (cand > best) selected = s;
@@ -1056,91 +1049,57 @@ LossResult assemble_result(const Plan& plan, const LossOptions& o, const double*
   result.loss = hinge ? result.tokens[size_t(selected)].value : -result.tokens[size_t(selected)].value;
   const bool by_max = o.mode == LossMode::Max || o.mode == LossMode::TvMax;
   result.indicator = std::numeric_limits<double>::infinity();
-  for (const TokenDiagnostics& d : result.tokens) result.indicator = std::min(result.indicator, by_max ? d.max_attention : d.tv);
+  for (const TokenDiagnostics& d : result.tokens)
+    result.indicator = std::min(result.indicator, by_max ? d.max_attention : d.tv);
   return result;
 }
 
 // Turns a NaN/Inf key from the device into the CPU core's InvalidArgument (same field, same message).
-[[noreturn]] void throw_nonfinite(unsigned long long key, const std::vector<LayerView>& layers, const Plan& plan,
+[[noreturn]] void raise_nonfinite(unsigned long long key, const std::vector<LayerShape>& shapes, const Plan& plan,
                                   float value) {
   const int layer = int((key >> 40) & 0x3fffff);
   const unsigned long long at = key & ((1ull << 40) - 1);
-  const LayerView& l = layers[size_t(layer)];
+  const LayerShape& l = shapes[size_t(layer)];
   const unsigned long long hw = (unsigned long long)l.resolution * l.resolution;
-  const unsigned long long head = at / (hw * plan.T), rem = at % (hw * plan.T);
+  const unsigned long long head = at / (hw * plan.text_length), rem = at % (hw * plan.text_length);
   const std::string field = "layers[" + std::to_string(layer) + "].data";
   std::ostringstream m;
-  m << field << ": holds " << value << " at index " << at << " (head " << head << ", pixel " << rem / plan.T
-    << ", token " << rem % plan.T << "); attention probabilities must be finite";
+  m << field << ": holds " << value << " at index " << at << " (head " << head << ", pixel " << rem / plan.text_length
+    << ", token " << rem % plan.text_length << "); attention probabilities must be finite";
   throw InvalidArgument(field, m.str(), true);
 }
 
-// Host-side expansion of the gradient rows (host path), mirroring the CPU core's aggregate_backward_rows and
-// write_layer_gradient: rows of one resolution are built once in double, rounded, and copied per head.
-void expand_grads_host(const std::vector<LayerView>& layers, const LossOptions& o, const Plan& plan,
-                       float* const* grads, const int* sel, const double* soft, const double* cg) {
+// The host path's compact gradient from the device's token softmax and per-pixel coefficients, accumulated like
+// the CPU core's aggregate_backward: an input pixel's row is the sum over the outputs o that sample it of
+// cg[o] * (delta_{j,col} - S[o, j]) on the kept tokens, object source first.
+void build_host_gradient(CompactGradient& g, const Plan& plan, const LossOptions& o, const int* sel, const double* soft,
+                         const double* cg) {
+  g.reset(plan.text_length, plan.r0);
   const int s = sel[0];
   const bool any = sel[1] != 0, attr_g = sel[2] != 0;
-  const int T = plan.T, tk = plan.tk, n0 = plan.n0, r0 = plan.r0;
-  std::vector<char> written(layers.size(), 0);
-  if (any) {
-    std::vector<int> resolutions;
-    for (int id : plan.obj_layers) resolutions.push_back(layers[size_t(id)].resolution);
-    if (attr_g)
-      for (int id : plan.attr_layers) resolutions.push_back(layers[size_t(id)].resolution);
-    std::sort(resolutions.begin(), resolutions.end());
-    resolutions.erase(std::unique(resolutions.begin(), resolutions.end()), resolutions.end());
-    std::vector<int> row_of_pixel;
-    std::vector<double> rows;
-    std::vector<float> rows_f;
-    for (int r : resolutions) {
-      row_of_pixel.assign(size_t(r) * r, -1);
-      rows.clear();
-      auto add = [&](int src, int col) {
-        const double* sf = soft + size_t(src) * n0 * tk;
-        const double* c = cg + size_t(src) * n0;
-        for (int p = 0; p < n0; ++p) {
-          const int64_t pix = sampled_pixel(p, r, r0);
-          int& row = row_of_pixel[size_t(pix)];
-          if (row < 0) {
-            row = int(rows.size() / size_t(tk));
-            rows.resize(rows.size() + size_t(tk), 0.0);
-          }
-          double* dst = rows.data() + size_t(row) * tk;
-          const double* sp = sf + size_t(p) * tk;
-          for (int j = 0; j < tk; ++j) dst[j] += c[p] * ((j == col ? 1.0 : 0.0) - sp[j]);
-        }
-      };
-      if (r == r0) add(0, plan.tok_col[size_t(s)]);
-      if (attr_g && std::find(o.attribute_resolutions.begin(), o.attribute_resolutions.end(), r) !=
-                        o.attribute_resolutions.end())
-        add(1, plan.attr_col[size_t(s)]);
-      const size_t n_rows = rows.size() / size_t(tk);
-      rows_f.assign(n_rows * size_t(T), 0.0f);
-      for (size_t i = 0; i < n_rows; ++i)
-        for (int j = 0; j < tk; ++j) rows_f[i * T + plan.lo + j] = static_cast<float>(rows[i * tk + j]);
-      for (size_t i = 0; i < layers.size(); ++i) {
-        const LayerView& l = layers[i];
-        if (l.resolution != r) continue;
-        const int64_t hw = int64_t(r) * r;
-        for (int h = 0; h < l.heads; ++h) {
-          float* head = grads[i] + int64_t(h) * hw * T;
-          int64_t p = 0;
-          while (p < hw) {
-            int64_t q = p;
-            while (q < hw && row_of_pixel[size_t(q)] < 0) ++q;
-            if (q > p) std::memset(head + p * T, 0, size_t(q - p) * T * sizeof(float));
-            if (q < hw)
-              std::memcpy(head + q * T, rows_f.data() + size_t(row_of_pixel[size_t(q)]) * T, size_t(T) * sizeof(float));
-            p = q + 1;
-          }
-        }
-        written[i] = 1;
-      }
+  if (!any) return;
+  const int tk = plan.tk, n0 = plan.p0;
+  std::vector<int> resolutions = {plan.r0};
+  if (attr_g) resolutions.insert(resolutions.end(), o.attribute_resolutions.begin(), o.attribute_resolutions.end());
+  std::sort(resolutions.begin(), resolutions.end());
+  resolutions.erase(std::unique(resolutions.begin(), resolutions.end()), resolutions.end());
+  auto add = [&](ResolutionGradient& rg, int src, int col) {
+    const double* sf = soft + size_t(src) * n0 * tk;
+    const double* c = cg + size_t(src) * n0;
+    for (int p = 0; p < n0; ++p) {
+      double* dst = row_accumulator(rg, p, plan.r0, tk);
+      const double* sp = sf + size_t(p) * tk;
+      for (int j = 0; j < tk; ++j) dst[j] += c[p] * ((j == col ? 1.0 : 0.0) - sp[j]);
     }
+  };
+  for (int r : resolutions) {
+    ResolutionGradient& rg = begin_resolution(g, r);
+    if (r == plan.r0) add(rg, 0, plan.token_columns[size_t(s)]);
+    if (attr_g &&
+        std::find(o.attribute_resolutions.begin(), o.attribute_resolutions.end(), r) != o.attribute_resolutions.end())
+      add(rg, 1, plan.attribute_columns[size_t(s)]);
+    finish_resolution(rg, plan.k0, tk, plan.text_length);
   }
-  for (size_t i = 0; i < layers.size(); ++i)
-    if (!written[i]) std::memset(grads[i], 0, size_t(layers[i].length) * sizeof(float));
 }
 
 LossResult run_device(const std::vector<LayerView>& layers, const LossOptions& options, float* const* grads,
@@ -1160,28 +1119,30 @@ LossResult run_device(const std::vector<LayerView>& layers, const LossOptions& o
 
   std::vector<MapDesc> maps;
   for (int src = 0; src < 2; ++src)
-    for (int id : src == 0 ? plan.obj_layers : plan.attr_layers) {
+    for (int id : src == 0 ? plan.object_layers : plan.attribute_layers) {
       const LayerView& l = layers[size_t(id)];
-      const int64_t per_head = int64_t(l.resolution) * l.resolution * plan.T;
+      const int64_t per_head = int64_t(l.resolution) * l.resolution * plan.text_length;
       for (int h = 0; h < l.heads; ++h) maps.push_back({l.probs + h * per_head, l.resolution, l.resolution, id, h});
     }
   std::vector<WriteLayer> wl;
   long long max_image_rows = 1;
   for (size_t i = 0; i < layers.size(); ++i) {
     const LayerView& l = layers[i];
-    wl.push_back({grads ? grads[i] : nullptr, l.heads, l.resolution, plan.is_obj[i] ? 1 : 0, plan.is_attr[i] ? 1 : 0});
+    wl.push_back(
+        {grads ? grads[i] : nullptr, l.heads, l.resolution, plan.is_object[i] ? 1 : 0, plan.is_attribute[i] ? 1 : 0});
     max_image_rows = std::max(max_image_rows, (long long)l.heads * l.resolution);
   }
   if (grads && wl.size() > 65535)
-    throw InvalidArgument("layers", "layers: at most 65535 layers are supported by the CUDA backend, got " +
-                                        std::to_string(wl.size()), true);
+    throw InvalidArgument(
+        "layers", "layers: at most 65535 layers are supported by the CUDA backend, got " + std::to_string(wl.size()),
+        true);
   for (const LayerView& l : layers)
-    if (grads && (long long)l.resolution * plan.T > 0x7fffffffLL)
+    if (grads && (long long)l.resolution * plan.text_length > 0x7fffffffLL)
       throw InvalidArgument("layers", "layers: resolution * T must stay below 2^31 for the CUDA backend", true);
   const Layout lay(plan, maps.size(), wl.size(), 0);
   ws.reserve(lay.total);
   Meta meta{};
-  Params P = make_params(plan, options, lay, ws.dev, size_t(plan.obj_maps), size_t(plan.attr_maps), ws.host);
+  Params P = make_params(plan, options, lay, ws.dev, size_t(plan.object_maps), size_t(plan.attribute_maps), ws.host);
   const bool upload = place_meta(P, meta, maps, wl, lay, ws.host);
   P.out_obj = object_maps;
   P.out_attr = attribute_maps;
@@ -1197,8 +1158,7 @@ LossResult run_device(const std::vector<LayerView>& layers, const LossOptions& o
     int max_res = 1;
     for (const LayerView& l : layers) max_res = std::max(max_res, l.resolution);
     const unsigned bx = unsigned(std::min<long long>(max_image_rows, 65535));
-    write_grads_kernel<<<dim3(bx, unsigned(wl.size())), kThreads, 2 * size_t(max_res) * sizeof(int), stream>>>(P,
-                                                                                                               meta);
+    write_grads_kernel<<<dim3(bx, unsigned(wl.size())), kThreads, 2 * size_t(max_res) * sizeof(int), stream>>>(P, meta);
     DB_LAUNCHED("write_grads_kernel");
   }
   if (ev) DB_CUDA(cudaEventRecord(ev[5], stream));
@@ -1219,7 +1179,7 @@ LossResult run_device(const std::vector<LayerView>& layers, const LossOptions& o
     float value = 0;
     DB_CUDA(cudaMemcpy(&value, layers[size_t(layer)].probs + (key & ((1ull << 40) - 1)), sizeof(float),
                        cudaMemcpyDeviceToHost));
-    throw_nonfinite(key, layers, plan, value);
+    raise_nonfinite(key, layer_shapes(layers), plan, value);
   }
   return assemble_result(plan, options, reinterpret_cast<const double*>(ws.host + lay.stats));
 }
@@ -1254,91 +1214,122 @@ int device_count(std::string* error) {
 }
 
 LossResult attention_loss_host(const std::vector<LayerView>& layers, const LossOptions& options, float* const* grads,
-                               float* object_maps, float* attribute_maps) {
+                               float* object_maps, float* attribute_maps, const GradState* grad_prior) {
   validate(layers, options);
   check_grads(layers, grads);
   require_device();
-  const Plan plan = make_plan(layers, options);
-  Workspace& ws = workspace_for_current_device();
-  std::lock_guard<std::mutex> lock(ws.mutex);
-  const size_t T = size_t(plan.T), n0 = size_t(plan.n0);
+  HostCall call(layers, options);
+  LossResult result = call.compute(grads != nullptr);
+  call.write_maps(object_maps, attribute_maps);
+  if (grads) result.grad_states = write_gradients(grads, layer_shapes(layers), call.gradient(), grad_prior);
+  return result;
+}
 
-  // Only the rows the loss reads travel: every pixel of the object layers, the sampled pixels of the
-  // attribute layers (packed already sampled, so the kernel sees an r0 x r0 layer).
-  size_t packed = 0;
-  for (int id : plan.obj_layers) packed += size_t(layers[size_t(id)].heads) * n0 * T;
-  for (int id : plan.attr_layers) packed += size_t(layers[size_t(id)].heads) * n0 * T;
-  std::vector<MapDesc> maps;
-  maps.reserve(size_t(plan.obj_maps + plan.attr_maps));
-  const Layout probe(plan, size_t(plan.obj_maps + plan.attr_maps), 0, packed);
-  ws.reserve(probe.total);
-  const Layout& lay = probe;
-  float* hp = reinterpret_cast<float*>(ws.host + lay.packed);
-  const float* dp = reinterpret_cast<const float*>(ws.dev + lay.packed);
+// Only the rows the loss reads travel: every pixel of the object layers, the sampled pixels of the attribute
+// layers (packed already sampled, so the kernel sees an r0 x r0 layer).
+HostCall::HostCall(const std::vector<LayerView>& layers, const LossOptions& options)
+    : options_(options), plan_(make_plan(layers, options)), shapes_(layer_shapes(layers)) {
+  const size_t T = size_t(plan_.text_length), n0 = size_t(plan_.p0);
+  packed_.resize(size_t(plan_.object_maps + plan_.attribute_maps) * n0 * T);
   size_t at = 0;
   for (int src = 0; src < 2; ++src)
-    for (int id : src == 0 ? plan.obj_layers : plan.attr_layers) {
+    for (int id : src == 0 ? plan_.object_layers : plan_.attribute_layers) {
       const LayerView& l = layers[size_t(id)];
       const int r = l.resolution;
-      const int64_t per_head = int64_t(r) * r * plan.T;
+      const int64_t per_head = int64_t(r) * r * plan_.text_length;
       for (int h = 0; h < l.heads; ++h) {
         const float* head = l.probs + h * per_head;
         if (src == 0) {
-          std::memcpy(hp + at, head, n0 * T * sizeof(float));
+          std::memcpy(packed_.data() + at, head, n0 * T * sizeof(float));
         } else {
           for (size_t o = 0; o < n0; ++o)
-            std::memcpy(hp + at + o * T, head + sampled_pixel(int(o), r, plan.r0) * plan.T, T * sizeof(float));
+            std::memcpy(packed_.data() + at + o * T, head + sampled_pixel(int(o), r, plan_.r0) * plan_.text_length,
+                        T * sizeof(float));
         }
-        maps.push_back({dp + at, plan.r0, r, id, h});
+        maps_.push_back({src, id, h, r});
         at += n0 * T;
       }
     }
+}
+
+LossResult HostCall::compute(bool with_grad) {
+  require_device();
+  Workspace& ws = workspace_for_current_device();
+  std::lock_guard<std::mutex> lock(ws.mutex);
+  const size_t n0 = size_t(plan_.p0), K = size_t(plan_.tokens);
+  const Layout lay(plan_, maps_.size(), 0, packed_.size());
+  ws.reserve(lay.total);
+  std::memcpy(ws.host + lay.packed, packed_.data(), packed_.size() * sizeof(float));
+  const float* dp = reinterpret_cast<const float*>(ws.dev + lay.packed);
+  std::vector<MapDesc> maps;
+  maps.reserve(maps_.size());
+  for (size_t m = 0; m < maps_.size(); ++m)
+    maps.push_back({dp + m * n0 * plan_.text_length, plan_.r0, maps_[m].resolution, maps_[m].layer, maps_[m].head});
   Meta meta{};
-  Params P = make_params(plan, options, lay, ws.dev, size_t(plan.obj_maps), size_t(plan.attr_maps), ws.host);
+  Params P =
+      make_params(plan_, options_, lay, ws.dev, size_t(plan_.object_maps), size_t(plan_.attribute_maps), ws.host);
   place_meta(P, meta, maps, {}, lay, ws.host);
-  const bool want_maps = object_maps || attribute_maps;
   float* dev_maps = reinterpret_cast<float*>(ws.dev + lay.out_maps);
-  P.out_obj = want_maps ? dev_maps : nullptr;
-  P.out_attr = want_maps ? dev_maps + size_t(plan.K) * n0 : nullptr;
+  P.out_obj = dev_maps;
+  P.out_attr = dev_maps + K * n0;
   cudaStream_t stream = ws.stream;
   // descriptors (when not inline) and the packed rows: [meta_begin, meta_end) then the packed block
   DB_CUDA(cudaMemcpyAsync(ws.dev + lay.meta_begin(), ws.host + lay.meta_begin(), lay.meta_end() - lay.meta_begin(),
                           cudaMemcpyHostToDevice, stream));
-  DB_CUDA(cudaMemcpyAsync(ws.dev + lay.packed, ws.host + lay.packed, packed * sizeof(float), cudaMemcpyHostToDevice,
-                          stream));
-  launch_core(ws, P, meta, grads != nullptr, stream, nullptr);
+  DB_CUDA(cudaMemcpyAsync(ws.dev + lay.packed, ws.host + lay.packed, packed_.size() * sizeof(float),
+                          cudaMemcpyHostToDevice, stream));
+  launch_core(ws, P, meta, with_grad, stream, nullptr);
+  // results, the maps and, for the gradient, the token softmax and the per-pixel coefficients
   DB_CUDA(cudaMemcpyAsync(ws.host + lay.results_begin(), ws.dev + lay.results_begin(),
                           lay.results_end() - lay.results_begin(), cudaMemcpyDeviceToHost, stream));
-  if (grads)  // the token softmax and the per-pixel coefficients: all the host expansion needs
-    DB_CUDA(cudaMemcpyAsync(ws.host + lay.soft, ws.dev + lay.soft, 2 * n0 * size_t(plan.tk) * sizeof(double),
+  DB_CUDA(cudaMemcpyAsync(ws.host + lay.out_maps, ws.dev + lay.out_maps, 2 * K * n0 * sizeof(float),
+                          cudaMemcpyDeviceToHost, stream));
+  if (with_grad) {
+    DB_CUDA(cudaMemcpyAsync(ws.host + lay.soft, ws.dev + lay.soft, 2 * n0 * size_t(plan_.tk) * sizeof(double),
                             cudaMemcpyDeviceToHost, stream));
-  if (grads)
-    DB_CUDA(cudaMemcpyAsync(ws.host + lay.cg, ws.dev + lay.cg, 2 * n0 * sizeof(double), cudaMemcpyDeviceToHost,
-                            stream));
-  if (want_maps)
-    DB_CUDA(cudaMemcpyAsync(ws.host + lay.out_maps, ws.dev + lay.out_maps, 2 * size_t(plan.K) * n0 * sizeof(float),
-                            cudaMemcpyDeviceToHost, stream));
+    DB_CUDA(
+        cudaMemcpyAsync(ws.host + lay.cg, ws.dev + lay.cg, 2 * n0 * sizeof(double), cudaMemcpyDeviceToHost, stream));
+  }
   DB_CUDA(cudaStreamSynchronize(stream));
   ws.key_armed = true;
   const unsigned long long key = *reinterpret_cast<const unsigned long long*>(ws.host + lay.nan_out);
-  if (key != kNoNan) {
-    const int layer = int((key >> 40) & 0x3fffff);
-    throw_nonfinite(key, layers, plan, layers[size_t(layer)].probs[key & ((1ull << 40) - 1)]);
-  }
-  LossResult result = assemble_result(plan, options, reinterpret_cast<const double*>(ws.host + lay.stats));
+  if (key != kNoNan) throw_nonfinite(key);
   const float* hm = reinterpret_cast<const float*>(ws.host + lay.out_maps);
-  if (object_maps) std::memcpy(object_maps, hm, size_t(plan.K) * n0 * sizeof(float));
-  if (attribute_maps) std::memcpy(attribute_maps, hm + size_t(plan.K) * n0, size_t(plan.K) * n0 * sizeof(float));
-  if (grads)
-    expand_grads_host(layers, options, plan, grads, reinterpret_cast<const int*>(ws.host + lay.sel),
-                      reinterpret_cast<const double*>(ws.host + lay.soft),
-                      reinterpret_cast<const double*>(ws.host + lay.cg));
-  return result;
+  maps_out_.assign(hm, hm + 2 * K * n0);
+  if (with_grad)
+    build_host_gradient(gradient_, plan_, options_, reinterpret_cast<const int*>(ws.host + lay.sel),
+                        reinterpret_cast<const double*>(ws.host + lay.soft),
+                        reinterpret_cast<const double*>(ws.host + lay.cg));
+  return assemble_result(plan_, options_, reinterpret_cast<const double*>(ws.host + lay.stats));
+}
+
+void HostCall::write_maps(float* object_maps, float* attribute_maps) const {
+  const size_t n = size_t(plan_.tokens) * size_t(plan_.p0);
+  if (object_maps) std::memcpy(object_maps, maps_out_.data(), n * sizeof(float));
+  if (attribute_maps) std::memcpy(attribute_maps, maps_out_.data() + n, n * sizeof(float));
+}
+
+// The device's key names (source, layer, index in the layer); the value is read from the packed copy.
+void HostCall::throw_nonfinite(unsigned long long key) const {
+  const int source = int(key >> 62), layer = int((key >> 40) & 0x3fffff);
+  const unsigned long long at = key & ((1ull << 40) - 1);
+  const int64_t T = plan_.text_length, r = shapes_[size_t(layer)].resolution;
+  const int64_t head = int64_t(at) / (r * r * T), pixel = (int64_t(at) / T) % (r * r), t = int64_t(at) % T;
+  float value = std::numeric_limits<float>::quiet_NaN();
+  for (size_t m = 0; m < maps_.size(); ++m) {
+    if (maps_[m].source != source || maps_[m].layer != layer || maps_[m].head != head) continue;
+    for (int o = 0; o < plan_.p0; ++o)
+      if (sampled_pixel(o, int(r), plan_.r0) == pixel) {
+        value = packed_[(m * size_t(plan_.p0) + size_t(o)) * size_t(T) + size_t(t)];
+        break;
+      }
+  }
+  raise_nonfinite(key, shapes_, plan_, value);
 }
 
 LossResult attention_loss_device(const std::vector<LayerView>& layers, const LossOptions& options,
-                                 float* const* grads_device, float* object_maps_device,
-                                 float* attribute_maps_device, void* cuda_stream) {
+                                 float* const* grads_device, float* object_maps_device, float* attribute_maps_device,
+                                 void* cuda_stream) {
   return run_device(layers, options, grads_device, object_maps_device, attribute_maps_device,
                     static_cast<cudaStream_t>(cuda_stream), nullptr);
 }
@@ -1356,8 +1347,7 @@ LossResult attention_loss_device_timed(const std::vector<LayerView>& layers, con
 __global__ void busy_wait_kernel(unsigned long long ns) {
   const unsigned long long start = clock64();
   // clock64 counts SM cycles; 2 GHz is an upper bound for these parts, so this waits at least ns nanoseconds
-  while (clock64() - start < ns * 2ull) {
-  }
+  while (clock64() - start < ns * 2ull) {}
 }
 
 void enqueue_busy_wait(void* cuda_stream, unsigned microseconds) {
@@ -1370,11 +1360,11 @@ TrafficEstimate estimate_traffic(const std::vector<LayerView>& layers, const Los
   const Plan plan = make_plan(layers, options);
   TrafficEstimate t;
   const double row_bytes = double(plan.tk) * sizeof(float);
-  t.bytes_read = double(plan.obj_maps) * plan.n0 * row_bytes;
-  for (int id : plan.attr_layers) {
+  t.bytes_read = double(plan.object_maps) * plan.p0 * row_bytes;
+  for (int id : plan.attribute_layers) {
     const int r = layers[size_t(id)].resolution;
     // distinct sampled pixels: for r >= r0 every output reads its own pixel, for r < r0 all r*r are read
-    const double pixels = r >= plan.r0 ? double(plan.n0) : double(r) * r;
+    const double pixels = r >= plan.r0 ? double(plan.p0) : double(r) * r;
     t.bytes_read += double(layers[size_t(id)].heads) * pixels * row_bytes;
   }
   if (with_grads)

@@ -7,11 +7,11 @@ namespace divbind::cuda::detail {
 
 // Device time of each stage of one device-path call (CUDA events on the call's stream), in ms.
 struct StageTimes {
-  float total_ms = 0;            // first upload to the last kernel
-  float upload_ms = 0;           // descriptors, when too many for kernel parameters (one small copy)
-  float aggregate_ms = 0;        // aggregation and token softmax
-  float tokens_ms = 0;           // per-token maps, TV, JSD, values; selection + backward of the small stages
-  float write_ms = 0;            // full-size gradient write
+  float total_ms = 0;      // first upload to the last kernel
+  float upload_ms = 0;     // descriptors, when too many for kernel parameters (one small copy)
+  float aggregate_ms = 0;  // aggregation and token softmax
+  float tokens_ms = 0;     // per-token maps, TV, JSD, values; selection + backward of the small stages
+  float write_ms = 0;      // full-size gradient write
 };
 
 // attention_loss_device with the stage times filled in (times may be null).

@@ -5,11 +5,13 @@
 //     step h = 1e-4 on each float input (the actual float step is used as the divisor);
 //     tol |g - fd| <= 2e-5 * max|fd| + 2e-4 * |fd| (truncation O(h^2 f''') with temperature up to 100);
 //  3. structural checks (zero gradients, overwrite semantics, tv_bind without attributes == tv, hinge cut-off);
+//     the reuse contract: GradState priors give the full-write gradients bit for bit over a random call sequence;
 //  4. validation: every bad input throws InvalidArgument with the field, the message and TypeError/RangeError kind.
 // Prints one line per case and "OK"/"FAILED" at the end; exit status 1 on any failure.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <random>
 #include <string>
@@ -75,7 +77,8 @@ std::vector<double> ref_maps(const Input& in, const LossOptions& o, const std::v
       n += 1;
       for (int y = 0; y < r0; ++y)
         for (int x = 0; x < r0; ++x) {
-          const int iy = int(std::floor(double(y) * l.resolution / r0)), ix = int(std::floor(double(x) * l.resolution / r0));
+          const int iy = int(std::floor(double(y) * l.resolution / r0)),
+                    ix = int(std::floor(double(x) * l.resolution / r0));
           for (int t = 0; t < T; ++t)
             mean[(size_t(y) * r0 + x) * T + t] +=
                 l.probs[((size_t(h) * l.resolution + iy) * l.resolution + ix) * T + t];
@@ -214,8 +217,8 @@ void run_forward_and_gradient(Case c) {
   // forward vs reference
   const LossResult res = attention_loss(in.layers, o, nullptr);
   const RefResult ref = reference(in, o);
-  check(close(res.loss, ref.loss, 1e-12, 1e-10), c.name + ": loss " + std::to_string(res.loss) + " vs reference " +
-                                                     std::to_string(ref.loss));
+  check(close(res.loss, ref.loss, 1e-12, 1e-10),
+        c.name + ": loss " + std::to_string(res.loss) + " vs reference " + std::to_string(ref.loss));
   check(close(res.indicator, ref.indicator, 1e-12, 1e-10), c.name + ": indicator");
   for (size_t s = 0; s < res.tokens.size(); ++s) {
     const TokenDiagnostics& d = res.tokens[s];
@@ -261,8 +264,7 @@ void run_forward_and_gradient(Case c) {
       const double err = std::abs(g[i][e] - fd[i][e]);
       max_err = std::max(max_err, err);
       if (err > 2e-5 * max_fd + 2e-4 * std::abs(fd[i][e])) {
-        if (bad++ < 5)
-          std::printf("    layer %zu elem %zu: analytic %.9g fd %.9g\n", i, e, double(g[i][e]), fd[i][e]);
+        if (bad++ < 5) std::printf("    layer %zu elem %zu: analytic %.9g fd %.9g\n", i, e, double(g[i][e]), fd[i][e]);
       }
     }
   check(bad == 0, c.name + ": " + std::to_string(bad) + " gradient entries off");
@@ -422,6 +424,45 @@ void structural_cases() {
   check(even, "max ties split the gradient evenly");
 }
 
+// Central differences at 24 entries with a non-zero gradient (sampled pixels of the four 16-multiple layers).
+void check_sampled_fd(const Input& in, const LossOptions& o, const std::vector<std::vector<float>>& g1,
+                      std::mt19937& rng) {
+  // central differences at sampled entries with a non-zero gradient
+  Input work = in;
+  work.fix();
+  std::uniform_int_distribution<int> pick_layer(0, 3), pick_head(0, 7), pick_token(1, 75);
+  double max_fd = 0;
+  std::vector<std::pair<std::pair<size_t, size_t>, double>> samples;
+  while (samples.size() < 24) {
+    const size_t li = size_t(pick_layer(rng));
+    const int r = in.layers[li].resolution, step = r / 16;
+    std::uniform_int_distribution<int> pick_cell(0, 15);
+    const size_t e =
+        ((size_t(pick_head(rng)) * r + size_t(pick_cell(rng) * step)) * r + size_t(pick_cell(rng) * step)) * 77 +
+        size_t(pick_token(rng));
+    const float x = in.data[li][e];
+    const float xp = x + 1e-5f, xm = x - 1e-5f;  // small: flat 16x16 maps put |x| kinks close
+    work.data[li][e] = xp;
+    const double lp = attention_loss(work.layers, o, nullptr).loss;
+    work.data[li][e] = xm;
+    const double lm = attention_loss(work.layers, o, nullptr).loss;
+    work.data[li][e] = x;
+    const double fd = (lp - lm) / (double(xp) - double(xm));
+    max_fd = std::max(max_fd, std::abs(fd));
+    samples.push_back({{li, e}, fd});
+  }
+  int bad = 0;
+  for (const auto& smp : samples) {
+    const double g = g1[smp.first.first][smp.first.second];
+    if (std::abs(g - smp.second) > 2e-4 * max_fd + 2e-3 * std::abs(smp.second)) {
+      if (bad++ < 5)
+        std::printf("    layer %zu elem %zu: analytic %.9g fd %.9g\n", smp.first.first, smp.first.second, g,
+                    smp.second);
+    }
+  }
+  check(bad == 0 && max_fd > 0, "large: sampled gradient entries match central differences");
+  std::printf("  max|fd| %.4g over %zu samples\n", max_fd, samples.size());
+}
 // Large buffers (>= 8 MB: streaming stores, optional second thread): every float overwritten, zeros exactly where
 // nothing is read, one thread == two threads bit for bit, and sampled entries vs central differences
 // (h = 1e-5, tol 2e-4 * max|fd| + 2e-3 * |fd|).
@@ -473,38 +514,116 @@ void large_case() {
         }
   }
   check(zeros, "large: zeros wherever nothing is read, every pre-filled float overwritten");
-  // central differences at sampled entries with a non-zero gradient
-  Input work = in;
-  work.fix();
-  std::uniform_int_distribution<int> pick_layer(0, 3), pick_head(0, 7), pick_token(1, 75);
-  double max_fd = 0;
-  std::vector<std::pair<std::pair<size_t, size_t>, double>> samples;
-  while (samples.size() < 24) {
-    const size_t li = size_t(pick_layer(rng));
-    const int r = in.layers[li].resolution, step = r / 16;
-    std::uniform_int_distribution<int> pick_cell(0, 15);
-    const size_t e = ((size_t(pick_head(rng)) * r + size_t(pick_cell(rng) * step)) * r + size_t(pick_cell(rng) * step)) * 77 +
-                     size_t(pick_token(rng));
-    const float x = in.data[li][e];
-    const float xp = x + 1e-5f, xm = x - 1e-5f;  // small: flat 16x16 maps put |x| kinks close
-    work.data[li][e] = xp;
-    const double lp = attention_loss(work.layers, o, nullptr).loss;
-    work.data[li][e] = xm;
-    const double lm = attention_loss(work.layers, o, nullptr).loss;
-    work.data[li][e] = x;
-    const double fd = (lp - lm) / (double(xp) - double(xm));
-    max_fd = std::max(max_fd, std::abs(fd));
-    samples.push_back({{li, e}, fd});
+  std::printf("  loss %.9g\n", a.loss);
+  check_sampled_fd(in, o, g1, rng);
+}
+
+// ---------------------------------------------------------------------------------------------
+// GradState priors (the reuse contract of gradient_write.h).
+
+using Buffers = std::vector<std::vector<float>>;
+
+std::vector<float*> pointers(Buffers& b) {
+  std::vector<float*> p;
+  for (auto& v : b) p.push_back(v.data());
+  return p;
+}
+
+bool same_bits(const Buffers& a, const Buffers& b) {
+  for (size_t i = 0; i < a.size(); ++i)
+    if (a[i].size() != b[i].size() || std::memcmp(a[i].data(), b[i].data(), a[i].size() * sizeof(float)) != 0)
+      return false;
+  return true;
+}
+
+LossOptions random_reuse_options(std::mt19937& rng) {
+  const LossMode modes[] = {LossMode::Max, LossMode::Tv, LossMode::TvBind, LossMode::TvBind, LossMode::TvMax};
+  LossOptions o = small_options(modes[rng() % 5]);
+  o.max_variant = rng() % 2 ? MaxVariant::DivBind : MaxVariant::AttendExcite;
+  const std::vector<int> attributes[] = {{3, -1}, {-1, 6}, {3, 6}, {}};
+  o.attribute_indices = attributes[rng() % 4];
+  o.step_index = int(rng() % 25);
+  if (rng() % 5 == 0) {  // object maps at 2x2 (layer 3): the sampled pixels of every layer change
+    o.attention_resolution = 2;
+    o.attribute_resolutions = {8, 4};
   }
-  int bad = 0;
-  for (const auto& smp : samples) {
-    const double g = g1[smp.first.first][smp.first.second];
-    if (std::abs(g - smp.second) > 2e-4 * max_fd + 2e-3 * std::abs(smp.second)) {
-      if (bad++ < 5) std::printf("    layer %zu elem %zu: analytic %.9g fd %.9g\n", smp.first.first, smp.first.second, g, smp.second);
+  return o;
+}
+
+// A random sequence of calls into kept buffers (NaN at first) with the states the previous call reported (Unknown
+// when r0 changed, as the caller must): every float equals a full write into fresh buffers, and the states agree.
+void reuse_sequence() {
+  std::mt19937 rng(31);
+  Input shape = small_input(14, 3);
+  Buffers kept;
+  for (const auto& d : shape.data) kept.emplace_back(d.size(), NAN);
+  std::vector<float*> kp = pointers(kept);
+  std::vector<GradState> states(kept.size(), GradState::Unknown);
+  int last_r0 = 0, mismatches = 0, sparse_calls = 0;
+  for (int call = 0; call < 80; ++call) {
+    const LossOptions o = random_reuse_options(rng);
+    const Input now = small_input(100 + unsigned(call), 3);
+    if (o.attention_resolution != last_r0) states.assign(kept.size(), GradState::Unknown);
+    sparse_calls += states[0] != GradState::Unknown;
+    Buffers fresh;
+    for (const auto& d : now.data) fresh.emplace_back(d.size(), -3.0f);
+    std::vector<float*> fp = pointers(fresh);
+    const LossResult full = attention_loss(now.layers, o, fp.data());
+    const LossResult reused = attention_loss(now.layers, o, kp.data(), nullptr, nullptr, states.data());
+    if (!same_bits(kept, fresh) || full.grad_states != reused.grad_states || full.loss != reused.loss) {
+      if (mismatches++ < 3) std::printf("    call %d: sparse write differs from the full write\n", call);
     }
+    states = reused.grad_states;
+    last_r0 = o.attention_resolution;
   }
-  check(bad == 0 && max_fd > 0, "large: sampled gradient entries match central differences");
-  std::printf("  loss %.9g  max|fd| %.4g over %zu samples\n", a.loss, max_fd, samples.size());
+  check(mismatches == 0 && sparse_calls > 40,
+        "reuse: 80 calls, sparse writes equal full writes bit for bit (" + std::to_string(sparse_calls) + " sparse)");
+}
+
+// What the states say, and that a sparse write leaves alone what it may assume to be zero.
+void reuse_states_and_skips() {
+  Input in = small_input(15, 3);  // layers at 4 (2 heads), 4 (3 heads), 8, 2, 3
+  LossOptions o = small_options(LossMode::Tv);
+  Buffers g;
+  for (const auto& d : in.data) g.emplace_back(d.size(), NAN);
+  std::vector<float*> gp = pointers(g);
+  const LossResult a = attention_loss(in.layers, o, gp.data());
+  const std::vector<GradState> tv_states = {GradState::Sampled, GradState::Sampled, GradState::Zero, GradState::Zero,
+                                            GradState::Zero};
+  check(a.grad_states == tv_states, "reuse: in 'tv' only the object layers hold a gradient");
+  g[2][5] = 7.0f;                    // layer at 8: no gradient in 'tv', state Zero
+  g[0][(1 * 4 + 1) * 9 + 0] = 7.0f;  // object layer, pixel (1, 1), SOT position: inside a sampled row
+  const LossResult b = attention_loss(in.layers, o, gp.data(), nullptr, nullptr, a.grad_states.data());
+  check(g[2][5] == 7.0f, "reuse: a layer in state Zero without gradient is not written");
+  check(g[0][(1 * 4 + 1) * 9 + 0] == 0.0f, "reuse: sampled rows are rewritten whole (SOT included)");
+  // A&E hinge at m = 1 (no gradient at all): the object layers' rows are zeroed, the states become Zero.
+  Input hot;
+  std::mt19937 rng(3);
+  hot.add(2, 4, 9, rng, 1);
+  for (size_t row = 0; row < 32; ++row)
+    for (int t = 0; t < 9; ++t) hot.data[0][row * 9 + t] = t == 2 ? 0.9f : 0.0125f;
+  LossOptions ho = small_options(LossMode::Max);
+  ho.smoothing = false;
+  ho.temperature = 10;  // S < 1: a non-zero gradient
+  ho.token_indices = {2};
+  ho.attribute_resolutions = {};
+  std::vector<float> hg(hot.data[0].size(), NAN);
+  float* hgp = hg.data();
+  const LossResult c = attention_loss(hot.layers, ho, &hgp);
+  const bool had_gradient = std::any_of(hg.begin(), hg.end(), [](float v) { return v != 0; });
+  ho.max_variant = MaxVariant::AttendExcite;
+  ho.temperature = 1e4;  // S = 1 exactly: m = 1, no gradient
+  const LossResult d = attention_loss(hot.layers, ho, &hgp, nullptr, nullptr, c.grad_states.data());
+  check(had_gradient && c.grad_states[0] == GradState::Sampled && d.grad_states[0] == GradState::Zero &&
+            std::all_of(hg.begin(), hg.end(), [](float v) { return v == 0; }),
+        "reuse: a gradient that vanishes (A&E hinge) is zeroed");
+  (void)b;
+}
+
+void reuse_cases() {
+  std::printf("case reuse (GradState priors)\n");
+  reuse_sequence();
+  reuse_states_and_skips();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -524,157 +643,160 @@ void expect_error(const std::string& name, const std::function<void()>& f, const
   }
 }
 
+// A call on `in` with options `o`, for expect_error.
+std::function<void()> call_with(const LossOptions& o, Input in) {
+  return [o, in]() mutable {
+    in.fix();
+    attention_loss(in.layers, o, nullptr);
+  };
+}
+
+// True when the call throws nothing.
+bool runs(const LossOptions& o, Input in) {
+  try {
+    call_with(o, std::move(in))();
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+
+LossOptions validation_options() {
+  LossOptions o = small_options(LossMode::TvBind);
+  o.attribute_indices = {3, -1};
+  return o;
+}
+
+void validation_tokens(const Input& base) {
+  const LossOptions o = validation_options();
+  LossOptions x = o;
+  x.token_indices = {2, 8};
+  expect_error("token outside slice", call_with(x, base), "tokenIndices[1]",
+               "8 is outside the kept token range 1..7 (slice 1:-1 of T=9); token indices count from SOT = 0", true);
+  x.token_indices = {0, 5};
+  expect_error("SOT token", call_with(x, base), "tokenIndices[0]", "0 is outside the kept token range", true);
+  x.token_indices = {5, 5};
+  expect_error("duplicate token", call_with(x, base), "tokenIndices[1]", "repeats tokenIndices[0]", true);
+  x.token_indices = {};
+  expect_error("no tokens", call_with(x, base), "tokenIndices", "at least one", true);
+  x = o;
+  x.attribute_indices = {3};
+  expect_error("attribute length", call_with(x, base), "attributeIndices", "has 1 entries but tokenIndices has 2",
+               true);
+  x.attribute_indices = {3, 8};
+  expect_error("attribute outside slice", call_with(x, base), "attributeIndices[1]",
+               "8 is outside the kept token range", true);
+  x = o;
+  x.token_slice = TokenSlice::UntilEot;
+  x.eot_index = 5;
+  x.token_indices = {2, 5};
+  expect_error("until-eot range", call_with(x, base), "tokenIndices[1]", "range 1..4 (slice 1:eotIndex of T=9)", true);
+  x.eot_index = -1;
+  expect_error("until-eot missing eot", call_with(x, base), "eotIndex", "when tokenSlice is 'until-eot'", true);
+}
+
+void validation_layers(const Input& base) {
+  const LossOptions o = validation_options();
+  Input in = base;
+  in.data[1].pop_back();
+  expect_error("short buffer", call_with(o, in), "layers[1].data",
+               "has 431 floats but heads*resolution^2*T = 3*4^2*9 = 432", true);
+  in = base;
+  in.data[2].resize(2 * 64 * 10);
+  expect_error("T mismatch", call_with(o, in), "layers[2].data",
+               "implies T=10, every layer must use the same text length", true);
+  in = base;
+  in.layers[0].heads = 0;
+  expect_error("zero heads", call_with(o, in), "layers[0].heads", "must be an integer in 1..65536, got 0", true);
+  in = base;
+  in.layers[1].resolution = -4;
+  expect_error("negative resolution", call_with(o, in), "layers[1].resolution", "got -4", true);
+  expect_error("no layers", call_with(o, Input{}), "layers", "at least one", true);
+}
+
+// NaN/Inf is an error only where the loss reads it.
+void validation_values(const Input& base) {
+  const LossOptions o = validation_options();
+  Input in = base;
+  in.data[0][2 * 9 + 3] = NAN;  // head 0, pixel 2, token 3: read
+  expect_error("NaN read", call_with(o, in), "layers[0].data", "holds nan at index 21 (head 0, pixel 2, token 3)",
+               true);
+  in = base;
+  in.data[2][(3 * 8 + 2) * 9 + 4] = INFINITY;  // layer at 8: pixel (3, 2) is not sampled -> not read
+  check(runs(o, in), "Inf at a pixel that is never read is ignored");
+  in.data[2][(2 * 8 + 2) * 9 + 4] = -INFINITY;  // pixel (2, 2) is sampled
+  expect_error("Inf read", call_with(o, in), "layers[2].data", "holds -inf", true);
+  in = base;
+  in.data[0][8] = NAN;  // the dropped last position is never read
+  check(runs(o, in), "NaN at the dropped last token position is ignored");
+}
+
+void validation_resolutions(const Input& base) {
+  const LossOptions o = validation_options();
+  LossOptions x = o;
+  x.attention_resolution = 16;
+  expect_error("object resolution absent", call_with(x, base), "attentionResolution", "no layer has resolution 16",
+               true);
+  x = o;
+  x.attribute_resolutions = {8, 32};
+  expect_error("attribute resolution absent", call_with(x, base), "attributeResolutions[1]",
+               "no layer has resolution 32", true);
+  x.attribute_indices = {};  // no attribute requested: the missing resolution does not matter
+  check(runs(x, base), "attribute resolutions are not needed without attributes");
+  x = o;
+  x.attribute_resolutions = {8, 8};
+  expect_error("duplicate attribute resolution", call_with(x, base), "attributeResolutions[1]", "repeats", true);
+}
+
+// The ranges of loss_options.h, and the schedule.
+void validation_scalars(const Input& base) {
+  const LossOptions o = validation_options();
+  LossOptions x = o;
+  x.temperature = NAN;
+  expect_error("NaN temperature", call_with(x, base), "temperature", "finite", true);
+  x.temperature = -1;
+  expect_error("negative temperature", call_with(x, base), "temperature", "must be > 0", true);
+  x.temperature = 2e6;
+  expect_error("huge temperature", call_with(x, base), "temperature", "must be <= 1e+06, got 2e+06", true);
+  x = o;
+  x.binding_epsilon = 0;
+  expect_error("zero epsilon", call_with(x, base), "bindingEpsilon",
+               "must be > 0 (it keeps the JSD logarithms finite), got 0", true);
+  x = o;
+  x.binding_rho_high_tv = 1.5;
+  expect_error("rho above 1", call_with(x, base), "bindingRhoHighTv", "must be <= 1, got 1.5", true);
+  x = o;
+  x.tv_max_weight_max = INFINITY;
+  expect_error("inf weight", call_with(x, base), "tvMaxWeights[1]", "finite", true);
+  x = o;
+  x.mode = static_cast<LossMode>(9);
+  expect_error("bad enum", call_with(x, base), "mode", "'max', 'tv', 'tv_bind', 'tv_max'", true);
+  x = o;
+  x.step_index = -1;
+  expect_error("negative step", call_with(x, base), "stepIndex", ">= 0", true);
+  x = o;
+  x.attention_resolution = 1;
+  expect_error("object resolution 1", call_with(x, base), "attentionResolution",
+               "must be >= 2 (reflect padding and TV need two rows), got 1", true);
+  x = o;
+  x.binding_coefficients = {{0, 1}, {0, 5}};
+  expect_error("schedule order", call_with(x, base), "bindingCoefficients[1][0]", "sort the schedule ascending", true);
+  x.binding_coefficients = {{2, 1}};
+  expect_error("schedule start", call_with(x, base), "bindingCoefficients[0][0]", "must start at step 0", true);
+  x.binding_coefficients = {{0, NAN}};
+  expect_error("schedule coefficient", call_with(x, base), "bindingCoefficients[0][1]", "finite", true);
+  x.binding_coefficients = {};
+  expect_error("empty schedule", call_with(x, base), "bindingCoefficients", "at least one", true);
+}
+
 void validation_cases() {
   std::printf("case validation\n");
   const Input base = small_input(12, 3);
-  auto run = [&](const LossOptions& o, Input in) {
-    return [o, in]() mutable {
-      in.fix();
-      attention_loss(in.layers, o, nullptr);
-    };
-  };
-  LossOptions o = small_options(LossMode::TvBind);
-  o.attribute_indices = {3, -1};
-  {
-    LossOptions x = o;
-    x.token_indices = {2, 8};
-    expect_error("token outside slice", run(x, base), "tokenIndices[1]",
-                 "8 is outside the kept token range 1..7 (slice 1:-1 of T=9); token indices count from SOT = 0", true);
-  }
-  {
-    LossOptions x = o;
-    x.token_indices = {0, 5};
-    expect_error("SOT token", run(x, base), "tokenIndices[0]", "0 is outside the kept token range", true);
-  }
-  {
-    LossOptions x = o;
-    x.token_indices = {5, 5};
-    expect_error("duplicate token", run(x, base), "tokenIndices[1]", "repeats tokenIndices[0]", true);
-  }
-  {
-    LossOptions x = o;
-    x.token_indices = {};
-    expect_error("no tokens", run(x, base), "tokenIndices", "at least one", true);
-  }
-  {
-    LossOptions x = o;
-    x.attribute_indices = {3};
-    expect_error("attribute length", run(x, base), "attributeIndices", "has 1 entries but tokenIndices has 2", true);
-  }
-  {
-    LossOptions x = o;
-    x.attribute_indices = {3, 8};
-    expect_error("attribute outside slice", run(x, base), "attributeIndices[1]", "8 is outside the kept token range",
-                 true);
-  }
-  {
-    LossOptions x = o;
-    x.token_slice = TokenSlice::UntilEot;
-    x.eot_index = 5;
-    x.token_indices = {2, 5};
-    expect_error("until-eot range", run(x, base), "tokenIndices[1]", "range 1..4 (slice 1:eotIndex of T=9)", true);
-    x.eot_index = -1;
-    expect_error("until-eot missing eot", run(x, base), "eotIndex", "when tokenSlice is 'until-eot'", true);
-  }
-  {
-    Input in = base;
-    in.data[1].pop_back();
-    expect_error("short buffer", run(o, in), "layers[1].data", "has 431 floats but heads*resolution^2*T = 3*4^2*9 = 432",
-                 true);
-    in = base;
-    in.data[2].resize(2 * 64 * 10);
-    expect_error("T mismatch", run(o, in), "layers[2].data", "implies T=10, every layer must use the same text length",
-                 true);
-  }
-  {
-    Input in = base;
-    in.layers[0].heads = 0;
-    expect_error("zero heads", run(o, in), "layers[0].heads", "must be an integer in 1..65536, got 0", true);
-    in = base;
-    in.layers[1].resolution = -4;
-    expect_error("negative resolution", run(o, in), "layers[1].resolution", "got -4", true);
-  }
-  {
-    Input in = base;
-    in.data[0][2 * 9 + 3] = NAN;  // head 0, pixel 2, token 3: read
-    expect_error("NaN read", run(o, in), "layers[0].data", "holds nan at index 21 (head 0, pixel 2, token 3)", true);
-    in = base;
-    in.data[2][(3 * 8 + 2) * 9 + 4] = INFINITY;  // layer at 8: pixel (3, 2) is not sampled -> not read
-    LossResult ok;
-    bool threw = false;
-    try {
-      in.fix();
-      ok = attention_loss(in.layers, o, nullptr);
-    } catch (...) {
-      threw = true;
-    }
-    check(!threw && std::isfinite(ok.loss), "Inf at a pixel that is never read is ignored");
-    in.data[2][(2 * 8 + 2) * 9 + 4] = -INFINITY;  // pixel (2, 2) is sampled
-    expect_error("Inf read", run(o, in), "layers[2].data", "holds -inf", true);
-    in = base;
-    in.data[0][8] = NAN;  // the dropped last position is never read
-    bool threw2 = false;
-    try {
-      in.fix();
-      attention_loss(in.layers, o, nullptr);
-    } catch (...) {
-      threw2 = true;
-    }
-    check(!threw2, "NaN at the dropped last token position is ignored");
-  }
-  {
-    LossOptions x = o;
-    x.attention_resolution = 16;
-    expect_error("object resolution absent", run(x, base), "attentionResolution", "no layer has resolution 16", true);
-    x = o;
-    x.attribute_resolutions = {8, 32};
-    expect_error("attribute resolution absent", run(x, base), "attributeResolutions[1]", "no layer has resolution 32",
-                 true);
-    x.attribute_indices = {};  // no attribute requested: the missing resolution does not matter
-    bool threw = false;
-    try {
-      run(x, base)();
-    } catch (...) {
-      threw = true;
-    }
-    check(!threw, "attribute resolutions are not needed without attributes");
-    x = o;
-    x.attribute_resolutions = {8, 8};
-    expect_error("duplicate attribute resolution", run(x, base), "attributeResolutions[1]", "repeats", true);
-  }
-  {
-    LossOptions x = o;
-    x.temperature = NAN;
-    expect_error("NaN temperature", run(x, base), "temperature", "finite", true);
-    x = o;
-    x.temperature = -1;
-    expect_error("negative temperature", run(x, base), "temperature", "must be > 0", true);
-    x = o;
-    x.binding_epsilon = 0;
-    expect_error("zero epsilon", run(x, base), "bindingEpsilon", "must be > 0", true);
-    x = o;
-    x.tv_max_weight_max = INFINITY;
-    expect_error("inf weight", run(x, base), "tvMaxWeights[1]", "finite", true);
-    x = o;
-    x.binding_coefficients = {{0, 1}, {0, 5}};
-    expect_error("schedule order", run(x, base), "bindingCoefficients[1][0]", "sort the schedule ascending", true);
-    x.binding_coefficients = {{2, 1}};
-    expect_error("schedule start", run(x, base), "bindingCoefficients[0][0]", "must start at step 0", true);
-    x.binding_coefficients = {{0, NAN}};
-    expect_error("schedule coefficient", run(x, base), "bindingCoefficients[0][1]", "finite", true);
-    x.binding_coefficients = {};
-    expect_error("empty schedule", run(x, base), "bindingCoefficients", "at least one", true);
-    x = o;
-    x.mode = static_cast<LossMode>(9);
-    expect_error("bad enum", run(x, base), "mode", "'max', 'tv', 'tv_bind', 'tv_max'", true);
-    x = o;
-    x.step_index = -1;
-    expect_error("negative step", run(x, base), "stepIndex", ">= 0", true);
-  }
-  {
-    Input in;
-    expect_error("no layers", run(o, in), "layers", "at least one", true);
-  }
+  validation_tokens(base);
+  validation_layers(base);
+  validation_values(base);
+  validation_resolutions(base);
+  validation_scalars(base);
 }
 
 }  // namespace
@@ -683,6 +805,7 @@ int main() {
   gradient_cases();
   structural_cases();
   large_case();
+  reuse_cases();
   validation_cases();
   std::printf(failures == 0 ? "OK: all native core checks passed\n" : "FAILED: %d check(s)\n", failures);
   return failures == 0 ? 0 : 1;

@@ -90,8 +90,8 @@ int main(int argc, char** argv) {
   }
   const double floor_s = (read_bytes + grad_bytes) / copy_traffic;
   std::printf("memcpy traffic %.2f GB/s (read+write), memset %.2f GB/s\n", copy_traffic / 1e9, set_rate / 1e9);
-  std::printf("input %.1f MB, must read %.2f MB, must write %.1f MB (gradients)\n",
-              grad_bytes / 1e6, read_bytes / 1e6, grad_bytes / 1e6);
+  std::printf("input %.1f MB, must read %.2f MB, must write %.1f MB (gradients)\n", grad_bytes / 1e6, read_bytes / 1e6,
+              grad_bytes / 1e6);
   std::printf("forward only:        median %.3f ms\n", median(t_fwd) * 1e3);
   std::printf("forward + backward:  median %.3f ms (min %.3f)\n", median(t_all) * 1e3,
               *std::min_element(t_all.begin(), t_all.end()) * 1e3);

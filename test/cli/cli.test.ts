@@ -254,7 +254,7 @@ test('a VAE scaling_factor of 0 is refused instead of writing a black PNG with e
     fs.writeFileSync(path.join(copy, 'vae_decoder', 'config.json'), JSON.stringify({ scaling_factor: 0 }));
     const r = await cliAsync(['generate', 'a red cat', '--model', copy, '--mode', 'none', '--steps', '2', '--seed', '1', '--out', outDir, '--name', 'black', '-q']);
     t.is(r.status, 4, r.stderr);
-    t.regex(r.stderr, /scaling_factor is 0/);
+    t.regex(r.stderr, /"scaling_factor" must be a positive finite number but is 0/);
     t.false(fs.existsSync(path.join(outDir, 'black.png')));
   } finally {
     removeDir(copy);

@@ -213,3 +213,20 @@ cudaTest('NaN in a value the loss reads: the CPU core\'s RangeError, word for wo
   t.regex(cpu!.message, /layers\[2\]\.data/);
   t.is(cuda!.message.replace('attentionLossCuda', 'attentionLoss'), cpu!.message);
 });
+
+cudaTest('gradState priors (gradOutReuse): kept buffers match the CPU core over a call sequence', async (t) => {
+  const grads = small.map(([heads, res]) => new Float32Array(heads * res * res * T).fill(Number.NaN));
+  let states: Uint8Array | null = null;
+  const modes: LossMode[] = ['tv_bind', 'tv', 'max', 'tv_bind', 'tv_max', 'tv_bind'];
+  for (let c = 0; c < modes.length; c++) {
+    const o = modes[c] === 'tv_bind' ? options('tv_bind', T, [3, 8], c % 2 ? [-1, 7] : [2, 7]) : options(modes[c], T, [3, 8]);
+    const layers = makeLayers(seed + 300 + c, small, T, [3, 8, 2, 7]);
+    const want = run('cpu', layers, o);
+    const result: NativeLossResult = c % 2 ? await binding!.attentionLossCudaAsync!(layers, o, grads, null, null, states)
+      : binding!.attentionLossCuda!(layers, o, grads, null, null, states);
+    compareResults(t, result, want.result, `call ${c}`);
+    t.deepEqual(result.gradStates, want.result.gradStates, `call ${c} gradStates`);
+    want.grads.forEach((g, i) => closeArray(t, grads[i], g, `call ${c} grads[${i}]`));
+    states = Uint8Array.from(result.gradStates!);
+  }
+});

@@ -4,6 +4,9 @@
  * with backend 'native' and at the raw native binding (bad *normalized* options, TS checks bypassed).
  * Every call must return or throw TypeError / RangeError; the process must survive; RSS may grow < 10 %
  * from after a 10,000-call warm-up of the same mix (RSS plateaus after ~20,000 calls: JIT code and allocator arenas) to the end (measured after a full GC when one can be forced).
+ * Every valid call at js / native is repeated into buffers kept across the whole run with gradOutReuse, and
+ * its gradients must equal the fresh ones bit for bit (the modes change at random, so the layers gain and lose
+ * their gradient from call to call).
  */
 import test from 'ava';
 import * as v8 from 'node:v8';
@@ -11,7 +14,7 @@ import * as vm from 'node:vm';
 import { attentionLoss } from '../../lib/loss/index';
 import { tryLoadNativeBinding } from '../../lib/loss/binding';
 import { normalizeLossOptions } from '../../lib/loss/validate';
-import type { LossBackend } from '../../lib/loss/types';
+import type { LossBackend, LossResult } from '../../lib/loss/types';
 import { makeLayers } from '../helpers/attention';
 import { Rng } from '../helpers/random';
 
@@ -95,6 +98,17 @@ function mutateCall(rng: Rng, layers: Array<{ data: Float32Array }>): unknown {
   }
 }
 
+/** Repeats a valid call into kept buffers with gradOutReuse; returns why the gradients differ, or null. */
+function reuseMismatch(layers: Array<{ data: Float32Array }>, options: unknown, backend: LossBackend, fresh: LossResult, kept: Float32Array[]): string | null {
+  const reused = (attentionLoss as unknown as (...a: unknown[]) => LossResult)(layers, options, { backend, gradOut: kept, gradOutReuse: true });
+  for (let l = 0; l < kept.length; l++) {
+    for (let i = 0; i < kept[l].length; i++) {
+      if (!Object.is(reused.grads![l][i], fresh.grads![l][i])) return `grads[${l}][${i}]: ${reused.grads![l][i]} with reuse, ${fresh.grads![l][i]} without`;
+    }
+  }
+  return null;
+}
+
 function isAllowed(e: unknown): boolean {
   return e instanceof TypeError || e instanceof RangeError;
 }
@@ -105,8 +119,9 @@ test('fuzz: 10,000 random calls at js, native and the raw binding', (t) => {
   const layers = makeLayers(9, SPECS, T) as unknown as Array<Record<string, unknown> & { data: Float32Array }>;
   const normalized = normalizeLossOptions(layers, BASE_OPTIONS) as unknown as Record<string, unknown>;
   const targets: Array<'js' | 'native' | 'raw'> = binding ? ['js', 'native', 'raw'] : ['js'];
-  const counts = { returned: 0, typeError: 0, rangeError: 0 };
+  const counts = { returned: 0, typeError: 0, rangeError: 0, reused: 0 };
   const unexpected: string[] = [];
+  const kept = { js: layers.map((l) => new Float32Array(l.data.length).fill(NaN)), native: layers.map((l) => new Float32Array(l.data.length).fill(NaN)) };
   let rssAfterWarmup = 0;
 
   const oneCall = (k: number) => {
@@ -127,7 +142,12 @@ test('fuzz: 10,000 random calls at js, native and the raw binding', (t) => {
         const l = kind >= 3 && kind <= 5 ? mutateLayers(rng, layers) : layers;
         const callOptions = kind === 9 ? mutateCall(rng, layers) : {};
         const call = typeof callOptions === 'object' && callOptions !== null && !Array.isArray(callOptions) ? { ...callOptions, backend } : callOptions;
-        (attentionLoss as unknown as (...a: unknown[]) => unknown)(l, o, call);
+        const result = (attentionLoss as unknown as (...a: unknown[]) => LossResult)(l, o, call);
+        if (kind <= 2) {
+          const mismatch = reuseMismatch(layers, o, backend, result, kept[target]);
+          counts.reused++;
+          if (mismatch && unexpected.length < 10) unexpected.push(`${description}: reuse ${mismatch}`);
+        }
       }
       counts.returned++;
     } catch (e) {
@@ -149,7 +169,7 @@ test('fuzz: 10,000 random calls at js, native and the raw binding', (t) => {
   const growth = (rssEnd - rssAfterWarmup) / rssAfterWarmup;
   t.log(`targets ${targets.join(', ')}; ${JSON.stringify(counts)}; RSS ${(rssAfterWarmup / 2 ** 20).toFixed(1)} → ${(rssEnd / 2 ** 20).toFixed(1)} MiB (${(growth * 100).toFixed(2)} %), forced GC: ${gc !== null}`);
   t.deepEqual(unexpected, [], 'only TypeError / RangeError may be thrown');
-  t.true(counts.returned > 1000 && counts.typeError > 500 && counts.rangeError > 500, `mix of outcomes ${JSON.stringify(counts)}`);
+  t.true(counts.returned > 1000 && counts.typeError > 500 && counts.rangeError > 500 && counts.reused > 1000, `mix of outcomes ${JSON.stringify(counts)}`);
   t.true(growth < 0.1, `RSS grew ${(growth * 100).toFixed(2)} % over ${CALLS} calls`);
 });
 

@@ -68,6 +68,7 @@ for (const c of [...LOSS_CASES, ...EXTRA]) {
     const js = run(jsAttentionLoss);
     const nat = run(binding!.attentionLoss);
     compareResults(t, nat.result, js.result);
+    t.deepEqual(nat.result.gradStates, js.result.gradStates, 'gradStates: the same layers receive a gradient');
     js.grads.forEach((g, l) => {
       const report = compareArrays(nat.grads[l], g, gradTol(g), `grads[${l}]`);
       t.true(report.ok, report.text);

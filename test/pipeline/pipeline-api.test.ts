@@ -75,6 +75,7 @@ test('bad input gives a DivbindError naming the field, before anything runs', as
     [{ guidanceScale: Number.NaN }, 'guidanceScale', /guidanceScale/],
     [{ mode: 'bogus' }, 'mode', /mode/],
     [{ height: 300 }, 'height', /multiple of 8/],
+    [{ height: 512, width: 512 }, 'height', /exported for only 256×256/],
     [{ tokens: { objects: [60] } }, 'tokens', /objects\[0\]/],
     [{ latents: new Float32Array(7) }, 'latents', /latents/],
     [{ refinement: 'fast' }, 'refinement', /refinement/],

@@ -5,7 +5,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { prepareModel } from '../../lib/onnx/prepare';
+import { prepareModel } from '../../lib/model/prepare';
 import { fixturePath } from '../helpers/fixtures';
 
 export function copyFixtureModel(name = 'tiny-sd'): string {

@@ -59,6 +59,14 @@ MAX_OBJECTS = 3
 MIN_R, MAX_R = 8.0, 13.0
 
 
+PHRASE_SEPARATORS: Tuple[str, ...] = ('and', ',')
+
+
+def separator_ids(tokenizer: 'clip_bpe.ClipTokenizer') -> List[int]:
+    """Token ids that start a new object phrase in the text encoder's attention mask (model.ShapesTextEncoder)."""
+    return [tokenizer.encode(w)[0] for w in PHRASE_SEPARATORS]
+
+
 def caption_words() -> List[str]:
     """The caption vocabulary, for learning the BPE merges (each word becomes one token)."""
     return list(WORDS)

@@ -43,7 +43,7 @@ class TextEncoderExport(torch.nn.Module):
         self.te = te
 
     def forward(self, input_ids):
-        return sm.CLIPTextModel.forward(self.te, input_ids)
+        return self.te(input_ids)
 
 
 def load_checkpoint(path: str):
@@ -82,17 +82,17 @@ def fold_latent_scaling(ae: M.AutoEncoder) -> sm.VaeDecoder:
 def export(ckpt_path: str, out: str) -> dict:
     ckpt_path, ck, ae_ck = load_checkpoint(ckpt_path)
     cfg = ck['config']
-    te, unet, ae = M.build(cfg, ck['vocab_size'])
-    te.load_state_dict(ck['text_encoder'])
-    unet.load_state_dict(ck['unet'])
-    ae.load_state_dict(ae_ck['model'])
-    for m in (te, unet, ae):
-        m.eval()
     merges = [tuple(m) for m in ck['merges']]
     vocab = clip_bpe.build_vocab(merges)
     if len(vocab) != ck['vocab_size']:
         raise SystemExit(f'tokenizer mismatch: {len(vocab)} entries rebuilt, checkpoint says {ck["vocab_size"]}')
     tok = clip_bpe.ClipTokenizer(vocab, merges)
+    te, unet, ae = M.build(cfg, ck['vocab_size'], tok.eot, D.separator_ids(tok))
+    te.load_state_dict(ck['text_encoder'])
+    unet.load_state_dict(ck['unet'])
+    ae.load_state_dict(ae_ck['model'])
+    for m in (te, unet, ae):
+        m.eval()
 
     if os.path.isdir(out):
         for sub in ('tokenizer', 'scheduler', 'text_encoder', 'unet', 'vae_decoder', 'reference'):
@@ -140,7 +140,7 @@ def export(ckpt_path: str, out: str) -> dict:
                           output_names=['last_hidden_state', 'pooler_output'],
                           dynamic_axes={'input_ids': {0: 'batch'}, 'last_hidden_state': {0: 'batch'},
                                         'pooler_output': {0: 'batch'}}, opset_version=OPSET, do_constant_folding=True)
-        hidden = sm.CLIPTextModel.forward(te, ids)[0]
+        hidden = te(ids)[0]
     np.save(os.path.join(ref, 'input_ids.npy'), ids.numpy())
     np.save(os.path.join(ref, 'last_hidden_state.npy'), hidden.numpy())
 
@@ -169,7 +169,7 @@ def export(ckpt_path: str, out: str) -> dict:
                           opset_version=OPSET, do_constant_folding=True)
         img = dec(latent)
         # The fold must reproduce decoder(denormalise(x0)) exactly (up to float rounding).
-        ae2 = M.build(cfg, ck['vocab_size'])[2]
+        ae2 = M.build(cfg, ck['vocab_size'], tok.eot, D.separator_ids(tok))[2]
         ae2.load_state_dict(ae_ck['model'])
         ref_img = ae2.decoder(ae2.denormalise(latent * M.SCALING_FACTOR))
         err = float((img - ref_img).abs().max())

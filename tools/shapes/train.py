@@ -93,10 +93,10 @@ class Worker:
         self.world_gen = D.ShapesWorld('cpu')
         self.cfg = M.default_config()
         torch.manual_seed(args.seed)  # default inits of every module below: identical on every worker
-        self.te, self.unet, self.ae = M.build(self.cfg, len(self.world_gen.vocab))
+        self.te, self.unet, self.ae = M.build(self.cfg, len(self.world_gen.vocab), self.world_gen.tokenizer.eot, D.separator_ids(self.world_gen.tokenizer))
         M.sm.init_text_encoder_(self.te, args.seed + 1)
         self.te.requires_grad_(False)
-        self.ema = M.build(self.cfg, len(self.world_gen.vocab))[1]
+        self.ema = M.build(self.cfg, len(self.world_gen.vocab), self.world_gen.tokenizer.eot, D.separator_ids(self.world_gen.tokenizer))[1]
         self.ema.load_state_dict(self.unet.state_dict())
         self.ema.requires_grad_(False)
         self.ae_opt = torch.optim.AdamW(self.ae.parameters(), lr=args.ae_lr)

@@ -1,29 +1,78 @@
-/** `divbind-native info`: the model (inputs, dtypes, prepared state), onnxruntime providers and loss backends. */
+/**
+ * `divbind-native info`: the model (components with their inputs and dtypes, checked as the pipeline checks them;
+ * the prepared state of every image size), onnxruntime providers and loss backends. A model that cannot be used
+ * is reported and makes the exit code 4 (lib/cli/errors.ts).
+ */
 import { Command } from 'commander';
 import * as ort from 'onnxruntime-node';
 import { availableBackends } from '../../loss/index';
 import { tryLoadNativeBinding } from '../../loss/binding';
+import { checkTextEncoder, checkUnet, checkVaeDecoder, openComponent } from '../../model/components';
+import { readModelFolder, type ComponentName, type ModelFolder } from '../../model/folder';
+import { listPrepared, prepareCommand, sourceIdentity } from '../../model/prepared';
+import { defaultImageSize, formatSize, sizeRule, type ImageSize } from '../../model/size';
 import { defaultModelDir } from '../../pipeline/defaults';
-import { readModelFolder } from '../../pipeline/model-folder';
-import { loadPreparedUnet } from '../../pipeline/prepared';
-import { handleCliError } from '../errors';
+import { exitCodeFor, handleCliError, printCliError } from '../errors';
 
 interface InfoOptions {
   model?: string;
   json: boolean;
 }
 
-async function describeSession(file: string): Promise<Record<string, unknown>> {
-  const session = await ort.InferenceSession.create(file, { logSeverityLevel: 3, graphOptimizationLevel: 'disabled' });
+/** Opens one component as the pipeline does (so a damaged or misplaced file fails here too) and lists its I/O. */
+async function describeComponent(file: string, component: ComponentName, check: (s: ort.InferenceSession, rel: string) => unknown) {
+  const { session } = await openComponent(file, component, { graphOptimizationLevel: 'disabled', intraOpNumThreads: 1 }, check);
   try {
     const io = (m: readonly ort.InferenceSession.ValueMetadata[]) => m.map((v) => (v.isTensor ? `${v.name}: ${v.type}[${v.shape.join(',')}]` : v.name));
-    return { file, inputs: io(session.inputMetadata), outputs: io(session.outputMetadata) };
+    return { info: { file, inputs: io(session.inputMetadata), outputs: io(session.outputMetadata) }, sampleShape: session.inputMetadata.find((m) => m.name === 'sample') };
   } finally {
     await session.release();
   }
 }
 
-export async function collectInfo(modelDir: string): Promise<Record<string, unknown>> {
+/** The default size's prepared state (what generate uses without --height/--width) and every prepared size. */
+function describePrepared(folder: ModelFolder, defaultSize: ImageSize): Record<string, unknown> {
+  const sets = listPrepared(folder, sourceIdentity(folder));
+  const preparedSizes = sets.map((s) => ({
+    size: formatSize(s.size), batch: s.batch, state: s.state.state, dir: s.state.dir, ...(s.state.state === 'ready' ? {} : { reason: s.state.reason }),
+  }));
+  const mine = sets.find((s) => s.batch === 1 && s.size.height === defaultSize.height && s.size.width === defaultSize.width);
+  const size = formatSize(defaultSize);
+  let prepared: Record<string, unknown>;
+  if (mine === undefined) {
+    prepared = { state: 'not prepared', size, fix: `run \`${prepareCommand(folder.dir)}\`` };
+  } else if (mine.state.state !== 'ready') {
+    prepared = { state: mine.state.state, size, dir: mine.state.dir, reason: mine.state.reason, fix: `run \`${prepareCommand(folder.dir, { force: true })}\`` };
+  } else {
+    const m = mine.state.manifest;
+    prepared = {
+      state: 'ready', size, dir: mine.state.dir, design: m.vjp.design,
+      layers: m.attention.layers.map((l) => `${l.output} ${l.place} ${l.resolution}² heads=${l.heads}${l.headAveraged ? ' (averaged)' : ''}`),
+    };
+  }
+  return { prepared, preparedSizes };
+}
+
+async function describeModel(modelDir: string): Promise<Record<string, unknown>> {
+  const folder = readModelFolder(modelDir);
+  const textEncoder = await describeComponent(folder.textEncoderFile, 'text_encoder', checkTextEncoder);
+  const unet = await describeComponent(folder.unetFile, 'unet', checkUnet);
+  const vaeDecoder = await describeComponent(folder.vaeDecoderFile, 'vae_decoder', checkVaeDecoder);
+  const shape = unet.sampleShape?.isTensor ? unet.sampleShape.shape : [];
+  return {
+    dir: folder.dir,
+    class: folder.index._class_name ?? null,
+    divbindDefaults: folder.divbind,
+    vae: { scaleFactor: folder.vaeScaleFactor, scalingFactor: folder.vaeScalingFactor },
+    textEncoder: textEncoder.info,
+    unet: unet.info,
+    vaeDecoder: vaeDecoder.info,
+    ...describePrepared(folder, defaultImageSize(sizeRule(shape, folder.vaeScaleFactor))),
+  };
+}
+
+/** Everything `info` reports; `error` is the model's fault, if any (the rest is still filled in). */
+export async function collectInfo(modelDir: string): Promise<{ info: Record<string, unknown>; error?: unknown }> {
   // eslint-disable-next-line @typescript-eslint/no-var-requires
   const pkg = require('../../../../package.json') as { version: string };
   const native = tryLoadNativeBinding();
@@ -39,31 +88,12 @@ export async function collectInfo(modelDir: string): Promise<Record<string, unkn
     },
   };
   try {
-    const folder = readModelFolder(modelDir);
-    const model: Record<string, unknown> = {
-      dir: folder.dir,
-      class: folder.index._class_name ?? null,
-      divbindDefaults: folder.divbind,
-      textEncoder: await describeSession(folder.textEncoderFile),
-      unet: await describeSession(folder.unetFile),
-      vaeDecoder: await describeSession(folder.vaeDecoderFile),
-    };
-    try {
-      const prepared = await loadPreparedUnet(folder);
-      model.prepared = {
-        dir: prepared.dir,
-        size: `${prepared.manifest.width}×${prepared.manifest.height}`,
-        design: prepared.manifest.vjp.design,
-        layers: prepared.manifest.attention.layers.map((l) => `${l.output} ${l.place} ${l.resolution}² heads=${l.heads}${l.headAveraged ? ' (averaged)' : ''}`),
-      };
-    } catch (err) {
-      model.prepared = { error: (err as Error).message };
-    }
-    info.model = model;
+    info.model = await describeModel(modelDir);
+    return { info };
   } catch (err) {
     info.model = { dir: modelDir, error: (err as Error).message };
+    return { info, error: err };
   }
-  return info;
 }
 
 function printTree(value: unknown, indent = ''): string {
@@ -83,8 +113,12 @@ export function makeInfoCommand(): Command {
     .option('--json', 'print JSON', false)
     .action(async (o: InfoOptions) => {
       try {
-        const info = await collectInfo(o.model ?? defaultModelDir());
+        const { info, error } = await collectInfo(o.model ?? defaultModelDir());
         process.stdout.write(o.json ? `${JSON.stringify(info, null, 2)}\n` : `${printTree(info)}\n`);
+        if (error !== undefined) {
+          printCliError(error);
+          process.exitCode = exitCodeFor(error);
+        }
       } catch (err) {
         handleCliError(err);
       }

@@ -1,19 +1,19 @@
 /**
  * `divbind-native prepare <model-dir>`: builds the instrumented UNet, the VJP graph(s) and the manifest for a
- * Stable Diffusion ONNX folder (lib/onnx/prepare.ts). Exit codes: 0 done (or already prepared), 3 bad option
- * values, 4 model missing/unsupported/not writable, 1 anything else.
+ * Stable Diffusion ONNX folder and one image size (lib/model/prepare.ts). Exit codes (lib/cli/errors.ts): 0 done
+ * (or already prepared), 3 bad option values or no writable output, 4 model missing/damaged/unsupported, 1 other.
  */
 import { Command, InvalidArgumentError } from 'commander';
+import { DivbindError } from '../../errors';
 import { describeLayer } from '../../onnx/attention';
-import { ModelError, prepareModel, type PrepareProgress, type PrepareResult } from '../../onnx/prepare';
+import { prepareModel, type PrepareProgress, type PrepareResult } from '../../model/prepare';
+import { exitCodeFor, printCliError } from '../errors';
 import { EXIT } from '../exit-codes';
 
-function intOption(name: string, multipleOf = 1) {
+function intOption(name: string) {
   return (value: string): number => {
     const n = Number(value);
-    if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(n) || n < 1 || n % multipleOf !== 0) {
-      throw new InvalidArgumentError(`Expected a positive integer${multipleOf > 1 ? ` divisible by ${multipleOf}` : ''} for --${name}.`);
-    }
+    if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError(`Expected a positive integer for --${name}.`);
     return n;
   };
 }
@@ -59,12 +59,12 @@ export function makePrepareCommand(): Command {
   return new Command('prepare')
     .description('Build the attention-instrumented UNet and its VJP graph for a Stable Diffusion ONNX folder (once per model and size)')
     .argument('<model-dir>', 'Stable Diffusion ONNX folder (model_index.json, unet/model.onnx, …)')
-    .option('--height <px>', 'image height in pixels, a multiple of 8 (default: the UNet\'s static size, else 512)', intOption('height', 8))
-    .option('--width <px>', 'image width in pixels, a multiple of 8 (default: as --height)', intOption('width', 8))
+    .option('--height <px>', 'image height in pixels, a multiple of the VAE factor (default: the UNet\'s static size, else 64 latent pixels)', intOption('height'))
+    .option('--width <px>', 'image width in pixels (default: the UNet\'s static width, else as --height)', intOption('width'))
     .option('--batch <n>', 'UNet batch of the gradient pass', intOption('batch'), 1)
     .option('--text-length <n>', 'text length T (default: the UNet\'s, else 77)', intOption('text-length'))
-    .option('--force', 'rebuild even when a matching manifest exists')
-    .option('--cache-dir <dir>', 'where to write when the model folder is read-only (default ~/.cache/divbind-native)')
+    .option('--force', 'rebuild even when a ready set with the same options exists')
+    .option('--cache-dir <dir>', 'where to write when the model folder is read-only (default $XDG_CACHE_HOME or ~/.cache, /divbind-native)')
     .option('--no-head-average', 'expose raw per-head attention probabilities instead of head-averaged maps')
     .option('--design <design>', 'VJP graph design: recompute (one graph) or residuals (forward + backward)')
     .option('--no-verify', 'skip the check run of the written graphs')
@@ -72,7 +72,7 @@ export function makePrepareCommand(): Command {
     .action(async (modelDir: string, o: PrepareCliOptions) => {
       try {
         if (o.design !== undefined && o.design !== 'recompute' && o.design !== 'residuals') {
-          throw new RangeError(`Expected 'recompute' or 'residuals' for --design but received '${o.design}'`);
+          throw new DivbindError('BAD_INPUT', `Expected 'recompute' or 'residuals' for --design but received '${o.design}'`, { field: 'design' });
         }
         const result = await prepareModel(modelDir, {
           ...(o.height !== undefined ? { height: o.height } : {}),
@@ -90,11 +90,14 @@ export function makePrepareCommand(): Command {
         else process.stdout.write(summary(result));
         process.exitCode = EXIT.OK;
       } catch (err) {
-        const e = err instanceof Error ? err : new Error(String(err));
-        const code = e instanceof TypeError || e instanceof RangeError ? EXIT.BAD_INPUT : e instanceof ModelError ? EXIT.MODEL : EXIT.FAILURE;
-        if (o.json) process.stdout.write(`${JSON.stringify({ error: { name: e.name, message: e.message, exitCode: code } })}\n`);
-        process.stderr.write(`error: ${e.message}\n`);
-        process.exitCode = code;
+        const exitCode = exitCodeFor(err);
+        if (o.json) {
+          const e = err instanceof Error ? err : new Error(String(err));
+          const code = err instanceof DivbindError ? { code: err.code, ...(err.field !== undefined ? { field: err.field } : {}) } : {};
+          process.stdout.write(`${JSON.stringify({ error: { name: e.name, message: e.message, ...code, exitCode } })}\n`);
+        }
+        printCliError(err);
+        process.exitCode = exitCode;
       }
     });
 }

@@ -9,9 +9,9 @@
 //    saturates (S_col -> 1 at temperature 100) the exact gradient there, ~S_col (1 - S_col) c, is below double
 //    resolution of its O(1e-3..1) terms, so both backends return rounding noise of ~1e-15 (seen: 1.4e-15 vs
 //    2.3e-15 in a whole 'max'-mode gradient of that size); real gradient entries are many orders above it.
-// Build: cmake -S . -B build-ctest -DDIVBIND_BUILD_TESTS=ON && cmake --build build-ctest && ctest --test-dir build-ctest
-// Where no CUDA device exists it prints "SKIPPED: no CUDA device (<reason>)" after checking that the CUDA entry
-// points fail cleanly (InvalidArgument for bad arguments, std::runtime_error otherwise), and exits 0.
+// Build: cmake -S . -B build-ctest -DDIVBIND_BUILD_TESTS=ON && cmake --build build-ctest && ctest --test-dir
+// build-ctest Where no CUDA device exists it prints "SKIPPED: no CUDA device (<reason>)" after checking that the CUDA
+// entry points fail cleanly (InvalidArgument for bad arguments, std::runtime_error otherwise), and exits 0.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -41,13 +41,13 @@ int g_failures = 0;
 int g_checks = 0;
 double g_worst_scalar = 0, g_worst_tensor = 0;
 
-#define CHECK_CUDA(call)                                                                      \
-  do {                                                                                        \
-    const cudaError_t e_ = (call);                                                            \
-    if (e_ != cudaSuccess) {                                                                  \
+#define CHECK_CUDA(call)                                                                               \
+  do {                                                                                                 \
+    const cudaError_t e_ = (call);                                                                     \
+    if (e_ != cudaSuccess) {                                                                           \
       std::fprintf(stderr, "FATAL %s:%d %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-      return 2;                                                                               \
-    }                                                                                         \
+      return 2;                                                                                        \
+    }                                                                                                  \
   } while (0)
 
 void fail(const std::string& where, const std::string& what) {
@@ -251,8 +251,8 @@ void run_case(const Case& c, std::mt19937_64& rng, cudaStream_t stream) {
   for (int a : c.options.attribute_indices)
     if (a > 0) hot.push_back(a);
   const Inputs in = make_inputs(c.layers, c.options.text_length, hot, rng);
-  const size_t map_floats = c.options.token_indices.size() * size_t(c.options.attention_resolution) *
-                            size_t(c.options.attention_resolution);
+  const size_t map_floats =
+      c.options.token_indices.size() * size_t(c.options.attention_resolution) * size_t(c.options.attention_resolution);
   const int before = g_failures;
   Outputs ref, host, dev;
   poison(ref, in, map_floats);
@@ -267,16 +267,20 @@ void run_case(const Case& c, std::mt19937_64& rng, cudaStream_t stream) {
     auto gh = pointers(host.grads);
     host.result = divbind::cuda::attention_loss_host(in.views, c.options, gh.data(), host.obj.data(), host.attr.data());
     compare(where, host, ref, map_floats);
+    ++g_checks;
+    if (host.result.grad_states != ref.result.grad_states) fail(where, "grad_states differ from the CPU core's");
   } catch (const std::exception& ex) {
     fail(where, std::string("threw: ") + ex.what());
   }
   const auto t2 = std::chrono::steady_clock::now();
   std::string err;
   where = c.name + " [device]";
-  if (run_device(in, c.options, dev, map_floats, stream, &err)) compare(where, dev, ref, map_floats);
-  else fail(where, "threw: " + err);
-  std::printf("%-4s %-58s loss %+.6f  cpu %.1f ms  cuda-host %.1f ms\n", g_failures == before ? "ok" : "", c.name.c_str(),
-              ref.result.loss, std::chrono::duration<double, std::milli>(t1 - t0).count(),
+  if (run_device(in, c.options, dev, map_floats, stream, &err))
+    compare(where, dev, ref, map_floats);
+  else
+    fail(where, "threw: " + err);
+  std::printf("%-4s %-58s loss %+.6f  cpu %.1f ms  cuda-host %.1f ms\n", g_failures == before ? "ok" : "",
+              c.name.c_str(), ref.result.loss, std::chrono::duration<double, std::milli>(t1 - t0).count(),
               std::chrono::duration<double, std::milli>(t2 - t1).count());
 }
 
@@ -332,53 +336,37 @@ LossOptions base_options(LossMode mode, int T, std::vector<int> tokens, std::vec
   return o;
 }
 
-}  // namespace
-
-int main() {
-  std::setvbuf(stdout, nullptr, _IONBF, 0);  // a hang or crash still shows the last finished case
-  std::string why;
-  const int devices = divbind::cuda::device_count(&why);
-  std::mt19937_64 rng(std::random_device{}());
-  const std::vector<LayerSpec> small = {{2, 16}, {3, 64}, {2, 16}, {2, 32}, {1, 8}};
-
-  if (devices == 0) {
-    // No device: the CUDA entry points must still fail cleanly, bad arguments first.
-    Inputs in = make_inputs(small, 12, {2, 3}, rng);
-    LossOptions o = base_options(LossMode::Tv, 12, {2, 3});
-    std::string outcome;
-    try {
-      divbind::cuda::attention_loss_host(in.views, o, nullptr, nullptr, nullptr);
-      outcome = "returned";
-    } catch (const std::runtime_error& e) {
-      outcome = std::string("runtime_error: ") + e.what();
-    }
-    o.token_indices = {2, 99};
-    std::string bad;
-    try {
-      divbind::cuda::attention_loss_host(in.views, o, nullptr, nullptr, nullptr);
-    } catch (const InvalidArgument& e) {
-      bad = e.field;
-    } catch (const std::exception&) {
-    }
-    std::printf("without a device: attention_loss_host -> %s\n", outcome.c_str());
-    std::printf("without a device: bad tokenIndices -> InvalidArgument(%s)\n", bad.c_str());
-    if (outcome.rfind("runtime_error", 0) != 0 || bad != "tokenIndices[1]") {
-      std::printf("FAILED: the CUDA entry points did not fail cleanly without a device\n");
-      return 1;
-    }
-    std::printf("SKIPPED: no CUDA device (%s)\n", why.c_str());
-    return 0;
+// No device: the CUDA entry points must still fail cleanly, bad arguments first. Returns the exit status.
+int check_without_device(const std::vector<LayerSpec>& small, std::mt19937_64& rng, const std::string& why) {
+  Inputs in = make_inputs(small, 12, {2, 3}, rng);
+  LossOptions o = base_options(LossMode::Tv, 12, {2, 3});
+  std::string outcome;
+  try {
+    divbind::cuda::attention_loss_host(in.views, o, nullptr, nullptr, nullptr);
+    outcome = "returned";
+  } catch (const std::runtime_error& e) {
+    outcome = std::string("runtime_error: ") + e.what();
   }
-  cudaDeviceProp prop{};
-  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
-  std::printf("device 0: %s (sm_%d%d, %d SMs), %d device(s)\n", prop.name, prop.major, prop.minor,
-              prop.multiProcessorCount, devices);
-  cudaStream_t stream;
-  CHECK_CUDA(cudaStreamCreate(&stream));
+  o.token_indices = {2, 99};
+  std::string bad;
+  try {
+    divbind::cuda::attention_loss_host(in.views, o, nullptr, nullptr, nullptr);
+  } catch (const InvalidArgument& e) {
+    bad = e.field;
+  } catch (const std::exception&) {}
+  std::printf("without a device: attention_loss_host -> %s\n", outcome.c_str());
+  std::printf("without a device: bad tokenIndices -> InvalidArgument(%s)\n", bad.c_str());
+  if (outcome.rfind("runtime_error", 0) != 0 || bad != "tokenIndices[1]") {
+    std::printf("FAILED: the CUDA entry points did not fail cleanly without a device\n");
+    return 1;
+  }
+  std::printf("SKIPPED: no CUDA device (%s)\n", why.c_str());
+  return 0;
+}
 
+// Every mode and option on small random layers (r0 = 16, attribute layers at 64 and 32, a mid layer at 8).
+std::vector<Case> mode_cases(const std::vector<LayerSpec>& small, int T) {
   std::vector<Case> cases;
-  const int T = 20;
-  // every mode and option on small random layers (r0 = 16, attribute layers at 64 and 32, a mid layer at 8)
   cases.push_back({"max divbind", small, base_options(LossMode::Max, T, {3, 7, 5})});
   {
     Case c{"max attend-excite", small, base_options(LossMode::Max, T, {3, 7})};
@@ -401,8 +389,7 @@ int main() {
     cases.push_back(c);
   }
   for (int step : {0, 12, 31}) {
-    Case c{"tv_bind 2 attrs step " + std::to_string(step), small,
-           base_options(LossMode::TvBind, T, {3, 8}, {2, 7})};
+    Case c{"tv_bind 2 attrs step " + std::to_string(step), small, base_options(LossMode::TvBind, T, {3, 8}, {2, 7})};
     c.options.step_index = step;
     cases.push_back(c);
   }
@@ -439,9 +426,16 @@ int main() {
     c.options.eot_index = 14;
     cases.push_back(c);
   }
+  return cases;
+}
+
+// Shapes: other object resolutions, up- and downsampled attribute layers, inline-capacity overflows, SD 1.x.
+std::vector<Case> shape_cases(int T) {
+  std::vector<Case> cases;
   {
     // r0 = 8 with attribute layers at 16 (downsampling) and 4 (upsampling: several outputs share a pixel)
-    Case c{"tv_bind r0 8, attribute res 16 and 4 (upsampled)", {{2, 8}, {2, 16}, {3, 4}, {1, 32}},
+    Case c{"tv_bind r0 8, attribute res 16 and 4 (upsampled)",
+           {{2, 8}, {2, 16}, {3, 4}, {1, 32}},
            base_options(LossMode::TvBind, T, {3, 8}, {2, 7})};
     c.options.attention_resolution = 8;
     c.options.attribute_resolutions = {16, 4};
@@ -449,7 +443,8 @@ int main() {
   }
   {
     // r0 in the attribute resolutions (a layer feeds both means) and a non-integer ratio (24 -> 16)
-    Case c{"tv_bind attribute res {16, 24} (shared r0 layer)", {{2, 16}, {2, 24}, {1, 16}},
+    Case c{"tv_bind attribute res {16, 24} (shared r0 layer)",
+           {{2, 16}, {2, 24}, {1, 16}},
            base_options(LossMode::TvBind, T, {3, 8}, {2, 7})};
     c.options.attribute_resolutions = {16, 24};
     cases.push_back(c);
@@ -483,7 +478,8 @@ int main() {
     // beyond the inline kernel-parameter capacity: descriptors and token columns are uploaded instead
     std::vector<int> many;
     for (int k = 1; k <= 33; ++k) many.push_back(k);
-    Case c{"tv 200 heads, 33 tokens (descriptors uploaded)", {{200, 16}, {3, 32}}, base_options(LossMode::Tv, 40, many)};
+    Case c{
+        "tv 200 heads, 33 tokens (descriptors uploaded)", {{200, 16}, {3, 32}}, base_options(LossMode::Tv, 40, many)};
     cases.push_back(c);
     std::vector<LayerSpec> seventy(70, LayerSpec{1, 16});
     seventy[3] = {2, 64};
@@ -492,10 +488,10 @@ int main() {
     cases.push_back(d);
   }
   // SD 1.x at 512x512: 5 layers x 8 heads at 16^2, 5 at 64^2, 5 at 32^2, 1 mid at 8^2, T = 77
-  const std::vector<LayerSpec> sd = {{8, 64}, {8, 64}, {8, 32}, {8, 32}, {8, 16}, {8, 16}, {8, 8}, {8, 16},
+  const std::vector<LayerSpec> sd = {{8, 64}, {8, 64}, {8, 32}, {8, 32}, {8, 16}, {8, 16}, {8, 8},  {8, 16},
                                      {8, 16}, {8, 16}, {8, 32}, {8, 32}, {8, 32}, {8, 64}, {8, 64}, {8, 64}};
-  cases.push_back({"SD 1.x 512: tv_bind, 2 objects with attributes", sd,
-                   base_options(LossMode::TvBind, 77, {2, 5}, {1, 4})});
+  cases.push_back(
+      {"SD 1.x 512: tv_bind, 2 objects with attributes", sd, base_options(LossMode::TvBind, 77, {2, 5}, {1, 4})});
   {
     Case c{"SD 1.x 512: tv_bind step 24, 3 objects", sd, base_options(LossMode::TvBind, 77, {2, 5, 9}, {1, 4, -1})};
     c.options.step_index = 24;
@@ -504,6 +500,105 @@ int main() {
   cases.push_back({"SD 1.x 512: max (A&E layers only at 16)", sd, base_options(LossMode::Max, 77, {2, 5})});
   cases.push_back({"SD 1.x 512: tv", sd, base_options(LossMode::Tv, 77, {2, 5})});
 
+  return cases;
+}
+
+// Validation and error parity: both backends throw the same InvalidArgument, NaN/Inf only where read.
+void validation_parity(const std::vector<LayerSpec>& small, int T, std::mt19937_64& rng, cudaStream_t stream) {
+  Inputs in = make_inputs(small, T, {3, 8}, rng);
+  LossOptions o = base_options(LossMode::TvBind, T, {3, 8}, {2, 7});
+  expect_same_error("valid inputs", in, o, false, stream, true);
+  // NaN in a kept token of an object layer
+  in.data[2][(size_t(1) * 256 + 37) * T + 5] = kNaN;
+  expect_same_error("NaN in an object layer", in, o, true, stream, true);
+  in.data[2][(size_t(1) * 256 + 37) * T + 5] = 0.01f;
+  // Inf in the SOT column: never read, so no error
+  in.data[0][(size_t(0) * 256 + 3) * T + 0] = std::numeric_limits<float>::infinity();
+  expect_same_error("Inf in the SOT column (not read)", in, o, false, stream, true);
+  // NaN at an unsampled pixel of a 64^2 attribute layer (pixel (1, 1)): not read
+  in.data[1][(size_t(2) * 4096 + 65) * T + 4] = kNaN;
+  expect_same_error("NaN at an unsampled 64^2 pixel (not read)", in, o, false, stream, true);
+  // NaN at a sampled pixel (4, 8) of the 64^2 attribute layer, head 2
+  in.data[1][(size_t(2) * 4096 + 4 * 64 + 8) * T + 6] = -std::numeric_limits<float>::infinity();
+  expect_same_error("-Inf at a sampled 64^2 pixel", in, o, true, stream, true);
+  // the same layer is not read at all in 'tv' mode
+  LossOptions tv = base_options(LossMode::Tv, T, {3, 8});
+  expect_same_error("-Inf in an attribute layer, mode tv (not read)", in, tv, false, stream, true);
+  LossOptions bad = base_options(LossMode::Tv, T, {3, 30});
+  expect_same_error("token outside the kept range", in, bad, true, stream, true);
+  bad = base_options(LossMode::Tv, T, {3, 3});
+  expect_same_error("duplicate token", in, bad, true, stream, true);
+  bad = base_options(LossMode::TvBind, T, {3, 8}, {2});
+  expect_same_error("attribute list length", in, bad, true, stream, true);
+  bad = base_options(LossMode::Tv, T, {3});
+  bad.attention_resolution = 48;
+  expect_same_error("no layer at the object resolution", in, bad, true, stream, true);
+  Inputs wrong = in;
+  wrong.views[3].length -= 1;
+  expect_same_error("buffer length", wrong, tv, true, stream, false);
+  // device entry point given host memory: a clear InvalidArgument, not a fault
+  std::string field;
+  const std::string msg =
+      capture([&] { divbind::cuda::attention_loss_device(in.views, tv, nullptr, nullptr, nullptr, stream); }, &field);
+  ++g_checks;
+  if (field != "layers[0].data")
+    fail("device entry point with host pointers", msg);
+  else
+    std::printf("ok   %-58s %s\n", "device entry point with host pointers", msg.substr(0, 90).c_str());
+  // grads == nullptr: forward only, same result
+  const LossResult a = divbind::attention_loss(in.views, tv, nullptr);
+  const LossResult b = divbind::cuda::attention_loss_host(in.views, tv, nullptr, nullptr, nullptr);
+  check_scalar("forward only loss", b.loss, a.loss);
+  check_scalar("forward only indicator", b.indicator, a.indicator);
+}
+
+// The host entry point with GradState priors (the reuse contract of native/core/gradient_write.h): a random
+// sequence of calls into kept buffers, each compared with the CPU core's full write; the states must agree.
+void reuse_parity(const std::vector<LayerSpec>& small, int T, std::mt19937_64& rng) {
+  const LossMode modes[] = {LossMode::Max, LossMode::Tv, LossMode::TvBind, LossMode::TvMax};
+  const std::vector<int> attributes[] = {{2, 7}, {-1, 7}, {}};
+  Inputs shape = make_inputs(small, T, {3, 8}, rng);
+  std::vector<std::vector<float>> kept;
+  for (const auto& v : shape.views) kept.emplace_back(size_t(v.length), kNaN);
+  auto kp = pointers(kept);
+  std::vector<divbind::GradState> states(kept.size(), divbind::GradState::Unknown);
+  const int before = g_failures;
+  for (int call = 0; call < 24; ++call) {
+    LossOptions o = base_options(modes[rng() % 4], T, {3, 8}, attributes[rng() % 3]);
+    const Inputs in = make_inputs(small, T, {3, 8, 2, 7}, rng);
+    Outputs ref;
+    poison(ref, in, 0);
+    auto gr = pointers(ref.grads);
+    ref.result = divbind::attention_loss(in.views, o, gr.data());
+    const LossResult got = divbind::cuda::attention_loss_host(in.views, o, kp.data(), nullptr, nullptr, states.data());
+    const std::string where = "reuse call " + std::to_string(call);
+    for (size_t i = 0; i < kept.size(); ++i)
+      check_tensor(where + " grads[" + std::to_string(i) + "]", kept[i].data(), ref.grads[i].data(), kept[i].size());
+    ++g_checks;
+    if (got.grad_states != ref.result.grad_states) fail(where, "grad_states differ from the CPU core's");
+    states = got.grad_states;
+  }
+  std::printf("%-4s %-58s\n", g_failures == before ? "ok" : "", "host entry point, GradState priors, 24 calls");
+}
+
+}  // namespace
+
+int main() {
+  std::setvbuf(stdout, nullptr, _IONBF, 0);  // a hang or crash still shows the last finished case
+  std::string why;
+  const int devices = divbind::cuda::device_count(&why);
+  std::mt19937_64 rng(std::random_device{}());
+  const std::vector<LayerSpec> small = {{2, 16}, {3, 64}, {2, 16}, {2, 32}, {1, 8}};
+  if (devices == 0) return check_without_device(small, rng, why);
+  cudaDeviceProp prop{};
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device 0: %s (sm_%d%d, %d SMs), %d device(s)\n", prop.name, prop.major, prop.minor,
+              prop.multiProcessorCount, devices);
+  cudaStream_t stream;
+  CHECK_CUDA(cudaStreamCreate(&stream));
+  const int T = 20;
+  std::vector<Case> cases = mode_cases(small, T);
+  for (Case& c : shape_cases(T)) cases.push_back(std::move(c));
   // DIVBIND_PARITY_QUICK=1 (used under compute-sanitizer) leaves out the SD-size cases.
   const char* quick_env = std::getenv("DIVBIND_PARITY_QUICK");
   const bool quick = quick_env && std::string(quick_env) == "1";
@@ -512,54 +607,10 @@ int main() {
   // Same case twice on fresh inputs: a moving error would be a race.
   for (int rep = 0; rep < 2; ++rep) run_case(cases[6], rng, stream);
 
-  // ---- validation and error parity
-  {
-    Inputs in = make_inputs(small, T, {3, 8}, rng);
-    LossOptions o = base_options(LossMode::TvBind, T, {3, 8}, {2, 7});
-    expect_same_error("valid inputs", in, o, false, stream, true);
-    // NaN in a kept token of an object layer
-    in.data[2][(size_t(1) * 256 + 37) * T + 5] = kNaN;
-    expect_same_error("NaN in an object layer", in, o, true, stream, true);
-    in.data[2][(size_t(1) * 256 + 37) * T + 5] = 0.01f;
-    // Inf in the SOT column: never read, so no error
-    in.data[0][(size_t(0) * 256 + 3) * T + 0] = std::numeric_limits<float>::infinity();
-    expect_same_error("Inf in the SOT column (not read)", in, o, false, stream, true);
-    // NaN at an unsampled pixel of a 64^2 attribute layer (pixel (1, 1)): not read
-    in.data[1][(size_t(2) * 4096 + 65) * T + 4] = kNaN;
-    expect_same_error("NaN at an unsampled 64^2 pixel (not read)", in, o, false, stream, true);
-    // NaN at a sampled pixel (4, 8) of the 64^2 attribute layer, head 2
-    in.data[1][(size_t(2) * 4096 + 4 * 64 + 8) * T + 6] = -std::numeric_limits<float>::infinity();
-    expect_same_error("-Inf at a sampled 64^2 pixel", in, o, true, stream, true);
-    // the same layer is not read at all in 'tv' mode
-    LossOptions tv = base_options(LossMode::Tv, T, {3, 8});
-    expect_same_error("-Inf in an attribute layer, mode tv (not read)", in, tv, false, stream, true);
-    LossOptions bad = base_options(LossMode::Tv, T, {3, 30});
-    expect_same_error("token outside the kept range", in, bad, true, stream, true);
-    bad = base_options(LossMode::Tv, T, {3, 3});
-    expect_same_error("duplicate token", in, bad, true, stream, true);
-    bad = base_options(LossMode::TvBind, T, {3, 8}, {2});
-    expect_same_error("attribute list length", in, bad, true, stream, true);
-    bad = base_options(LossMode::Tv, T, {3});
-    bad.attention_resolution = 48;
-    expect_same_error("no layer at the object resolution", in, bad, true, stream, true);
-    Inputs wrong = in;
-    wrong.views[3].length -= 1;
-    expect_same_error("buffer length", wrong, tv, true, stream, false);
-    // device entry point given host memory: a clear InvalidArgument, not a fault
-    std::string field;
-    const std::string msg = capture(
-        [&] { divbind::cuda::attention_loss_device(in.views, tv, nullptr, nullptr, nullptr, stream); }, &field);
-    ++g_checks;
-    if (field != "layers[0].data") fail("device entry point with host pointers", msg);
-    else std::printf("ok   %-58s %s\n", "device entry point with host pointers", msg.substr(0, 90).c_str());
-    // grads == nullptr: forward only, same result
-    const LossResult a = divbind::attention_loss(in.views, tv, nullptr);
-    const LossResult b = divbind::cuda::attention_loss_host(in.views, tv, nullptr, nullptr, nullptr);
-    check_scalar("forward only loss", b.loss, a.loss);
-    check_scalar("forward only indicator", b.indicator, a.indicator);
-  }
-  std::printf("%d checks, %d failures; worst relative error: scalars %.3g, tensors (norm) %.3g\n", g_checks,
-              g_failures, g_worst_scalar, g_worst_tensor);
+  validation_parity(small, T, rng, stream);
+  reuse_parity(small, T, rng);
+  std::printf("%d checks, %d failures; worst relative error: scalars %.3g, tensors (norm) %.3g\n", g_checks, g_failures,
+              g_worst_scalar, g_worst_tensor);
   cudaStreamDestroy(stream);
   if (g_failures) {
     std::printf("FAILED\n");
