@@ -232,7 +232,7 @@ test.serial('bad requests: 400 naming the field, 404, 413, 415; none reaches the
     [{ prompt: 'a cat', model: '../../etc' }, 404, 'model', /not found/],
     [{ prompt: 'a cat', latents: 'AAAA' }, 400, 'latents', /not a \.npy file/],
     [{ prompt: 'a cat', tokens: { objects: ['dog'] } }, 400, 'tokens', /"dog" is not a word of the prompt/],
-    [{ prompt: 'a cat', width: 200 }, 400, 'height', /fixed size of 256×256/],
+    [{ prompt: 'a cat', width: 200 }, 400, 'width', /exported for only 256×256/],
     [{ prompt: `a ${'very '.repeat(80)}cat` }, 400, 'prompt', /tokens long but the text encoder takes at most 75/],
     ['{"prompt": "a cat",', 400, 'body', /not valid JSON/],
     ['[1, 2]', 400, 'body', /Expected an options object|must be object/],
@@ -264,7 +264,7 @@ test.serial('bad requests: 400 naming the field, 404, 413, 415; none reaches the
 });
 
 test.serial(
-  'a model that cannot serve a request as configured answers 422 (guided mode on an unprepared UNet)',
+  'a guided request on an unprepared model: the job fails with MODEL_NOT_PREPARED, txt2img answers 422',
   async (t) => {
     const unpreparedDir = copyFixtureModel('tiny-sd');
     const unprepared = await DivBindPipeline.load(unpreparedDir, { session: { intraOpNumThreads: 1 } });
@@ -275,10 +275,20 @@ test.serial(
         new Map([['raw', unprepared]]),
       );
       servers.push(s);
-      const guided = await http('POST', `${s.url}/v1/generations`, { prompt: PROMPT, mode: 'tv_bind' });
-      t.is(guided.status, 422);
-      t.is(guided.body.error.code, 'MODEL_NOT_PREPARED');
-      t.is(guided.body.error.field, 'mode');
+      // The prepared graphs are per image size and opened when a job needs them: the job finds out.
+      const guided = await http('POST', `${s.url}/v1/generations`, { prompt: PROMPT, mode: 'tv_bind', steps: 1 });
+      t.is(guided.status, 202);
+      const failed = await finalState(s.url, guided.body.id);
+      t.is(failed.state, 'failed');
+      t.is(failed.error.code, 'MODEL_NOT_PREPARED');
+      t.regex(failed.error.fix, /divbind-native prepare/);
+      const a1111 = await http('POST', `${s.url}/sdapi/v1/txt2img`, {
+        prompt: PROMPT,
+        steps: 1,
+        divbind: { mode: 'tv_bind' },
+      });
+      t.is(a1111.status, 422);
+      t.is(a1111.body.error.code, 'MODEL_NOT_PREPARED');
       const plain = await http('POST', `${s.url}/v1/generations`, { prompt: PROMPT, mode: 'none', steps: 1 });
       t.is(plain.status, 202);
       t.is((await finalState(s.url, plain.body.id)).state, 'succeeded');
