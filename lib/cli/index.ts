@@ -9,6 +9,8 @@ import { makeEvalCommand } from './commands/eval';
 import { makeInfoCommand } from './commands/info';
 import { makePrepareCommand } from './commands/prepare';
 import { makeTokensCommand } from './commands/tokens';
+import { makeServeCommand } from './commands/serve';
+import { makeWorkerCommand } from './commands/worker';
 import { handleCliError } from './errors';
 import { EXIT } from './exit-codes';
 
@@ -29,7 +31,15 @@ export function makeProgram(): Command {
     .version(pkg.version)
     .showHelpAfterError()
     .exitOverride(exitOnUsageError);
-  for (const command of [makeGenerateCommand(), makeTokensCommand(), makePrepareCommand(), makeInfoCommand(), makeEvalCommand()]) {
+  for (const command of [
+    makeGenerateCommand(),
+    makeTokensCommand(),
+    makePrepareCommand(),
+    makeInfoCommand(),
+    makeEvalCommand(),
+    makeServeCommand(),
+    makeWorkerCommand(),
+  ]) {
     // addCommand() does not pass settings down to the subcommand, so set them on each.
     program.addCommand(command.exitOverride(exitOnUsageError).showHelpAfterError());
   }
