@@ -93,7 +93,14 @@ export interface LossBenchResult {
   trueFloorFormula: string;
   sizes: LossBenchSize[];
   cases: LossBenchCase[];
-  eventLoop: Array<{ backend: LossBackend; mode: 'sync' | 'async' | 'async-reuse'; calls: number; maxBlockWallMs: number; maxBlockCpuMs: number; meanCallMs: number }>;
+  eventLoop: Array<{
+    backend: LossBackend;
+    mode: 'sync' | 'async' | 'async-reuse';
+    calls: number;
+    maxBlockWallMs: number;
+    maxBlockCpuMs: number;
+    meanCallMs: number;
+  }>;
 }
 
 function sdSpecs(heads: number): Size['layers'] {
@@ -109,9 +116,15 @@ const SIZES: Size[] = [
   { name: 'sd15-512-tv', description: "SD 1.x 512², mode 'tv' (gradient only at 16²), 8 heads, T = 77", layers: sdSpecs(8) },
   { name: 'sd15-512-h1', description: 'SD 1.x 512², head-averaged inputs (heads = 1), T = 77', layers: sdSpecs(1) },
   {
-    name: 'small', description: 'small model: 3×16² and 3×32² layers, 2 heads, T = 77', layers: [
-      { resolution: 32, heads: 2, place: 'down' }, { resolution: 16, heads: 2, place: 'down' }, { resolution: 16, heads: 2, place: 'mid' },
-      { resolution: 16, heads: 2, place: 'up' }, { resolution: 32, heads: 2, place: 'up' }, { resolution: 32, heads: 2, place: 'up' },
+    name: 'small',
+    description: 'small model: 3×16² and 3×32² layers, 2 heads, T = 77',
+    layers: [
+      { resolution: 32, heads: 2, place: 'down' },
+      { resolution: 16, heads: 2, place: 'down' },
+      { resolution: 16, heads: 2, place: 'mid' },
+      { resolution: 16, heads: 2, place: 'up' },
+      { resolution: 32, heads: 2, place: 'up' },
+      { resolution: 32, heads: 2, place: 'up' },
     ],
   },
 ];
@@ -145,7 +158,9 @@ function makeLayers(size: Size): AttentionLayer[] {
 export function trueFloorBytes(layers: AttentionLayer[], normalized: NormalizedLossOptions, grads: Float32Array[]): { read: number; nonZero: number } {
   const plan = makePlan(layers, normalized);
   let read = 0;
-  layers.forEach((l, i) => { read += l.heads * readPixels(plan, i, l.resolution).length * plan.K * 4; });
+  layers.forEach((l, i) => {
+    read += l.heads * readPixels(plan, i, l.resolution).length * plan.K * 4;
+  });
   let nonZero = 0;
   for (const g of grads) for (let i = 0; i < g.length; i++) if (g[i] !== 0) nonZero += 4;
   return { read, nonZero };
@@ -225,7 +240,11 @@ async function eventLoopBlock(backend: LossBackend, mode: 'sync' | 'async' | 'as
  * One input size: its two floors, then every runner timed by benny (full writes, reuse, the raw addon), each
  * also as process CPU time per call.
  */
-async function benchSize(size: Size, result: LossBenchResult, ctx: { traffic: number; quick: boolean; verbose: boolean; log: (s: string) => void }): Promise<void> {
+async function benchSize(
+  size: Size,
+  result: LossBenchResult,
+  ctx: { traffic: number; quick: boolean; verbose: boolean; log: (s: string) => void },
+): Promise<void> {
   const { traffic, quick, verbose, log } = ctx;
   const { binding } = tryLoadNativeBinding();
   const backends = availableBackends().filter((x) => x === 'native' || x === 'js');
@@ -240,19 +259,33 @@ async function benchSize(size: Size, result: LossBenchResult, ctx: { traffic: nu
   const { read, nonZero } = trueFloorBytes(layers, normalized, gradOut);
   const trueFloorMs = ((read + nonZero) / traffic) * 1000;
   result.sizes.push({
-    name: size.name, description: size.description, floats, inputMB: (floats * 4) / 2 ** 20, gradMB: (floats * 4) / 2 ** 20, floorMs,
-    readMB: read / 2 ** 20, nonZeroGradMB: nonZero / 2 ** 20, trueFloorMs,
+    name: size.name,
+    description: size.description,
+    floats,
+    inputMB: (floats * 4) / 2 ** 20,
+    gradMB: (floats * 4) / 2 ** 20,
+    floorMs,
+    readMB: read / 2 ** 20,
+    nonZeroGradMB: nonZero / 2 ** 20,
+    trueFloorMs,
   });
   const runners: Record<string, () => void> = {};
   for (const backend of backends) {
-    runners[backend] = () => { attentionLoss(layers, lossOptions, { backend, gradOut }); };
+    runners[backend] = () => {
+      attentionLoss(layers, lossOptions, { backend, gradOut });
+    };
     // Kept buffers of their own: the first call writes them in full, the timed ones only where it can matter.
     const kept = layers.map((l) => new Float32Array(l.data.length));
     attentionLoss(layers, lossOptions, { backend, gradOut: kept, gradOutReuse: true });
-    runners[`${backend}-reuse`] = () => { attentionLoss(layers, lossOptions, { backend, gradOut: kept, gradOutReuse: true }); };
+    runners[`${backend}-reuse`] = () => {
+      attentionLoss(layers, lossOptions, { backend, gradOut: kept, gradOutReuse: true });
+    };
   }
   // The addon alone on pre-validated options: the difference to 'native' is the TS-side overhead.
-  if (binding) runners['native-raw'] = () => { binding.attentionLoss(layers, normalized, gradOut, null, null); };
+  if (binding)
+    runners['native-raw'] = () => {
+      binding.attentionLoss(layers, normalized, gradOut, null, null);
+    };
   const summary = await b.suite(
     `attention loss fwd+bwd: ${size.name}`,
     b.configure({ cases: quick ? { minSamples: 3, maxTime: 0.5 } : { minSamples: 10, maxTime: 4 } }),
@@ -263,12 +296,20 @@ async function benchSize(size: Size, result: LossBenchResult, ctx: { traffic: nu
     const meanMs = r.details.mean * 1000;
     const cpuMs = cpuPerCall(runners[r.name], quick ? 3 : 10);
     result.cases.push({
-      size: size.name, backend: r.name as LossBenchCase['backend'], meanMs, medianMs: r.details.median * 1000,
-      rmePercent: r.details.relativeMarginOfError, samples: r.samples, timesFloor: meanMs / floorMs,
-      timesTrueFloor: meanMs / trueFloorMs, cpuMs,
+      size: size.name,
+      backend: r.name as LossBenchCase['backend'],
+      meanMs,
+      medianMs: r.details.median * 1000,
+      rmePercent: r.details.relativeMarginOfError,
+      samples: r.samples,
+      timesFloor: meanMs / floorMs,
+      timesTrueFloor: meanMs / trueFloorMs,
+      cpuMs,
     });
-    log(`  ${size.name} ${r.name}: mean ${meanMs.toFixed(2)} ms (±${r.details.relativeMarginOfError.toFixed(1)} %), CPU ${cpuMs.toFixed(2)} ms/call, ` +
-      `${(meanMs / floorMs).toFixed(2)}× floor ${floorMs.toFixed(2)} ms, ${(meanMs / trueFloorMs).toFixed(2)}× true floor ${trueFloorMs.toFixed(2)} ms (wall)`);
+    log(
+      `  ${size.name} ${r.name}: mean ${meanMs.toFixed(2)} ms (±${r.details.relativeMarginOfError.toFixed(1)} %), CPU ${cpuMs.toFixed(2)} ms/call, ` +
+        `${(meanMs / floorMs).toFixed(2)}× floor ${floorMs.toFixed(2)} ms, ${(meanMs / trueFloorMs).toFixed(2)}× true floor ${trueFloorMs.toFixed(2)} ms (wall)`,
+    );
   }
 }
 
@@ -276,14 +317,22 @@ export async function runLossBench(options: LossBenchOptions = {}): Promise<Loss
   const out = options.out ?? path.join(ROOT, 'bench', 'results', 'loss.json');
   const verbose = options.verbose ?? true;
   const quick = options.quick ?? false;
-  const log = (s: string) => { if (verbose) console.log(s); };
+  const log = (s: string) => {
+    if (verbose) console.log(s);
+  };
   const { binding } = tryLoadNativeBinding();
   const backends = availableBackends().filter((x) => x === 'native' || x === 'js');
 
-  const bufferCopy = copyBandwidth((d, s) => { (s as Buffer).copy(d); }, 5);
-  const typedSet = copyBandwidth((d, s) => { d.set(s); }, 5);
+  const bufferCopy = copyBandwidth((d, s) => {
+    (s as Buffer).copy(d);
+  }, 5);
+  const typedSet = copyBandwidth((d, s) => {
+    d.set(s);
+  }, 5);
   const traffic = 2 * Math.max(bufferCopy, typedSet);
-  log(`memcpy: Buffer.copy ${(bufferCopy / 1e9).toFixed(2)} GB/s, TypedArray.set ${(typedSet / 1e9).toFixed(2)} GB/s → traffic ${(traffic / 1e9).toFixed(2)} GB/s`);
+  log(
+    `memcpy: Buffer.copy ${(bufferCopy / 1e9).toFixed(2)} GB/s, TypedArray.set ${(typedSet / 1e9).toFixed(2)} GB/s → traffic ${(traffic / 1e9).toFixed(2)} GB/s`,
+  );
 
   const result: LossBenchResult = {
     date: new Date().toISOString(),
@@ -306,7 +355,9 @@ export async function runLossBench(options: LossBenchOptions = {}): Promise<Loss
     for (const mode of ['sync', 'async', 'async-reuse'] as const) {
       const e = await eventLoopBlock(backend, mode, sd, OPTIONS['sd15-512'], quick ? 3 : 10);
       result.eventLoop.push(e);
-      log(`  event loop, SD size, ${backend} ${mode}: longest block ${e.maxBlockWallMs.toFixed(2)} ms wall / ${e.maxBlockCpuMs.toFixed(2)} ms CPU, ${e.meanCallMs.toFixed(2)} ms per call`);
+      log(
+        `  event loop, SD size, ${backend} ${mode}: longest block ${e.maxBlockWallMs.toFixed(2)} ms wall / ${e.maxBlockCpuMs.toFixed(2)} ms CPU, ${e.meanCallMs.toFixed(2)} ms per call`,
+      );
     }
   }
 

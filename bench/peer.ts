@@ -51,9 +51,27 @@ function relL2(a: ArrayLike<number>, b: ArrayLike<number>): number {
 }
 
 function peerArgs(p: PeerRun): string[] {
-  const args = [path.resolve(__dirname, '../../bench/torch_peer.py'), '--model', p.kind, '--modes', p.modes.join(','), '--latents', p.latentsFile,
-    '--prompt', p.settings.prompt, '--steps', String(p.settings.steps), '--max-iter', String(p.settings.maxIterToAlter),
-    '--warmup-steps', String(p.settings.warmupSteps), '--threads', String(p.settings.threads), '--out-dir', p.scratch];
+  const args = [
+    path.resolve(__dirname, '../../bench/torch_peer.py'),
+    '--model',
+    p.kind,
+    '--modes',
+    p.modes.join(','),
+    '--latents',
+    p.latentsFile,
+    '--prompt',
+    p.settings.prompt,
+    '--steps',
+    String(p.settings.steps),
+    '--max-iter',
+    String(p.settings.maxIterToAlter),
+    '--warmup-steps',
+    String(p.settings.warmupSteps),
+    '--threads',
+    String(p.settings.threads),
+    '--out-dir',
+    p.scratch,
+  ];
   if (p.tokens !== null) args.push('--token-indices', p.tokens.tokenIndices.join(','));
   if (p.tokens?.attributeIndices) args.push('--attribute-indices', p.tokens.attributeIndices.map((a) => a ?? 0).join(','));
   return args;
@@ -64,11 +82,18 @@ export function runPeer(p: PeerRun): Promise<PeerResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(PYTHON, peerArgs(p), { stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
-    child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
     child.on('error', reject);
     child.on('exit', (code) => {
       if (code !== 0) return reject(new Error(`${PYTHON} bench/torch_peer.py exited with ${code}`));
-      const raw = JSON.parse(out.trim().split('\n').pop()!) as { torch: string; threads: number; buildSeconds: number; modes: Record<string, { secondsPerImage: number; finalLatents: string }> };
+      const raw = JSON.parse(out.trim().split('\n').pop()!) as {
+        torch: string;
+        threads: number;
+        buildSeconds: number;
+        modes: Record<string, { secondsPerImage: number; finalLatents: string }>;
+      };
       const modes: Record<string, PeerModeResult> = {};
       for (const [mode, r] of Object.entries(raw.modes)) {
         const node = readNpy(p.nodeLatents[mode]!).data as Float32Array;
@@ -77,8 +102,10 @@ export function runPeer(p: PeerRun): Promise<PeerResult> {
           torchOverNode: r.secondsPerImage / p.nodeSeconds[mode]!.secondsPerImage,
           finalLatentsRelL2: relL2(readNpy(r.finalLatents).data as Float32Array, node),
         };
-        console.log(`torch peer ${p.kind} ${p.size}² ${mode}: ${r.secondsPerImage.toFixed(2)} s/image = ${modes[mode]!.torchOverNode.toFixed(2)}× the pipeline; `
-          + `final latents rel L2 ${modes[mode]!.finalLatentsRelL2.toExponential(2)}`);
+        console.log(
+          `torch peer ${p.kind} ${p.size}² ${mode}: ${r.secondsPerImage.toFixed(2)} s/image = ${modes[mode]!.torchOverNode.toFixed(2)}× the pipeline; ` +
+            `final latents rel L2 ${modes[mode]!.finalLatentsRelL2.toExponential(2)}`,
+        );
       }
       resolve({ torch: raw.torch, threads: raw.threads, buildSeconds: raw.buildSeconds, modes });
     });

@@ -54,9 +54,7 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)];
 }
 
-export async function runPipelineBench(
-  o: PipelineBenchOptions = {},
-): Promise<{ rows: PipelineBenchRow[]; meta: Record<string, unknown> }> {
+export async function runPipelineBench(o: PipelineBenchOptions = {}): Promise<{ rows: PipelineBenchRow[]; meta: Record<string, unknown> }> {
   const log = o.log ?? ((l: string) => console.log(l));
   const modelDir = o.modelDir ?? defaultModelDir();
   const steps = o.steps ?? 50;
@@ -96,8 +94,7 @@ export async function runPipelineBench(
         if (r === 0) continue; // warm-up
         times.push(ms);
         const img = res.images[0];
-        const sum = (k: keyof Phases) =>
-          img.steps.reduce((a, s) => a + ((s.ms as unknown as Record<string, number>)[k] ?? 0), 0);
+        const sum = (k: keyof Phases) => img.steps.reduce((a, s) => a + ((s.ms as unknown as Record<string, number>)[k] ?? 0), 0);
         phases = {
           textEncoder: res.timings.textEncoder,
           unetForward: sum('unetForward'),

@@ -92,11 +92,7 @@ async function child(req: ChildRequest): Promise<PrepareResultMsg | RunResult> {
             BigInt64Array.from({ length: n }, () => 500n),
             info.dims,
           )
-        : new ort.Tensor(
-            'float32',
-            name === 'timestep' ? Float32Array.from({ length: n }, () => 500) : pseudo(n, seed++),
-            info.dims,
-          );
+        : new ort.Tensor('float32', name === 'timestep' ? Float32Array.from({ length: n }, () => 500) : pseudo(n, seed++), info.dims);
   }
   const cot: Record<string, ort.Tensor> = {};
   for (const l of m.attention.layers)
@@ -153,10 +149,7 @@ async function main(): Promise<void> {
   const avgDir = copySdFolder();
   try {
     const prep = await inChild<PrepareResultMsg>({ kind: 'prepare', dir: avgDir });
-    console.log(
-      `prepare (head-averaged, with check run): ${prep.wallMs.toFixed(0)} ms, peak RSS ${prep.maxRssMB.toFixed(0)} MB`,
-      prep.timings,
-    );
+    console.log(`prepare (head-averaged, with check run): ${prep.wallMs.toFixed(0)} ms, peak RSS ${prep.maxRssMB.toFixed(0)} MB`, prep.timings);
     await prepareModel(rawDir, { headAverage: false, design: 'recompute' });
     const acc = {
       raw: { unet: [] as number[], vjp: [] as number[] },
@@ -175,9 +168,7 @@ async function main(): Promise<void> {
         const res = await inChild<RunResult>({ kind: 'run', dir, iterations, threads });
         acc[key].unet.push(median(res.unetMs));
         acc[key].vjp.push(median(res.vjpMs));
-        console.log(
-          `round ${r + 1} ${key.padEnd(8)} UNet ${median(res.unetMs).toFixed(1)} ms, VJP ${median(res.vjpMs).toFixed(1)} ms`,
-        );
+        console.log(`round ${r + 1} ${key.padEnd(8)} UNet ${median(res.unetMs).toFixed(1)} ms, VJP ${median(res.vjpMs).toFixed(1)} ms`);
       }
     }
     const result = {
@@ -206,9 +197,7 @@ if (process.argv.includes('--child')) {
   process.once('message', (req) => {
     child(req as ChildRequest)
       .then((value) => process.send!({ ok: true, value }, () => process.exit(0)))
-      .catch((err: unknown) =>
-        process.send!({ ok: false, error: String((err as Error).stack ?? err) }, () => process.exit(1)),
-      );
+      .catch((err: unknown) => process.send!({ ok: false, error: String((err as Error).stack ?? err) }, () => process.exit(1)));
   });
 } else if (require.main === module) {
   main().catch((err: unknown) => {

@@ -53,7 +53,13 @@ function phases(res: GenerateResult): Record<string, number> {
 
 function generateOptions(s: RunSettings, steps: number): GenerateOptions {
   return {
-    prompt: s.prompt, mode: s.mode, steps, latents: s.latentsFile, height: s.size, width: s.size, maxIterToAlter: s.maxIterToAlter,
+    prompt: s.prompt,
+    mode: s.mode,
+    steps,
+    latents: s.latentsFile,
+    height: s.size,
+    width: s.size,
+    maxIterToAlter: s.maxIterToAlter,
     ...(s.mode === 'none' ? {} : { tokens: s.tokens, thresholds: {} }),
   };
 }
@@ -97,7 +103,9 @@ function inChild<T>(job: ChildJob, onStart?: (pid: number) => void): Promise<T> 
     const child = fork(__filename, ['--child', JSON.stringify(job)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     if (child.pid !== undefined) onStart?.(child.pid);
     let result: T | undefined;
-    child.on('message', (m) => { result = m as T; });
+    child.on('message', (m) => {
+      result = m as T;
+    });
     child.on('error', reject);
     child.on('exit', (code) => (result !== undefined ? resolve(result) : reject(new Error(`bench child ${job.kind} exited with ${code}`))));
   });
@@ -116,13 +124,20 @@ export function prepareInChild(modelDir: string, size: number): Promise<number> 
 async function childMain(job: ChildJob): Promise<unknown> {
   if (job.kind === 'run') return runMode(job.settings);
   const t0 = performance.now();
-  const r = await prepareModel(job.modelDir, { height: job.size, width: job.size, onProgress: (p) => console.log(`  prepare ${path.basename(job.modelDir)} ${job.size}²: ${p.message}`) });
+  const r = await prepareModel(job.modelDir, {
+    height: job.size,
+    width: job.size,
+    onProgress: (p) => console.log(`  prepare ${path.basename(job.modelDir)} ${job.size}²: ${p.message}`),
+  });
   return r.skipped ? 0 : (performance.now() - t0) / 1000;
 }
 
 if (require.main === module && process.argv[2] === '--child') {
-  childMain(JSON.parse(process.argv[3]!) as ChildJob).then((r) => process.send!(r), (err) => {
-    console.error(err);
-    process.exitCode = 1;
-  });
+  childMain(JSON.parse(process.argv[3]!) as ChildJob).then(
+    (r) => process.send!(r),
+    (err) => {
+      console.error(err);
+      process.exitCode = 1;
+    },
+  );
 }

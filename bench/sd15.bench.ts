@@ -62,13 +62,17 @@ async function runSize(modelDir: string, kind: 'sd15' | 'tiny', size: number, o:
   for (const mode of o.modes) {
     const settings: RunSettings = { ...o.settings, modelDir, size, mode, latentsFile };
     let peaks: MemoryPeaks | undefined;
-    const run = await runModeInChild(settings, (pid) => { peaks = new MemoryPeaks(pid); });
+    const run = await runModeInChild(settings, (pid) => {
+      peaks = new MemoryPeaks(pid);
+    });
     const { peakPssMB } = peaks!.stop();
     const { finalLatentsFile, ...rest } = run;
     finals[mode] = finalLatentsFile;
     modes[mode] = { ...rest, ratioVsPlain: Number.NaN, peakPssMB };
-    console.log(`${path.basename(modelDir)} ${size}² ${mode.padEnd(8)} ${run.secondsPerImage.toFixed(2)} s/image, `
-      + `peak RSS ${run.peakRssMB.toFixed(0)} MB, peak PSS ${peakPssMB.toFixed(0)} MB`);
+    console.log(
+      `${path.basename(modelDir)} ${size}² ${mode.padEnd(8)} ${run.secondsPerImage.toFixed(2)} s/image, ` +
+        `peak RSS ${run.peakRssMB.toFixed(0)} MB, peak PSS ${peakPssMB.toFixed(0)} MB`,
+    );
   }
   const plain = modes.none;
   for (const r of Object.values(modes)) {
@@ -77,9 +81,10 @@ async function runSize(modelDir: string, kind: 'sd15' | 'tiny', size: number, o:
   }
   const peerModes = o.modes.filter((m) => o.peerModes.includes(m));
   const tokens = Object.values(modes).find((m) => m.tokens !== null)?.tokens ?? null;
-  const peer = o.peer && peerModes.length > 0
-    ? await runPeer({ kind, size, modes: peerModes, settings: o.settings, latentsFile, tokens, nodeLatents: finals, nodeSeconds: modes, scratch })
-    : null;
+  const peer =
+    o.peer && peerModes.length > 0
+      ? await runPeer({ kind, size, modes: peerModes, settings: o.settings, latentsFile, tokens, nodeLatents: finals, nodeSeconds: modes, scratch })
+      : null;
   return { size, modes, peer };
 }
 
@@ -135,9 +140,15 @@ function parseArgs(argv: string[]): Sd15BenchOptions {
     modes: list('--modes', 'none,max,tv,tv_bind') as GuidanceMode[],
     peerModes: list('--peer-modes', 'none,tv_bind') as GuidanceMode[],
     settings: {
-      steps: num('--steps', 10), maxIterToAlter: num('--max-iter', 5), repeats: num('--repeats', 1), warmupSteps: num('--warmup-steps', 1),
-      threads: num('--threads', os.cpus().length), seed: num('--seed', 42), shareWeights: !argv.includes('--private-weights'),
-      prompt: 'a red cat and a blue dog', tokens: { objects: ['cat', 'dog'], attributes: ['red', 'blue'] },
+      steps: num('--steps', 10),
+      maxIterToAlter: num('--max-iter', 5),
+      repeats: num('--repeats', 1),
+      warmupSteps: num('--warmup-steps', 1),
+      threads: num('--threads', os.cpus().length),
+      seed: num('--seed', 42),
+      shareWeights: !argv.includes('--private-weights'),
+      prompt: 'a red cat and a blue dog',
+      tokens: { objects: ['cat', 'dog'], attributes: ['red', 'blue'] },
     },
     tiny: !argv.includes('--no-tiny'),
     peer: !argv.includes('--no-peer'),

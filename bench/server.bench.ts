@@ -45,12 +45,7 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))];
 }
 
-function row(
-  name: string,
-  shape: Pick<ServerBenchRow, 'workers' | 'threadsPerWorker' | 'inFlight'>,
-  latenciesMs: number[],
-  elapsedMs: number,
-): ServerBenchRow {
+function row(name: string, shape: Pick<ServerBenchRow, 'workers' | 'threadsPerWorker' | 'inFlight'>, latenciesMs: number[], elapsedMs: number): ServerBenchRow {
   const sorted = [...latenciesMs].sort((a, b) => a - b);
   return {
     name,
@@ -66,11 +61,7 @@ function row(
 }
 
 /** Runs `count` jobs through `run`, `inFlight` at a time; latencies (ms) and the elapsed wall time. */
-async function closedLoop(
-  count: number,
-  inFlight: number,
-  run: (n: number) => Promise<void>,
-): Promise<{ latencies: number[]; elapsedMs: number }> {
+async function closedLoop(count: number, inFlight: number, run: (n: number) => Promise<void>): Promise<{ latencies: number[]; elapsedMs: number }> {
   const latencies: number[] = [];
   let next = 0;
   const start = performance.now();
@@ -89,17 +80,12 @@ async function closedLoop(
 /** One job through the HTTP API: POST, then its SSE stream until `done`. */
 async function serverJob(base: string, request: GenerateOptions): Promise<void> {
   const submitted = await http('POST', `${base}/v1/generations`, request);
-  if (submitted.status !== 202)
-    throw new Error(`submission refused: ${submitted.status} ${JSON.stringify(submitted.body)}`);
+  if (submitted.status !== 202) throw new Error(`submission refused: ${submitted.status} ${JSON.stringify(submitted.body)}`);
   const events = await readEvents(`${base}/v1/generations/${submitted.body.id}/events`);
-  if (events.at(-1)?.event !== 'done')
-    throw new Error(`job ${submitted.body.id} ended with ${JSON.stringify(events.at(-1))}`);
+  if (events.at(-1)?.event !== 'done') throw new Error(`job ${submitted.body.id} ended with ${JSON.stringify(events.at(-1))}`);
 }
 
-async function directCase(
-  o: Required<Omit<ServerBenchOptions, 'out' | 'log'>>,
-  request: (n: number) => GenerateOptions,
-): Promise<ServerBenchRow> {
+async function directCase(o: Required<Omit<ServerBenchOptions, 'out' | 'log'>>, request: (n: number) => GenerateOptions): Promise<ServerBenchRow> {
   const pipe = await DivBindPipeline.load(o.modelDir, { prepare: true, session: { intraOpNumThreads: o.threads } });
   try {
     await pipe.generate(request(-1));
@@ -127,10 +113,7 @@ async function serverCase(
 
 const SERVE_FLAGS = ['--rate-limit', '0', '--prepare'];
 
-async function embeddedCase(
-  o: Required<Omit<ServerBenchOptions, 'out' | 'log'>>,
-  request: (n: number) => GenerateOptions,
-): Promise<ServerBenchRow> {
+async function embeddedCase(o: Required<Omit<ServerBenchOptions, 'out' | 'log'>>, request: (n: number) => GenerateOptions): Promise<ServerBenchRow> {
   const serve = await startServe(['--model', o.modelDir, '--threads', String(o.threads), ...SERVE_FLAGS]);
   try {
     return await serverCase(`serve (embedded), 1 × ${o.threads} threads`, serve.url, 1, o.threads, o.jobs, request);
@@ -149,19 +132,10 @@ async function redisCase(
   const redis = await startRedis();
   const api = await startServe(['--redis', redis.url, '--no-worker', '--model', o.modelDir, ...SERVE_FLAGS]);
   const procs = await Promise.all(
-    Array.from({ length: workers }, () =>
-      startWorker(['--redis', redis.url, '--model', o.modelDir, '--threads', String(threads), '--prepare']),
-    ),
+    Array.from({ length: workers }, () => startWorker(['--redis', redis.url, '--model', o.modelDir, '--threads', String(threads), '--prepare'])),
   );
   try {
-    return await serverCase(
-      `serve --redis, ${workers} worker(s) × ${threads} thread(s)`,
-      api.url,
-      workers,
-      threads,
-      o.jobs,
-      request,
-    );
+    return await serverCase(`serve --redis, ${workers} worker(s) × ${threads} thread(s)`, api.url, workers, threads, o.jobs, request);
   } finally {
     for (const p of [...procs, api, redis.proc]) p.signal('SIGTERM');
     await Promise.all([...procs, api, redis.proc].map((p) => p.exited));

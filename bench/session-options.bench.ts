@@ -60,10 +60,21 @@ async function measure(modelDir: string, size: number, runs: number, threads: nu
     const set = await guided.forLayers((prepared.layerSets[0] ?? prepared.files).layerIndices);
     const guidedStepMs = await timed(runs, async () => {
       const fwd = await set.forward(z, 500, text);
-      await set.vjp(fwd, fwd.maps.map((m) => m.map(() => 1e-3)));
+      await set.vjp(
+        fwd,
+        fwd.maps.map((m) => m.map(() => 1e-3)),
+      );
     });
     const cpu = process.cpuUsage(cpu0);
-    return { ...c, cfgMs, guidedStepMs, userCpuS: cpu.user / 1e6, systemCpuS: cpu.system / 1e6, pssMB: readMemory()!.pssMB, peakRssMB: process.resourceUsage().maxRSS / 1024 };
+    return {
+      ...c,
+      cfgMs,
+      guidedStepMs,
+      userCpuS: cpu.user / 1e6,
+      systemCpuS: cpu.system / 1e6,
+      pssMB: readMemory()!.pssMB,
+      peakRssMB: process.resourceUsage().maxRSS / 1024,
+    };
   } finally {
     await guided.release();
     await cfg.session.release();
@@ -74,7 +85,9 @@ function inChild(args: unknown[]): Promise<ConfigResult> {
   return new Promise((resolve, reject) => {
     const child = fork(__filename, ['--child', JSON.stringify(args)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     let r: ConfigResult | undefined;
-    child.on('message', (m) => { r = m as ConfigResult; });
+    child.on('message', (m) => {
+      r = m as ConfigResult;
+    });
     child.on('error', reject);
     child.on('exit', (code) => (r ? resolve(r) : reject(new Error(`session-options child exited with ${code}`))));
   });
@@ -89,9 +102,11 @@ async function main(argv: string[]): Promise<void> {
     for (const memoryArena of [false, true]) {
       const r = await inChild([model, size, runs, threads, { shareWeights, memoryArena }]);
       results.push(r);
-      console.log(`${shareWeights ? 'shared ' : 'private'} weights, arena ${memoryArena ? 'on ' : 'off'}: CFG ${r.cfgMs.toFixed(0)} ms, `
-        + `guided step (object layers) ${r.guidedStepMs.toFixed(0)} ms, CPU user ${r.userCpuS.toFixed(1)} s / system ${r.systemCpuS.toFixed(1)} s, `
-        + `PSS ${r.pssMB.toFixed(0)} MB, peak RSS ${r.peakRssMB.toFixed(0)} MB`);
+      console.log(
+        `${shareWeights ? 'shared ' : 'private'} weights, arena ${memoryArena ? 'on ' : 'off'}: CFG ${r.cfgMs.toFixed(0)} ms, ` +
+          `guided step (object layers) ${r.guidedStepMs.toFixed(0)} ms, CPU user ${r.userCpuS.toFixed(1)} s / system ${r.systemCpuS.toFixed(1)} s, ` +
+          `PSS ${r.pssMB.toFixed(0)} MB, peak RSS ${r.peakRssMB.toFixed(0)} MB`,
+      );
     }
   }
   const out = path.resolve(get('--out') ?? path.join(__dirname, '../../bench/results/session-options.json'));

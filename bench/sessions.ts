@@ -45,7 +45,10 @@ async function measure(modelDir: string, size: number, shareWeights: boolean, th
     note('guided forward + backward opened (full layer set)');
     const fwd = await full.forward(z, 500, text);
     note('guided forward run');
-    await full.vjp(fwd, fwd.maps.map((m) => m.map(() => 1e-3)));
+    await full.vjp(
+      fwd,
+      fwd.maps.map((m) => m.map(() => 1e-3)),
+    );
     note('guided backward run');
   } finally {
     await guided.release();
@@ -59,7 +62,9 @@ export function measureSessions(modelDir: string, size: number, shareWeights: bo
   return new Promise((resolve, reject) => {
     const child = fork(__filename, ['--child', JSON.stringify({ modelDir, size, shareWeights, threads })], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     let rows: SessionMemory[] | undefined;
-    child.on('message', (m) => { rows = m as SessionMemory[]; });
+    child.on('message', (m) => {
+      rows = m as SessionMemory[];
+    });
     child.on('error', reject);
     child.on('exit', (code) => (rows ? resolve(rows) : reject(new Error(`sessions child exited with ${code}`))));
   });
@@ -68,8 +73,10 @@ export function measureSessions(modelDir: string, size: number, shareWeights: bo
 function print(rows: SessionMemory[], label: string): void {
   console.log(label);
   for (const r of rows) {
-    console.log(`  ${r.after.padEnd(52)} anon ${r.anonMB.toFixed(0).padStart(6)} MB  file ${r.fileMB.toFixed(0).padStart(6)} MB  `
-      + `PSS ${r.pssMB.toFixed(0).padStart(6)} MB  RSS ${r.rssMB.toFixed(0).padStart(6)} MB  (${r.seconds.toFixed(1)} s)`);
+    console.log(
+      `  ${r.after.padEnd(52)} anon ${r.anonMB.toFixed(0).padStart(6)} MB  file ${r.fileMB.toFixed(0).padStart(6)} MB  ` +
+        `PSS ${r.pssMB.toFixed(0).padStart(6)} MB  RSS ${r.rssMB.toFixed(0).padStart(6)} MB  (${r.seconds.toFixed(1)} s)`,
+    );
   }
 }
 
@@ -86,7 +93,9 @@ if (require.main === module) {
     const get = (k: string) => (argv.includes(k) ? argv[argv.indexOf(k) + 1] : undefined);
     const model = path.resolve(get('--model') ?? 'models/sd15');
     const shared = !argv.includes('--private-weights');
-    measureSessions(model, Number(get('--size') ?? 512), shared, Number(get('--threads') ?? 2))
-      .then((rows) => print(rows, `${model}: ${shared ? 'shared' : 'private'} weights`), fail);
+    measureSessions(model, Number(get('--size') ?? 512), shared, Number(get('--threads') ?? 2)).then(
+      (rows) => print(rows, `${model}: ${shared ? 'shared' : 'private'} weights`),
+      fail,
+    );
   }
 }

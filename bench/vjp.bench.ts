@@ -68,8 +68,10 @@ interface Built {
 
 /** Latent and text dims for `size` pixels: the UNet's static dims where it fixes them. */
 function inputDims(model: ModelProto, size: number | undefined): Record<string, number[]> {
-  const dims = (name: string) => (model.graph!.input.find((i) => i.name === name)?.type?.tensor_type?.shape?.dim ?? [])
-    .map((d) => (d.dim_value != null && Number(d.dim_value) > 0 ? Number(d.dim_value) : undefined));
+  const dims = (name: string) =>
+    (model.graph!.input.find((i) => i.name === name)?.type?.tensor_type?.shape?.dim ?? []).map((d) =>
+      d.dim_value != null && Number(d.dim_value) > 0 ? Number(d.dim_value) : undefined,
+    );
   const s = dims('sample');
   const latent = size !== undefined ? size / 8 : (s[2] ?? 32);
   const t = dims('encoder_hidden_states');
@@ -81,8 +83,7 @@ function save(dir: string, file: string, model: ModelProto, sourceDir: string): 
   return file;
 }
 
-const cotangentsOf = (outputs: string[], shapes: Map<string, { dims: number[] }>) =>
-  Object.fromEntries(outputs.map((o) => [o, shapes.get(o)!.dims]));
+const cotangentsOf = (outputs: string[], shapes: Map<string, { dims: number[] }>) => Object.fromEntries(outputs.map((o) => [o, shapes.get(o)!.dims]));
 
 /** Builds every mode's graphs as prepare does, and saves them into `dir` (weights hard-linked). */
 export async function buildBenchGraphs(modelPath: string, size: number | undefined, dir: string): Promise<Built> {
@@ -92,35 +93,68 @@ export async function buildBenchGraphs(modelPath: string, size: number | undefin
   const layers = findCrossAttention(loaded.model, shapes, {});
   const inst = instrumentUnet(loaded.model, shapes, { layers });
   const src = loaded.dir;
-  const full = { recompute: buildVjp(inst.model, { wrt: 'sample', outputs: inst.outputs, shapes: inst.shapes, design: 'recompute' }),
-    residuals: buildVjp(inst.model, { wrt: 'sample', outputs: inst.outputs, shapes: inst.shapes, design: 'residuals' }) };
+  const full = {
+    recompute: buildVjp(inst.model, { wrt: 'sample', outputs: inst.outputs, shapes: inst.shapes, design: 'recompute' }),
+    residuals: buildVjp(inst.model, { wrt: 'sample', outputs: inst.outputs, shapes: inst.shapes, design: 'residuals' }),
+  };
   const allCot = cotangentsOf(inst.outputs, inst.shapes);
   const n = inst.outputs.length;
-  const stat = (s: { buildMs: number; backwardNodes: number; forwardNodes: number; residualBytes: number }) =>
-    ({ buildMs: s.buildMs, nodes: s.backwardNodes + s.forwardNodes, residualMB: s.residualBytes / 2 ** 20 });
+  const stat = (s: { buildMs: number; backwardNodes: number; forwardNodes: number; residualBytes: number }) => ({
+    buildMs: s.buildMs,
+    nodes: s.backwardNodes + s.forwardNodes,
+    residualMB: s.residualBytes / 2 ** 20,
+  });
   const modes = {
     forward: { run: save(dir, 'plain.onnx', loaded.model, src), cotangents: {}, layers: 0 },
     'forward-maps': { run: save(dir, 'unet.onnx', inst.model, src), cotangents: {}, layers: n },
     recompute: { forward: 'unet.onnx', run: save(dir, 'vjp.onnx', full.recompute.vjp!, src), cotangents: allCot, layers: n, ...stat(full.recompute.stats) },
-    residuals: { forward: save(dir, 'forward.onnx', full.residuals.forward!, src), run: save(dir, 'backward.onnx', full.residuals.backward!, src), cotangents: allCot, layers: n, ...stat(full.residuals.stats) },
+    residuals: {
+      forward: save(dir, 'forward.onnx', full.residuals.forward!, src),
+      run: save(dir, 'backward.onnx', full.residuals.backward!, src),
+      cotangents: allCot,
+      layers: n,
+      ...stat(full.residuals.stats),
+    },
   } as Record<Mode, ModeGraphs>;
   const height = dims.sample![2]! * 8;
-  const sets = preparedLayerSets(inst.layers.map((l) => ({ heads: 1, resolution: l.resolution ?? 0 })), dims.encoder_hidden_states![1]!, familyResolutions(familyTraits('sd1'), {}, height));
+  const sets = preparedLayerSets(
+    inst.layers.map((l) => ({ heads: 1, resolution: l.resolution ?? 0 })),
+    dims.encoder_hidden_states![1]!,
+    familyResolutions(familyTraits('sd1'), {}, height),
+  );
   const [objects, attributes] = [sets[0], sets[1]];
   if (objects !== undefined) {
     const r = buildLayerSet(inst, 'sample', objects, 'recompute');
-    modes['recompute-objects'] = { forward: save(dir, 'maps-objects.onnx', r.forward, src), run: save(dir, 'vjp-objects.onnx', r.backward, src), cotangents: cotangentsOf(r.outputs, inst.shapes), layers: objects.length, ...stat(r.stats) };
+    modes['recompute-objects'] = {
+      forward: save(dir, 'maps-objects.onnx', r.forward, src),
+      run: save(dir, 'vjp-objects.onnx', r.backward, src),
+      cotangents: cotangentsOf(r.outputs, inst.shapes),
+      layers: objects.length,
+      ...stat(r.stats),
+    };
   }
-  for (const [mode, set] of [['residuals-objects', objects], ['residuals-attributes', attributes]] as const) {
+  for (const [mode, set] of [
+    ['residuals-objects', objects],
+    ['residuals-attributes', attributes],
+  ] as const) {
     if (set === undefined) continue;
     const r = buildLayerSet(inst, 'sample', set, 'residuals');
-    modes[mode] = { forward: save(dir, `forward-${mode}.onnx`, r.forward, src), run: save(dir, `backward-${mode}.onnx`, r.backward, src), cotangents: cotangentsOf(r.outputs, inst.shapes), layers: set.length, ...stat(r.stats) };
+    modes[mode] = {
+      forward: save(dir, `forward-${mode}.onnx`, r.forward, src),
+      run: save(dir, `backward-${mode}.onnx`, r.backward, src),
+      cotangents: cotangentsOf(r.outputs, inst.shapes),
+      layers: set.length,
+      ...stat(r.stats),
+    };
   }
   const ts = realGraphInputs(loaded.model.graph!).find((i) => i.name === 'timestep');
   const inputs = {
     sample: { dims: dims.sample!, type: 'float32' as const },
     encoder_hidden_states: { dims: dims.encoder_hidden_states!, type: 'float32' as const },
-    timestep: { dims: (ts?.type?.tensor_type?.shape?.dim ?? []).map(() => 1), type: ts?.type?.tensor_type?.elem_type === 7 ? 'int64' as const : 'float32' as const },
+    timestep: {
+      dims: (ts?.type?.tensor_type?.shape?.dim ?? []).map(() => 1),
+      type: ts?.type?.tensor_type?.elem_type === 7 ? ('int64' as const) : ('float32' as const),
+    },
   };
   return { dir, inputs, modes };
 }
@@ -129,7 +163,11 @@ export async function buildBenchGraphs(modelPath: string, size: number | undefin
 function values(n: number, seed: number): Float32Array {
   let x = seed >>> 0 || 1;
   return Float32Array.from({ length: n }, () => {
-    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
     return (x / 4294967296) * 2 - 1;
   });
 }
@@ -141,7 +179,10 @@ function benchFeeds(built: Built): Record<string, ort.Tensor> {
   return {
     sample: new ort.Tensor('float32', values(count(sample!.dims), 3), sample!.dims),
     encoder_hidden_states: new ort.Tensor('float32', values(count(text!.dims), 5), text!.dims),
-    timestep: timestep!.type === 'int64' ? new ort.Tensor('int64', BigInt64Array.of(500n), timestep!.dims) : new ort.Tensor('float32', Float32Array.of(500), timestep!.dims),
+    timestep:
+      timestep!.type === 'int64'
+        ? new ort.Tensor('int64', BigInt64Array.of(500n), timestep!.dims)
+        : new ort.Tensor('float32', Float32Array.of(500), timestep!.dims),
   };
 }
 
@@ -161,7 +202,12 @@ async function openMode(built: Built, mode: Mode, threads: number, shareWeights:
   const run = await createSession(path.join(built.dir, g.run), options);
   const feeds = benchFeeds(built);
   let seed = 11;
-  for (const [o, dims] of Object.entries(g.cotangents)) feeds[gradName(o)] = new ort.Tensor('float32', values(count(dims), seed++).map((v) => 1e-3 * v), dims);
+  for (const [o, dims] of Object.entries(g.cotangents))
+    feeds[gradName(o)] = new ort.Tensor(
+      'float32',
+      values(count(dims), seed++).map((v) => 1e-3 * v),
+      dims,
+    );
   return {
     run: async () => {
       const t0 = performance.now();
@@ -230,9 +276,16 @@ async function timeInterleaved(a: ChildArgs): Promise<Timing[]> {
     const r = rec.get(m)!;
     const g = a.built.modes[m];
     out.push({
-      mode: m, medianMs: quantile(r.wall, 0.5), p10Ms: quantile(r.wall, 0.1), p90Ms: quantile(r.wall, 0.9), cpuMedianMs: quantile(r.cpu, 0.5),
-      forwardPartMs: quantile(r.f, 0.5), runPartMs: quantile(r.r, 0.5), layers: g.layers,
-      ...(g.residualMB !== undefined ? { residualMB: g.residualMB } : {}), ...(g.buildMs !== undefined ? { buildMs: g.buildMs, nodes: g.nodes } : {}),
+      mode: m,
+      medianMs: quantile(r.wall, 0.5),
+      p10Ms: quantile(r.wall, 0.1),
+      p90Ms: quantile(r.wall, 0.9),
+      cpuMedianMs: quantile(r.cpu, 0.5),
+      forwardPartMs: quantile(r.f, 0.5),
+      runPartMs: quantile(r.r, 0.5),
+      layers: g.layers,
+      ...(g.residualMB !== undefined ? { residualMB: g.residualMB } : {}),
+      ...(g.buildMs !== undefined ? { buildMs: g.buildMs, nodes: g.nodes } : {}),
     });
     await steps.get(m)!.release();
   }
@@ -251,7 +304,9 @@ function inChild<T>(kind: 'time' | 'rss', a: ChildArgs): Promise<T> {
   return new Promise((resolve, reject) => {
     const child = fork(__filename, ['--child', kind, JSON.stringify(a)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     let result: T | undefined;
-    child.on('message', (m) => { result = m as T; });
+    child.on('message', (m) => {
+      result = m as T;
+    });
     child.on('error', reject);
     child.on('exit', (code) => (result !== undefined ? resolve(result) : reject(new Error(`vjp bench child ${kind} exited with ${code}`))));
   });
@@ -294,14 +349,18 @@ function ratios(timings: Timing[]): VjpBenchResult['ratios'] {
 function report(r: VjpBenchResult): void {
   for (const t of r.timings) {
     const q = r.ratios[t.mode];
-    console.log(`${t.mode.padEnd(21)} ${t.layers.toString().padStart(2)} layers  step ${t.medianMs.toFixed(1)} ms [forward ${t.forwardPartMs.toFixed(1)} + run ${t.runPartMs.toFixed(1)}]`
-      + ` (p10 ${t.p10Ms.toFixed(1)}, p90 ${t.p90Ms.toFixed(1)}), CPU ${t.cpuMedianMs.toFixed(1)} ms, peak RSS ${(r.peakRssMB[t.mode] ?? 0).toFixed(0)} MB`
-      + `${t.residualMB !== undefined ? `, residuals ${t.residualMB.toFixed(1)} MB` : ''}`
-      + `${q ? `; VJP ÷ forward ${q.vjpOverForward.toFixed(2)}, step ÷ forward ${q.stepOverForward.toFixed(2)}` : ''}`);
+    console.log(
+      `${t.mode.padEnd(21)} ${t.layers.toString().padStart(2)} layers  step ${t.medianMs.toFixed(1)} ms [forward ${t.forwardPartMs.toFixed(1)} + run ${t.runPartMs.toFixed(1)}]` +
+        ` (p10 ${t.p10Ms.toFixed(1)}, p90 ${t.p90Ms.toFixed(1)}), CPU ${t.cpuMedianMs.toFixed(1)} ms, peak RSS ${(r.peakRssMB[t.mode] ?? 0).toFixed(0)} MB` +
+        `${t.residualMB !== undefined ? `, residuals ${t.residualMB.toFixed(1)} MB` : ''}` +
+        `${q ? `; VJP ÷ forward ${q.vjpOverForward.toFixed(2)}, step ÷ forward ${q.stepOverForward.toFixed(2)}` : ''}`,
+    );
   }
   const s = r.summary;
-  console.log(`VJP ÷ forward (residuals): full set ${s.before.toFixed(2)}, object layers ${s.afterObjects?.toFixed(2) ?? '–'}, `
-    + `tv_bind layers ${s.afterAttributes?.toFixed(2) ?? '–'} (target ≤ ${s.target}); load ${r.loadAverage.map((l) => l.toFixed(1)).join('/')}`);
+  console.log(
+    `VJP ÷ forward (residuals): full set ${s.before.toFixed(2)}, object layers ${s.afterObjects?.toFixed(2) ?? '–'}, ` +
+      `tv_bind layers ${s.afterAttributes?.toFixed(2) ?? '–'} (target ≤ ${s.target}); load ${r.loadAverage.map((l) => l.toFixed(1)).join('/')}`,
+  );
 }
 
 /** Builds the graphs, times every mode in one child, measures each mode's peak RSS in its own, writes the JSON. */
@@ -318,10 +377,23 @@ export async function runVjpBench(o: VjpBenchOptions = {}): Promise<VjpBenchResu
     const q = ratios(timings);
     const steps = timings.filter((t) => t.layers > 0 && t.mode !== 'forward-maps');
     const result: VjpBenchResult = {
-      model: path.relative(ROOT, model), size: built.inputs.sample!.dims[2]! * 8, date: new Date().toISOString(), threads: args.threads,
-      iterations: args.iterations, shareWeights: args.shareWeights, cpus: `${os.cpus().length} × ${os.cpus()[0]?.model ?? '?'}`, loadAverage: os.loadavg(),
-      timings, peakRssMB, ratios: q,
-      summary: { before: q.residuals!.vjpOverForward, afterObjects: q['residuals-objects']?.vjpOverForward, afterAttributes: q['residuals-attributes']?.vjpOverForward, target: 1.8 },
+      model: path.relative(ROOT, model),
+      size: built.inputs.sample!.dims[2]! * 8,
+      date: new Date().toISOString(),
+      threads: args.threads,
+      iterations: args.iterations,
+      shareWeights: args.shareWeights,
+      cpus: `${os.cpus().length} × ${os.cpus()[0]?.model ?? '?'}`,
+      loadAverage: os.loadavg(),
+      timings,
+      peakRssMB,
+      ratios: q,
+      summary: {
+        before: q.residuals!.vjpOverForward,
+        afterObjects: q['residuals-objects']?.vjpOverForward,
+        afterAttributes: q['residuals-attributes']?.vjpOverForward,
+        target: 1.8,
+      },
       fastest: steps.reduce((a, b) => (b.medianMs < a.medianMs ? b : a)).mode,
     };
     report(result);
@@ -350,7 +422,13 @@ if (require.main === module) {
     (child === 'time' ? timeInterleaved(a) : peakRss(a)).then((t) => process.send!(t), fail);
   } else {
     const num = (k: string) => (arg(k) === undefined ? undefined : Number(arg(k)));
-    runVjpBench({ model: arg('--model'), size: num('--size'), iterations: num('--iterations'), threads: num('--threads'),
-      shareWeights: !process.argv.includes('--private-weights'), out: arg('--out') }).catch(fail);
+    runVjpBench({
+      model: arg('--model'),
+      size: num('--size'),
+      iterations: num('--iterations'),
+      threads: num('--threads'),
+      shareWeights: !process.argv.includes('--private-weights'),
+      out: arg('--out'),
+    }).catch(fail);
   }
 }

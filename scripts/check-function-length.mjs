@@ -103,10 +103,7 @@ export function blank(source) {
 function classify(head, insideFunction) {
   if (insideFunction) return 'block';
   const h = head.replace(/\s+/g, ' ').trim();
-  if (
-    /\b(namespace|class|struct|union|enum)\b/.test(h) &&
-    !/\)\s*(const\b|noexcept\b|override\b|final\b|->|$)/.test(h)
-  ) {
+  if (/\b(namespace|class|struct|union|enum)\b/.test(h) && !/\)\s*(const\b|noexcept\b|override\b|final\b|->|$)/.test(h)) {
     return 'scope';
   }
   if (/^extern\b/.test(h) && !h.includes('(')) return 'scope';

@@ -12,21 +12,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 const DEFAULT_TARGETS = ['lib', 'native', 'tools', 'bench', 'test', 'scripts', 'docs', 'README.md', 'CONTRIBUTING.md'];
-const TEXT_EXTENSIONS = new Set([
-  '.ts',
-  '.js',
-  '.mjs',
-  '.cjs',
-  '.cc',
-  '.h',
-  '.cu',
-  '.cuh',
-  '.py',
-  '.md',
-  '.sh',
-  '.txt',
-  '.cmake',
-]);
+const TEXT_EXTENSIONS = new Set(['.ts', '.js', '.mjs', '.cjs', '.cc', '.h', '.cu', '.cuh', '.py', '.md', '.sh', '.txt', '.cmake']);
 const SKIP_DIRS = new Set(['node_modules', 'dist', 'build', '__pycache__']);
 const MAIN_DOC = 'docs/divide-and-bind.md';
 const ONNX_DOC = 'docs/onnx-export.md';

@@ -6,7 +6,6 @@
 //     falling back to node-gyp (binding.gyp, CPU only) when cmake-js or cmake is missing or fails.
 //  3. On failure print what went wrong and how to fix it, and exit 0: the pure-TypeScript backend
 //     (backend: 'js') still works. With DIVBIND_REQUIRE_NATIVE=1 (CI) a missing addon fails the install (exit 1).
-'use strict';
 
 const fs = require('node:fs');
 const path = require('node:path');

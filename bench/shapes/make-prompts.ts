@@ -48,10 +48,12 @@ function colouredText(objs: Obj[]): string {
 /** Colour-free text with counts, shapes in the given order of first mention: [c, c, s] → "two circles and a square". */
 function countedText(shapes: ShapeName[]): string {
   const order = shapes.filter((s, i) => shapes.indexOf(s) === i);
-  return join(order.map((s) => {
-    const n = shapes.filter((x) => x === s).length;
-    return n === 1 ? `a ${s}` : `${COUNT_WORDS[n]} ${s}s`;
-  }));
+  return join(
+    order.map((s) => {
+      const n = shapes.filter((x) => x === s).length;
+      return n === 1 ? `a ${s}` : `${COUNT_WORDS[n]} ${s}s`;
+    }),
+  );
 }
 
 /** Colour assignments (distinct colours) of a shape tuple, e.g. [circle, square] → 56 candidates. */
@@ -65,7 +67,12 @@ function colourings(shapes: ShapeName[]): Obj[][] {
 
 /** What the colour choice is balanced over, with weights: colours, then shape-colour combinations. */
 function balanceKeys(objs: Obj[]): Array<[string, number]> {
-  return objs.flatMap((o): Array<[string, number]> => [[`colour:${o.colour}`, 2], [`pair:${o.shape}:${o.colour}`, 1]]);
+  return objs.flatMap(
+    (o): Array<[string, number]> => [
+      [`colour:${o.colour}`, 2],
+      [`pair:${o.shape}:${o.colour}`, 1],
+    ],
+  );
 }
 
 /**
@@ -76,7 +83,10 @@ function colourTuples(tuples: ShapeName[][], seed: number, taken: Set<string>): 
   const rng = mulberry32(seed);
   const counts = new Map<string, number>();
   return tuples.map((shapes) => {
-    const order = colourings(shapes).map((p) => ({ p, r: rng() })).sort((x, y) => x.r - y.r).map((x) => x.p);
+    const order = colourings(shapes)
+      .map((p) => ({ p, r: rng() }))
+      .sort((x, y) => x.r - y.r)
+      .map((x) => x.p);
     let best: Obj[] | null = null;
     let bestCost = Infinity;
     for (const cand of order) {
@@ -93,11 +103,32 @@ function colourTuples(tuples: ShapeName[][], seed: number, taken: Set<string>): 
 
 const [C, S, T] = SHAPES;
 /** The 6 orders of circle, square, triangle; the first 3 are the cyclic ones. */
-const PERMUTATIONS: ShapeName[][] = [[C, S, T], [S, T, C], [T, C, S], [C, T, S], [T, S, C], [S, C, T]];
+const PERMUTATIONS: ShapeName[][] = [
+  [C, S, T],
+  [S, T, C],
+  [T, C, S],
+  [C, T, S],
+  [T, S, C],
+  [S, C, T],
+];
 /** Tuples with one shape doubled, odd shape in each position: cyclic (doubled, odd) ∈ {(c,s), (s,t), (t,c)}, anticyclic the rest. */
 function doubled(cyclic: boolean): ShapeName[][] {
-  const pairs: Array<[ShapeName, ShapeName]> = cyclic ? [[C, S], [S, T], [T, C]] : [[C, T], [S, C], [T, S]];
-  return pairs.flatMap(([d, o]) => [[o, d, d], [d, o, d], [d, d, o]]);
+  const pairs: Array<[ShapeName, ShapeName]> = cyclic
+    ? [
+        [C, S],
+        [S, T],
+        [T, C],
+      ]
+    : [
+        [C, T],
+        [S, C],
+        [T, S],
+      ];
+  return pairs.flatMap(([d, o]) => [
+    [o, d, d],
+    [d, o, d],
+    [d, d, o],
+  ]);
 }
 
 interface Sets {
@@ -107,10 +138,25 @@ interface Sets {
 
 function colourFreeThree(): { test: string[]; dev: string[] } {
   // Each file: every shape doubled twice and single twice, the other file has the same multisets the other way round.
-  const test = [countedText([C, C, S]), countedText([S, S, T]), countedText([T, T, C]), countedText([T, C, C]), countedText([C, S, S]), countedText([S, T, T]),
-    ...SHAPES.map((x) => countedText([x, x, x])), ...PERMUTATIONS.slice(0, 3).map(countedText)];
-  const dev = [countedText([C, C, T]), countedText([S, S, C]), countedText([T, T, S]), countedText([S, C, C]), countedText([T, S, S]), countedText([C, T, T]),
-    ...PERMUTATIONS.slice(3).map(countedText)];
+  const test = [
+    countedText([C, C, S]),
+    countedText([S, S, T]),
+    countedText([T, T, C]),
+    countedText([T, C, C]),
+    countedText([C, S, S]),
+    countedText([S, T, T]),
+    ...SHAPES.map((x) => countedText([x, x, x])),
+    ...PERMUTATIONS.slice(0, 3).map(countedText),
+  ];
+  const dev = [
+    countedText([C, C, T]),
+    countedText([S, S, C]),
+    countedText([T, T, S]),
+    countedText([S, C, C]),
+    countedText([T, S, S]),
+    countedText([C, T, T]),
+    ...PERMUTATIONS.slice(3).map(countedText),
+  ];
   return { test, dev };
 }
 
@@ -120,15 +166,18 @@ export function makePromptSets(): Sets {
   const two = [0, 1, 2].flatMap(() => twoPrompts);
   // 9 ordered shape pairs, 3 times each, in both files (the colours differ).
   const pairs = [0, 1, 2].flatMap(() => SHAPES.flatMap((a) => SHAPES.map((b) => [a, b])));
-  const taken2 = new Set<string>(), taken3 = new Set<string>();
+  const taken2 = new Set<string>(),
+    taken3 = new Set<string>();
   const free3 = colourFreeThree();
   const test = {
-    single, two,
+    single,
+    two,
     two_colour: colourTuples(pairs, 1, taken2),
     three: [...colourTuples([...PERMUTATIONS, ...doubled(true)], 2, taken3), ...free3.test],
   };
   const dev = {
-    single, two,
+    single,
+    two,
     two_colour: colourTuples(pairs, 3, taken2),
     three: [...colourTuples([...PERMUTATIONS, ...PERMUTATIONS.slice(0, 3), ...doubled(false)], 4, taken3), ...free3.dev],
   };
@@ -136,9 +185,10 @@ export function makePromptSets(): Sets {
 }
 
 function render(kind: 'test' | 'dev', sets: Record<string, string[]>): string {
-  const run = kind === 'test'
-    ? 'divbind-native eval --prompts bench/shapes/test-prompts.tsv --seeds 4 --out <dir>   (the README table)'
-    : `divbind-native eval --prompts bench/shapes/dev-prompts.tsv --seeds ${DEV_SEEDS} --out <dir>   (tuning only; seeds disjoint from the test run)`;
+  const run =
+    kind === 'test'
+      ? 'divbind-native eval --prompts bench/shapes/test-prompts.tsv --seeds 4 --out <dir>   (the README table)'
+      : `divbind-native eval --prompts bench/shapes/dev-prompts.tsv --seeds ${DEV_SEEDS} --out <dir>   (tuning only; seeds disjoint from the test run)`;
   const header = [
     `# Shapes benchmark prompts, ${kind === 'test' ? 'TEST set: for the README table, never for tuning' : 'DEV set: for tuning thresholds and step sizes'}.`,
     '# Generated by bench/shapes/make-prompts.ts (npx tsc -p . && node dist/bench/shapes/make-prompts.js); do not edit by hand.',

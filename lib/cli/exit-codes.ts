@@ -15,7 +15,10 @@ export const EXIT = {
 
 /** An error that the CLI reports without a stack, with a chosen exit code (prefer DivbindError with a code). */
 export class CliError extends Error {
-  constructor(message: string, readonly exitCode: number) {
+  constructor(
+    message: string,
+    readonly exitCode: number,
+  ) {
     super(message);
     this.name = 'CliError';
   }

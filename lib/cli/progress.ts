@@ -24,7 +24,8 @@ export function createProgress(silent: boolean, stream: NodeJS.WriteStream = pro
       const width = 24;
       const filled = Math.round(((e.index + 1) / e.total) * width);
       const bar = `${'#'.repeat(filled)}${'.'.repeat(width - filled)}`;
-      const guidance = e.loss === null ? '' : ` L=${e.loss.toFixed(4)} θ=${(e.indicator ?? 0).toFixed(4)}${e.refinementIterations ? ` refine=${e.refinementIterations}` : ''}`;
+      const guidance =
+        e.loss === null ? '' : ` L=${e.loss.toFixed(4)} θ=${(e.indicator ?? 0).toFixed(4)}${e.refinementIterations ? ` refine=${e.refinementIterations}` : ''}`;
       const img = e.image !== undefined && e.image > 0 ? ` img ${e.image + 1}` : '';
       const line = `[${bar}] ${e.index + 1}/${e.total}${img} t=${e.timestep}${guidance} ${e.ms.total.toFixed(0)} ms`;
       if (tty) {

@@ -105,11 +105,13 @@ function checkOverrides(g: GenerateOverrides | undefined): void {
   if (g === undefined) return;
   if (g === null || typeof g !== 'object' || Array.isArray(g)) throw bad('generate', 'Expected an object of generate() options for generate');
   const check = (o: object, where: string) => {
-    for (const k of RESERVED) if (k in o) throw bad(where, `${where}.${k} is set by the benchmark per image; remove it${k === 'steps' ? ' (use steps / --steps)' : ''}`);
+    for (const k of RESERVED)
+      if (k in o) throw bad(where, `${where}.${k} is set by the benchmark per image; remove it${k === 'steps' ? ' (use steps / --steps)' : ''}`);
   };
   check(g, 'generate');
   for (const [m, o] of Object.entries(g.perMethod ?? {})) {
-    if (!ALL_METHODS.includes(m as GuidanceMode)) throw bad('generate.perMethod', `unknown method "${m}" in generate.perMethod (expected ${ALL_METHODS.join(', ')})`);
+    if (!ALL_METHODS.includes(m as GuidanceMode))
+      throw bad('generate.perMethod', `unknown method "${m}" in generate.perMethod (expected ${ALL_METHODS.join(', ')})`);
     if (o === null || typeof o !== 'object') throw bad(`generate.perMethod.${m}`, `Expected an object of generate() options for generate.perMethod.${m}`);
     check(o, `generate.perMethod.${m}`);
   }
@@ -118,7 +120,8 @@ function checkOverrides(g: GenerateOverrides | undefined): void {
 function checkOptions(o: EvalOptions): void {
   if (o === null || typeof o !== 'object') throw bad('options', 'Expected eval options { prompts, seeds, outDir, modelDir | pipeline, … }');
   if (typeof o.outDir !== 'string' || o.outDir === '') throw bad('outDir', 'Expected outDir: the folder for results.json, results.md and the grids');
-  if (!o.pipeline && (typeof o.modelDir !== 'string' || o.modelDir === '')) throw bad('modelDir', 'Expected modelDir (a Stable Diffusion ONNX folder) or a loaded pipeline');
+  if (!o.pipeline && (typeof o.modelDir !== 'string' || o.modelDir === ''))
+    throw bad('modelDir', 'Expected modelDir (a Stable Diffusion ONNX folder) or a loaded pipeline');
   if (!Array.isArray(o.seeds) || o.seeds.length === 0) throw bad('seeds', 'Expected a non-empty array of seeds');
   o.seeds.forEach((s, i) => checkInteger(s, `seeds[${i}]`, 0));
   if (new Set(o.seeds).size !== o.seeds.length) throw bad('seeds', `seeds repeat a value: ${o.seeds.join(', ')}`);
@@ -182,17 +185,33 @@ function clock(ms: number): string {
   return `${Math.floor(s / 3600)}:${String(Math.floor(s / 60) % 60).padStart(2, '0')}:${String(s % 60).padStart(2, '0')}`;
 }
 
-async function openRunner(o: EvalOptions, images: number, progress: (m: string) => void): Promise<{ runner: ImageRunner; workers: number; threads: number | null }> {
+async function openRunner(
+  o: EvalOptions,
+  images: number,
+  progress: (m: string) => void,
+): Promise<{ runner: ImageRunner; workers: number; threads: number | null }> {
   if (o.pipeline) return { runner: inProcessRunner(o.pipeline, o.signal), workers: 1, threads: null };
   const cores = Math.max(1, os.cpus().length);
   const workers = Math.min(o.workers ?? cores, images);
   const threads = o.threads ?? Math.max(1, Math.floor(cores / workers));
   if (workers === 1) {
-    const pipe = await DivBindPipeline.load(o.modelDir, { prepare: o.prepare, cacheDir: o.cacheDir, session: { intraOpNumThreads: threads }, onProgress: progress });
+    const pipe = await DivBindPipeline.load(o.modelDir, {
+      prepare: o.prepare,
+      cacheDir: o.cacheDir,
+      session: { intraOpNumThreads: threads },
+      onProgress: progress,
+    });
     return { runner: inProcessRunner(pipe, o.signal, () => pipe.release()), workers, threads };
   }
   progress(`starting ${workers} workers × ${threads} onnxruntime thread(s)`);
-  const runner = await startWorkerPool({ modelDir: o.modelDir as string, prepare: o.prepare ?? false, cacheDir: o.cacheDir, threads, workers, onNote: progress });
+  const runner = await startWorkerPool({
+    modelDir: o.modelDir as string,
+    prepare: o.prepare ?? false,
+    cacheDir: o.cacheDir,
+    threads,
+    workers,
+    onNote: progress,
+  });
   return { runner, workers, threads };
 }
 
@@ -245,30 +264,52 @@ export async function runEval(o: EvalOptions): Promise<EvalReport> {
   const resolved: Record<string, Record<string, unknown>> = {};
   try {
     if (methods.some((m) => m !== 'none') && !runner.canGuide) {
-      throw new DivbindError('MODEL_NOT_PREPARED', `guided methods (${methods.filter((m) => m !== 'none').join(', ')}) need the prepared UNet`, { field: 'methods', fix: `run \`divbind-native prepare ${o.modelDir ?? '<model>'}\` or pass --prepare (or use --methods none)` });
+      throw new DivbindError('MODEL_NOT_PREPARED', `guided methods (${methods.filter((m) => m !== 'none').join(', ')}) need the prepared UNet`, {
+        field: 'methods',
+        fix: `run \`divbind-native prepare ${o.modelDir ?? '<model>'}\` or pass --prepare (or use --methods none)`,
+      });
     }
     const t0 = performance.now();
     let done = 0;
-    await Promise.all(jobs.map(async (job) => {
-      const res = await runner.run(job);
-      pids.add(res.pid);
-      resolved[job.method] ??= withoutPerImage(res.parameters);
-      const e = entries[job.entry];
-      const detections = detectObjects(res);
-      const score = scoreImage(e.prompt.objects, detections);
-      records[job.id] = {
-        category: e.category, prompt: e.prompt.text, lines: e.lines, seed: job.seed, method: job.method, success: score.success, score, detections,
-        imageSha256: createHash('sha256').update(res.rgb).digest('hex'), seconds: res.ms / 1000,
-      };
-      tiles[job.entry].set(job.id, { image: res, success: score.success });
-      if (tiles[job.entry].size === e.seeds.length * methods.length) {
-        files.push(writeGrid(o.outDir, e, methods, jobs.filter((j) => j.entry === job.entry).map((j) => tiles[job.entry].get(j.id) as GridTile)));
-        tiles[job.entry].clear();
-      }
-      done++;
-      const elapsed = performance.now() - t0;
-      progress(`[${done}/${jobs.length}] ${((100 * done) / jobs.length).toFixed(1)} % elapsed ${clock(elapsed)} ETA ${clock((elapsed / done) * (jobs.length - done))} | ${describeResult(records[job.id])}`);
-    }));
+    await Promise.all(
+      jobs.map(async (job) => {
+        const res = await runner.run(job);
+        pids.add(res.pid);
+        resolved[job.method] ??= withoutPerImage(res.parameters);
+        const e = entries[job.entry];
+        const detections = detectObjects(res);
+        const score = scoreImage(e.prompt.objects, detections);
+        records[job.id] = {
+          category: e.category,
+          prompt: e.prompt.text,
+          lines: e.lines,
+          seed: job.seed,
+          method: job.method,
+          success: score.success,
+          score,
+          detections,
+          imageSha256: createHash('sha256').update(res.rgb).digest('hex'),
+          seconds: res.ms / 1000,
+        };
+        tiles[job.entry].set(job.id, { image: res, success: score.success });
+        if (tiles[job.entry].size === e.seeds.length * methods.length) {
+          files.push(
+            writeGrid(
+              o.outDir,
+              e,
+              methods,
+              jobs.filter((j) => j.entry === job.entry).map((j) => tiles[job.entry].get(j.id) as GridTile),
+            ),
+          );
+          tiles[job.entry].clear();
+        }
+        done++;
+        const elapsed = performance.now() - t0;
+        progress(
+          `[${done}/${jobs.length}] ${((100 * done) / jobs.length).toFixed(1)} % elapsed ${clock(elapsed)} ETA ${clock((elapsed / done) * (jobs.length - done))} | ${describeResult(records[job.id])}`,
+        );
+      }),
+    );
   } catch (err) {
     if (o.signal?.aborted) throw new DivbindError('ABORTED', 'the benchmark was interrupted', { cause: err });
     throw err;
@@ -277,8 +318,16 @@ export async function runEval(o: EvalOptions): Promise<EvalReport> {
     await runner.close();
   }
   const config = {
-    prompts: typeof o.prompts === 'string' ? o.prompts : '(parsed lines)', model: o.modelDir ?? o.pipeline?.folder.dir ?? null,
-    seeds, methods, quick: o.quick ?? false, workers, threadsPerWorker: threads, generate: o.generate ?? {}, promptsRun: entries.length, images: jobs.length,
+    prompts: typeof o.prompts === 'string' ? o.prompts : '(parsed lines)',
+    model: o.modelDir ?? o.pipeline?.folder.dir ?? null,
+    seeds,
+    methods,
+    quick: o.quick ?? false,
+    workers,
+    threadsPerWorker: threads,
+    generate: o.generate ?? {},
+    promptsRun: entries.length,
+    images: jobs.length,
     // What generate() used per method, defaults resolved (steps, thresholds, refinement, scale factor, …).
     parameters: Object.fromEntries(methods.map((m) => [m, resolved[m]])),
   };

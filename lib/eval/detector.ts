@@ -105,7 +105,9 @@ export function segment(img: ImageInput, options: DetectorOptions = {}): Int16Ar
   const n = img.width * img.height;
   const out = new Int16Array(n);
   for (let i = 0; i < n; i++) {
-    const r = rgb[3 * i], g = rgb[3 * i + 1], b = rgb[3 * i + 2];
+    const r = rgb[3 * i],
+      g = rgb[3 * i + 1],
+      b = rgb[3 * i + 2];
     let best = -1;
     let bestD = (r - bg[0]) ** 2 + (g - bg[1]) ** 2 + (b - bg[2]) ** 2;
     for (let k = 0; k < cols.length; k++) {
@@ -150,7 +152,8 @@ export function detect(img: ImageInput, options: DetectorOptions = {}): Detectio
     while (sp > 0) {
       const p = stack[--sp];
       pixels.push(p);
-      const x = p % w, y = (p - x) / w;
+      const x = p % w,
+        y = (p - x) / w;
       const nb = [x > 0 ? p - 1 : -1, x < w - 1 ? p + 1 : -1, y > 0 ? p - w : -1, y < h - 1 ? p + w : -1];
       for (const q of nb) {
         if (q >= 0 && !seen[q] && labels[q] === lab) {
@@ -160,9 +163,15 @@ export function detect(img: ImageInput, options: DetectorOptions = {}): Detectio
       }
     }
     if (pixels.length < minArea) continue;
-    let sx = 0, sy = 0, x0 = w, y0 = h, x1 = 0, y1 = 0;
+    let sx = 0,
+      sy = 0,
+      x0 = w,
+      y0 = h,
+      x1 = 0,
+      y1 = 0;
     for (const p of pixels) {
-      const x = p % w, y = (p - x) / w;
+      const x = p % w,
+        y = (p - x) / w;
       sx += x + 0.5;
       sy += y + 0.5;
       x0 = Math.min(x0, x);
@@ -170,10 +179,12 @@ export function detect(img: ImageInput, options: DetectorOptions = {}): Detectio
       x1 = Math.max(x1, x + 1);
       y1 = Math.max(y1, y + 1);
     }
-    const cx = sx / pixels.length, cy = sy / pixels.length;
+    const cx = sx / pixels.length,
+      cy = sy / pixels.length;
     let r2 = 0;
     for (const p of pixels) {
-      const x = p % w, y = (p - x) / w;
+      const x = p % w,
+        y = (p - x) / w;
       r2 = Math.max(r2, (x + 0.5 - cx) ** 2 + (y + 0.5 - cy) ** 2);
     }
     const R = Math.sqrt(r2) + 0.5;

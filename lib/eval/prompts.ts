@@ -50,8 +50,15 @@ function badPrompt(prompt: string, message: string): DivbindError {
 
 /** Lower-cased words and commas; trailing sentence punctuation dropped. */
 function words(prompt: string): string[] {
-  const s = prompt.normalize('NFKC').toLowerCase().trim().replace(/[\s.!?;:]+$/u, '');
-  return s.replace(/,/g, ' , ').split(/\s+/u).filter((w) => w.length > 0);
+  const s = prompt
+    .normalize('NFKC')
+    .toLowerCase()
+    .trim()
+    .replace(/[\s.!?;:]+$/u, '');
+  return s
+    .replace(/,/g, ' , ')
+    .split(/\s+/u)
+    .filter((w) => w.length > 0);
 }
 
 /** Splits at "," / "and" / ", and" into the words of each object description. */
@@ -159,7 +166,9 @@ function parseCategory(raw: string, p: ParsedPrompt): Category {
   }
   const category = name as Category;
   if (OBJECTS_IN[category] !== p.objects.length) {
-    throw new DivbindError('BAD_INPUT', `category "${category}" is for ${OBJECTS_IN[category]} object(s) but "${p.text}" requests ${p.objects.length}`, { field: 'category' });
+    throw new DivbindError('BAD_INPUT', `category "${category}" is for ${OBJECTS_IN[category]} object(s) but "${p.text}" requests ${p.objects.length}`, {
+      field: 'category',
+    });
   }
   return category;
 }
@@ -172,26 +181,29 @@ function parseCategory(raw: string, p: ParsedPrompt): Category {
 export function parsePromptFile(text: string, file: string): PromptLine[] {
   const out: PromptLine[] = [];
   const first = new Map<string, PromptLine>();
-  text.replace(/^\ufeff/, '').split(/\r?\n/).forEach((raw, i) => {
-    const line = i + 1;
-    const content = raw.replace(/#.*$/, '').trim();
-    if (content === '') return;
-    try {
-      const fields = content.split('\t');
-      if (fields.length > 2) throw new DivbindError('BAD_INPUT', `${fields.length} tab-separated fields; expected "prompt" or "category<TAB>prompt"`);
-      const prompt = parsePrompt(fields[fields.length - 1]);
-      const category = fields.length === 2 ? parseCategory(fields[0], prompt) : inferCategory(prompt);
-      const earlier = first.get(prompt.text);
-      if (earlier && earlier.category !== category) {
-        throw new DivbindError('BAD_INPUT', `"${prompt.text}" is in category ${category} here but ${earlier.category} on line ${earlier.line}`);
+  text
+    .replace(/^\ufeff/, '')
+    .split(/\r?\n/)
+    .forEach((raw, i) => {
+      const line = i + 1;
+      const content = raw.replace(/#.*$/, '').trim();
+      if (content === '') return;
+      try {
+        const fields = content.split('\t');
+        if (fields.length > 2) throw new DivbindError('BAD_INPUT', `${fields.length} tab-separated fields; expected "prompt" or "category<TAB>prompt"`);
+        const prompt = parsePrompt(fields[fields.length - 1]);
+        const category = fields.length === 2 ? parseCategory(fields[0], prompt) : inferCategory(prompt);
+        const earlier = first.get(prompt.text);
+        if (earlier && earlier.category !== category) {
+          throw new DivbindError('BAD_INPUT', `"${prompt.text}" is in category ${category} here but ${earlier.category} on line ${earlier.line}`);
+        }
+        const entry: PromptLine = { file, line, category, prompt, occurrence: out.filter((o) => o.prompt.text === prompt.text).length };
+        if (!earlier) first.set(prompt.text, entry);
+        out.push(entry);
+      } catch (err) {
+        throw lineError(file, line, err);
       }
-      const entry: PromptLine = { file, line, category, prompt, occurrence: out.filter((o) => o.prompt.text === prompt.text).length };
-      if (!earlier) first.set(prompt.text, entry);
-      out.push(entry);
-    } catch (err) {
-      throw lineError(file, line, err);
-    }
-  });
+    });
   if (out.length === 0) throw new DivbindError('BAD_INPUT', `${file}: no prompts (one per line, optionally category<TAB>prompt)`, { field: 'prompts' });
   return out;
 }
@@ -201,7 +213,10 @@ export function readPromptFile(file: string): PromptLine[] {
   try {
     text = fs.readFileSync(file, 'utf8');
   } catch (err) {
-    throw new DivbindError('BAD_INPUT', `cannot read the prompt file ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, { field: 'prompts', cause: err });
+    throw new DivbindError('BAD_INPUT', `cannot read the prompt file ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, {
+      field: 'prompts',
+      cause: err,
+    });
   }
   return parsePromptFile(text, file);
 }

@@ -49,7 +49,10 @@ export function prepareOutDir(outDir: string): void {
   try {
     fs.mkdirSync(path.join(outDir, 'grids'), { recursive: true });
   } catch (err) {
-    throw new DivbindError('OUTPUT', `cannot create the output folder ${outDir}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, { field: 'outDir', cause: err });
+    throw new DivbindError('OUTPUT', `cannot create the output folder ${outDir}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, {
+      field: 'outDir',
+      cause: err,
+    });
   }
 }
 
@@ -70,7 +73,10 @@ export function writeGrid(outDir: string, e: PromptEntry, methods: readonly Guid
     verdicts: rows.map((row) => row.map((t) => t.success)),
   });
   const file = path.join(outDir, gridFileName(e));
-  fs.writeFileSync(file, encodePng(grid.rgb, grid.width, grid.height, { prompt: e.prompt.text, rows: methods.join(','), columns: `seeds ${e.seeds.join(',')}` }));
+  fs.writeFileSync(
+    file,
+    encodePng(grid.rgb, grid.width, grid.height, { prompt: e.prompt.text, rows: methods.join(','), columns: `seeds ${e.seeds.join(',')}` }),
+  );
   return file;
 }
 
@@ -109,10 +115,7 @@ const pct = (x: number) => (100 * x).toFixed(1);
 
 function mainTable(r: Pick<Results, 'methods' | 'differences'>, methods: readonly GuidanceMode[]): string[] {
   const cats = CATEGORIES.filter((c) => r.methods[methods[0]].categories[c] !== undefined);
-  const lines = [
-    `| category | pairs | ${methods.map((m) => METHOD_LABELS[m]).join(' | ')} |`,
-    `|---|---:|${methods.map(() => '---:').join('|')}|`,
-  ];
+  const lines = [`| category | pairs | ${methods.map((m) => METHOD_LABELS[m]).join(' | ')} |`, `|---|---:|${methods.map(() => '---:').join('|')}|`];
   for (const c of cats) {
     const cells = methods.map((m) => {
       const x = r.methods[m].categories[c] as CategoryResult;
@@ -131,10 +134,14 @@ function differenceTable(r: Pick<Results, 'methods' | 'differences'>): string[] 
   const label = (k: string) => k.split('-').join(' − ');
   const lines = [`| category | ${keys.map(label).join(' | ')} |`, `|---|${keys.map(() => '---:').join('|')}|`];
   for (const c of cats) {
-    lines.push(`| ${c} | ${keys.map((k) => {
-      const d = r.differences[k][c] as { difference: number; ci95: [number, number] };
-      return `${d.difference >= 0 ? '+' : ''}${pct(d.difference)} [${pct(d.ci95[0])}, ${pct(d.ci95[1])}]`;
-    }).join(' | ')} |`);
+    lines.push(
+      `| ${c} | ${keys
+        .map((k) => {
+          const d = r.differences[k][c] as { difference: number; ci95: [number, number] };
+          return `${d.difference >= 0 ? '+' : ''}${pct(d.difference)} [${pct(d.ci95[0])}, ${pct(d.ci95[1])}]`;
+        })
+        .join(' | ')} |`,
+    );
   }
   return lines;
 }
@@ -185,7 +192,12 @@ export interface WriteInput {
 export function writeResults(outDir: string, input: WriteInput): { results: Results; markdown: string; files: string[] } {
   const results: Results = {
     ...summarise(input.records, input.methods),
-    bootstrap: { replicates: BOOTSTRAP_REPLICATES, seed: BOOTSTRAP_SEED, resampled: 'prompt × seed pairs within a category, the same draws for every method', interval: 'percentile 2.5 / 97.5' },
+    bootstrap: {
+      replicates: BOOTSTRAP_REPLICATES,
+      seed: BOOTSTRAP_SEED,
+      resampled: 'prompt × seed pairs within a category, the same draws for every method',
+      interval: 'percentile 2.5 / 97.5',
+    },
     config: input.config,
   };
   const markdown = markdownReport(results, input.entries, input.records, input.methods);

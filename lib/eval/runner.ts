@@ -122,8 +122,17 @@ class Worker {
   private stderr = '';
   readonly ready: Promise<boolean>;
 
-  constructor(readonly index: number, init: WorkerInit, private readonly onMessage: (w: Worker, m: WorkerMessage) => void, onExit: (w: Worker, why: Error) => void) {
-    this.child = fork(path.join(__dirname, 'worker.js'), [JSON.stringify(init)], { stdio: ['ignore', 'ignore', 'pipe', 'ipc'], serialization: 'advanced', execArgv: [] });
+  constructor(
+    readonly index: number,
+    init: WorkerInit,
+    private readonly onMessage: (w: Worker, m: WorkerMessage) => void,
+    onExit: (w: Worker, why: Error) => void,
+  ) {
+    this.child = fork(path.join(__dirname, 'worker.js'), [JSON.stringify(init)], {
+      stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
+      serialization: 'advanced',
+      execArgv: [],
+    });
     this.child.stderr?.on('data', (d: Buffer) => (this.stderr = (this.stderr + d.toString()).slice(-4000)));
     this.ready = new Promise<boolean>((resolve, reject) => {
       this.child.on('message', (m: WorkerMessage) => {
@@ -132,7 +141,9 @@ class Worker {
         else this.onMessage(this, m);
       });
       this.child.on('exit', (code, signal) => {
-        const why = new Error(`eval worker ${index} exited (${signal ?? `code ${code}`})${this.stderr ? `; its stderr ends with:\n${this.stderr.trim()}` : ''}`);
+        const why = new Error(
+          `eval worker ${index} exited (${signal ?? `code ${code}`})${this.stderr ? `; its stderr ends with:\n${this.stderr.trim()}` : ''}`,
+        );
         reject(why);
         onExit(this, why);
       });
@@ -189,12 +200,17 @@ export async function startWorkerPool(o: PoolOptions): Promise<ImageRunner> {
   const close = async () => {
     closed = true;
     failAll(new DivbindError('ABORTED', 'the benchmark stopped before this image was made'));
-    await Promise.all(workers.map((w) => (w.child.exitCode !== null || w.child.signalCode !== null ? undefined
-      : new Promise<void>((resolve) => {
-        w.child.once('exit', () => resolve());
-        if (w.child.connected) w.send({ type: 'stop' });
-        else w.child.kill('SIGTERM');
-      }))));
+    await Promise.all(
+      workers.map((w) =>
+        w.child.exitCode !== null || w.child.signalCode !== null
+          ? undefined
+          : new Promise<void>((resolve) => {
+              w.child.once('exit', () => resolve());
+              if (w.child.connected) w.send({ type: 'stop' });
+              else w.child.kill('SIGTERM');
+            }),
+      ),
+    );
   };
   const init: WorkerInit = { modelDir: o.modelDir, prepare: o.prepare, cacheDir: o.cacheDir, threads: o.threads };
   try {

@@ -64,13 +64,20 @@ function interval(estimate: number, draws: Float64Array): Interval {
  * outcomes: per method, one value per unit (1 success / 0 failure), aligned across methods (unit u of every
  * method is the same prompt × seed pair). differences: method pairs [a, b] whose difference a − b to report.
  */
-export function pairedBootstrap(outcomes: Record<string, ArrayLike<number>>, differences: Array<[string, string]> = [], options: BootstrapOptions = {}): PairedBootstrapResult {
+export function pairedBootstrap(
+  outcomes: Record<string, ArrayLike<number>>,
+  differences: Array<[string, string]> = [],
+  options: BootstrapOptions = {},
+): PairedBootstrapResult {
   const names = Object.keys(outcomes);
   if (names.length === 0) throw new RangeError('pairedBootstrap: no methods');
   const n = outcomes[names[0]].length;
   if (n === 0) throw new RangeError('pairedBootstrap: no units');
-  for (const m of names) if (outcomes[m].length !== n) throw new RangeError(`pairedBootstrap: method ${m} has ${outcomes[m].length} units, ${names[0]} has ${n}; the units must be aligned`);
-  for (const [a, b] of differences) if (!(a in outcomes) || !(b in outcomes)) throw new RangeError(`pairedBootstrap: difference ${a}-${b} names a method without outcomes`);
+  for (const m of names)
+    if (outcomes[m].length !== n)
+      throw new RangeError(`pairedBootstrap: method ${m} has ${outcomes[m].length} units, ${names[0]} has ${n}; the units must be aligned`);
+  for (const [a, b] of differences)
+    if (!(a in outcomes) || !(b in outcomes)) throw new RangeError(`pairedBootstrap: difference ${a}-${b} names a method without outcomes`);
   const B = options.replicates ?? BOOTSTRAP_REPLICATES;
   if (!Number.isInteger(B) || B < 1) throw new RangeError(`Expected a positive integer number of replicates but received ${B}`);
   const rng = mulberry32(options.seed ?? BOOTSTRAP_SEED);
@@ -88,7 +95,10 @@ export function pairedBootstrap(outcomes: Record<string, ArrayLike<number>>, dif
   const result: PairedBootstrapResult = { n, methods: {}, differences: {} };
   // Differences first: interval() sorts its draws in place, which would break the replicate pairing.
   for (const [a, b] of differences) {
-    result.differences[`${a}-${b}`] = interval(mean(a) - mean(b), draws[a].map((v, i) => v - draws[b][i]));
+    result.differences[`${a}-${b}`] = interval(
+      mean(a) - mean(b),
+      draws[a].map((v, i) => v - draws[b][i]),
+    );
   }
   for (const m of names) result.methods[m] = interval(mean(m), draws[m]);
   return result;

@@ -44,10 +44,8 @@ function errorText(e: unknown): string {
 
 function checkShape(value: unknown, file: string): NativeBinding {
   const b = value as Partial<NativeBinding> | null;
-  if (!b || typeof b.attentionLoss !== 'function' || typeof b.attentionLossAsync !== 'function' ||
-      typeof b.features !== 'object' || b.features === null) {
-    throw new Error(`${file} loaded but does not export attentionLoss, attentionLossAsync and features ` +
-      '(an unrelated or outdated .node file)');
+  if (!b || typeof b.attentionLoss !== 'function' || typeof b.attentionLossAsync !== 'function' || typeof b.features !== 'object' || b.features === null) {
+    throw new Error(`${file} loaded but does not export attentionLoss, attentionLossAsync and features (an unrelated or outdated .node file)`);
   }
   return b as NativeBinding;
 }
@@ -73,7 +71,9 @@ function findPrebuild(root: string, attempts: Attempt[]): string | null {
     attempts.push({ what: `${dir} (prebuilds)`, error: errorText(e) });
     return null;
   }
-  const tuple = tuples.map((n) => gyp.parseTuple(n)).filter(gyp.matchTuple(process.platform, process.arch))
+  const tuple = tuples
+    .map((n) => gyp.parseTuple(n))
+    .filter(gyp.matchTuple(process.platform, process.arch))
     .sort((a, b) => gyp.compareTuples(a!, b!))[0];
   if (!tuple) {
     attempts.push({
@@ -84,7 +84,9 @@ function findPrebuild(root: string, attempts: Attempt[]): string | null {
   }
   const sub = path.join(dir, tuple.name);
   const files = fs.readdirSync(sub);
-  const winner = files.map((f) => gyp.parseTags(f)).filter(gyp.matchTags('node', process.versions.modules))
+  const winner = files
+    .map((f) => gyp.parseTags(f))
+    .filter(gyp.matchTags('node', process.versions.modules))
     .sort(gyp.compareTags('node'))[0] as { file: string } | undefined;
   if (!winner) {
     attempts.push({ what: sub, error: `no file matches Node-API/ABI ${process.versions.modules} (found: ${files.join(', ') || 'none'})` });
@@ -121,8 +123,7 @@ function candidates(attempts: Attempt[]): Array<{ what: string; file: () => stri
 function loadError(attempts: Attempt[]): Error {
   const napi = process.versions.napi ?? 'unknown';
   const lines = [
-    `divbind-native: could not load the native addon for ${process.platform}-${process.arch} ` +
-      `(Node ${process.versions.node}, Node-API ${napi}).`,
+    `divbind-native: could not load the native addon for ${process.platform}-${process.arch} ` + `(Node ${process.versions.node}, Node-API ${napi}).`,
     'Tried:',
     ...attempts.map((a) => `  - ${a.what}: ${a.error}`),
     'Possible fixes:',
@@ -146,7 +147,7 @@ function load(): { binding: NativeBinding | null; error: Error | null; path: str
   const attempts: Attempt[] = [];
   for (const c of candidates(attempts)) {
     const file = c.file();
-    if (file === null) continue;  // the resolver recorded why
+    if (file === null) continue; // the resolver recorded why
     try {
       return { binding: requireAddon(file), error: null, path: file };
     } catch (e) {

@@ -65,8 +65,9 @@ export function acquireGradOut(gradOut: Float32Array[], layers: NativeLayer[], r
   if (reuse) {
     found.forEach(({ busy }, i) => {
       if (busy) {
-        throw new TypeError(`gradOut[${i}] is still being written by a pending attentionLossAsync call; await it before ` +
-          'passing the buffer again with gradOutReuse');
+        throw new TypeError(
+          `gradOut[${i}] is still being written by a pending attentionLossAsync call; await it before passing the buffer again with gradOutReuse`,
+        );
       }
     });
   }

@@ -28,10 +28,7 @@ import { acquireGradOut, type GradOutLease } from './grad-reuse';
 import { jsAttentionLoss, jsAttentionLossAsync, makePlan } from './js-backend';
 import type { NativeBinding, NativeLayer, NativeLossFn, NativeLossResult, NormalizedLossOptions } from './native-types';
 import type { AttentionLayer, LossBackend, LossCallOptions, LossOptions, LossResult } from './types';
-import {
-  normalizeCallOptions, normalizeOptionsFor, throwFirstNonFinite, validateLayers,
-  type NormalizedCallOptions,
-} from './validate';
+import { normalizeCallOptions, normalizeOptionsFor, throwFirstNonFinite, validateLayers, type NormalizedCallOptions } from './validate';
 
 export type { AttentionLayer, LossBackend, LossCallOptions, LossOptions, LossResult } from './types';
 export { normalizeLossOptions } from './validate';
@@ -152,7 +149,7 @@ function prepare(layers: unknown, options: unknown, call: unknown): Prepared {
   const backend = selectBackend(callOptions.backend);
   // Fresh plain objects: the backend reads exactly the values that were validated (no getters, no extras).
   const plain: NativeLayer[] = input.map(({ data, heads, resolution, place }) => ({ data, heads, resolution, place }));
-  const grads = !callOptions.computeGrad ? null : callOptions.gradOut ?? plain.map((l) => new Float32Array(l.data.length));
+  const grads = !callOptions.computeGrad ? null : (callOptions.gradOut ?? plain.map((l) => new Float32Array(l.data.length)));
   let objectMaps: Float32Array | null = null;
   let attributeMaps: Float32Array | null = null;
   if (callOptions.returnMaps) {

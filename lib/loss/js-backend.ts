@@ -87,8 +87,13 @@ const POOL32 = new BufferPool<Float32Array>((n) => new Float32Array(n));
  * that receive a gradient (the others get zeros). Give the patterns back with releasePatterns once written.
  * forward: Ā_obj = (1/N_obj) Σ_{l at r0, h} P_l[h];  Ā_attr[o] = (1/N_attr) Σ_{l in attr, h} P_l[h, src(o)].
  */
-export function aggregateBackwardPatterns(plan: LossPlan, layers: Layer[], attributeResolutions: number[],
-  dObject: Float64Array | null, dAttribute: Float64Array | null): Map<number, Float32Array> {
+export function aggregateBackwardPatterns(
+  plan: LossPlan,
+  layers: Layer[],
+  attributeResolutions: number[],
+  dObject: Float64Array | null,
+  dAttribute: Float64Array | null,
+): Map<number, Float32Array> {
   const { r0, T } = plan;
   const patterns = new Map<number, Float32Array>();
   const resolutions = new Set<number>();
@@ -133,8 +138,15 @@ export function releasePatterns(patterns: Map<number, Float32Array>): void {
  * rows are written: the pattern's, or zeros when the layer gets no gradient now but may hold the last call's.
  * Same contract as native/core/gradient_write.h.
  */
-export function writeLayerGrad(grad: Float32Array, layer: Layer, pattern: Float32Array | undefined, prior: GradStateValue,
-  pixels: () => number[], headStart = 0, headEnd = layer.heads): void {
+export function writeLayerGrad(
+  grad: Float32Array,
+  layer: Layer,
+  pattern: Float32Array | undefined,
+  prior: GradStateValue,
+  pixels: () => number[],
+  headStart = 0,
+  headEnd = layer.heads,
+): void {
   const perHead = grad.length / layer.heads;
   if (prior === GRAD_STATE.unknown) {
     if (!pattern) grad.fill(0, headStart * perHead, headEnd * perHead);
@@ -162,7 +174,10 @@ function pixelCache(r0: number): (r: number) => () => number[] {
   const cache = new Map<number, number[]>();
   return (r) => () => {
     let pixels = cache.get(r);
-    if (!pixels) cache.set(r, (pixels = sampledPixels(r, r0)));
+    if (!pixels) {
+      pixels = sampledPixels(r, r0);
+      cache.set(r, pixels);
+    }
     return pixels;
   };
 }
@@ -196,8 +211,17 @@ export function tokenSoftmaxForward(S: Float64Array, agg: Float64Array, n: numbe
  * forward: S[p, j] = softmax_j(temperature · Ā[p, start + j])
  *   → dZ[p, j] = S[p, j]·(δ_jc − S[p, c])·g[p];  dĀ[p, start + j] += temperature · dZ[p, j]
  */
-export function tokenSoftmaxBackwardColumn(dAgg: Float64Array, S: Float64Array, g: Float64Array, c: number,
-  n: number, T: number, start: number, K: number, temperature: number): void {
+export function tokenSoftmaxBackwardColumn(
+  dAgg: Float64Array,
+  S: Float64Array,
+  g: Float64Array,
+  c: number,
+  n: number,
+  T: number,
+  start: number,
+  K: number,
+  temperature: number,
+): void {
   for (let p = 0; p < n; p++) {
     const row = p * T + start;
     const s = p * K;
@@ -505,10 +529,18 @@ function tokenForward(ctx: CoreContext, s: number, x: Float64Array): { token: Na
   }
   let value: number;
   switch (o.mode) {
-    case 'max': value = o.maxVariant === 'attend-excite' ? Math.max(0, 1 - m) : m; break;
-    case 'tv': value = tv; break;
-    case 'tv_bind': value = cache ? tv - coefficient * jsd : tv; break;
-    case 'tv_max': value = o.tvMaxWeights[0] * tv + o.tvMaxWeights[1] * m; break;
+    case 'max':
+      value = o.maxVariant === 'attend-excite' ? Math.max(0, 1 - m) : m;
+      break;
+    case 'tv':
+      value = tv;
+      break;
+    case 'tv_bind':
+      value = cache ? tv - coefficient * jsd : tv;
+      break;
+    case 'tv_max':
+      value = o.tvMaxWeights[0] * tv + o.tvMaxWeights[1] * m;
+      break;
   }
   const token = { tokenIndex: o.tokenIndices[s], attributeIndex: attr > 0 ? attr : -1, maxAttention: m, tv, jsd, coefficient, value };
   return { token, state: { a, c, cache } };
@@ -551,8 +583,13 @@ function lossSeeds(ctx: CoreContext, token: NativeTokenResult, hasJsd: boolean):
 }
 
 /** Backward 2 → 1 for the chosen token s: JSD, TV, max of the smoothed maps, the smoothing, the token softmax. */
-function tokenBackward(ctx: CoreContext, s: number, state: TokenState, m: number,
-  seeds: { dm: number; dtv: number; dJ: number }): { dObject: Float64Array; dAttribute: Float64Array | null } {
+function tokenBackward(
+  ctx: CoreContext,
+  s: number,
+  state: TokenState,
+  m: number,
+  seeds: { dm: number; dtv: number; dJ: number },
+): { dObject: Float64Array; dAttribute: Float64Array | null } {
   const { plan, o, g } = ctx;
   const { n, T, start, K, r0 } = plan;
   const { a, c, cache } = state;
@@ -579,14 +616,21 @@ function tokenBackward(ctx: CoreContext, s: number, state: TokenState, m: number
  * Forward (and backward when wantGrad) from the aggregates. objectAgg/attributeAgg are the (n, T) means.
  * objectMaps / attributeMaps: optional (K_tokens·n) float32 outputs of the smoothed maps.
  */
-export function lossCore(plan: LossPlan, o: NormalizedLossOptions, objectAgg: Float64Array, attributeAgg: Float64Array | null,
-  wantGrad: boolean, objectMaps: Float32Array | null, attributeMaps: Float32Array | null): CoreOutput {
+export function lossCore(
+  plan: LossPlan,
+  o: NormalizedLossOptions,
+  objectAgg: Float64Array,
+  attributeAgg: Float64Array | null,
+  wantGrad: boolean,
+  objectMaps: Float32Array | null,
+  attributeMaps: Float32Array | null,
+): CoreOutput {
   const { n, T, start, K } = plan;
   // Forward 1: token softmax of both aggregates.
   const sObj = new Float64Array(n * K);
   tokenSoftmaxForward(sObj, objectAgg, n, T, start, K, o.temperature);
-  let sAttr: Float64Array | null = null;
-  if (attributeAgg) tokenSoftmaxForward((sAttr = new Float64Array(n * K)), attributeAgg, n, T, start, K, o.temperature);
+  const sAttr = attributeAgg ? new Float64Array(n * K) : null;
+  if (attributeAgg && sAttr) tokenSoftmaxForward(sAttr, attributeAgg, n, T, start, K, o.temperature);
   const ctx: CoreContext = { plan, o, g: gaussianWeights(o.smoothingSigma), sObj, sAttr, coefficient: o.mode === 'tv_bind' ? bindingCoefficient(o) : 0 };
   // Forward 2: per token, column → smoothed map → m, TV (and JSD).
   const x = new Float64Array(n);
@@ -649,11 +693,18 @@ interface GradientWriter {
   finish(): GradStateValue[];
 }
 
-function gradientWriter(plan: LossPlan, layers: Layer[], o: NormalizedLossOptions, core: CoreOutput, grads: Float32Array[],
-  gradState: Uint8Array | null | undefined): GradientWriter {
-  const patterns = core.dObject || core.dAttribute
-    ? aggregateBackwardPatterns(plan, layers, o.attributeResolutions, core.dObject, core.dAttribute)
-    : new Map<number, Float32Array>();
+function gradientWriter(
+  plan: LossPlan,
+  layers: Layer[],
+  o: NormalizedLossOptions,
+  core: CoreOutput,
+  grads: Float32Array[],
+  gradState: Uint8Array | null | undefined,
+): GradientWriter {
+  const patterns =
+    core.dObject || core.dAttribute
+      ? aggregateBackwardPatterns(plan, layers, o.attributeResolutions, core.dObject, core.dAttribute)
+      : new Map<number, Float32Array>();
   const pixels = pixelCache(plan.r0);
   return {
     write(l, h0 = 0, h1 = layers[l].heads) {
@@ -672,8 +723,14 @@ function gradientWriter(plan: LossPlan, layers: Layer[], o: NormalizedLossOption
  * [sync] Forward + analytic backward. grads: null or one Float32Array per layer (overwritten); gradState as
  * in NativeLossFn. Same contract as NativeBinding.attentionLoss (jsd NaN / attributeIndex −1 when absent).
  */
-export function jsAttentionLoss(layers: Layer[], options: NormalizedLossOptions, grads: Float32Array[] | null,
-  objectMaps: Float32Array | null, attributeMaps: Float32Array | null, gradState?: Uint8Array | null): NativeLossResult {
+export function jsAttentionLoss(
+  layers: Layer[],
+  options: NormalizedLossOptions,
+  grads: Float32Array[] | null,
+  objectMaps: Float32Array | null,
+  attributeMaps: Float32Array | null,
+  gradState?: Uint8Array | null,
+): NativeLossResult {
   const plan = makePlan(layers, options);
   const { objectAgg, attributeAgg } = aggregateForward(plan, layers);
   checkAggregates(plan, layers, options, [objectAgg, attributeAgg]);
@@ -698,7 +755,8 @@ export const ASYNC_SLICE = 1 << 20;
  * undefined or write nowhere. Checked after every turn; the message matches the addon's (native/addon/loss_call.cc).
  */
 function checkIntact(layers: Layer[], grads: Float32Array[] | null, lengths: number[]): void {
-  const why = 'was detached or resized while the async call was running; keep output buffers attached and at their ' +
+  const why =
+    'was detached or resized while the async call was running; keep output buffers attached and at their ' +
     'length (do not transfer, postMessage or resize them) until the promise settles';
   layers.forEach((l, i) => {
     if (l.data.length !== lengths[i]) throw new TypeError(`layers[${i}].data: ${why.replace('output buffers', 'input and output buffers')}`);
@@ -731,8 +789,14 @@ async function aggregateSliced(plan: LossPlan, layers: Layer[], intact: () => vo
  * layer, one per ≈ ASYNC_SLICE gradient floats written); the core on the (n, T) aggregates is small. A buffer
  * detached or resized meanwhile rejects the promise with a TypeError naming it.
  */
-export async function jsAttentionLossAsync(layers: Layer[], options: NormalizedLossOptions, grads: Float32Array[] | null,
-  objectMaps: Float32Array | null, attributeMaps: Float32Array | null, gradState?: Uint8Array | null): Promise<NativeLossResult> {
+export async function jsAttentionLossAsync(
+  layers: Layer[],
+  options: NormalizedLossOptions,
+  grads: Float32Array[] | null,
+  objectMaps: Float32Array | null,
+  attributeMaps: Float32Array | null,
+  gradState?: Uint8Array | null,
+): Promise<NativeLossResult> {
   const plan = makePlan(layers, options);
   const lengths = layers.map((l) => l.data.length);
   const intact = () => checkIntact(layers, grads, lengths);

@@ -77,7 +77,14 @@ export const LOSS_OPTIONS = {
   /** ε added after relu (keeps the JSD logarithms finite). */
   bindingEpsilon: { type: 'number', min: 0, minExclusive: true, max: Infinity, default: 1e-5 },
   /** Binding coefficient schedule as [fromStepIndex, coefficient] pairs, ascending, starting at step 0. */
-  bindingCoefficients: { type: 'schedule', default: [[0, 1], [10, 5], [20, 10]] },
+  bindingCoefficients: {
+    type: 'schedule',
+    default: [
+      [0, 1],
+      [10, 5],
+      [20, 10],
+    ],
+  },
   /** tv_max weights [wTv, wMax]: v = wTv·TV + wMax·m. */
   tvMaxWeights: { type: 'pair', default: [1, 0.3] },
 } as const;
@@ -86,15 +93,21 @@ type Schema = typeof LOSS_OPTIONS;
 export type LossOptionKey = keyof Schema;
 
 /** The value a user passes for an option of this entry type. */
-type OptionValue<E> =
-  E extends { type: 'enum'; values: readonly (infer V)[] } ? V
-  : E extends { type: 'integer' | 'number' | 'index' } ? number
-  : E extends { type: 'boolean' } ? boolean
-  : E extends { type: 'tokens' | 'integers' } ? number[]
-  : E extends { type: 'attributes' } ? Array<number | null>
-  : E extends { type: 'schedule' } ? Array<[number, number]>
-  : E extends { type: 'pair' } ? [number, number]
-  : never;
+type OptionValue<E> = E extends { type: 'enum'; values: readonly (infer V)[] }
+  ? V
+  : E extends { type: 'integer' | 'number' | 'index' }
+    ? number
+    : E extends { type: 'boolean' }
+      ? boolean
+      : E extends { type: 'tokens' | 'integers' }
+        ? number[]
+        : E extends { type: 'attributes' }
+          ? Array<number | null>
+          : E extends { type: 'schedule' }
+            ? Array<[number, number]>
+            : E extends { type: 'pair' }
+              ? [number, number]
+              : never;
 
 /** The value after validation: attributes are plain numbers (-1 = none), eotIndex -1 when unused. */
 type NormalizedValue<E> = E extends { type: 'attributes' } ? number[] : OptionValue<E>;
@@ -118,5 +131,7 @@ export const LOSS_OPTION_KEYS = Object.keys(LOSS_OPTIONS) as LossOptionKey[];
 
 /** The defaults of §9, read from the table. */
 export const LOSS_DEFAULTS = Object.fromEntries(
-  Object.entries(LOSS_OPTIONS).filter(([, e]) => 'default' in e).map(([k, e]) => [k, (e as { default: unknown }).default]),
+  Object.entries(LOSS_OPTIONS)
+    .filter(([, e]) => 'default' in e)
+    .map(([k, e]) => [k, (e as { default: unknown }).default]),
 ) as { readonly [K in DefaultedKey]: Schema[K] extends { default: infer D } ? D : never };

@@ -6,10 +6,7 @@
  * TypeError = wrong JavaScript type (or a missing field); RangeError = right type, value out of range.
  */
 import type { AttentionLayer, LossCallOptions } from './types';
-import {
-  LAYER_PLACES, LOSS_OPTIONS, LOSS_OPTION_KEYS, MAX_DIM, MAX_RESOLUTION, MAX_STEP,
-  type LossOptionKey, type NormalizedLossOptions,
-} from './options';
+import { LAYER_PLACES, LOSS_OPTIONS, LOSS_OPTION_KEYS, MAX_DIM, MAX_RESOLUTION, MAX_STEP, type LossOptionKey, type NormalizedLossOptions } from './options';
 import { makePlan, readPixels, type Layer } from './plan';
 
 export { LAYER_PLACES, LOSS_DEFAULTS, LOSS_OPTION_KEYS } from './options';
@@ -178,7 +175,12 @@ export function validateLayers(layers: unknown): LayerSummary {
     }
     const l = layer as Record<string, unknown>;
     if (!(l.data instanceof Float32Array)) {
-      throw typeError(`${at}.data`, 'Float32Array', l.data, 'attention probabilities are float32 [heads, resolution², textLength]; convert with Float32Array.from(...)');
+      throw typeError(
+        `${at}.data`,
+        'Float32Array',
+        l.data,
+        'attention probabilities are float32 [heads, resolution², textLength]; convert with Float32Array.from(...)',
+      );
     }
     const heads = checkInteger(`${at}.heads`, l.heads, 1, MAX_DIM);
     const resolution = checkInteger(`${at}.resolution`, l.resolution, 1, MAX_RESOLUTION);
@@ -187,19 +189,31 @@ export function validateLayers(layers: unknown): LayerSummary {
     const data = l.data;
     const perToken = heads * resolution * resolution;
     if (data.length % perToken !== 0) {
-      throw rangeError(`${at}.data`, `length a multiple of heads·resolution² = ${heads}·${resolution}² = ${perToken}`, data,
-        'data is [heads, resolution², textLength] row-major; check heads and resolution (maps must be square)');
+      throw rangeError(
+        `${at}.data`,
+        `length a multiple of heads·resolution² = ${heads}·${resolution}² = ${perToken}`,
+        data,
+        'data is [heads, resolution², textLength] row-major; check heads and resolution (maps must be square)',
+      );
     }
     const t = data.length / perToken;
     if (textLength < 0) {
       if (t < 3 || t > MAX_DIM) {
-        throw rangeError(`${at}.data`, `text length (data.length / (heads·resolution²)) between 3 and ${MAX_DIM}`, t,
-          `length ${data.length} / ${perToken}; the token slice keeps positions 1..T-2, so T must be at least 3`);
+        throw rangeError(
+          `${at}.data`,
+          `text length (data.length / (heads·resolution²)) between 3 and ${MAX_DIM}`,
+          t,
+          `length ${data.length} / ${perToken}; the token slice keeps positions 1..T-2, so T must be at least 3`,
+        );
       }
       textLength = t;
     } else if (t !== textLength) {
-      throw rangeError(`${at}.data`, `text length ${textLength} (as in layers[0])`, t,
-        `length ${data.length} / (${heads}·${resolution}²); every layer must come from the same text encoding`);
+      throw rangeError(
+        `${at}.data`,
+        `text length ${textLength} (as in layers[0])`,
+        t,
+        `length ${data.length} / (${heads}·${resolution}²); every layer must come from the same text encoding`,
+      );
     }
     if (!resolutions.includes(resolution)) resolutions.push(resolution);
   }
@@ -231,8 +245,12 @@ export function throwFirstNonFinite(layers: Layer[], o: NormalizedLossOptions): 
         if (acc === 0) continue;
         for (let k = start; k < start + K; k++) {
           if (!Number.isFinite(data[row + k])) {
-            throw rangeError(`layers[${li}].data`, 'finite attention probabilities', data[row + k],
-              `first bad value at index ${row + k} (head ${h}, pixel ${p}, token ${k})`);
+            throw rangeError(
+              `layers[${li}].data`,
+              'finite attention probabilities',
+              data[row + k],
+              `first bad value at index ${row + k} (head ${h}, pixel ${p}, token ${k})`,
+            );
           }
         }
       }
@@ -267,10 +285,14 @@ function pick(o: Record<string, unknown>, key: LossOptionKey): unknown {
 function checkSimpleOption(key: LossOptionKey, value: unknown): unknown {
   const e = LOSS_OPTIONS[key] as SimpleEntry;
   switch (e.type) {
-    case 'enum': return checkEnum(key, value, e.values);
-    case 'boolean': return checkBoolean(key, value);
-    case 'integer': return checkInteger(key, value, e.min, e.max, OPTION_HINTS[key]);
-    case 'number': return checkNumber(key, value, e.min, e.max, e.minExclusive === true);
+    case 'enum':
+      return checkEnum(key, value, e.values);
+    case 'boolean':
+      return checkBoolean(key, value);
+    case 'integer':
+      return checkInteger(key, value, e.min, e.max, OPTION_HINTS[key]);
+    case 'number':
+      return checkNumber(key, value, e.min, e.max, e.minExclusive === true);
   }
 }
 
@@ -294,9 +316,10 @@ function normalizeSlice(o: Record<string, unknown>, T: number, tokenSlice: strin
     throw typeError('eotIndex', `integer between 2 and ${T - 1}`, undefined, "tokenSlice 'until-eot' needs the EOT position (SOT = 0)");
   }
   const end = tokenSlice === 'until-eot' ? eotIndex : T - 1;
-  const hint = tokenSlice === 'until-eot'
-    ? `token indices count from SOT = 0 (slice 1:${eotIndex} keeps 1..${end - 1})`
-    : `token indices count from SOT = 0 (slice 1:-1 keeps 1..${end - 1})`;
+  const hint =
+    tokenSlice === 'until-eot'
+      ? `token indices count from SOT = 0 (slice 1:${eotIndex} keeps 1..${end - 1})`
+      : `token indices count from SOT = 0 (slice 1:-1 keeps 1..${end - 1})`;
   return { eotIndex, end, hint };
 }
 
@@ -338,8 +361,12 @@ function normalizeAttributes(raw: unknown, tokenIndices: number[], slice: Slice)
 
 function checkResolutionPresent(attentionResolution: number, summary: LayerSummary): void {
   if (summary.resolutions.includes(attentionResolution)) return;
-  throw rangeError('attentionResolution', `a resolution present in layers (${resolutionList(summary.resolutions)})`, attentionResolution,
-    'no layer has this resolution; pass the resolution of the object-map layers (16 for SD 1.x at 512²)');
+  throw rangeError(
+    'attentionResolution',
+    `a resolution present in layers (${resolutionList(summary.resolutions)})`,
+    attentionResolution,
+    'no layer has this resolution; pass the resolution of the object-map layers (16 for SD 1.x at 512²)',
+  );
 }
 
 function normalizeAttributeResolutions(raw: unknown, usesAttributes: boolean, summary: LayerSummary): number[] {
@@ -358,8 +385,12 @@ function normalizeAttributeResolutions(raw: unknown, usesAttributes: boolean, su
   }
   out.forEach((r, i) => {
     if (summary.resolutions.includes(r)) return;
-    throw rangeError(`attributeResolutions[${i}]`, `a resolution present in layers (${resolutionList(summary.resolutions)})`, r,
-      "'tv_bind' with attributeIndices averages every listed resolution; list only resolutions you pass layers for");
+    throw rangeError(
+      `attributeResolutions[${i}]`,
+      `a resolution present in layers (${resolutionList(summary.resolutions)})`,
+      r,
+      "'tv_bind' with attributeIndices averages every listed resolution; list only resolutions you pass layers for",
+    );
   });
   return out;
 }
@@ -373,9 +404,10 @@ function normalizeSchedule(raw: unknown): Array<[number, number]> {
     const pair: unknown = raw[i];
     const field = `bindingCoefficients[${i}]`;
     if (!Array.isArray(pair) || pair.length !== 2) throw typeError(field, '[fromStepIndex, coefficient] pair', pair);
-    const from = i === 0
-      ? checkInteger(`${field}[0]`, pair[0], 0, 0, 'the schedule must say which coefficient applies from step 0')
-      : checkInteger(`${field}[0]`, pair[0], out[i - 1][0] + 1, MAX_STEP, 'steps must be strictly ascending');
+    const from =
+      i === 0
+        ? checkInteger(`${field}[0]`, pair[0], 0, 0, 'the schedule must say which coefficient applies from step 0')
+        : checkInteger(`${field}[0]`, pair[0], out[i - 1][0] + 1, MAX_STEP, 'steps must be strictly ascending');
     out.push([from, checkNumber(`${field}[1]`, pair[1], -Infinity, Infinity)]);
   }
   return out;
@@ -415,8 +447,10 @@ export function normalizeOptionsFor(summary: LayerSummary, options: unknown): No
   checkResolutionPresent(scalars.attentionResolution, summary);
   const usesAttributes = scalars.mode === 'tv_bind' && attributeIndices.some((a) => a > 0);
   return {
-    ...(simple as Omit<NormalizedLossOptions, 'textLength' | 'tokenIndices' | 'attributeIndices' | 'eotIndex'
-      | 'attributeResolutions' | 'bindingCoefficients' | 'tvMaxWeights'>),
+    ...(simple as Omit<
+      NormalizedLossOptions,
+      'textLength' | 'tokenIndices' | 'attributeIndices' | 'eotIndex' | 'attributeResolutions' | 'bindingCoefficients' | 'tvMaxWeights'
+    >),
     textLength: summary.textLength,
     tokenIndices,
     attributeIndices,

@@ -33,8 +33,10 @@ export interface ModelFile {
 
 function renamed(err: DivbindError, f: ModelFile, modelDirOfErr?: string): DivbindError {
   // loadModel names the absolute path; say it relative to the folder the user passed.
-  const field = err.field !== undefined && modelDirOfErr !== undefined && err.field.startsWith(modelDirOfErr + path.sep)
-    ? path.relative(modelDirOfErr, err.field).split(path.sep).join('/') : f.rel;
+  const field =
+    err.field !== undefined && modelDirOfErr !== undefined && err.field.startsWith(modelDirOfErr + path.sep)
+      ? path.relative(modelDirOfErr, err.field).split(path.sep).join('/')
+      : f.rel;
   // A missing weights file is fixed by restoring that file, not the graph.
   const fix = field !== f.rel && f.code === undefined ? restoreFix(field) : f.fix;
   return new DivbindError(f.code ?? err.code, `${f.rel} cannot be used: ${err.message.replace(/\.$/, '')}`, { field, fix, cause: err });
@@ -58,15 +60,21 @@ export function loadModelFile(f: ModelFile, modelDir?: string): LoadedModel {
  * only), which tells a truncated or random file and missing or short external weights apart from a valid graph
  * ORT cannot run.
  */
-export async function openModelFile(f: ModelFile, options: ort.InferenceSession.SessionOptions, extras: CreateSessionExtras = {},
-  modelDir?: string): Promise<ort.InferenceSession> {
+export async function openModelFile(
+  f: ModelFile,
+  options: ort.InferenceSession.SessionOptions,
+  extras: CreateSessionExtras = {},
+  modelDir?: string,
+): Promise<ort.InferenceSession> {
   if (!fs.existsSync(f.file)) throw new DivbindError(f.code ?? 'MODEL_MISSING', `${f.rel} is missing (${f.file})`, { field: f.rel, fix: f.fix });
   try {
     return await createSession(f.file, options, extras);
   } catch (ortError) {
     loadModelFile(f, modelDir);
     throw new DivbindError(f.code ?? 'MODEL_INVALID', `${f.rel} cannot be loaded: ${(ortError as Error).message}`, {
-      field: f.rel, fix: f.fix, cause: ortError,
+      field: f.rel,
+      fix: f.fix,
+      cause: ortError,
     });
   }
 }
@@ -79,7 +87,9 @@ const TIMESTEP_TYPES: readonly string[] = ['int64', 'int32', 'float32', 'float16
 
 /** The tensor inputs or outputs of a session, with dtype and declared shape. */
 export function tensors(meta: readonly ort.InferenceSession.ValueMetadata[]): InputSpec[] {
-  return meta.filter((m) => m.isTensor).map((m) => ({ name: m.name, type: (m as { type: ort.Tensor.Type }).type, shape: (m as { shape: ReadonlyArray<number | string> }).shape }));
+  return meta
+    .filter((m) => m.isTensor)
+    .map((m) => ({ name: m.name, type: (m as { type: ort.Tensor.Type }).type, shape: (m as { shape: ReadonlyArray<number | string> }).shape }));
 }
 
 function describe(specs: InputSpec[]): string {
@@ -87,8 +97,12 @@ function describe(specs: InputSpec[]): string {
 }
 
 function notA(rel: string, what: string, expected: string, session: ort.InferenceSession): DivbindError {
-  return new DivbindError('MODEL_INVALID', `${rel} is not ${what}: expected ${expected}; it has inputs ${describe(tensors(session.inputMetadata))} `
-    + `and outputs ${describe(tensors(session.outputMetadata))}`, { field: rel, fix: restoreFix(rel) });
+  return new DivbindError(
+    'MODEL_INVALID',
+    `${rel} is not ${what}: expected ${expected}; it has inputs ${describe(tensors(session.inputMetadata))} ` +
+      `and outputs ${describe(tensors(session.outputMetadata))}`,
+    { field: rel, fix: restoreFix(rel) },
+  );
 }
 
 const isFloat = (s: InputSpec | undefined, rank: number) => s !== undefined && FLOAT_TYPES.includes(s.type) && s.shape.length === rank;
@@ -132,7 +146,13 @@ export function checkSdxlTextEncoder(pooled: boolean): (session: ort.InferenceSe
     const outputs = tensors(session.outputMetadata);
     const layers = outputs.filter((s) => /^hidden_states\.\d+$/.test(s.name)).sort((a, b) => Number(a.name.slice(14)) - Number(b.name.slice(14)));
     const complete = layers.length >= 3 && layers.every((s, k) => s.name === `hidden_states.${k}` && isFloat(s, 3));
-    if (!complete) throw notA(rel, what, 'outputs hidden_states.0 … hidden_states.N of float [batch, sequence, hidden] (export it with Optimum\'s SDXL text encoder config)', session);
+    if (!complete)
+      throw notA(
+        rel,
+        what,
+        "outputs hidden_states.0 … hidden_states.N of float [batch, sequence, hidden] (export it with Optimum's SDXL text encoder config)",
+        session,
+      );
     const textEmbeds = outputs.find((s) => s.name === 'text_embeds');
     if (pooled && !isFloat(textEmbeds, 2)) throw notA(rel, what, 'an output text_embeds of float [batch, projection]', session);
     return { ids, hidden: layers[layers.length - 2]!, ...(pooled ? { pooled: textEmbeds! } : {}) };
@@ -155,7 +175,8 @@ function addedConditions(session: ort.InferenceSession, rel: string): InputSpec[
   const unknown = session.inputNames.filter((n) => !known.includes(n));
   if (unknown.length > 0) {
     throw new DivbindError('MODEL_UNSUPPORTED', `${rel} has inputs divbind-native cannot feed: ${unknown.join(', ')}`, {
-      field: rel, fix: 'use a text-to-image UNet export (inputs sample, timestep, encoder_hidden_states; SDXL also text_embeds and time_ids)',
+      field: rel,
+      fix: 'use a text-to-image UNet export (inputs sample, timestep, encoder_hidden_states; SDXL also text_embeds and time_ids)',
     });
   }
   const added = ADDED_CONDITIONS.filter((n) => session.inputNames.includes(n)).map((n) => inputSpec(session, n));
@@ -171,11 +192,20 @@ export function checkUnet(session: ort.InferenceSession, rel: string = COMPONENT
   const expected = 'inputs sample (float [batch, 4, h, w]), timestep and encoder_hidden_states (float [batch, T, D])';
   const names = session.inputNames;
   if (!['sample', 'timestep', 'encoder_hidden_states'].every((n) => names.includes(n))) throw notA(rel, 'a Stable Diffusion UNet', expected, session);
-  const io = { sample: inputSpec(session, 'sample'), timestep: inputSpec(session, 'timestep'), encoderHiddenStates: inputSpec(session, 'encoder_hidden_states') };
+  const io = {
+    sample: inputSpec(session, 'sample'),
+    timestep: inputSpec(session, 'timestep'),
+    encoderHiddenStates: inputSpec(session, 'encoder_hidden_states'),
+  };
   const outputs = tensors(session.outputMetadata);
   const output = outputs.find((s) => s.name === 'out_sample') ?? outputs[0];
-  if (!isFloat(io.sample, 4) || !isFloat(io.encoderHiddenStates, 3) || !TIMESTEP_TYPES.includes(io.timestep.type) || io.timestep.shape.length > 1
-    || !isFloat(output, 4)) {
+  if (
+    !isFloat(io.sample, 4) ||
+    !isFloat(io.encoderHiddenStates, 3) ||
+    !TIMESTEP_TYPES.includes(io.timestep.type) ||
+    io.timestep.shape.length > 1 ||
+    !isFloat(output, 4)
+  ) {
     throw notA(rel, 'a Stable Diffusion UNet', `${expected}, and a float output [batch, 4, h, w]`, session);
   }
   return { ...io, added: addedConditions(session, rel), output: output! };
@@ -204,7 +234,8 @@ function staticDim(s: InputSpec, k: number): number | null {
 
 function mismatch(rel: string, what: string): DivbindError {
   return new DivbindError('MODEL_INVALID', `${rel} does not fit the UNet: ${what}`, {
-    field: rel, fix: 'use the components of one export (text encoders, unet and vae_decoder from the same model)',
+    field: rel,
+    fix: 'use the components of one export (text encoders, unet and vae_decoder from the same model)',
   });
 }
 
@@ -230,15 +261,25 @@ function checkTextFits(texts: readonly TextEncoderIo[], unet: UnetIo): void {
  * The components fit together: hidden size (summed over SDXL's two encoders), pooled size, latent channels and
  * the VAE factor (where the exports fix them).
  */
-export function checkComponentsAgree(folder: Pick<ModelFolder, 'vaeScaleFactor'>, text: TextEncoderIo | readonly TextEncoderIo[], unet: UnetIo, vae: VaeDecoderIo): void {
+export function checkComponentsAgree(
+  folder: Pick<ModelFolder, 'vaeScaleFactor'>,
+  text: TextEncoderIo | readonly TextEncoderIo[],
+  unet: UnetIo,
+  vae: VaeDecoderIo,
+): void {
   checkTextFits(Array.isArray(text) ? text : [text as TextEncoderIo], unet);
   const [c, cUnet] = [staticDim(vae.latent, 1), staticDim(unet.sample, 1)];
   if (c !== null && cUnet !== null && c !== cUnet) throw mismatch(COMPONENT_FILES.vae_decoder, `it takes ${c} latent channels, the UNet's sample has ${cUnet}`);
   const [h, H] = [staticDim(vae.latent, 2), staticDim(vae.image, 2)];
   if (h !== null && H !== null && H !== h * folder.vaeScaleFactor) {
-    throw new DivbindError('MODEL_INVALID', `${COMPONENT_FILES.vae_decoder} turns ${h} latent rows into ${H} image rows, but the folder's VAE scale factor is ${folder.vaeScaleFactor}`, {
-      field: 'vae_scale_factor', fix: `set "vae_scale_factor": ${H / h} in vae_decoder/config.json`,
-    });
+    throw new DivbindError(
+      'MODEL_INVALID',
+      `${COMPONENT_FILES.vae_decoder} turns ${h} latent rows into ${H} image rows, but the folder's VAE scale factor is ${folder.vaeScaleFactor}`,
+      {
+        field: 'vae_scale_factor',
+        fix: `set "vae_scale_factor": ${H / h} in vae_decoder/config.json`,
+      },
+    );
   }
 }
 
@@ -250,19 +291,29 @@ export function checkUnetFamily(family: ModelFamily, unet: UnetIo, rel: string =
   const takesAdded = (unet.added ?? []).length > 0;
   if (family.dualTextEncoder && !takesAdded) {
     throw new DivbindError('MODEL_INVALID', `${rel} has no text_embeds/time_ids inputs, but the folder is ${family.label} (${family.evidence.join('; ')})`, {
-      field: rel, fix: 'use the SDXL UNet of this export (Optimum exports it with text_embeds and time_ids), or the folder of the SD 1.x/2.x model it belongs to',
+      field: rel,
+      fix: 'use the SDXL UNet of this export (Optimum exports it with text_embeds and time_ids), or the folder of the SD 1.x/2.x model it belongs to',
     });
   }
   if (!family.dualTextEncoder && takesAdded) {
-    throw new DivbindError('MODEL_MISSING', `${rel} takes SDXL's text_embeds and time_ids, but the folder has no second text encoder (read as ${family.label}: ${family.evidence.join('; ')})`, {
-      field: COMPONENT_FILES.text_encoder_2, fix: 'export the whole SDXL pipeline (optimum-cli export onnx --task text-to-image): text_encoder_2/ and tokenizer_2/ belong beside unet/',
-    });
+    throw new DivbindError(
+      'MODEL_MISSING',
+      `${rel} takes SDXL's text_embeds and time_ids, but the folder has no second text encoder (read as ${family.label}: ${family.evidence.join('; ')})`,
+      {
+        field: COMPONENT_FILES.text_encoder_2,
+        fix: 'export the whole SDXL pipeline (optimum-cli export onnx --task text-to-image): text_encoder_2/ and tokenizer_2/ belong beside unet/',
+      },
+    );
   }
 }
 
 /** Opens a component of the folder and checks its contract; the session is released when the check fails. */
-export async function openComponent<T>(file: string, component: ComponentName, options: SessionOptions,
-  check: (session: ort.InferenceSession, rel: string) => T): Promise<{ session: ort.InferenceSession; io: T }> {
+export async function openComponent<T>(
+  file: string,
+  component: ComponentName,
+  options: SessionOptions,
+  check: (session: ort.InferenceSession, rel: string) => T,
+): Promise<{ session: ort.InferenceSession; io: T }> {
   const rel = COMPONENT_FILES[component];
   const modelDir = path.dirname(path.dirname(file));
   const session = await openModelFile({ file, rel, fix: restoreFix(rel) }, sessionOptions(options), {}, modelDir);
@@ -278,7 +329,11 @@ function tokenizerAt(dir: string, rel: string): ClipTokenizer {
   try {
     return ClipTokenizer.fromDirectory(dir);
   } catch (err) {
-    throw new DivbindError('MODEL_INVALID', `${rel} cannot be used: ${(err as Error).message}`, { field: rel.replace(/\/$/, ''), fix: restoreFix(rel), cause: err });
+    throw new DivbindError('MODEL_INVALID', `${rel} cannot be used: ${(err as Error).message}`, {
+      field: rel.replace(/\/$/, ''),
+      fix: restoreFix(rel),
+      cause: err,
+    });
   }
 }
 
@@ -294,12 +349,21 @@ export function openTokenizer(folder: Pick<ModelFolder, 'tokenizerDir'>): ClipTo
 export function openTokenizer2(folder: Pick<ModelFolder, 'tokenizer2Dir'>, first: ClipTokenizer): ClipTokenizer | undefined {
   if (folder.tokenizer2Dir === undefined) return undefined;
   const second = tokenizerAt(folder.tokenizer2Dir, 'tokenizer_2/');
-  const same = second.maxLength === first.maxLength && second.sotId === first.sotId && second.eotId === first.eotId
-    && second.encoder.size === first.encoder.size && [...first.encoder].every(([piece, id]) => second.encoder.get(piece) === id);
+  const same =
+    second.maxLength === first.maxLength &&
+    second.sotId === first.sotId &&
+    second.eotId === first.eotId &&
+    second.encoder.size === first.encoder.size &&
+    [...first.encoder].every(([piece, id]) => second.encoder.get(piece) === id);
   if (!same) {
-    throw new DivbindError('MODEL_INVALID', 'tokenizer_2/ does not share tokenizer/\'s vocabulary and length: token indices would differ between the two text encoders', {
-      field: 'tokenizer_2', fix: restoreFix('tokenizer_2/'),
-    });
+    throw new DivbindError(
+      'MODEL_INVALID',
+      "tokenizer_2/ does not share tokenizer/'s vocabulary and length: token indices would differ between the two text encoders",
+      {
+        field: 'tokenizer_2',
+        fix: restoreFix('tokenizer_2/'),
+      },
+    );
   }
   return second;
 }
@@ -311,7 +375,9 @@ export function openScheduler(folder: Pick<ModelFolder, 'schedulerConfig'>): Sch
     return fromConfig(folder.schedulerConfig);
   } catch (err) {
     throw new DivbindError('MODEL_INVALID', `${rel} cannot be used: ${(err as Error).message}`, {
-      field: rel, fix: `restore ${rel} from the model's export (PNDM, DDIM and Euler schedulers are supported)`, cause: err,
+      field: rel,
+      fix: `restore ${rel} from the model's export (PNDM, DDIM and Euler schedulers are supported)`,
+      cause: err,
     });
   }
 }

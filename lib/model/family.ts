@@ -91,8 +91,12 @@ export function detectFamily(e: FamilyEvidence): ModelFamily {
   else [name, evidence] = ['sd1', ['no SD 2.x or SDXL sign (EOT padding, ε-prediction, one text encoder)']];
   const traits = TRAITS[name];
   const sampleSize = e.unetConfig?.sample_size;
-  const defaultLatentSide = typeof sampleSize === 'number' && Number.isInteger(sampleSize) && sampleSize > 0 ? sampleSize
-    : name === 'sd2' && e.predictionType === 'v_prediction' ? SD2_V_LATENT_SIDE : traits.latentSide;
+  const defaultLatentSide =
+    typeof sampleSize === 'number' && Number.isInteger(sampleSize) && sampleSize > 0
+      ? sampleSize
+      : name === 'sd2' && e.predictionType === 'v_prediction'
+        ? SD2_V_LATENT_SIDE
+        : traits.latentSide;
   return { ...traits, evidence, defaultLatentSide };
 }
 
@@ -113,7 +117,8 @@ export interface DeclaredDivbind {
 
 function declaredError(key: string, expected: string, value: unknown): DivbindError {
   return new DivbindError('MODEL_INVALID', `model_index.json "divbind.${key}" must be ${expected} but is ${JSON.stringify(value)}`, {
-    field: `model_index.json divbind.${key}`, fix: 'correct or remove the value in the model folder\'s model_index.json',
+    field: `model_index.json divbind.${key}`,
+    fix: "correct or remove the value in the model folder's model_index.json",
   });
 }
 
@@ -130,12 +135,14 @@ export function readDeclaredDivbind(index: Record<string, unknown>): DeclaredDiv
     out.family = d.family as FamilyName;
   }
   if (d.attentionResolution !== undefined) {
-    if (!isResolution(d.attentionResolution) || (d.attentionResolution as number) < 2) throw declaredError('attentionResolution', 'an integer between 2 and 4096', d.attentionResolution);
+    if (!isResolution(d.attentionResolution) || (d.attentionResolution as number) < 2)
+      throw declaredError('attentionResolution', 'an integer between 2 and 4096', d.attentionResolution);
     out.attentionResolution = d.attentionResolution as number;
   }
   if (d.attributeResolutions !== undefined) {
     const a = d.attributeResolutions;
-    if (!Array.isArray(a) || a.length === 0 || !a.every(isResolution)) throw declaredError('attributeResolutions', 'a non-empty array of integers between 1 and 4096', a);
+    if (!Array.isArray(a) || a.length === 0 || !a.every(isResolution))
+      throw declaredError('attributeResolutions', 'a non-empty array of integers between 1 and 4096', a);
     out.attributeResolutions = [...a] as number[];
   }
   if (d.tokenSlice !== undefined) {
@@ -152,8 +159,12 @@ export function readDeclaredDivbind(index: Record<string, unknown>): DeclaredDiv
 }
 
 /** The D&B map resolutions at an image height: the caller's, else the folder's declared ones, else the family rule. */
-export function familyResolutions(family: Pick<FamilyTraits, 'attributeFactors'>, declared: Pick<DeclaredDivbind, 'attentionResolution' | 'attributeResolutions'>,
-  height: number, given: { attentionResolution?: number; attributeResolutions?: number[] } = {}): { attentionResolution: number; attributeResolutions: number[] } {
+export function familyResolutions(
+  family: Pick<FamilyTraits, 'attributeFactors'>,
+  declared: Pick<DeclaredDivbind, 'attentionResolution' | 'attributeResolutions'>,
+  height: number,
+  given: { attentionResolution?: number; attributeResolutions?: number[] } = {},
+): { attentionResolution: number; attributeResolutions: number[] } {
   const attentionResolution = given.attentionResolution ?? declared.attentionResolution ?? Math.ceil(height / ATTENTION_DIVISOR);
   const attributeResolutions = given.attributeResolutions ?? declared.attributeResolutions ?? family.attributeFactors.map((f) => f * attentionResolution);
   return { attentionResolution, attributeResolutions };

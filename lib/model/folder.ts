@@ -19,9 +19,10 @@ export const COMPONENT_FILES = {
 } as const;
 export type ComponentName = keyof typeof COMPONENT_FILES;
 
-export const LAYOUT_HINT = 'pass a Stable Diffusion ONNX folder in the layout of diffusers\' OnnxStableDiffusionPipeline / '
-  + 'Optimum exports: model_index.json, text_encoder/model.onnx, unet/model.onnx, vae_decoder/model.onnx, tokenizer/, scheduler/ '
-  + '(SDXL also text_encoder_2/model.onnx and tokenizer_2/)';
+export const LAYOUT_HINT =
+  "pass a Stable Diffusion ONNX folder in the layout of diffusers' OnnxStableDiffusionPipeline / " +
+  'Optimum exports: model_index.json, text_encoder/model.onnx, unet/model.onnx, vae_decoder/model.onnx, tokenizer/, scheduler/ ' +
+  '(SDXL also text_encoder_2/model.onnx and tokenizer_2/)';
 
 /** SD 1.x/2.x VAE latent scaling factor, used when the VAE config does not declare "scaling_factor". */
 export const DEFAULT_VAE_SCALING_FACTOR = 0.18215;
@@ -80,7 +81,8 @@ function readJson(dir: string, rel: string): Record<string, unknown> {
     return value as Record<string, unknown>;
   } catch (err) {
     throw new DivbindError('MODEL_INVALID', `${rel} is not valid JSON (${(err as Error).message})`, {
-      field: rel, fix: `restore ${file} from the model's export`,
+      field: rel,
+      fix: `restore ${file} from the model's export`,
     });
   }
 }
@@ -107,7 +109,8 @@ function openFolder(modelDir: string): { dir: string; index: Record<string, unkn
   }
   if (!fs.existsSync(path.join(dir, 'model_index.json'))) {
     throw new DivbindError('MODEL_MISSING', `${dir} is not a Stable Diffusion ONNX folder: model_index.json is missing`, {
-      field: 'model_index.json', fix: LAYOUT_HINT,
+      field: 'model_index.json',
+      fix: LAYOUT_HINT,
     });
   }
   return { dir, index: readJson(dir, 'model_index.json') };
@@ -116,7 +119,8 @@ function openFolder(modelDir: string): { dir: string; index: Record<string, unkn
 function positiveNumber(v: unknown, rel: string, key: string, integer: boolean): number {
   if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0 || (integer && !Number.isInteger(v))) {
     throw new DivbindError('MODEL_INVALID', `${rel} "${key}" must be a positive ${integer ? 'integer' : 'finite number'} but is ${JSON.stringify(v)}`, {
-      field: `${rel}:${key}`, fix: `correct "${key}" in ${rel} (SD 1.x/2.x: ${key === 'scaling_factor' ? DEFAULT_VAE_SCALING_FACTOR : DEFAULT_VAE_SCALE_FACTOR})`,
+      field: `${rel}:${key}`,
+      fix: `correct "${key}" in ${rel} (SD 1.x/2.x: ${key === 'scaling_factor' ? DEFAULT_VAE_SCALING_FACTOR : DEFAULT_VAE_SCALE_FACTOR})`,
     });
   }
   return v;
@@ -141,8 +145,12 @@ function readOptionalJson(dir: string, rel: string): Record<string, unknown> | u
 
 /** The tokenizer's pad token as transformers reads it (special_tokens_map.json over tokenizer_config.json). */
 function padToken(dir: string, tokenizer: string): string | undefined {
-  const text = (v: unknown) => (typeof v === 'string' ? v : typeof (v as { content?: unknown } | null)?.content === 'string' ? (v as { content: string }).content : undefined);
-  return text(readOptionalJson(dir, `${tokenizer}/special_tokens_map.json`)?.pad_token) ?? text(readOptionalJson(dir, `${tokenizer}/tokenizer_config.json`)?.pad_token);
+  const text = (v: unknown) =>
+    typeof v === 'string' ? v : typeof (v as { content?: unknown } | null)?.content === 'string' ? (v as { content: string }).content : undefined;
+  return (
+    text(readOptionalJson(dir, `${tokenizer}/special_tokens_map.json`)?.pad_token) ??
+    text(readOptionalJson(dir, `${tokenizer}/tokenizer_config.json`)?.pad_token)
+  );
 }
 
 /** What lib/model/family.ts needs from the folder's files (every one optional). */

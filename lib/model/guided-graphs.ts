@@ -23,8 +23,12 @@ function expectTensor(session: ort.InferenceSession, kind: 'input' | 'output', n
   const spec = tensors(kind === 'input' ? session.inputMetadata : session.outputMetadata).find((s) => s.name === name);
   const matches = spec !== undefined && (dims === undefined || (spec.shape.length === dims.length && spec.shape.every((d, i) => d === dims[i])));
   if (!matches) {
-    throw new DivbindError('MODEL_NOT_PREPARED', `${f.rel} does not match its manifest: ${kind} '${name}'${dims ? ` [${dims.join(', ')}]` : ''} `
-      + `${spec === undefined ? 'is missing' : `is [${spec.shape.join(', ')}]`}`, { field: f.rel, fix: f.fix });
+    throw new DivbindError(
+      'MODEL_NOT_PREPARED',
+      `${f.rel} does not match its manifest: ${kind} '${name}'${dims ? ` [${dims.join(', ')}]` : ''} ` +
+        `${spec === undefined ? 'is missing' : `is [${spec.shape.join(', ')}]`}`,
+      { field: f.rel, fix: f.fix },
+    );
   }
   return spec!;
 }
@@ -34,14 +38,23 @@ function checkForward(session: ort.InferenceSession, set: PreparedUnetFiles, f: 
   expectTensor(session, 'input', 'sample', [1, ...set.latentDims], f);
   expectTensor(session, 'input', 'encoder_hidden_states', [1, ...set.textDims], f);
   expectTensor(session, 'input', 'timestep', undefined, f);
-  set.mapOutputs.forEach((o, k) => { expectTensor(session, 'output', o, set.mapDims[k], f); });
+  set.mapOutputs.forEach((o, k) => {
+    expectTensor(session, 'output', o, set.mapDims[k], f);
+  });
   for (const r of set.residuals) expectTensor(session, 'output', r.output, undefined, f);
   const added = ADDED_CONDITIONS.filter((n) => session.inputNames.includes(n)).map((n) => inputSpec(session, n));
-  return { sample: inputSpec(session, 'sample'), timestep: inputSpec(session, 'timestep'), encoderHiddenStates: inputSpec(session, 'encoder_hidden_states'), added };
+  return {
+    sample: inputSpec(session, 'sample'),
+    timestep: inputSpec(session, 'timestep'),
+    encoderHiddenStates: inputSpec(session, 'encoder_hidden_states'),
+    added,
+  };
 }
 
 function checkBackward(session: ort.InferenceSession, set: PreparedUnetFiles, f: ModelFile): void {
-  set.cotangentInputs.forEach((c, k) => { expectTensor(session, 'input', c, set.mapDims[k], f); });
+  set.cotangentInputs.forEach((c, k) => {
+    expectTensor(session, 'input', c, set.mapDims[k], f);
+  });
   for (const r of set.residuals) expectTensor(session, 'input', r.input, undefined, f);
   expectTensor(session, 'output', set.gradOutput, undefined, f);
 }

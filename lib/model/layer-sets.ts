@@ -24,7 +24,10 @@ const NO_DATA = new Float32Array(0);
  */
 export function layersRead(layers: readonly LayerShape[], textLength: number, options: LossOptions): number[] {
   const normalized = normalizeOptionsFor({ textLength, resolutions: [...new Set(layers.map((l) => l.resolution))] }, options);
-  const plan = makePlan(layers.map((l) => ({ data: NO_DATA, heads: l.heads, resolution: l.resolution })), normalized);
+  const plan = makePlan(
+    layers.map((l) => ({ data: NO_DATA, heads: l.heads, resolution: l.resolution })),
+    normalized,
+  );
   return [...new Set([...plan.objectLayers, ...plan.attributeLayers])].sort((a, b) => a - b);
 }
 
@@ -32,15 +35,20 @@ export function layersRead(layers: readonly LayerShape[], textLength: number, op
  * The proper subsets `prepare` builds graphs for: the layers of the object-only losses and of `tv_bind` with
  * attributes at the default resolutions. Empty, full and repeated sets are left out (the full set always exists).
  */
-export function preparedLayerSets(layers: readonly LayerShape[], textLength: number,
-  resolutions: { attentionResolution: number; attributeResolutions: number[] }): number[][] {
+export function preparedLayerSets(
+  layers: readonly LayerShape[],
+  textLength: number,
+  resolutions: { attentionResolution: number; attributeResolutions: number[] },
+): number[][] {
   const present = new Set(layers.map((l) => l.resolution));
   if (!present.has(resolutions.attentionResolution)) return [];
   // One object and one attribute token at the first positions: only the layer choice matters here.
   const attributeResolutions = resolutions.attributeResolutions.filter((r) => present.has(r));
   const objects = layersRead(layers, textLength, { mode: 'tv', tokenIndices: [1], ...resolutions, attributeResolutions });
-  const withAttributes = attributeResolutions.length === 0 ? objects
-    : layersRead(layers, textLength, { mode: 'tv_bind', tokenIndices: [1], attributeIndices: [2], ...resolutions, attributeResolutions });
+  const withAttributes =
+    attributeResolutions.length === 0
+      ? objects
+      : layersRead(layers, textLength, { mode: 'tv_bind', tokenIndices: [1], attributeIndices: [2], ...resolutions, attributeResolutions });
   const sets: number[][] = [];
   for (const s of [objects, withAttributes]) {
     if (s.length > 0 && s.length < layers.length && !sets.some((t) => t.join() === s.join())) sets.push(s);

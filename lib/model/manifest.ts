@@ -109,10 +109,7 @@ export interface ManifestLayerSet {
   stats: Record<string, unknown>;
 }
 
-export type ManifestRead =
-  | { state: 'missing' }
-  | { state: 'invalid'; reason: string }
-  | { state: 'ok'; manifest: Manifest };
+export type ManifestRead = { state: 'missing' } | { state: 'invalid'; reason: string } | { state: 'ok'; manifest: Manifest };
 
 function checksumOf(m: Omit<Manifest, 'checksum'> & { checksum?: string }): string {
   const { checksum: _ignored, ...rest } = m;
@@ -191,7 +188,8 @@ function arr(v: unknown, field: string, minLength = 0): unknown[] {
 /** A plain file name in the prepared directory: graphs and links never point elsewhere. */
 function fileName(v: unknown, field: string): string {
   const s = str(v, field);
-  if (s !== path.basename(s) || s === '.' || s === '..' || s.includes('/') || s.includes('\\')) fail(`${field} must be a file name in the prepared directory but is ${JSON.stringify(s)}`);
+  if (s !== path.basename(s) || s === '.' || s === '..' || s.includes('/') || s.includes('\\'))
+    fail(`${field} must be a file name in the prepared directory but is ${JSON.stringify(s)}`);
   return s;
 }
 
@@ -229,7 +227,9 @@ function validateDims(m: Obj): void {
   const sample = obj(inputs[wrt], `inputs.${wrt}`);
   const sdims = arr(sample.dims, `inputs.${wrt}.dims`, 4);
   sameDims(sdims, [batch, int(sdims[1], `inputs.${wrt}.dims[1]`), height / f, width / f], `inputs.${wrt}.dims`);
-  const text = Object.entries(inputs).find(([k]) => k !== wrt && Array.isArray((inputs[k] as Obj | null)?.dims) && ((inputs[k] as Obj).dims as unknown[]).length === 3);
+  const text = Object.entries(inputs).find(
+    ([k]) => k !== wrt && Array.isArray((inputs[k] as Obj | null)?.dims) && ((inputs[k] as Obj).dims as unknown[]).length === 3,
+  );
   if (text === undefined) fail('inputs must hold the text input (encoder_hidden_states, [batch, textLength, hidden])');
   const tdims = arr(obj(text[1], `inputs.${text[0]}`).dims, `inputs.${text[0]}.dims`, 3);
   sameDims(tdims, [batch, textLength, int(tdims[2], `inputs.${text[0]}.dims[2]`)], `inputs.${text[0]}.dims`);
@@ -266,12 +266,14 @@ function validateFiles(m: Obj): void {
   if (design !== 'recompute' && design !== 'residuals') fail(`vjp.design must be 'recompute' or 'residuals' but is ${JSON.stringify(design)}`);
   const needed = design === 'recompute' ? ['unet', 'vjp'] : ['unet', 'forward', 'backward'];
   const named = needed.map((k) => fileName(files[k], `files.${k}`));
-  const stamped = new Set(arr(files.graphs, 'files.graphs').map((g, i) => {
-    const o = obj(g, `files.graphs[${i}]`);
-    int(o.bytes, `files.graphs[${i}].bytes`);
-    if (typeof o.mtimeMs !== 'number') fail(`files.graphs[${i}].mtimeMs must be a number`);
-    return fileName(o.file, `files.graphs[${i}].file`);
-  }));
+  const stamped = new Set(
+    arr(files.graphs, 'files.graphs').map((g, i) => {
+      const o = obj(g, `files.graphs[${i}]`);
+      int(o.bytes, `files.graphs[${i}].bytes`);
+      if (typeof o.mtimeMs !== 'number') fail(`files.graphs[${i}].mtimeMs must be a number`);
+      return fileName(o.file, `files.graphs[${i}].file`);
+    }),
+  );
   for (const f of named) if (!stamped.has(f)) fail(`files.graphs has no stamp for ${f}`);
   arr(files.externalData, 'files.externalData').forEach((e, i) => {
     const o = obj(e, `files.externalData[${i}]`);
@@ -287,9 +289,14 @@ function validateVjp(m: Obj, layers: ManifestLayer[]): void {
   const cot = obj(vjp.cotangents, 'vjp.cotangents');
   for (const l of layers) str(cot[l.output], `vjp.cotangents.${l.output}`);
   str(vjp.gradient, 'vjp.gradient');
-  if (vjp.design === 'residuals') arr(vjp.residuals, 'vjp.residuals').forEach((r, i) => { str(r, `vjp.residuals[${i}]`); });
+  if (vjp.design === 'residuals')
+    arr(vjp.residuals, 'vjp.residuals').forEach((r, i) => {
+      str(r, `vjp.residuals[${i}]`);
+    });
   const stamped = new Set((obj(m.files, 'files').graphs as Obj[]).map((g) => g.file));
-  arr(vjp.layerSets, 'vjp.layerSets').forEach((v, i) => { validateLayerSet(v, `vjp.layerSets[${i}]`, layers.length, vjp.design, stamped); });
+  arr(vjp.layerSets, 'vjp.layerSets').forEach((v, i) => {
+    validateLayerSet(v, `vjp.layerSets[${i}]`, layers.length, vjp.design, stamped);
+  });
 }
 
 /** A layer subset: proper, ascending layer indices; stamped graph files; residuals with the residuals design. */
@@ -297,14 +304,18 @@ function validateLayerSet(v: unknown, field: string, layerCount: number, design:
   const s = obj(v, field);
   const indices = arr(s.layers, `${field}.layers`, 1);
   indices.forEach((k, j) => {
-    if (typeof k !== 'number' || !Number.isInteger(k) || k < 0 || k >= layerCount) fail(`${field}.layers[${j}] must be a layer index below ${layerCount} but is ${JSON.stringify(k)}`);
+    if (typeof k !== 'number' || !Number.isInteger(k) || k < 0 || k >= layerCount)
+      fail(`${field}.layers[${j}] must be a layer index below ${layerCount} but is ${JSON.stringify(k)}`);
     if (j > 0 && k <= (indices[j - 1] as number)) fail(`${field}.layers must be ascending without repeats`);
   });
   if (indices.length >= layerCount) fail(`${field}.layers must be a proper subset of attention.layers`);
   for (const k of ['forward', 'backward'] as const) {
     if (!stamped.has(fileName(s[k], `${field}.${k}`))) fail(`files.graphs has no stamp for ${String(s[k])}`);
   }
-  if (design === 'residuals') arr(s.residuals, `${field}.residuals`).forEach((r, i) => { str(r, `${field}.residuals[${i}]`); });
+  if (design === 'residuals')
+    arr(s.residuals, `${field}.residuals`).forEach((r, i) => {
+      str(r, `${field}.residuals[${i}]`);
+    });
   obj(s.stats, `${field}.stats`);
 }
 

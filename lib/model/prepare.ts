@@ -25,7 +25,14 @@ import { preparedLayerSets } from './layer-sets';
 import { familyResolutions } from './family';
 import { MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, writeManifest, type Manifest, type ManifestLayerSet, type ManifestTensor } from './manifest';
 import {
-  inspectPrepared, listPrepared, locatePrepared, sizeDirName, sourceIdentity, type PreparedInfo, type PreparedKey, type SourceIdentity,
+  inspectPrepared,
+  listPrepared,
+  locatePrepared,
+  sizeDirName,
+  sourceIdentity,
+  type PreparedInfo,
+  type PreparedKey,
+  type SourceIdentity,
 } from './prepared';
 import { defaultImageSize, formatSize, resolveImageSize, sizeRule, type ImageSize } from './size';
 import { verifyPrepared } from './verify';
@@ -135,17 +142,25 @@ function analyseUnet(folder: UnetFolder): UnetAnalysis {
   const sample = inputs.find((v) => v.name === 'sample') ?? inputs.find((v) => (valueInfoDims(v) ?? []).length === 4);
   const text = inputs.find((v) => v.name === 'encoder_hidden_states') ?? inputs.find((v) => (valueInfoDims(v) ?? []).length === 3);
   if (sample === undefined || text === undefined) {
-    throw new DivbindError('MODEL_INVALID', `${rel} is not a Stable Diffusion UNet: expected inputs sample [B,4,h,w] and `
-      + `encoder_hidden_states [B,T,D], found ${inputs.map((v) => v.name).join(', ')}`, { field: rel, fix: restoreFix(rel) });
+    throw new DivbindError(
+      'MODEL_INVALID',
+      `${rel} is not a Stable Diffusion UNet: expected inputs sample [B,4,h,w] and ` +
+        `encoder_hidden_states [B,T,D], found ${inputs.map((v) => v.name).join(', ')}`,
+      { field: rel, fix: restoreFix(rel) },
+    );
   }
   const sampleType = valueInfoElemType(sample);
   if (sampleType === DataType.FLOAT16) {
     throw new DivbindError('MODEL_UNSUPPORTED', `${rel} is an fp16 UNet. The gradient pass needs fp32`, {
-      field: rel, fix: 'export the UNet in fp32 (diffusers\' convert script without --fp16, or optimum-cli without --dtype fp16)',
+      field: rel,
+      fix: "export the UNet in fp32 (diffusers' convert script without --fp16, or optimum-cli without --dtype fp16)",
     });
   }
   if (sampleType !== DataType.FLOAT) {
-    throw new DivbindError('MODEL_UNSUPPORTED', `${rel}: input '${sample.name}' is ${dataTypeName(sampleType ?? 0)}, expected FLOAT`, { field: rel, fix: SUPPORTED_EXPORTS_HINT });
+    throw new DivbindError('MODEL_UNSUPPORTED', `${rel}: input '${sample.name}' is ${dataTypeName(sampleType ?? 0)}, expected FLOAT`, {
+      field: rel,
+      fix: SUPPORTED_EXPORTS_HINT,
+    });
   }
   try {
     assertUnfusedExport(loaded.model);
@@ -189,8 +204,12 @@ function planPrepare(folder: UnetFolder, unet: UnetAnalysis, opts: PrepareOption
     inputDims[vi.name!] = (valueInfoDims(vi) ?? []).map((x) => (typeof x === 'number' ? x : batch));
   }
   return {
-    key: { ...size, batch }, defaultSize: defaultImageSize(rule), textLength, inputDims,
-    headAverage: opts.headAverage, design: opts.design ?? 'residuals',
+    key: { ...size, batch },
+    defaultSize: defaultImageSize(rule),
+    textLength,
+    inputDims,
+    headAverage: opts.headAverage,
+    design: opts.design ?? 'residuals',
   };
 }
 
@@ -198,9 +217,13 @@ function planPrepare(folder: UnetFolder, unet: UnetAnalysis, opts: PrepareOption
 function reusableSet(folder: UnetFolder, plan: PreparePlan, src: SourceIdentity, cacheDir?: string): { dir: string; manifest: Manifest } | undefined {
   for (const root of preparedRoots(folder.dir, cacheDir)) {
     const st = inspectPrepared(path.join(root, sizeDirName(plan.key)), src);
-    if (st?.state === 'ready' && st.manifest.textLength === plan.textLength
-      && st.manifest.attention.headAveraged === (plan.headAverage ?? headAveragingExact(st.manifest.attention.layers))
-      && st.manifest.vjp.design === plan.design) return st;
+    if (
+      st?.state === 'ready' &&
+      st.manifest.textLength === plan.textLength &&
+      st.manifest.attention.headAveraged === (plan.headAverage ?? headAveragingExact(st.manifest.attention.layers)) &&
+      st.manifest.vjp.design === plan.design
+    )
+      return st;
   }
   return undefined;
 }
@@ -234,9 +257,7 @@ interface BuiltGraphs {
 export function buildLayerSet(inst: InstrumentResult, wrt: string, layers: number[], design: PreparePlan['design']): BuiltLayerSet {
   const outputs = layers.map((k) => inst.outputs[k]!);
   const vjp = buildVjp(inst.model, { wrt, outputs, shapes: inst.shapes, design });
-  const forward = design === 'residuals'
-    ? pruneToOutputs(vjp.forward!, [...outputs, ...vjp.stats.residualNames])
-    : pruneToOutputs(inst.model, outputs);
+  const forward = design === 'residuals' ? pruneToOutputs(vjp.forward!, [...outputs, ...vjp.stats.residualNames]) : pruneToOutputs(inst.model, outputs);
   return { layers, outputs, forward, backward: (vjp.backward ?? vjp.vjp)!, stats: vjp.stats };
 }
 
@@ -250,7 +271,9 @@ function buildLayerSets(folder: UnetFolder, plan: PreparePlan, inst: InstrumentR
 
 async function buildGraphs(folder: UnetFolder, unet: UnetAnalysis, plan: PreparePlan, stages: Stages): Promise<BuiltGraphs> {
   const rel = COMPONENT_FILES.unet;
-  const dimsText = Object.entries(plan.inputDims).map(([k, v]) => `${k}=[${v.join(',')}]`).join(' ');
+  const dimsText = Object.entries(plan.inputDims)
+    .map(([k, v]) => `${k}=[${v.join(',')}]`)
+    .join(' ');
   stages.report('shapes', `inferring static shapes for ${dimsText}`, 0.05);
   let shapes: ShapeMap;
   try {
@@ -258,7 +281,9 @@ async function buildGraphs(folder: UnetFolder, unet: UnetAnalysis, plan: Prepare
   } catch (err) {
     // ORT refusing the UNet at these dims (a size its skip connections cannot match, a text length it fixes).
     throw new DivbindError('BAD_INPUT', `${rel} cannot run at ${formatSize(plan.key)} with ${dimsText}: ${(err as Error).message}`, {
-      field: 'height', fix: 'try a size that is a multiple of 64', cause: err,
+      field: 'height',
+      fix: 'try a size that is a multiple of 64',
+      cause: err,
     });
   }
   stages.lap('shapes');
@@ -272,7 +297,11 @@ async function buildGraphs(folder: UnetFolder, unet: UnetAnalysis, plan: Prepare
   const headAverage = plan.headAverage ?? headAveragingExact(layers);
   const inst = instrumentUnet(unet.loaded.model, shapes, { layers, headAverage });
   stages.lap('attention');
-  stages.report('vjp', `building the VJP graphs of ${inst.outputs.length} attention outputs w.r.t. ${unet.sample.name} and of the layer subsets (${plan.design})`, 0.3);
+  stages.report(
+    'vjp',
+    `building the VJP graphs of ${inst.outputs.length} attention outputs w.r.t. ${unet.sample.name} and of the layer subsets (${plan.design})`,
+    0.3,
+  );
   const vjp = buildVjp(inst.model, { wrt: unet.sample.name!, outputs: inst.outputs, shapes: inst.shapes, design: plan.design });
   const subsets = buildLayerSets(folder, plan, inst, unet.sample.name!);
   stages.lap('vjp');
@@ -285,7 +314,8 @@ function chooseRoot(folder: UnetFolder, cacheDir?: string): string {
   if (isWritableDir(beside)) return beside;
   if (isWritableDir(cache)) return cache;
   throw new DivbindError('OUTPUT', `Cannot write the prepared graphs next to the model (${beside}) nor to the cache (${cache})`, {
-    field: 'cacheDir', fix: 'pass a writable --cache-dir',
+    field: 'cacheDir',
+    fix: 'pass a writable --cache-dir',
   });
 }
 
@@ -310,11 +340,16 @@ function saveGraphs(dir: string, unet: UnetAnalysis, built: BuiltGraphs): Manife
   const files: Manifest['files'] = { unet: 'unet.onnx', externalData: [], graphs: [] };
   type Graph = ['unet' | 'vjp' | 'forward' | 'backward' | null, string, ModelProto | undefined];
   const graphs: Graph[] = [
-    ['unet', 'unet.onnx', built.inst.model], ['vjp', 'vjp.onnx', built.vjp.vjp],
-    ['forward', 'forward.onnx', built.vjp.forward], ['backward', 'backward.onnx', built.vjp.backward],
+    ['unet', 'unet.onnx', built.inst.model],
+    ['vjp', 'vjp.onnx', built.vjp.vjp],
+    ['forward', 'forward.onnx', built.vjp.forward],
+    ['backward', 'backward.onnx', built.vjp.backward],
     ...built.subsets.flatMap((set, k) => {
       const names = layerSetFiles(k);
-      return [[null, names.forward, set.forward], [null, names.backward, set.backward]] as Graph[];
+      return [
+        [null, names.forward, set.forward],
+        [null, names.backward, set.backward],
+      ] as Graph[];
     }),
   ];
   for (const [key, file, model] of graphs) {
@@ -362,8 +397,14 @@ function tensorInfo(shapes: ShapeMap, name: string): ManifestTensor {
   return { elemType: dataTypeName(s.elemType), dims: [...s.dims] };
 }
 
-function buildManifest(folder: UnetFolder, unet: UnetAnalysis, plan: PreparePlan, built: BuiltGraphs, files: Manifest['files'],
-  timings: Record<string, number>): Omit<Manifest, 'checksum'> {
+function buildManifest(
+  folder: UnetFolder,
+  unet: UnetAnalysis,
+  plan: PreparePlan,
+  built: BuiltGraphs,
+  files: Manifest['files'],
+  timings: Record<string, number>,
+): Omit<Manifest, 'checksum'> {
   const { loaded } = unet;
   const model = loaded.model;
   const wrt = unet.sample.name!;
@@ -450,8 +491,14 @@ function removeDeadSets(folder: UnetFolder, src: SourceIdentity, cacheDir?: stri
 }
 
 /** Steps 5–8: a complete, checked set in a temp folder, swapped into <root>/<size>/. */
-async function writeSet(folder: UnetFolder, unet: UnetAnalysis, plan: PreparePlan, built: BuiltGraphs, opts: PrepareOptions,
-  stages: Stages): Promise<{ dir: string; manifestPath: string; manifest: Manifest }> {
+async function writeSet(
+  folder: UnetFolder,
+  unet: UnetAnalysis,
+  plan: PreparePlan,
+  built: BuiltGraphs,
+  opts: PrepareOptions,
+  stages: Stages,
+): Promise<{ dir: string; manifestPath: string; manifest: Manifest }> {
   const root = chooseRoot(folder, opts.cacheDir);
   sweepAbandoned(root);
   const final = path.join(root, sizeDirName(plan.key));
@@ -490,7 +537,12 @@ export async function prepareModel(modelDir: string, opts: PrepareOptions = {}):
   const plan = planPrepare(folder, unet, opts);
   stages.lap('load');
 
-  const src: SourceIdentity = { unetDir: unet.loaded.dir, sha256: unet.loaded.sha256, sourceHash: unet.loaded.sourceHash, externalData: unet.loaded.externalData };
+  const src: SourceIdentity = {
+    unetDir: unet.loaded.dir,
+    sha256: unet.loaded.sha256,
+    sourceHash: unet.loaded.sourceHash,
+    externalData: unet.loaded.externalData,
+  };
   const existing = opts.force ? undefined : reusableSet(folder, plan, src, opts.cacheDir);
   if (existing !== undefined) {
     stages.report('done', `already prepared (${path.join(existing.dir, MANIFEST_FILE)})`, 1);
@@ -519,7 +571,10 @@ export async function ensurePrepared(folder: UnetFolder, key: PreparedKey, o: En
   }
   o.onProgress?.(`preparing the UNet for ${formatSize(key)} (instrumented graph + VJP graph); this runs once per model and size`);
   await prepareModel(folder.dir, {
-    height: key.height, width: key.width, batch: key.batch, ...(o.cacheDir !== undefined ? { cacheDir: o.cacheDir } : {}),
+    height: key.height,
+    width: key.width,
+    batch: key.batch,
+    ...(o.cacheDir !== undefined ? { cacheDir: o.cacheDir } : {}),
     onProgress: (p) => o.onProgress?.(`prepare: ${p.message}`),
   });
   return locatePrepared(folder, key, o);

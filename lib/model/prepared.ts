@@ -42,9 +42,7 @@ export function sourceIdentity(folder: UnetFolder): SourceIdentity {
   return { unetDir: loaded.dir, sha256: loaded.sha256, sourceHash: loaded.sourceHash, externalData: loaded.externalData };
 }
 
-export type PreparedState =
-  | { state: 'ready'; dir: string; manifest: Manifest }
-  | { state: 'stale' | 'invalid'; dir: string; reason: string };
+export type PreparedState = { state: 'ready'; dir: string; manifest: Manifest } | { state: 'stale' | 'invalid'; dir: string; reason: string };
 
 function sameFile(a: string, b: string): boolean {
   try {
@@ -62,11 +60,13 @@ function sourceChange(m: Manifest, src: SourceIdentity): string | null {
   for (const e of m.source.externalData) {
     const now = src.externalData.find((x) => x.location === e.location);
     if (now === undefined || now.size !== e.size || Math.round(now.mtimeMs) !== Math.round(e.mtimeMs)) {
-      return `unet/${e.location} changed since prepare (${e.size} bytes of ${new Date(e.mtimeMs).toISOString()} → `
-        + `${now === undefined ? 'gone' : `${now.size} bytes of ${new Date(now.mtimeMs).toISOString()}`})`;
+      return (
+        `unet/${e.location} changed since prepare (${e.size} bytes of ${new Date(e.mtimeMs).toISOString()} → ` +
+        `${now === undefined ? 'gone' : `${now.size} bytes of ${new Date(now.mtimeMs).toISOString()}`})`
+      );
     }
   }
-  return 'the UNet\'s external data files changed since prepare';
+  return "the UNet's external data files changed since prepare";
 }
 
 /** A graph that is missing, truncated or rewritten since prepare, or null. */
@@ -119,11 +119,13 @@ export interface PrepareCommandOptions {
 /** The `divbind-native prepare …` command line that prepares `modelDir` as asked. */
 export function prepareCommand(modelDir: string, o: PrepareCommandOptions = {}): string {
   const sized = o.size !== undefined && (o.defaultSize === undefined || o.size.height !== o.defaultSize.height || o.size.width !== o.defaultSize.width);
-  return [`divbind-native prepare ${JSON.stringify(path.resolve(modelDir))}`,
+  return [
+    `divbind-native prepare ${JSON.stringify(path.resolve(modelDir))}`,
     sized ? ` --height ${o.size!.height} --width ${o.size!.width}` : '',
     o.batch !== undefined && o.batch !== 1 ? ` --batch ${o.batch}` : '',
     o.cacheDir !== undefined ? ` --cache-dir ${JSON.stringify(o.cacheDir)}` : '',
-    o.force ? ' --force' : ''].join('');
+    o.force ? ' --force' : '',
+  ].join('');
 }
 
 export interface ListedSet {
@@ -165,7 +167,11 @@ export interface PreparedInfo {
 }
 
 /** The ready set for `key`, or a DivbindError MODEL_NOT_PREPARED that says why and gives the command. */
-export function locatePrepared(folder: UnetFolder, key: PreparedKey, o: { cacheDir?: string; defaultSize?: ImageSize; source?: SourceIdentity } = {}): PreparedInfo {
+export function locatePrepared(
+  folder: UnetFolder,
+  key: PreparedKey,
+  o: { cacheDir?: string; defaultSize?: ImageSize; source?: SourceIdentity } = {},
+): PreparedInfo {
   const src = o.source ?? sourceIdentity(folder);
   const problems: Array<{ dir: string; reason: string }> = [];
   for (const root of preparedRoots(folder.dir, o.cacheDir)) {
@@ -173,12 +179,23 @@ export function locatePrepared(folder: UnetFolder, key: PreparedKey, o: { cacheD
     if (st?.state === 'ready') return preparedInfo(folder, st.dir, st.manifest, prepareCommand(folder.dir, { ...o, size: key, batch: key.batch, force: true }));
     if (st !== undefined) problems.push(st);
   }
-  const others = [...new Set(listPrepared(folder, src, o.cacheDir).filter((s) => s.state.state === 'ready').map((s) => formatSize(s.size)))];
+  const others = [
+    ...new Set(
+      listPrepared(folder, src, o.cacheDir)
+        .filter((s) => s.state.state === 'ready')
+        .map((s) => formatSize(s.size)),
+    ),
+  ];
   const command = prepareCommand(folder.dir, { ...o, size: key, batch: key.batch, force: problems.length > 0 });
-  throw new DivbindError('MODEL_NOT_PREPARED', `${folder.dir} is not prepared for ${formatSize(key)}${problems.map((p) => `: ${p.reason}`).join(';')}`
-    + `${others.length > 0 ? ` (prepared sizes: ${others.join(', ')})` : ''}`, {
-    field: problems[0]?.dir ?? path.join(preparedRoots(folder.dir, o.cacheDir)[0]!, sizeDirName(key)), fix: `run \`${command}\``,
-  });
+  throw new DivbindError(
+    'MODEL_NOT_PREPARED',
+    `${folder.dir} is not prepared for ${formatSize(key)}${problems.map((p) => `: ${p.reason}`).join(';')}` +
+      `${others.length > 0 ? ` (prepared sizes: ${others.join(', ')})` : ''}`,
+    {
+      field: problems[0]?.dir ?? path.join(preparedRoots(folder.dir, o.cacheDir)[0]!, sizeDirName(key)),
+      fix: `run \`${command}\``,
+    },
+  );
 }
 
 /** The UNet graphs of a prepared set, as the guided UNet runs them. */
@@ -208,8 +225,12 @@ export interface PreparedUnetFiles {
 function preparedInfo(folder: UnetFolder, dir: string, m: Manifest, rebuild: string): PreparedInfo {
   const oblong = m.attention.layers.find((l) => l.resolution === null);
   if (oblong !== undefined) {
-    throw new DivbindError('MODEL_UNSUPPORTED', `${dir} is prepared for ${m.width}×${m.height}, where ${oblong.output} is ${oblong.h}×${oblong.w}: `
-      + 'the D&B and A&E losses need square attention maps', { field: 'height', fix: 'use a square image size (equal height and width) for guided modes' });
+    throw new DivbindError(
+      'MODEL_UNSUPPORTED',
+      `${dir} is prepared for ${m.width}×${m.height}, where ${oblong.output} is ${oblong.h}×${oblong.w}: ` +
+        'the D&B and A&E losses need square attention maps',
+      { field: 'height', fix: 'use a square image size (equal height and width) for guided modes' },
+    );
   }
   const forward = m.vjp.design === 'residuals' ? m.files.forward! : m.files.unet;
   const backward = m.vjp.design === 'residuals' ? m.files.backward! : m.files.vjp!;
@@ -217,7 +238,9 @@ function preparedInfo(folder: UnetFolder, dir: string, m: Manifest, rebuild: str
   const files = unetFiles(dir, m, { forward, backward, residuals: m.vjp.residuals ?? [] }, all);
   const layerSets = m.vjp.layerSets.map((s) => unetFiles(dir, m, { forward: s.forward, backward: s.backward, residuals: s.residuals ?? [] }, s.layers));
   const unetDir = path.dirname(folder.unetFile);
-  const memoryExternalData = m.files.externalData.filter((e) => e.method === 'memory').map((e) => ({ location: e.location, source: path.join(unetDir, e.location) }));
+  const memoryExternalData = m.files.externalData
+    .filter((e) => e.method === 'memory')
+    .map((e) => ({ location: e.location, source: path.join(unetDir, e.location) }));
   return { dir, manifest: m, files, memoryExternalData, rebuild, layerSets };
 }
 

@@ -33,8 +33,12 @@ export function formatSize(s: ImageSize): string {
 }
 
 /** The rule for a UNet whose sample input has `sampleDims` ([B, C, h, w]; strings/null = dynamic). */
-export function sizeRule(sampleDims: ReadonlyArray<number | string | null | undefined>, factor: number, unet = 'unet/model.onnx',
-  defaultLatent = DEFAULT_LATENT_SIDE): SizeRule {
+export function sizeRule(
+  sampleDims: ReadonlyArray<number | string | null | undefined>,
+  factor: number,
+  unet = 'unet/model.onnx',
+  defaultLatent = DEFAULT_LATENT_SIDE,
+): SizeRule {
   const fixed = (d: unknown) => (typeof d === 'number' && d > 0 ? d : null);
   return { factor, fixedLatent: { h: fixed(sampleDims[2]), w: fixed(sampleDims[3]) }, unet, defaultLatent };
 }
@@ -46,8 +50,12 @@ export function defaultImageSize(rule: SizeRule): ImageSize {
 
 function checkSide(v: unknown, field: 'height' | 'width', factor: number): number {
   if (typeof v !== 'number' || !Number.isInteger(v) || v < factor || v > MAX_IMAGE_SIDE || v % factor !== 0) {
-    throw new DivbindError('BAD_INPUT', `Expected a multiple of ${factor} between ${factor} and ${MAX_IMAGE_SIDE} for ${field} `
-      + `but received ${JSON.stringify(v)} (${factor} is the VAE's scale factor)`, { field });
+    throw new DivbindError(
+      'BAD_INPUT',
+      `Expected a multiple of ${factor} between ${factor} and ${MAX_IMAGE_SIDE} for ${field} ` +
+        `but received ${JSON.stringify(v)} (${factor} is the VAE's scale factor)`,
+      { field },
+    );
   }
   return v;
 }
@@ -67,8 +75,12 @@ export function resolveImageSize(rule: SizeRule, height?: number, width?: number
     width: width ?? fixedW ?? height ?? rule.defaultLatent * f,
   };
   if ((fixedH !== null && size.height !== fixedH) || (fixedW !== null && size.width !== fixedW)) {
-    const works = fixedH !== null && fixedW !== null ? `only ${fixedW}×${fixedH}`
-      : fixedH !== null ? `only height ${fixedH} (any width that is a multiple of ${f})` : `only width ${fixedW} (any height that is a multiple of ${f})`;
+    const works =
+      fixedH !== null && fixedW !== null
+        ? `only ${fixedW}×${fixedH}`
+        : fixedH !== null
+          ? `only height ${fixedH} (any width that is a multiple of ${f})`
+          : `only width ${fixedW} (any height that is a multiple of ${f})`;
     throw new DivbindError('BAD_INPUT', `${rule.unet} is exported for ${works}; ${formatSize(size)} was requested`, {
       field: fixedH !== null && size.height !== fixedH ? 'height' : 'width',
       fix: `pass ${fixedH !== null ? `height ${fixedH}` : ''}${fixedH !== null && fixedW !== null ? ' and ' : ''}${fixedW !== null ? `width ${fixedW}` : ''} or leave them out (other sizes need a UNet exported with dynamic height/width)`,

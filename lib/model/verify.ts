@@ -15,7 +15,11 @@ function pseudoRandom(n: number, seed: number): Float32Array {
   let x = (seed * 2654435761) >>> 0 || 1;
   const out = new Float32Array(n);
   for (let i = 0; i < n; i++) {
-    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
     out[i] = (x / 4294967296) * 2 - 1;
   }
   return out;
@@ -25,9 +29,24 @@ function feedFor(name: string, elemType: number, dims: number[], seed: number, t
   const n = dims.reduce((a, b) => a * b, 1);
   const type = ortTypeOf(elemType);
   if (name === 'timestep' || /time/.test(name)) {
-    if (type === 'int64') return new ort.Tensor('int64', BigInt64Array.from({ length: n }, () => BigInt(timestep)), dims);
-    if (type === 'int32') return new ort.Tensor('int32', Int32Array.from({ length: n }, () => timestep), dims);
-    if (type === 'float32') return new ort.Tensor('float32', Float32Array.from({ length: n }, () => timestep), dims);
+    if (type === 'int64')
+      return new ort.Tensor(
+        'int64',
+        BigInt64Array.from({ length: n }, () => BigInt(timestep)),
+        dims,
+      );
+    if (type === 'int32')
+      return new ort.Tensor(
+        'int32',
+        Int32Array.from({ length: n }, () => timestep),
+        dims,
+      );
+    if (type === 'float32')
+      return new ort.Tensor(
+        'float32',
+        Float32Array.from({ length: n }, () => timestep),
+        dims,
+      );
   }
   if (type !== 'float32') throw new Error(`Cannot make a check input for '${name}' of type ${dataTypeName(elemType)}`);
   return new ort.Tensor('float32', pseudoRandom(n, seed), dims);
@@ -60,8 +79,14 @@ async function runGraph(dir: string, file: string, available: Record<string, ort
 }
 
 /** `graph` returns every map of `outputs`, finite, each row a probability distribution (or a mean of them). */
-async function checkMaps(dir: string, graph: string, outputs: string[], feeds: Record<string, ort.Tensor>, headAverage: boolean,
-  memory: Memory): Promise<ort.InferenceSession.OnnxValueMapType> {
+async function checkMaps(
+  dir: string,
+  graph: string,
+  outputs: string[],
+  feeds: Record<string, ort.Tensor>,
+  headAverage: boolean,
+  memory: Memory,
+): Promise<ort.InferenceSession.OnnxValueMapType> {
   const res = await runGraph(dir, graph, feeds, memory);
   for (const o of outputs) {
     const got = res[o];
@@ -88,8 +113,14 @@ function checkGradient(out: ort.InferenceSession.OnnxValueMapType, gradient: str
 }
 
 /** Each layer subset's forward returns its maps (and residuals); its backward, fed them, a finite gradient. */
-async function checkLayerSets(dir: string, sets: readonly LayerSetToCheck[], feeds: Record<string, ort.Tensor>, cot: Record<string, ort.Tensor>,
-  check: { headAverage: boolean; gradient: string; dims: readonly number[] }, memory: Memory): Promise<void> {
+async function checkLayerSets(
+  dir: string,
+  sets: readonly LayerSetToCheck[],
+  feeds: Record<string, ort.Tensor>,
+  cot: Record<string, ort.Tensor>,
+  check: { headAverage: boolean; gradient: string; dims: readonly number[] },
+  memory: Memory,
+): Promise<void> {
   for (const set of sets) {
     const maps = await checkMaps(dir, set.forward, set.outputs, feeds, check.headAverage, memory);
     checkGradient(await runGraph(dir, set.backward, { ...feeds, ...maps, ...cot }, memory), check.gradient, check.dims);
@@ -104,9 +135,15 @@ export interface LayerSetToCheck {
 }
 
 /** Runs the graphs written in `dir` once (see the file header). */
-export async function verifyPrepared(dir: string, files: Manifest['files'], built: { inst: InstrumentResult; shapes: ShapeMap },
-  inputDims: Record<string, number[]>, headAverage: boolean, names: { cotangents: Record<string, string>; gradient: string },
-  sets: readonly LayerSetToCheck[] = []): Promise<void> {
+export async function verifyPrepared(
+  dir: string,
+  files: Manifest['files'],
+  built: { inst: InstrumentResult; shapes: ShapeMap },
+  inputDims: Record<string, number[]>,
+  headAverage: boolean,
+  names: { cotangents: Record<string, string>; gradient: string },
+  sets: readonly LayerSetToCheck[] = [],
+): Promise<void> {
   const memory = files.externalData.filter((e) => e.method === 'memory').map((e) => ({ location: e.location, source: e.source }));
   const shapes = built.inst.shapes;
   const feeds: Record<string, ort.Tensor> = {};
@@ -117,11 +154,19 @@ export async function verifyPrepared(dir: string, files: Manifest['files'], buil
   const cot: Record<string, ort.Tensor> = {};
   for (const o of built.inst.outputs) {
     const dims = shapes.get(o)?.dims ?? [];
-    cot[names.cotangents[o]!] = new ort.Tensor('float32', pseudoRandom(dims.reduce((a, b) => a * b, 1), seed++), dims);
+    cot[names.cotangents[o]!] = new ort.Tensor(
+      'float32',
+      pseudoRandom(
+        dims.reduce((a, b) => a * b, 1),
+        seed++,
+      ),
+      dims,
+    );
   }
-  const out = files.vjp !== undefined
-    ? await runGraph(dir, files.vjp, { ...feeds, ...cot }, memory)
-    : await runGraph(dir, files.backward!, { ...feeds, ...(await runGraph(dir, files.forward!, feeds, memory)), ...cot }, memory);
+  const out =
+    files.vjp !== undefined
+      ? await runGraph(dir, files.vjp, { ...feeds, ...cot }, memory)
+      : await runGraph(dir, files.backward!, { ...feeds, ...(await runGraph(dir, files.forward!, feeds, memory)), ...cot }, memory);
   const want = inputDims.sample ?? out[names.gradient]?.dims ?? [];
   checkGradient(out, names.gradient, want);
   await checkLayerSets(dir, sets, feeds, cot, { headAverage, gradient: names.gradient, dims: want }, memory);

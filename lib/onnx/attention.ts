@@ -185,11 +185,7 @@ function isScalarOperand(ctx: WalkContext, name: string): boolean {
 }
 
 /** Unwraps Mul(x, scalar) / Div(x, scalar): returns x, or undefined when `name` is not such a product. */
-function unwrapScalarScale(
-  ctx: WalkContext,
-  name: string,
-  ops: ReadonlyArray<string>,
-): { inner: string; op: string } | undefined {
+function unwrapScalarScale(ctx: WalkContext, name: string, ops: ReadonlyArray<string>): { inner: string; op: string } | undefined {
   const p = ctx.index.producer.get(name);
   if (p === undefined || !ops.includes(p.node.op_type ?? '') || (p.node.domain ?? '') !== '') return undefined;
   const [a, b] = p.node.input;
@@ -222,26 +218,16 @@ function layerHW(hw: number, H: number, W: number): { h: number; w: number } | u
   return undefined;
 }
 
-function pickInput(
-  graph: GraphProto,
-  shapes: ShapeMap,
-  preferred: string | undefined,
-  fallback: string,
-  rank: number,
-  what: string,
-): string {
+function pickInput(graph: GraphProto, shapes: ShapeMap, preferred: string | undefined, fallback: string, rank: number, what: string): string {
   const inputs = realGraphInputs(graph).map((v) => v.name ?? '');
   if (preferred !== undefined) {
-    if (!inputs.includes(preferred))
-      throw new RangeError(`${what} '${preferred}' is not an input of the UNet (inputs: ${inputs.join(', ')})`);
+    if (!inputs.includes(preferred)) throw new RangeError(`${what} '${preferred}' is not an input of the UNet (inputs: ${inputs.join(', ')})`);
     return preferred;
   }
   if (inputs.includes(fallback)) return fallback;
   const cands = inputs.filter((n) => {
     const s = shapes.get(n);
-    return (
-      s !== undefined && s.dims.length === rank && (s.elemType === DataType.FLOAT || s.elemType === DataType.FLOAT16)
-    );
+    return s !== undefined && s.dims.length === rank && (s.elemType === DataType.FLOAT || s.elemType === DataType.FLOAT16);
   });
   if (cands.length !== 1) {
     throw new Error(
@@ -265,18 +251,10 @@ interface AttentionTarget {
 
 function attentionTarget(graph: GraphProto, shapes: ShapeMap, opts: FindAttentionOptions): AttentionTarget {
   const sampleName = pickInput(graph, shapes, opts.sampleInput, 'sample', 4, 'latent input (sample)');
-  const textName = pickInput(
-    graph,
-    shapes,
-    opts.textInput,
-    'encoder_hidden_states',
-    3,
-    'text input (encoder_hidden_states)',
-  );
+  const textName = pickInput(graph, shapes, opts.textInput, 'encoder_hidden_states', 3, 'text input (encoder_hidden_states)');
   const sample = shapes.get(sampleName)!;
   const text = shapes.get(textName);
-  if (text === undefined || text.dims.length !== 3)
-    throw new Error(`The text input '${textName}' must have static dims [B, T, D]`);
+  if (text === undefined || text.dims.length !== 3) throw new Error(`The text input '${textName}' must have static dims [B, T, D]`);
   const [batch, , H, W] = sample.dims as [number, number, number, number];
   return { textName, batch, H, W, T: text.dims[1]! };
 }
@@ -287,11 +265,7 @@ type FoundLayer = Omit<CrossAttentionLayer, 'index' | 'place' | 'placeFrom'>;
  * Finds every cross-attention Softmax of a UNet graph, in graph order. `shapes` must come from inferStaticShapes
  * for the dims the layers are wanted at. Throws for fused exports and when no cross-attention is found.
  */
-export function findCrossAttention(
-  model: ModelProto,
-  shapes: ShapeMap,
-  opts: FindAttentionOptions = {},
-): CrossAttentionLayer[] {
+export function findCrossAttention(model: ModelProto, shapes: ShapeMap, opts: FindAttentionOptions = {}): CrossAttentionLayer[] {
   assertUnfusedExport(model);
   const graph = model.graph!;
   const target = attentionTarget(graph, shapes, opts);
@@ -317,12 +291,7 @@ export function findCrossAttention(
 }
 
 /** The layer whose probabilities `node` computes, when it is a cross-attention Softmax (see the file comment). */
-function matchCrossAttention(
-  ctx: WalkContext,
-  node: NodeProto,
-  target: AttentionTarget,
-  defaultAxis: number,
-): FoundLayer | undefined {
+function matchCrossAttention(ctx: WalkContext, node: NodeProto, target: AttentionTarget, defaultAxis: number): FoundLayer | undefined {
   if (node.op_type !== 'Softmax' || (node.domain ?? '') !== '') return undefined;
   const out = node.output[0] ?? '';
   const s = ctx.shapes.get(out);
@@ -362,10 +331,7 @@ function matchCrossAttention(
 }
 
 /** The scores MatMul behind a Softmax input: an optional scalar Mul/Div after it, or the SDPA split scale before it. */
-function scoresOf(
-  ctx: WalkContext,
-  softmaxInput: string,
-): { matmul: NodeProto; keyName: string; pattern: AttentionPattern } | undefined {
+function scoresOf(ctx: WalkContext, softmaxInput: string): { matmul: NodeProto; keyName: string; pattern: AttentionPattern } | undefined {
   let scoresName = softmaxInput;
   let pattern: AttentionPattern = 'matmul';
   const post = unwrapScalarScale(ctx, scoresName, ['Mul', 'Div']);
@@ -386,18 +352,13 @@ function scoresOf(
 }
 
 /** Heads, query positions and latent grid of a cross-attention Softmax output of dims `dims`. */
-function layerGeometry(
-  node: NodeProto,
-  dims: number[],
-  target: AttentionTarget,
-): { heads: number; hw: number; h: number; w: number } {
+function layerGeometry(node: NodeProto, dims: number[], target: AttentionTarget): { heads: number; hw: number; h: number; w: number } {
   const { batch, H, W } = target;
   const rank = dims.length;
   const hw = dims[rank - 2]!;
   let heads: number;
   if (rank === 4) {
-    if (dims[0] !== batch)
-      throw new Error(`Softmax '${node.name}' has batch ${dims[0]} but the sample has batch ${batch}`);
+    if (dims[0] !== batch) throw new Error(`Softmax '${node.name}' has batch ${dims[0]} but the sample has batch ${batch}`);
     heads = dims[1]!;
   } else {
     if (dims[0]! % batch !== 0) {
@@ -407,9 +368,7 @@ function layerGeometry(
   }
   const lw = layerHW(hw, H, W);
   if (lw === undefined) {
-    throw new Error(
-      `Softmax '${node.name}' attends from ${hw} positions, which matches no downsampling of the ${H}×${W} latent`,
-    );
+    throw new Error(`Softmax '${node.name}' attends from ${hw} positions, which matches no downsampling of the ${H}×${W} latent`);
   }
   return { heads, hw, h: lw.h, w: lw.w };
 }
@@ -508,8 +467,7 @@ export interface InstrumentResult {
  */
 export function instrumentUnet(model: ModelProto, shapes: ShapeMap, opts: InstrumentOptions = {}): InstrumentResult {
   const headAverage = opts.headAverage ?? DEFAULT_HEAD_AVERAGE;
-  if (typeof headAverage !== 'boolean')
-    throw new TypeError(`Expected a boolean for headAverage but received ${String(headAverage)}`);
+  if (typeof headAverage !== 'boolean') throw new TypeError(`Expected a boolean for headAverage but received ${String(headAverage)}`);
   const prefix = opts.outputPrefix ?? 'attn_';
   const layers = opts.layers ?? findCrossAttention(model, shapes, opts);
   const g = copyGraphFields(withFixedInputDims(model, inferredInputDims(model.graph!, shapes)).graph!);
@@ -524,14 +482,9 @@ export function instrumentUnet(model: ModelProto, shapes: ShapeMap, opts: Instru
 
   for (const L of layers) {
     const output = `${prefix}${L.index}`;
-    if (taken.has(output))
-      throw new Error(
-        `Cannot add output '${output}': the UNet already has a tensor of that name; pass another outputPrefix`,
-      );
+    if (taken.has(output)) throw new Error(`Cannot add output '${output}': the UNet already has a tensor of that name; pass another outputPrefix`);
     const elemType = shapes.get(L.softmaxOutput)!.elemType;
-    const exposed = headAverage
-      ? headMean(g, outShapes, L, output, elemType, opset)
-      : rawProbabilities(L, output, shapes.get(L.softmaxOutput)!.dims);
+    const exposed = headAverage ? headMean(g, outShapes, L, output, elemType, opset) : rawProbabilities(L, output, shapes.get(L.softmaxOutput)!.dims);
     inserts.set(L.softmaxOutput, exposed.nodes);
     outShapes.set(output, { elemType, dims: exposed.dims });
     newOutputs.push(makeValueInfo(output, elemType, exposed.dims));
@@ -552,19 +505,14 @@ function inferredInputDims(graph: GraphProto, shapes: ShapeMap): Map<string, num
   const fixed = new Map<string, number[]>();
   for (const vi of realGraphInputs(graph)) {
     const s = shapes.get(vi.name ?? '');
-    if (s === undefined)
-      throw new RangeError(`shapes has no entry for graph input '${vi.name}': pass the map from inferStaticShapes`);
+    if (s === undefined) throw new RangeError(`shapes has no entry for graph input '${vi.name}': pass the map from inferStaticShapes`);
     fixed.set(vi.name ?? '', s.dims);
   }
   return fixed;
 }
 
 /** The layer's probabilities as they are, in the graph's layout. */
-function rawProbabilities(
-  L: CrossAttentionLayer,
-  output: string,
-  dims: number[],
-): { nodes: NodeProto[]; dims: number[] } {
+function rawProbabilities(L: CrossAttentionLayer, output: string, dims: number[]): { nodes: NodeProto[]; dims: number[] } {
   return {
     nodes: [makeNode('Identity', [L.softmaxOutput], [output], { name: `/divbind/${output}/Identity` })],
     dims: [...dims],

@@ -13,16 +13,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { DivbindError } from '../errors';
-import {
-  decodeModel,
-  encodeModel,
-  externalDataOf,
-  bytesPerElement,
-  tensorDims,
-  type GraphProto,
-  type ModelProto,
-  type TensorProto,
-} from './proto';
+import { decodeModel, encodeModel, externalDataOf, bytesPerElement, tensorDims, type GraphProto, type ModelProto, type TensorProto } from './proto';
 
 /** Conventional external-data file names (Optimum and the diffusers conversion script). */
 export const KNOWN_EXTERNAL_DATA_NAMES = ['model.onnx_data', 'weights.pb'] as const;
@@ -123,12 +114,20 @@ export function loadModel(modelPath: string): LoadedModel {
     try {
       st = fs.statSync(file);
     } catch {
-      throw new DivbindError('MODEL_MISSING', `External data file '${location}' used by ${ref.tensors} tensor(s) of ${abs} is missing `
-        + `(expected at ${file}). Keep the weights file next to model.onnx, as exported.`, { field: file });
+      throw new DivbindError(
+        'MODEL_MISSING',
+        `External data file '${location}' used by ${ref.tensors} tensor(s) of ${abs} is missing ` +
+          `(expected at ${file}). Keep the weights file next to model.onnx, as exported.`,
+        { field: file },
+      );
     }
     if (st.size < ref.end) {
-      throw new DivbindError('MODEL_INVALID', `External data file ${file} has ${st.size} bytes but ${abs} references bytes up to ${ref.end}: `
-        + 'the weights file is truncated or belongs to another export', { field: file });
+      throw new DivbindError(
+        'MODEL_INVALID',
+        `External data file ${file} has ${st.size} bytes but ${abs} references bytes up to ${ref.end}: ` +
+          'the weights file is truncated or belongs to another export',
+        { field: file },
+      );
     }
     externalData.push({
       location,
@@ -141,9 +140,7 @@ export function loadModel(modelPath: string): LoadedModel {
   }
   externalData.sort((a, b) => a.location.localeCompare(b.location));
   const referenced = new Set(externalData.map((e) => path.basename(e.path)));
-  const unreferencedDataFiles = KNOWN_EXTERNAL_DATA_NAMES.filter(
-    (n) => !referenced.has(n) && fs.existsSync(path.join(dir, n)),
-  );
+  const unreferencedDataFiles = KNOWN_EXTERNAL_DATA_NAMES.filter((n) => !referenced.has(n) && fs.existsSync(path.join(dir, n)));
 
   const h = crypto.createHash('sha256').update(sha256);
   for (const e of externalData) h.update(`\n${e.location}\t${e.size}\t${Math.round(e.mtimeMs)}`);
@@ -282,9 +279,7 @@ export async function createSessionFromModel(
 ): Promise<ort.InferenceSession> {
   const refs = [...externalDataReferences(model).keys()];
   if (refs.length > 0 && baseDir === undefined) {
-    throw new TypeError(
-      'The model references external data: pass baseDir, the directory its locations resolve against',
-    );
+    throw new TypeError('The model references external data: pass baseDir, the directory its locations resolve against');
   }
   const externalData = refs.map((location) => ({
     path: location,

@@ -201,9 +201,7 @@ export const DataType = {
 } as const;
 export type DataTypeName = keyof typeof DataType;
 
-const DATA_TYPE_NAMES: Record<number, DataTypeName> = Object.fromEntries(
-  Object.entries(DataType).map(([k, v]) => [v, k as DataTypeName]),
-);
+const DATA_TYPE_NAMES: Record<number, DataTypeName> = Object.fromEntries(Object.entries(DataType).map(([k, v]) => [v, k as DataTypeName]));
 
 /** 'FLOAT' for 1, …; 'DataType(99)' for values the schema does not know. */
 export function dataTypeName(dataType: number): string {
@@ -358,8 +356,7 @@ export function int64ToBigInt(v: Int64 | null | undefined): bigint {
 export function opsetVersion(model: ModelProto, domain = ''): number | undefined {
   for (const o of model.opset_import ?? []) {
     const d = o.domain ?? '';
-    if (d === domain || (domain === '' && d === 'ai.onnx'))
-      return int64ToNumber(o.version, `opset_import[${d}].version`);
+    if (d === domain || (domain === '' && d === 'ai.onnx')) return int64ToNumber(o.version, `opset_import[${d}].version`);
   }
   return undefined;
 }
@@ -495,12 +492,7 @@ export interface MakeNodeOptions {
 }
 
 /** A NodeProto. Empty strings in `inputs` mean "optional input omitted", as in ONNX. */
-export function makeNode(
-  opType: string,
-  inputs: readonly string[],
-  outputs: readonly string[],
-  opts: MakeNodeOptions = {},
-): NodeProto {
+export function makeNode(opType: string, inputs: readonly string[], outputs: readonly string[], opts: MakeNodeOptions = {}): NodeProto {
   const node: NodeProto = {
     input: [...inputs],
     output: [...outputs],
@@ -518,11 +510,7 @@ export function makeNode(
  * would not load). Without `dims` it has no `shape` (an empty shape would declare a scalar). A string dim is a
  * dim_param, null an unknown dim.
  */
-export function makeValueInfo(
-  name: string,
-  elemType?: number,
-  dims?: ReadonlyArray<number | string | null>,
-): ValueInfoProto {
+export function makeValueInfo(name: string, elemType?: number, dims?: ReadonlyArray<number | string | null>): ValueInfoProto {
   const vi: ValueInfoProto = { name };
   if (elemType === undefined) return vi;
   const tt: TypeProtoTensor = { elem_type: elemType };
@@ -557,15 +545,10 @@ export function makeTensor(name: string, dataType: number, dims: readonly number
   if (bpe === undefined) throw new RangeError(`makeTensor: data type ${dataTypeName(dataType)} is not supported`);
   const n = dims.reduce((a, b) => a * b, 1);
   if (data.length !== n) {
-    throw new RangeError(
-      `makeTensor('${name}'): dims [${dims.join(', ')}] hold ${n} elements but data has ${data.length}`,
-    );
+    throw new RangeError(`makeTensor('${name}'): dims [${dims.join(', ')}] hold ${n} elements but data has ${data.length}`);
   }
   if (data.BYTES_PER_ELEMENT !== bpe) {
-    throw new TypeError(
-      `makeTensor('${name}'): ${dataTypeName(dataType)} needs ${bpe}-byte elements but received ` +
-        `${data.constructor.name}`,
-    );
+    throw new TypeError(`makeTensor('${name}'): ${dataTypeName(dataType)} needs ${bpe}-byte elements but received ` + `${data.constructor.name}`);
   }
   // Copy: raw_data must not alias caller memory the caller may change later.
   const raw = new Uint8Array(data.byteLength);
@@ -603,8 +586,7 @@ export function externalDataOf(t: TensorProto): ExternalDataRef | undefined {
     const v = kv.get(k);
     if (v === undefined || v === '') return undefined;
     const n = Number(v);
-    if (!Number.isSafeInteger(n) || n < 0)
-      throw new Error(`Tensor '${t.name}': external_data ${k} = '${v}' is not a byte count`);
+    if (!Number.isSafeInteger(n) || n < 0) throw new Error(`Tensor '${t.name}': external_data ${k} = '${v}' is not a byte count`);
     return n;
   };
   const ref: ExternalDataRef = { location, offset: num('offset') ?? 0 };
@@ -622,10 +604,8 @@ export function tensorDims(t: TensorProto): number[] {
 
 function typedFromBytes(dataType: number, bytes: Uint8Array, name: string): TensorData {
   const bpe = bytesPerElement(dataType);
-  if (bpe === undefined)
-    throw new RangeError(`Tensor '${name}': data type ${dataTypeName(dataType)} cannot be read as a typed array`);
-  if (bytes.byteLength % bpe !== 0)
-    throw new RangeError(`Tensor '${name}': ${bytes.byteLength} bytes is not a multiple of ${bpe}`);
+  if (bpe === undefined) throw new RangeError(`Tensor '${name}': data type ${dataTypeName(dataType)} cannot be read as a typed array`);
+  if (bytes.byteLength % bpe !== 0) throw new RangeError(`Tensor '${name}': ${bytes.byteLength} bytes is not a multiple of ${bpe}`);
   // Copy into a fresh, aligned buffer: raw_data is a view at an arbitrary offset into the file buffer.
   const buf = new ArrayBuffer(bytes.byteLength);
   new Uint8Array(buf).set(bytes);
@@ -670,15 +650,12 @@ export function readTensor(t: TensorProto, opts: ReadTensorOptions = {}): Tensor
   const dims = tensorDims(t);
   const count = dims.reduce((a, b) => a * b, 1);
   const bpe = bytesPerElement(dataType);
-  if (bpe === undefined)
-    throw new RangeError(`Tensor '${name}': data type ${dataTypeName(dataType)} cannot be read as a typed array`);
+  if (bpe === undefined) throw new RangeError(`Tensor '${name}': data type ${dataTypeName(dataType)} cannot be read as a typed array`);
   const ext = externalDataOf(t);
   let data: TensorData;
   if (ext !== undefined) {
     if (opts.baseDir === undefined) {
-      throw new TypeError(
-        `Tensor '${name}' is stored in external file '${ext.location}': pass baseDir (the model's directory)`,
-      );
+      throw new TypeError(`Tensor '${name}' is stored in external file '${ext.location}': pass baseDir (the model's directory)`);
     }
     const file = path.resolve(opts.baseDir, ext.location);
     const length = ext.length ?? count * bpe;
@@ -688,10 +665,7 @@ export function readTensor(t: TensorProto, opts: ReadTensorOptions = {}): Tensor
       let got = 0;
       while (got < length) {
         const n = fs.readSync(fd, bytes, got, length - got, ext.offset + got);
-        if (n === 0)
-          throw new RangeError(
-            `Tensor '${name}': external file '${file}' ends before offset ${ext.offset} + length ${length}`,
-          );
+        if (n === 0) throw new RangeError(`Tensor '${name}': external file '${file}' ends before offset ${ext.offset} + length ${length}`);
         got += n;
       }
     } finally {
@@ -704,9 +678,7 @@ export function readTensor(t: TensorProto, opts: ReadTensorOptions = {}): Tensor
     data = fromTypedFields(t, dataType, count, name);
   }
   if (data.length !== count) {
-    throw new RangeError(
-      `Tensor '${name}': dims [${dims.join(', ')}] need ${count} elements but the data holds ${data.length}`,
-    );
+    throw new RangeError(`Tensor '${name}': dims [${dims.join(', ')}] need ${count} elements but the data holds ${data.length}`);
   }
   return { dataType, dims, data };
 }
@@ -758,12 +730,7 @@ export function constantNodeTensor(node: NodeProto): TensorProto | undefined {
     case 'value_int':
       return makeTensor(name, DataType.INT64, [], BigInt64Array.of(int64ToBigInt(a.i)));
     case 'value_ints':
-      return makeTensor(
-        name,
-        DataType.INT64,
-        [(a.ints ?? []).length],
-        BigInt64Array.from((a.ints ?? []).map((v) => int64ToBigInt(v))),
-      );
+      return makeTensor(name, DataType.INT64, [(a.ints ?? []).length], BigInt64Array.from((a.ints ?? []).map((v) => int64ToBigInt(v))));
     default:
       return undefined; // sparse_value / string forms: not used by SD exports
   }

@@ -61,22 +61,15 @@ export function realGraphInputs(graph: GraphProto): ValueInfoProto[] {
  * Checks `inputDims` against the graph inputs and returns the complete fixed dims of every real input. Dims the
  * model fixes already may be omitted from inputDims; dynamic ones must be given.
  */
-export function resolveInputDims(
-  graph: GraphProto,
-  inputDims: Readonly<Record<string, readonly number[]>>,
-): Map<string, number[]> {
+export function resolveInputDims(graph: GraphProto, inputDims: Readonly<Record<string, readonly number[]>>): Map<string, number[]> {
   if (inputDims === null || typeof inputDims !== 'object') {
-    throw new TypeError(
-      'Expected an object mapping input names to dims for inputDims, e.g. { sample: [1, 4, 64, 64] }',
-    );
+    throw new TypeError('Expected an object mapping input names to dims for inputDims, e.g. { sample: [1, 4, 64, 64] }');
   }
   const inputs = realGraphInputs(graph);
   const names = new Set(inputs.map((v) => v.name ?? ''));
   for (const k of Object.keys(inputDims)) {
     if (!names.has(k)) {
-      throw new RangeError(
-        `inputDims names '${k}', which is not an input of the graph (inputs: ${[...names].join(', ')})`,
-      );
+      throw new RangeError(`inputDims names '${k}', which is not an input of the graph (inputs: ${[...names].join(', ')})`);
     }
   }
   const out = new Map<string, number[]>();
@@ -86,14 +79,11 @@ export function resolveInputDims(
     const given = inputDims[name];
     if (given !== undefined) {
       if (!Array.isArray(given) || given.some((d) => !Number.isSafeInteger(d) || d < 1)) {
-        throw new TypeError(
-          `Expected an array of positive integers for inputDims.${name} but received ${JSON.stringify(given)}`,
-        );
+        throw new TypeError(`Expected an array of positive integers for inputDims.${name} but received ${JSON.stringify(given)}`);
       }
       if (declared !== undefined && declared.length !== given.length) {
         throw new RangeError(
-          `inputDims.${name} has rank ${given.length} but the model declares rank ${declared.length} ` +
-            `([${declared.map((d) => d ?? '?').join(', ')}])`,
+          `inputDims.${name} has rank ${given.length} but the model declares rank ${declared.length} ` + `([${declared.map((d) => d ?? '?').join(', ')}])`,
         );
       }
       declared?.forEach((d, k) => {
@@ -105,8 +95,7 @@ export function resolveInputDims(
     } else {
       if (declared === undefined || declared.some((d) => typeof d !== 'number')) {
         throw new RangeError(
-          `Input '${name}' has dynamic dims [${(declared ?? ['?']).map((d) => d ?? '?').join(', ')}]: ` +
-            `give its dims in inputDims.${name}`,
+          `Input '${name}' has dynamic dims [${(declared ?? ['?']).map((d) => d ?? '?').join(', ')}]: ` + `give its dims in inputDims.${name}`,
         );
       }
       out.set(name, declared as number[]);
@@ -192,18 +181,12 @@ export async function inferStaticShapes(
   const outputNames = new Set<string>();
   for (const node of graph.node) for (const o of node.output) if (o) outputNames.add(o);
   const declaredOutputs = new Set(graph.output.map((v) => v.name ?? ''));
-  probeGraph.value_info = [...outputNames]
-    .filter((n) => !inputNames.has(n) && !declaredOutputs.has(n))
-    .map((n) => makeValueInfo(n));
+  probeGraph.value_info = [...outputNames].filter((n) => !inputNames.has(n) && !declaredOutputs.has(n)).map((n) => makeValueInfo(n));
   // Declared outputs may carry dim_params of a dynamic export; name-only lets ORT put the inferred type there.
   probeGraph.output = graph.output.map((vi) => makeValueInfo(vi.name ?? ''));
   // ORT writes the graph it loaded back unchanged (no inferred types) unless an optimiser modified it; a foldable
   // Identity of a constant guarantees one modification. (This is why level 'disabled' saves no types at all.)
-  const taken = new Set([
-    ...outputNames,
-    ...graph.initializer.map((t) => t.name ?? ''),
-    ...graph.input.map((v) => v.name ?? ''),
-  ]);
+  const taken = new Set([...outputNames, ...graph.initializer.map((t) => t.name ?? ''), ...graph.input.map((v) => v.name ?? '')]);
   let dummy = '__divbind_shape_probe';
   while (taken.has(`${dummy}_in`) || taken.has(`${dummy}_out`)) dummy += '_';
   probeGraph.initializer.push(makeTensor(`${dummy}_in`, DataType.INT64, [1], BigInt64Array.of(1n)));
@@ -214,11 +197,7 @@ export async function inferStaticShapes(
   // take their value_info with them, so a second probe declares the still-missing tensors as graph outputs, which
   // ORT keeps.
   const shapes: ShapeMap = new Map();
-  const put = (
-    name: string | undefined,
-    elemType: number | undefined,
-    dims: Array<number | string | null> | undefined,
-  ) => {
+  const put = (name: string | undefined, elemType: number | undefined, dims: Array<number | string | null> | undefined) => {
     if (!name || elemType === undefined || dims === undefined || shapes.has(name)) return;
     if (dims.some((d) => typeof d !== 'number')) return;
     shapes.set(name, { elemType, dims: dims as number[] });
@@ -234,8 +213,7 @@ export async function inferStaticShapes(
   }
   const harvest = (saved: ModelProto) => {
     const sg = saved.graph!;
-    for (const vi of [...sg.input, ...sg.output, ...sg.value_info])
-      put(vi.name, valueInfoElemType(vi), valueInfoDims(vi));
+    for (const vi of [...sg.input, ...sg.output, ...sg.value_info]) put(vi.name, valueInfoElemType(vi), valueInfoDims(vi));
     for (const t of sg.initializer) put(t.name, t.data_type, tensorDims(t));
   };
   harvest(await ortProbe(probe, fixed, opts));
@@ -266,11 +244,7 @@ export async function inferStaticShapes(
 }
 
 /** Creates an ORT session at level 'basic' that saves its optimised model, and returns the decoded saved model. */
-async function ortProbe(
-  probe: ModelProto,
-  fixed: ReadonlyMap<string, readonly number[]>,
-  opts: InferShapesOptions,
-): Promise<ModelProto> {
+async function ortProbe(probe: ModelProto, fixed: ReadonlyMap<string, readonly number[]>, opts: InferShapesOptions): Promise<ModelProto> {
   const tmpRoot = opts.tmpDir ?? os.tmpdir();
   fs.mkdirSync(tmpRoot, { recursive: true });
   const dir = fs.mkdtempSync(path.join(tmpRoot, 'divbind-shapes-'));

@@ -4,9 +4,7 @@
  * then adds what needs the model (sizes, token indices, scheduler limits).
  */
 import { DivbindError } from '../errors';
-import {
-  GENERATE_OPTION_NAMES, definitionOf, type CheckedGenerateOptions, type GenerateOptions,
-} from './definitions';
+import { GENERATE_OPTION_NAMES, definitionOf, type CheckedGenerateOptions, type GenerateOptions } from './definitions';
 import { checkKeys, plainObject } from './kinds';
 
 /**

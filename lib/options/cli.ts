@@ -17,8 +17,9 @@ export const THREADS: Kind<number> = integer(1, 1024, 'pass the number of CPU th
  */
 export const EXECUTION_PROVIDER = {
   flags: '--execution-provider <name>',
-  doc: `onnxruntime execution provider: ${knownExecutionProviders().map((p) => p.name).join(', ')} (default cpu; cuda and tensorrt need `
-    + 'onnxruntime-node installed with --onnxruntime-node-install=cuda12)',
+  doc: `onnxruntime execution provider: ${knownExecutionProviders()
+    .map((p) => p.name)
+    .join(', ')} (default cpu; cuda and tensorrt need onnxruntime-node installed with --onnxruntime-node-install=cuda12)`,
   kind: oneOf(knownExecutionProviders().map((p) => p.name)),
 } as const;
 

@@ -12,8 +12,21 @@ import type { StepEvent } from '../pipeline/sampler';
 import type { SelectionSpec } from '../pipeline/token-selection';
 import { SCHEDULER_NAMES } from '../schedulers/index';
 import {
-  apiOnly, badInput, checkKeys, integer, list, number, oneOf, pair, plainObject, seed, text, thresholdMap, withParse,
-  type JsonSchema, type Kind,
+  apiOnly,
+  badInput,
+  checkKeys,
+  integer,
+  list,
+  number,
+  oneOf,
+  pair,
+  plainObject,
+  seed,
+  text,
+  thresholdMap,
+  withParse,
+  type JsonSchema,
+  type Kind,
 } from './kinds';
 
 /** Several flags that together make one option (`--objects` + `--attributes` → tokens). */
@@ -65,7 +78,8 @@ function tokenRef(allowNone: boolean): Kind<number | string | null> {
   return {
     expected,
     check: (v, field) => {
-      if ((allowNone && v === null) || (typeof v === 'number' && Number.isInteger(v)) || (typeof v === 'string' && v.trim() !== '')) return v as number | string | null;
+      if ((allowNone && v === null) || (typeof v === 'number' && Number.isInteger(v)) || (typeof v === 'string' && v.trim() !== ''))
+        return v as number | string | null;
       throw badInput(field, expected, v);
     },
     schema: { anyOf: [{ type: 'integer' }, { type: 'string', pattern: '\\S', maxLength: 200 }, ...(allowNone ? [{ type: 'null' }] : [])] },
@@ -116,15 +130,17 @@ const tokensCli: CliGroup = {
         throw refused('--token-indices', 'use either --token-indices (with --attribute-indices) or --objects (with --attributes), not both');
       }
       const objects = list(tokenIndex, 1, MAX_OBJECTS).parse!(v.tokenIndices, '--token-indices');
-      const attributes = v.attributeIndices === undefined ? undefined
-        : list(integer(0, MAX_TOKEN_INDEX), 1, MAX_OBJECTS).parse!(v.attributeIndices, '--attribute-indices').map((a) => (a > 0 ? a : null));
+      const attributes =
+        v.attributeIndices === undefined
+          ? undefined
+          : list(integer(0, MAX_TOKEN_INDEX), 1, MAX_OBJECTS).parse!(v.attributeIndices, '--attribute-indices').map((a) => (a > 0 ? a : null));
       return { objects, attributes };
     }
     if (v.attributeIndices !== undefined) throw refused('--attribute-indices', '--attribute-indices needs --token-indices (aligned lists, 0 = none)');
     if (v.objects !== undefined) {
       const objects = list(word, 1, MAX_OBJECTS).parse!(v.objects, '--objects');
-      const attributes = v.attributes === undefined ? undefined
-        : list(word, 1, MAX_OBJECTS).parse!(v.attributes, '--attributes').map((a) => (a === '-' ? null : a));
+      const attributes =
+        v.attributes === undefined ? undefined : list(word, 1, MAX_OBJECTS).parse!(v.attributes, '--attributes').map((a) => (a === '-' ? null : a));
       return { objects, attributes };
     }
     if (v.attributes !== undefined) throw refused('--attributes', '--attributes needs --objects (aligned lists, "-" = none)');
@@ -153,12 +169,15 @@ const refinementKind: Kind<RefinementPreset | RefinementCaps> = (() => {
     check,
     parse,
     schema: {
-      anyOf: [preset.schema, {
-        type: 'object',
-        properties: { initStep: cap.schema, other: cap.schema },
-        required: ['initStep', 'other'],
-        additionalProperties: false,
-      }],
+      anyOf: [
+        preset.schema,
+        {
+          type: 'object',
+          properties: { initStep: cap.schema, other: cap.schema },
+          required: ['initStep', 'other'],
+          additionalProperties: false,
+        },
+      ],
     },
   };
 })();
@@ -200,8 +219,8 @@ const lossKind: Kind<GenerateLossOptions> = (() => {
 
 const lossCli: CliGroup = {
   flags: [
-    { flags: '--attn-res <r>', doc: 'object attention resolution (default: the model\'s, or height/32)' },
-    { flags: '--attr-res <list>', doc: 'attribute source resolutions, e.g. 64,32 (default: the model\'s, or 4r,2r)' },
+    { flags: '--attn-res <r>', doc: "object attention resolution (default: the model's, or height/32)" },
+    { flags: '--attr-res <list>', doc: "attribute source resolutions, e.g. 64,32 (default: the model's, or 4r,2r)" },
     { flags: '--tv-vertical <mode>', doc: `vertical TV term: official|neighbor (default: ${LOSS_DEFAULTS.tvVertical})` },
     { flags: '--token-slice <mode>', doc: `token slice before the softmax: all-but-last|until-eot (default: ${LOSS_DEFAULTS.tokenSlice})` },
   ],
@@ -217,7 +236,10 @@ const lossCli: CliGroup = {
 };
 
 const latentsKind = withParse(
-  apiOnly<Float32Array | string>('a Float32Array [n, 4, h, w] or a .npy file path', (v) => v instanceof Float32Array || (typeof v === 'string' && v.length > 0)),
+  apiOnly<Float32Array | string>(
+    'a Float32Array [n, 4, h, w] or a .npy file path',
+    (v) => v instanceof Float32Array || (typeof v === 'string' && v.length > 0),
+  ),
   (t, field) => {
     if (t.length === 0) throw badInput(field, 'a .npy file path', t);
     return t;
@@ -231,27 +253,95 @@ const capsDoc = (p: RefinementPreset) => `${refinementCaps(p, 'tv').initStep}/${
 
 export const GENERATE_OPTIONS = {
   prompt: option({ kind: promptText, doc: 'text prompt, at most 75 CLIP tokens: a longer prompt is refused, not cut', cli: '<prompt>' }),
-  negativePrompt: withDefault({ kind: promptText, default: '', doc: 'negative prompt (the unconditional text of classifier-free guidance)', cli: '-n, --negative <prompt>' }),
-  mode: withDefault({ kind: oneOf(GUIDANCE_MODES), default: 'tv_bind', doc: 'none = plain SD, max = Attend-and-Excite, tv / tv_bind / tv_max = Divide & Bind', cli: '--mode <mode>' }),
-  tokens: option({ kind: tokensKind, doc: 'tokens to guide: object indices (SOT = 0) or words, attributes aligned with them', defaultFrom: 'a part-of-speech parse of the prompt', cli: tokensCli }),
+  negativePrompt: withDefault({
+    kind: promptText,
+    default: '',
+    doc: 'negative prompt (the unconditional text of classifier-free guidance)',
+    cli: '-n, --negative <prompt>',
+  }),
+  mode: withDefault({
+    kind: oneOf(GUIDANCE_MODES),
+    default: 'tv_bind',
+    doc: 'none = plain SD, max = Attend-and-Excite, tv / tv_bind / tv_max = Divide & Bind',
+    cli: '--mode <mode>',
+  }),
+  tokens: option({
+    kind: tokensKind,
+    doc: 'tokens to guide: object indices (SOT = 0) or words, attributes aligned with them',
+    defaultFrom: 'a part-of-speech parse of the prompt',
+    cli: tokensCli,
+  }),
   guidanceScale: withDefault({ kind: number(0, 100), default: 7.5, doc: 'classifier-free guidance scale', cli: '-g, --guidance <scale>' }),
-  steps: withDefault({ kind: integer(1, 1000), default: 50, doc: 'inference steps (PNDM runs steps + 1 timesteps); at most what the scheduler allows', cli: '-s, --steps <n>' }),
-  height: option({ kind: integer(8, 4096), doc: 'image height in pixels, a multiple of the VAE factor (8)', defaultFrom: 'the prepared size, else the UNet\'s', cli: '--height <px>' }),
-  width: option({ kind: integer(8, 4096), doc: 'image width in pixels, a multiple of the VAE factor (8)', defaultFrom: 'the prepared size, else the UNet\'s', cli: '--width <px>' }),
-  seed: option({ kind: seed(), doc: 'seed of the initial noise (torch.randn on the CPU generator, bit-exact)', defaultFrom: 'a random seed, recorded with the result', cli: '--seed <n>' }),
+  steps: withDefault({
+    kind: integer(1, 1000),
+    default: 50,
+    doc: 'inference steps (PNDM runs steps + 1 timesteps); at most what the scheduler allows',
+    cli: '-s, --steps <n>',
+  }),
+  height: option({
+    kind: integer(8, 4096),
+    doc: 'image height in pixels, a multiple of the VAE factor (8)',
+    defaultFrom: "the prepared size, else the UNet's",
+    cli: '--height <px>',
+  }),
+  width: option({
+    kind: integer(8, 4096),
+    doc: 'image width in pixels, a multiple of the VAE factor (8)',
+    defaultFrom: "the prepared size, else the UNet's",
+    cli: '--width <px>',
+  }),
+  seed: option({
+    kind: seed(),
+    doc: 'seed of the initial noise (torch.randn on the CPU generator, bit-exact)',
+    defaultFrom: 'a random seed, recorded with the result',
+    cli: '--seed <n>',
+  }),
   latents: option({ kind: latentsKind, doc: 'initial latents [n, 4, h/8, w/8] as float32/float64 .npy (replaces the seed)', cli: '--latents <file.npy>' }),
   imagesPerPrompt: withDefault({ kind: integer(1, 64), default: 1, doc: 'images for this prompt (one noise draw of shape [n, 4, h, w])', cli: '--images <n>' }),
-  scheduler: option({ kind: oneOf(SCHEDULER_NAMES), doc: 'scheduler: pndm, ddim or euler', defaultFrom: 'the model\'s scheduler_config.json', cli: '--scheduler <name>' }),
-  lossBackend: option({ kind: oneOf(LOSS_BACKENDS), doc: 'loss backend: native, js or cuda', defaultFrom: 'native when the addon loads, else js', cli: '--loss-backend <name>' }),
+  scheduler: option({
+    kind: oneOf(SCHEDULER_NAMES),
+    doc: 'scheduler: pndm, ddim or euler',
+    defaultFrom: "the model's scheduler_config.json",
+    cli: '--scheduler <name>',
+  }),
+  lossBackend: option({
+    kind: oneOf(LOSS_BACKENDS),
+    doc: 'loss backend: native, js or cuda',
+    defaultFrom: 'native when the addon loads, else js',
+    cli: '--loss-backend <name>',
+  }),
   maxIterToAlter: withDefault({ kind: integer(0, 1000), default: 25, doc: 'latent updates run for loop indices below this', cli: '--max-iter-to-alter <n>' }),
   scaleFactor: withDefault({ kind: number(0, 1000), default: 20, doc: 'step size α_i = scaleFactor·√linspace(scaleRange)[i]', cli: '--scale-factor <x>' }),
   scaleRange: withDefault({ kind: pair(number(0, 10)), default: [1, 0.5], doc: 'start and end of the step-size decay', cli: '--scale-range <start,end>' }),
-  thresholds: option({ kind: thresholdMap(1000, number(0, 100)), doc: 'refinement thresholds {loop index: θ}, e.g. {"0":0.05,"10":0.2}; {} = no refinement', defaultFrom: thresholdsDoc, cli: '--thresholds <json>' }),
-  refinement: withDefault({ kind: refinementKind, default: 'official-latest', doc: `refinement caps: official-latest (${capsDoc('official-latest')}), paper (${capsDoc('paper')} for D&B), or "initStep,other"`, cli: '--refinement <caps>' }),
-  loss: option({ kind: lossKind, doc: 'loss parameters (spec §9)', defaultFrom: 'lib/loss defaults; attentionResolution from the model or height/32; mode max uses the A&E hinge', cli: lossCli }),
-  attentionMapsAt: option({ kind: list(integer(0, 1000), 1, 64), doc: 'loop indices at which to save attention heat-map grids', cli: '--attention-maps <steps>' }),
+  thresholds: option({
+    kind: thresholdMap(1000, number(0, 100)),
+    doc: 'refinement thresholds {loop index: θ}, e.g. {"0":0.05,"10":0.2}; {} = no refinement',
+    defaultFrom: thresholdsDoc,
+    cli: '--thresholds <json>',
+  }),
+  refinement: withDefault({
+    kind: refinementKind,
+    default: 'official-latest',
+    doc: `refinement caps: official-latest (${capsDoc('official-latest')}), paper (${capsDoc('paper')} for D&B), or "initStep,other"`,
+    cli: '--refinement <caps>',
+  }),
+  loss: option({
+    kind: lossKind,
+    doc: 'loss parameters (spec §9)',
+    defaultFrom: 'lib/loss defaults; attentionResolution from the model or height/32; mode max uses the A&E hinge',
+    cli: lossCli,
+  }),
+  attentionMapsAt: option({
+    kind: list(integer(0, 1000), 1, 64),
+    doc: 'loop indices at which to save attention heat-map grids',
+    cli: '--attention-maps <steps>',
+  }),
   signal: option({ kind: apiOnly<AbortSignal>('an AbortSignal', (v) => v instanceof AbortSignal), doc: 'cancels the generation', record: false }),
-  onStep: option({ kind: apiOnly<(event: StepEvent & { image: number }) => void>('a function', (v) => typeof v === 'function'), doc: 'progress: one event per denoising step', record: false }),
+  onStep: option({
+    kind: apiOnly<(event: StepEvent & { image: number }) => void>('a function', (v) => typeof v === 'function'),
+    doc: 'progress: one event per denoising step',
+    record: false,
+  }),
 } satisfies Record<string, OptionDefinition<unknown, unknown>>;
 
 export type GenerateOptionName = keyof typeof GENERATE_OPTIONS;

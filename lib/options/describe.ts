@@ -9,11 +9,12 @@ import type { GenerationPlan } from './plan';
 
 /** How options whose plan value is not plain JSON are recorded; the others are recorded as they are. */
 const RECORD: Partial<Record<GenerateOptionName, (plan: GenerationPlan) => unknown>> = {
-  tokens: (p) => p.tokens && {
-    tokenIndices: p.tokens.tokenIndices,
-    attributeIndices: p.tokens.attributeIndices,
-    choices: p.tokens.choices.map((c) => `${c.role} ${c.word}@${c.index}`),
-  },
+  tokens: (p) =>
+    p.tokens && {
+      tokenIndices: p.tokens.tokenIndices,
+      attributeIndices: p.tokens.attributeIndices,
+      choices: p.tokens.choices.map((c) => `${c.role} ${c.word}@${c.index}`),
+    },
   seed: (p) => (p.seed === null ? null : String(p.seed)),
   latents: (p) => p.latentsSource,
   loss: (p) => p.loss && recordLoss(p.loss),

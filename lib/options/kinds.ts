@@ -88,7 +88,12 @@ export function seed(): Kind<number | bigint | string, bigint> {
     else if (typeof value === 'number' && Number.isSafeInteger(value)) s = BigInt(value);
     else if (typeof value === 'string' && /^[+-]?\d{1,20}$/.test(value)) s = BigInt(value);
     if (s === undefined || s < SEED_MIN || s > SEED_MAX) {
-      throw badInput(field, expected, value, typeof value === 'number' && Number.isInteger(value) ? 'pass seeds beyond 2^53 as a bigint or a string' : undefined);
+      throw badInput(
+        field,
+        expected,
+        value,
+        typeof value === 'number' && Number.isInteger(value) ? 'pass seeds beyond 2^53 as a bigint or a string' : undefined,
+      );
     }
     return s;
   };
@@ -117,7 +122,10 @@ export function list<T>(item: Kind<T>, minItems: number, maxItems: number): Kind
     const empty = parts.indexOf('');
     if (empty >= 0) throw badInput(field, `a comma-separated list, each ${item.expected}`, t, `entry ${empty + 1} is empty`);
     if (!item.parse) throw new Error(`list: the item kind of ${field} cannot be parsed from text`);
-    return check(parts.map((p, i) => item.parse!(p, `${field}[${i}]`)), field);
+    return check(
+      parts.map((p, i) => item.parse!(p, `${field}[${i}]`)),
+      field,
+    );
   };
   return { expected, check, parse, schema: { type: 'array', items: item.schema, minItems, maxItems } };
 }

@@ -12,7 +12,16 @@ import { checkKeys, plainObject } from './kinds';
 
 /** What a model may set: how to sample and guide, never what to draw (prompt, tokens, seed, size, outputs). */
 export const MODEL_DEFAULT_OPTIONS: readonly GenerateOptionName[] = [
-  'mode', 'guidanceScale', 'steps', 'scheduler', 'maxIterToAlter', 'scaleFactor', 'scaleRange', 'thresholds', 'refinement', 'loss',
+  'mode',
+  'guidanceScale',
+  'steps',
+  'scheduler',
+  'maxIterToAlter',
+  'scaleFactor',
+  'scaleRange',
+  'thresholds',
+  'refinement',
+  'loss',
 ];
 
 export interface ModelDefaults {
@@ -28,7 +37,7 @@ function checkGroup(values: Record<string, unknown>, where: string): Record<stri
     if (!isDivbindError(err)) throw err;
     throw new DivbindError('MODEL_INVALID', `model_index.json ${where}: ${err.message}`, {
       field: `model_index.json ${where}${err.field ? `.${err.field}` : ''}`,
-      fix: 'correct or remove the value in the model folder\'s model_index.json',
+      fix: "correct or remove the value in the model folder's model_index.json",
       cause: err,
     });
   }

@@ -14,18 +14,31 @@ const MAX_BASE_NAME = 200;
 
 /** A file base name: no folders, not hidden, not empty. */
 export function checkBaseName(name: string, field = '--name'): string {
-  const problem = name.length === 0 ? 'it is empty'
-    : /[/\\]/.test(name) || name === '..' ? 'it contains a path separator; use --out for the folder'
-      : name.startsWith('.') ? 'it starts with "." (a hidden file)'
-        : name.includes('\0') ? 'it contains a NUL character'
-          : name.length > MAX_BASE_NAME ? `it is longer than ${MAX_BASE_NAME} characters` : null;
+  const problem =
+    name.length === 0
+      ? 'it is empty'
+      : /[/\\]/.test(name) || name === '..'
+        ? 'it contains a path separator; use --out for the folder'
+        : name.startsWith('.')
+          ? 'it starts with "." (a hidden file)'
+          : name.includes('\0')
+            ? 'it contains a NUL character'
+            : name.length > MAX_BASE_NAME
+              ? `it is longer than ${MAX_BASE_NAME} characters`
+              : null;
   if (problem !== null) throw badInput(field, 'a plain file name without folders (e.g. "cat-dog")', name, problem);
   return name;
 }
 
 /** "a red cat" → "a-red-cat": the prompt part of the default name. */
 export function slug(prompt: string): string {
-  return prompt.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '').slice(0, 60) || 'image';
+  return (
+    prompt
+      .toLowerCase()
+      .replace(/[^a-z0-9]+/g, '-')
+      .replace(/^-|-$/g, '')
+      .slice(0, 60) || 'image'
+  );
 }
 
 /** <prompt slug>-<mode>-<seed> (or "latents"), from the plan, so a random seed is in the name. */
@@ -44,7 +57,8 @@ function statFolder(p: string, folder: string): fs.Stats | null {
     if (stat && !stat.isDirectory()) throw outputError(`--out ${folder}: ${p} is a file, not a folder`, 'pass a folder');
     return stat;
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOTDIR') throw outputError(`--out ${folder}: a part of the path is a file, not a folder`, 'pass a folder', err);
+    if ((err as NodeJS.ErrnoException).code === 'ENOTDIR')
+      throw outputError(`--out ${folder}: a part of the path is a file, not a folder`, 'pass a folder', err);
     throw err;
   }
 }
@@ -64,8 +78,11 @@ function makeFolders(abs: string, folder: string): void {
       fs.mkdirSync(dir);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'EEXIST' && statFolder(dir, folder)) continue;
-      throw outputError(`cannot create the output folder ${folder} (${(err as NodeJS.ErrnoException).code ?? 'error'} at ${dir})`,
-        'pass a folder you can write to', err);
+      throw outputError(
+        `cannot create the output folder ${folder} (${(err as NodeJS.ErrnoException).code ?? 'error'} at ${dir})`,
+        'pass a folder you can write to',
+        err,
+      );
     }
   }
 }
@@ -80,8 +97,7 @@ export function prepareOutputFolder(folder: string): string {
     fs.closeSync(fs.openSync(probe, 'wx'));
     fs.unlinkSync(probe);
   } catch (err) {
-    throw outputError(`the output folder ${folder} is not writable (${(err as NodeJS.ErrnoException).code ?? 'error'})`,
-      'pass a folder you can write to', err);
+    throw outputError(`the output folder ${folder} is not writable (${(err as NodeJS.ErrnoException).code ?? 'error'})`, 'pass a folder you can write to', err);
   }
   return abs;
 }
@@ -123,7 +139,12 @@ export function writeOutput(file: string, data: string | Uint8Array, overwrite: 
     fs.writeFileSync(file, data, { flag: overwrite ? 'w' : 'wx' });
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'EEXIST') throw new DivbindError('OUTPUT', `${file} appeared while generating (another run with the same name?)`, { field: '--name', fix: 'pass another --name, or --overwrite', cause: err });
+    if (code === 'EEXIST')
+      throw new DivbindError('OUTPUT', `${file} appeared while generating (another run with the same name?)`, {
+        field: '--name',
+        fix: 'pass another --name, or --overwrite',
+        cause: err,
+      });
     throw new DivbindError('OUTPUT', `cannot write ${file} (${code ?? 'error'})`, { field: '--out', cause: err });
   }
 }

@@ -144,11 +144,20 @@ function checkPromptLength(tokenizer: ClipTokenizer, prompt: string, field: stri
   const enc = tokenizer.encode(prompt);
   if (!enc.truncated) return;
   const room = tokenizer.maxLength - 2;
-  const kept = tokenizer.wordPieces(prompt).filter((w) => !w.truncated).slice(-4).map((w) => w.word).join(' ');
-  throw new DivbindError('BAD_INPUT', `${field} is ${enc.tokens.length} tokens long but the text encoder takes at most ${room} (${tokenizer.maxLength} with the start and end tokens)`, {
-    field,
-    fix: `shorten it by ${enc.tokens.length - room} tokens; it would be cut after "…${kept}" (\`divbind-native tokens\` shows the table)`,
-  });
+  const kept = tokenizer
+    .wordPieces(prompt)
+    .filter((w) => !w.truncated)
+    .slice(-4)
+    .map((w) => w.word)
+    .join(' ');
+  throw new DivbindError(
+    'BAD_INPUT',
+    `${field} is ${enc.tokens.length} tokens long but the text encoder takes at most ${room} (${tokenizer.maxLength} with the start and end tokens)`,
+    {
+      field,
+      fix: `shorten it by ${enc.tokens.length - room} tokens; it would be cut after "…${kept}" (\`divbind-native tokens\` shows the table)`,
+    },
+  );
 }
 
 function resolveSize(o: CheckedGenerateOptions, ctx: PlanContext): Pick<GenerationPlan, 'height' | 'width' | 'latentShape'> {
@@ -183,8 +192,12 @@ function resolveSchedule(o: CheckedGenerateOptions, ctx: PlanContext): Pick<Gene
     let max = o.steps - 1;
     while (max > 1 && !fitsSchedule(s, max)) max--;
     const c = s.config;
-    throw badInput('steps', `an integer between 1 and ${max} for the ${name} scheduler`, o.steps,
-      `its ${c.num_train_timesteps} training timesteps (steps_offset ${c.steps_offset}, ${c.timestep_spacing} spacing) allow no more`);
+    throw badInput(
+      'steps',
+      `an integer between 1 and ${max} for the ${name} scheduler`,
+      o.steps,
+      `its ${c.num_train_timesteps} training timesteps (steps_offset ${c.steps_offset}, ${c.timestep_spacing} spacing) allow no more`,
+    );
   }
   return { scheduler: name, timesteps: s.timesteps.length };
 }
@@ -197,8 +210,12 @@ function checkAttentionMapsAt(o: CheckedGenerateOptions, thresholds: Record<numb
   const last = Math.min(lastGuidedIndex(o.maxIterToAlter, thresholds), timesteps - 1);
   at.forEach((index, i) => {
     if (index > last) {
-      throw badInput(`attentionMapsAt[${i}]`, `a loop index between 0 and ${last}`, index,
-        `the last gradient pass runs at loop index ${last} (maxIterToAlter ${o.maxIterToAlter}, last threshold key, ${timesteps} timesteps)`);
+      throw badInput(
+        `attentionMapsAt[${i}]`,
+        `a loop index between 0 and ${last}`,
+        index,
+        `the last gradient pass runs at loop index ${last} (maxIterToAlter ${o.maxIterToAlter}, last threshold key, ${timesteps} timesteps)`,
+      );
     }
   });
 }
@@ -248,8 +265,12 @@ function resolveLossBackend(requested: LossBackend | undefined): LossBackend {
   if (requested === undefined) return resolveBackend();
   const available = availableBackends();
   if (!available.includes(requested)) {
-    throw badInput('lossBackend', `a loss backend available here (${available.join(', ')})`, requested,
-      requested === 'cuda' ? 'the addon was built without CUDA or sees no device' : 'the native addon did not load');
+    throw badInput(
+      'lossBackend',
+      `a loss backend available here (${available.join(', ')})`,
+      requested,
+      requested === 'cuda' ? 'the addon was built without CUDA or sees no device' : 'the native addon did not load',
+    );
   }
   return requested;
 }

@@ -24,11 +24,14 @@ export interface RefinementCaps {
 /** Threshold schedule {loop index: threshold on the indicator θ} per mode (spec §3 table, §2.4). */
 export function defaultThresholds(mode: GuidanceMode): Record<number, number> {
   switch (mode) {
-    case 'none': return {};
-    case 'max': return { 0: 0.05, 10: 0.5, 20: 0.8 };
+    case 'none':
+      return {};
+    case 'max':
+      return { 0: 0.05, 10: 0.5, 20: 0.8 };
     case 'tv':
     case 'tv_bind':
-    case 'tv_max': return { 0: 0.05, 10: 0.2, 20: 0.3 };
+    case 'tv_max':
+      return { 0: 0.05, 10: 0.2, 20: 0.3 };
   }
 }
 

@@ -33,7 +33,8 @@ export function imageFromDecoderOutput(data: Float32Array, shapeOrHeight: readon
   let shape: readonly number[];
   let index = 0;
   if (typeof shapeOrHeight === 'number') {
-    if (typeof indexOrWidth !== 'number') throw new TypeError('imageFromDecoderOutput: Expected (data, height, width) or (data, [batch, 3, height, width], index?)');
+    if (typeof indexOrWidth !== 'number')
+      throw new TypeError('imageFromDecoderOutput: Expected (data, height, width) or (data, [batch, 3, height, width], index?)');
     shape = [1, 3, shapeOrHeight, indexOrWidth];
   } else {
     shape = shapeOrHeight;
@@ -46,7 +47,8 @@ export function imageFromDecoderOutput(data: Float32Array, shapeOrHeight: readon
   if (data.length !== batch * 3 * height * width) {
     throw new RangeError(`imageFromDecoderOutput: shape [${shape.join(', ')}] needs ${batch * 3 * height * width} values but data has ${data.length}`);
   }
-  if (!Number.isInteger(index) || index < 0 || index >= batch) throw new RangeError(`imageFromDecoderOutput: Expected index in [0, ${batch - 1}] but received ${index}`);
+  if (!Number.isInteger(index) || index < 0 || index >= batch)
+    throw new RangeError(`imageFromDecoderOutput: Expected index in [0, ${batch - 1}] but received ${index}`);
   const plane = height * width;
   const base = index * 3 * plane;
   const rgb = new Uint8Array(plane * 3);
@@ -93,9 +95,12 @@ function chunk(type: string, data: Buffer): Buffer {
 function textChunk(keyword: string, text: string): Buffer {
   // PNG keywords: 1–79 printable Latin-1 characters, no leading/trailing/double spaces.
   if (!/^[\x20-\x7e\xa1-\xff]{1,79}$/.test(keyword) || /^ | $| {2}/.test(keyword)) {
-    throw new RangeError(`encodePng: text key ${JSON.stringify(keyword)} is not a PNG keyword (1-79 printable Latin-1 characters, no leading, trailing or double spaces)`);
+    throw new RangeError(
+      `encodePng: text key ${JSON.stringify(keyword)} is not a PNG keyword (1-79 printable Latin-1 characters, no leading, trailing or double spaces)`,
+    );
   }
   if (typeof text !== 'string') throw new TypeError(`encodePng: Expected a string for textChunks[${JSON.stringify(keyword)}] but received ${typeof text}`);
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: PNG tEXt allows newline (0x0a) and printable Latin-1 only.
   if (/^[\x0a\x20-\x7e\xa0-\xff]*$/.test(text)) {
     return chunk('tEXt', Buffer.concat([Buffer.from(keyword, 'latin1'), Buffer.from([0]), Buffer.from(text, 'latin1')]));
   }
@@ -105,8 +110,10 @@ function textChunk(keyword: string, text: string): Buffer {
 
 function checkImage(rgb: unknown, width: unknown, height: unknown, who: string): void {
   if (!(rgb instanceof Uint8Array)) throw new TypeError(`${who}: Expected a Uint8Array of RGB bytes but received ${describe(rgb)}`);
-  if (typeof width !== 'number' || !Number.isInteger(width) || width < 1 || width > 65535) throw new RangeError(`${who}: Expected an integer between 1 and 65535 for width but received ${String(width)}`);
-  if (typeof height !== 'number' || !Number.isInteger(height) || height < 1 || height > 65535) throw new RangeError(`${who}: Expected an integer between 1 and 65535 for height but received ${String(height)}`);
+  if (typeof width !== 'number' || !Number.isInteger(width) || width < 1 || width > 65535)
+    throw new RangeError(`${who}: Expected an integer between 1 and 65535 for width but received ${String(width)}`);
+  if (typeof height !== 'number' || !Number.isInteger(height) || height < 1 || height > 65535)
+    throw new RangeError(`${who}: Expected an integer between 1 and 65535 for height but received ${String(height)}`);
   if (rgb.length !== width * height * 3) throw new RangeError(`${who}: ${width}×${height} RGB needs ${width * height * 3} bytes but rgb has ${rgb.length}`);
 }
 
@@ -131,7 +138,7 @@ export function encodePng(rgb: Uint8Array, width: number, height: number, textCh
 export function readPngText(png: Buffer): Record<string, string> {
   if (png.length < 8 || png.readUInt32BE(0) !== 0x89504e47) throw new RangeError('readPngText: not a PNG file');
   const out: Record<string, string> = {};
-  for (let off = 8; off + 12 <= png.length;) {
+  for (let off = 8; off + 12 <= png.length; ) {
     const len = png.readUInt32BE(off);
     const type = png.toString('latin1', off + 4, off + 8);
     const data = png.subarray(off + 8, off + 8 + len);
@@ -260,10 +267,12 @@ function gridArguments(args: unknown[]): { image: RgbImage; maps: Float32Array[]
   const side = Math.round(Math.sqrt(maps[0].length));
   maps.forEach((m, i) => {
     if (!(m instanceof Float32Array)) throw new TypeError(`attentionGrid: Expected a Float32Array for maps[${i}] but received ${describe(m)}`);
-    if (m.length !== side * side || side === 0) throw new RangeError(`attentionGrid: maps[${i}] has ${m.length} values; every map must be square r×r with the same r (maps[0] is ${side}×${side})`);
+    if (m.length !== side * side || side === 0)
+      throw new RangeError(`attentionGrid: maps[${i}] has ${m.length} values; every map must be square r×r with the same r (maps[0] is ${side}×${side})`);
   });
   if (!Array.isArray(labels) || labels.some((l) => typeof l !== 'string')) throw new TypeError('attentionGrid: Expected an array of strings for labels');
-  if (labels.length > 0 && labels.length !== maps.length) throw new RangeError(`attentionGrid: labels has ${labels.length} entries but maps has ${maps.length}; give one label per map or none`);
+  if (labels.length > 0 && labels.length !== maps.length)
+    throw new RangeError(`attentionGrid: labels has ${labels.length} entries but maps has ${maps.length}; give one label per map or none`);
   return { image, maps, side, labels, opts };
 }
 
@@ -274,20 +283,31 @@ function gridArguments(args: unknown[]): { image: RgbImage; maps: Float32Array[]
  * one Float32Array holding k stacked r×r maps ([k, r, r], as the loss returns them).
  */
 export function attentionGrid(image: RgbImage, maps: Float32Array[] | Float32Array, labels?: string[], opts?: AttentionGridOptions): Buffer;
-export function attentionGrid(rgb: Uint8Array, width: number, height: number, maps: Float32Array[] | Float32Array, resolution: number, labels?: string[], opts?: AttentionGridOptions): Buffer;
+export function attentionGrid(
+  rgb: Uint8Array,
+  width: number,
+  height: number,
+  maps: Float32Array[] | Float32Array,
+  resolution: number,
+  labels?: string[],
+  opts?: AttentionGridOptions,
+): Buffer;
 export function attentionGrid(...args: unknown[]): Buffer {
   const { image, maps, side, labels, opts } = gridArguments(args);
   const alpha = opts.alpha ?? 0.5;
-  if (typeof alpha !== 'number' || !(alpha >= 0 && alpha <= 1)) throw new RangeError(`attentionGrid: Expected a number between 0 and 1 for alpha but received ${String(alpha)}`);
+  if (typeof alpha !== 'number' || !(alpha >= 0 && alpha <= 1))
+    throw new RangeError(`attentionGrid: Expected a number between 0 and 1 for alpha but received ${String(alpha)}`);
   const normalize = opts.normalize ?? 'max';
-  if (normalize !== 'max' && normalize !== 'minmax') throw new RangeError(`attentionGrid: Expected 'max' or 'minmax' for normalize but received ${JSON.stringify(normalize)}`);
+  if (normalize !== 'max' && normalize !== 'minmax')
+    throw new RangeError(`attentionGrid: Expected 'max' or 'minmax' for normalize but received ${JSON.stringify(normalize)}`);
   const includeImage = opts.includeImage ?? true;
   const tiles = maps.length + (includeImage ? 1 : 0);
   const columns = opts.columns ?? tiles;
   if (!Number.isInteger(columns) || columns < 1) throw new RangeError(`attentionGrid: Expected a positive integer for columns but received ${String(columns)}`);
   const bar = opts.titleBarHeight ?? (labels.length > 0 ? 12 : 0);
   const gap = opts.gap ?? 4;
-  if (!Number.isInteger(bar) || bar < 0 || !Number.isInteger(gap) || gap < 0) throw new RangeError('attentionGrid: titleBarHeight and gap must be non-negative integers');
+  if (!Number.isInteger(bar) || bar < 0 || !Number.isInteger(gap) || gap < 0)
+    throw new RangeError('attentionGrid: titleBarHeight and gap must be non-negative integers');
 
   const { width: W, height: H } = image;
   const layout = gridLayout(tiles, W, H, bar, gap, columns);
@@ -321,12 +341,16 @@ export function attentionGrid(...args: unknown[]): Buffer {
     const shift = normalize === 'minmax' ? lo : 0;
     const scale = hi - shift > 0 ? 1 / (hi - shift) : 0;
     const up = upsampleBilinear(m, side, side, H, W);
-    blit(tile++, (x, y) => {
-      const v = Math.min(1, Math.max(0, (up[y * W + x] - shift) * scale));
-      const heat = jet(v);
-      const o = (y * W + x) * 3;
-      return [0, 1, 2].map((c) => Math.round((1 - alpha) * src[o + c] + alpha * heat[c])) as [number, number, number];
-    }, labels.length > 0 ? labels[i] : null);
+    blit(
+      tile++,
+      (x, y) => {
+        const v = Math.min(1, Math.max(0, (up[y * W + x] - shift) * scale));
+        const heat = jet(v);
+        const o = (y * W + x) * 3;
+        return [0, 1, 2].map((c) => Math.round((1 - alpha) * src[o + c] + alpha * heat[c])) as [number, number, number];
+      },
+      labels.length > 0 ? labels[i] : null,
+    );
   });
   const text = { ...(labels.length > 0 ? { Labels: labels.join('\n') } : {}), ...(opts.textChunks ?? {}) };
   return encodePng(out, layout.width, layout.height, text);
@@ -336,34 +360,62 @@ export function attentionGrid(...args: unknown[]): Buffer {
 
 /** 5×7 glyphs (rows top to bottom, '#' = ink) for the label bar; unknown characters print as '?'. */
 const GLYPHS: Record<string, string> = {
-  a: '.###.#...##...#######...##...##...#', b: '####.#...##...#####.#...##...#####.',
-  c: '.###.#...##....#....#....#...#.###.', d: '####.#...##...##...##...##...#####.',
-  e: '######....#....####.#....#....#####', f: '######....#....####.#....#....#....',
-  g: '.###.#...##....#.####...##...#.####', h: '#...##...##...#######...##...##...#',
-  i: '.###...#....#....#....#....#...###.', j: '..###...#....#....#....#.#..#..##..',
-  k: '#...##..#.#.#..##...#.#..#..#.#...#', l: '#....#....#....#....#....#....#####',
-  m: '#...###.###.#.##.#.##...##...##...#', n: '#...##...###..##.#.##..###...##...#',
-  o: '.###.#...##...##...##...##...#.###.', p: '####.#...##...#####.#....#....#....',
-  q: '.###.#...##...##...##.#.##..#..##.#', r: '####.#...##...#####.#.#..#..#.#...#',
-  s: '.#####....#.....###.....#....#####.', t: '#####..#....#....#....#....#....#..',
-  u: '#...##...##...##...##...##...#.###.', v: '#...##...##...##...##...#.#.#...#..',
-  w: '#...##...##...##.#.##.#.##.#.#.#.#.', x: '#...##...#.#.#...#...#.#.#...##...#',
-  y: '#...##...#.#.#...#....#....#....#..', z: '#####....#...#...#...#...#....#####',
-  '0': '.###.#...##..###.#.###..##...#.###.', '1': '..#...##....#....#....#....#...###.',
-  '2': '.###.#...#....#...#...#...#...#####', '3': '#####...#...#.....#.....##...#.###.',
-  '4': '...#...##..#.#.#..#.#####...#....#.', '5': '######....####.....#....##...#.###.',
-  '6': '..##..#...#....####.#...##...#.###.', '7': '#####....#...#...#...#....#....#...',
-  '8': '.###.#...##...#.###.#...##...#.###.', '9': '.###.#...##...#.####....#...#..##..',
-  ' ': '...................................', '.': '..........................##...##..',
-  ',': '.....................##....#...#...', '-': '...............#####...............',
-  '_': '..............................#####', ':': '......##...##........##...##.......',
-  '#': '.#.#..#.#.#####.#.#.#####.#.#..#.#.', '/': '....#....#...#...#...#...#....#....',
-  '<': '...#...#...#...#.....#.....#.....#.', '>': '.#.....#.....#.....#...#...#...#...',
-  '|': '..#....#....#....#....#....#....#..', '(': '...#...#...#....#....#.....#.....#.',
-  ')': '.#.....#.....#....#....#...#...#...', '\'': '..#....#...#.......................',
-  '!': '..#....#....#....#....#.........#..', '?': '.###.#...#....#...#...#.........#..',
-  '=': '..........#####.....#####..........', '+': '.......#....#..#####..#....#.......',
-  '[': '.###..#....#....#....#....#....###.', ']': '.###....#....#....#....#....#..###.',
+  a: '.###.#...##...#######...##...##...#',
+  b: '####.#...##...#####.#...##...#####.',
+  c: '.###.#...##....#....#....#...#.###.',
+  d: '####.#...##...##...##...##...#####.',
+  e: '######....#....####.#....#....#####',
+  f: '######....#....####.#....#....#....',
+  g: '.###.#...##....#.####...##...#.####',
+  h: '#...##...##...#######...##...##...#',
+  i: '.###...#....#....#....#....#...###.',
+  j: '..###...#....#....#....#.#..#..##..',
+  k: '#...##..#.#.#..##...#.#..#..#.#...#',
+  l: '#....#....#....#....#....#....#####',
+  m: '#...###.###.#.##.#.##...##...##...#',
+  n: '#...##...###..##.#.##..###...##...#',
+  o: '.###.#...##...##...##...##...#.###.',
+  p: '####.#...##...#####.#....#....#....',
+  q: '.###.#...##...##...##.#.##..#..##.#',
+  r: '####.#...##...#####.#.#..#..#.#...#',
+  s: '.#####....#.....###.....#....#####.',
+  t: '#####..#....#....#....#....#....#..',
+  u: '#...##...##...##...##...##...#.###.',
+  v: '#...##...##...##...##...#.#.#...#..',
+  w: '#...##...##...##.#.##.#.##.#.#.#.#.',
+  x: '#...##...#.#.#...#...#.#.#...##...#',
+  y: '#...##...#.#.#...#....#....#....#..',
+  z: '#####....#...#...#...#...#....#####',
+  '0': '.###.#...##..###.#.###..##...#.###.',
+  '1': '..#...##....#....#....#....#...###.',
+  '2': '.###.#...#....#...#...#...#...#####',
+  '3': '#####...#...#.....#.....##...#.###.',
+  '4': '...#...##..#.#.#..#.#####...#....#.',
+  '5': '######....####.....#....##...#.###.',
+  '6': '..##..#...#....####.#...##...#.###.',
+  '7': '#####....#...#...#...#....#....#...',
+  '8': '.###.#...##...#.###.#...##...#.###.',
+  '9': '.###.#...##...#.####....#...#..##..',
+  ' ': '...................................',
+  '.': '..........................##...##..',
+  ',': '.....................##....#...#...',
+  '-': '...............#####...............',
+  _: '..............................#####',
+  ':': '......##...##........##...##.......',
+  '#': '.#.#..#.#.#####.#.#.#####.#.#..#.#.',
+  '/': '....#....#...#...#...#...#....#....',
+  '<': '...#...#...#...#.....#.....#.....#.',
+  '>': '.#.....#.....#.....#...#...#...#...',
+  '|': '..#....#....#....#....#....#....#..',
+  '(': '...#...#...#....#....#.....#.....#.',
+  ')': '.#.....#.....#....#....#...#...#...',
+  "'": '..#....#...#.......................',
+  '!': '..#....#....#....#....#.........#..',
+  '?': '.###.#...#....#...#...#.........#..',
+  '=': '..........#####.....#####..........',
+  '+': '.......#....#..#####..#....#.......',
+  '[': '.###..#....#....#....#....#....###.',
+  ']': '.###....#....#....#....#....#..###.',
 };
 
 /** Maps as given (an array), or k stacked r×r maps in one array cut into k. */

@@ -104,14 +104,15 @@ function floatOf(bits: number): number {
 }
 
 // Constants of PyTorch's avx_mathfun.h (the Cephes single-precision polynomials, zlib licence), as float32.
-const LOG_P = [7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1,
-  -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1].map(f32);
-const LOG_Q1 = f32(-2.12194440e-4);
+const LOG_P = [
+  7.0376836292e-2, -1.151461031e-1, 1.167699874e-1, -1.2420140846e-1, 1.4249322787e-1, -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1,
+].map(f32);
+const LOG_Q1 = f32(-2.1219444e-4);
 const LOG_Q2 = f32(0.693359375);
-const SQRTHF = f32(0.707106781186547524);
+const SQRTHF = f32(Math.SQRT1_2);
 const DP1 = f32(-0.78515625);
-const DP2 = f32(-2.4187564849853515625e-4);
-const DP3 = f32(-3.77489497744594108e-8);
+const DP2 = f32(-2.4187564849853516e-4);
+const DP3 = f32(-3.774894977445941e-8);
 const SINCOF = [-1.9515295891e-4, 8.3321608736e-3, -1.6666654611e-1].map(f32);
 const COSCOF = [2.443315711809948e-5, -1.388731625493765e-3, 4.166664568298827e-2].map(f32);
 const FOPI = f32(1.27323954473516);
@@ -122,7 +123,7 @@ function logAvx(xIn: number): number {
   if (xIn <= 0) return NaN;
   let x = Math.max(xIn, 2 ** -126);
   const bits = bitsOf(x);
-  let e = f32(((bits >>> 23) - 0x7f) + 1);
+  let e = f32((bits >>> 23) - 0x7f + 1);
   x = floatOf((bits & ~0x7f800000) | bitsOf(0.5));
   const below = x < SQRTHF;
   const tmp = below ? x : 0;
@@ -145,9 +146,9 @@ function sinCosAvx(xIn: number, out: Float64Array): void {
   let j = Math.trunc(f32(x * FOPI)) | 0;
   j = (j + 1) & ~1;
   const y = f32(j);
-  const sinNeg = (j & 4) !== 0 !== (xIn < 0);
+  const sinNeg = ((j & 4) !== 0) !== xIn < 0;
   const polyIsSin = (j & 2) === 0;
-  const cosNeg = ((~(j - 2)) & 4) !== 0;
+  const cosNeg = (~(j - 2) & 4) !== 0;
   x = fmaf(y, DP1, x);
   x = fmaf(y, DP2, x);
   x = fmaf(y, DP3, x);
@@ -322,11 +323,7 @@ export function randnTorchCpu(seed: number | bigint, shape: number[], dtype?: 'f
 export function randnTorchCpu(seed: number | bigint, shape: number[], dtype: 'float64'): Float64Array;
 export function randnTorchCpu(seed: number | bigint, shape: number[], options: RandnOptions & { dtype?: 'float32' }): Float32Array;
 export function randnTorchCpu(seed: number | bigint, shape: number[], options: RandnOptions & { dtype: 'float64' }): Float64Array;
-export function randnTorchCpu(
-  seed: number | bigint,
-  shape: number[],
-  dtypeOrOptions: 'float32' | 'float64' | RandnOptions = {},
-): Float32Array | Float64Array {
+export function randnTorchCpu(seed: number | bigint, shape: number[], dtypeOrOptions: 'float32' | 'float64' | RandnOptions = {}): Float32Array | Float64Array {
   return new TorchCpuGenerator(seed).randn(shape, dtypeOrOptions);
 }
 
@@ -353,7 +350,9 @@ export function readLatentsNpy(file: string, expectedShape: number[]): Float32Ar
   const arr = parseNpy(buf, file);
   const same = arr.shape.length === expectedShape.length && arr.shape.every((d, i) => d === expectedShape[i]);
   if (!same) {
-    throw new RangeError(`latents: ${file} has shape [${arr.shape.join(', ')}] but the pipeline needs [${expectedShape.join(', ')}] (batch, 4, height/8, width/8)`);
+    throw new RangeError(
+      `latents: ${file} has shape [${arr.shape.join(', ')}] but the pipeline needs [${expectedShape.join(', ')}] (batch, 4, height/8, width/8)`,
+    );
   }
   let out: Float32Array;
   if (arr.data instanceof Float32Array) out = arr.data;

@@ -60,9 +60,10 @@ export const CPU_PROVIDER = 'cpu';
  * How to get the GPU providers: onnxruntime-node ships the CPU (and WebGPU) providers; CUDA and TensorRT are
  * downloaded by its install script only when asked (linux x64, CUDA 12 + cuDNN 9 on the machine).
  */
-export const GPU_PROVIDERS_INSTALL = 'npm install onnxruntime-node --onnxruntime-node-install=cuda12 '
-  + '(or, in an existing install, ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node); '
-  + 'the CUDA and TensorRT providers need CUDA 12 and cuDNN 9 installed';
+export const GPU_PROVIDERS_INSTALL =
+  'npm install onnxruntime-node --onnxruntime-node-install=cuda12 ' +
+  '(or, in an existing install, ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node); ' +
+  'the CUDA and TensorRT providers need CUDA 12 and cuDNN 9 installed';
 
 /** Providers this onnxruntime-node build knows, and whether their libraries ship with it. */
 export function knownExecutionProviders(): Array<{ name: string; bundled: boolean }> {
@@ -82,7 +83,9 @@ function providerLibraries(name: string): string[] {
 
 function providerMissing(name: string, detail: string, cause?: unknown): DivbindError {
   return new DivbindError('BAD_INPUT', `The '${name}' execution provider is not available here: ${detail}`, {
-    field: 'executionProvider', fix: `run with --execution-provider cpu, or install onnxruntime-node with its GPU providers: ${GPU_PROVIDERS_INSTALL}`, cause,
+    field: 'executionProvider',
+    fix: `run with --execution-provider cpu, or install onnxruntime-node with its GPU providers: ${GPU_PROVIDERS_INSTALL}`,
+    cause,
   });
 }
 
@@ -95,7 +98,8 @@ export function checkExecutionProvider(name: unknown): string {
   const names = known.map((k) => k.name);
   if (typeof name !== 'string' || !names.includes(name)) {
     throw new DivbindError('BAD_INPUT', `Expected one of ${names.map((n) => `'${n}'`).join(', ')} for executionProvider but received ${JSON.stringify(name)}`, {
-      field: 'executionProvider', fix: `onnxruntime-node ${ort.env.versions.common} on ${process.platform}/${process.arch} knows these providers`,
+      field: 'executionProvider',
+      fix: `onnxruntime-node ${ort.env.versions.common} on ${process.platform}/${process.arch} knows these providers`,
     });
   }
   if (known.find((k) => k.name === name)!.bundled) return name;
@@ -212,12 +216,12 @@ export function toHalf(value: number): number {
     let half = mant >>> shift;
     const rem = mant & ((1 << shift) - 1);
     const mid = 1 << (shift - 1);
-    if (rem > mid || (rem === mid && (half & 1))) half++;
+    if (rem > mid || (rem === mid && half & 1)) half++;
     return sign | half;
   }
   let half = (e << 10) | (mant >>> 13);
   const rem = mant & 0x1fff;
-  if (rem > 0x1000 || (rem === 0x1000 && (half & 1))) half++;
+  if (rem > 0x1000 || (rem === 0x1000 && half & 1)) half++;
   return sign | half;
 }
 
@@ -229,12 +233,38 @@ export function scalarInput(spec: InputSpec, value: number, batch: number): ort.
   const n = scalar ? 1 : typeof fixed === 'number' && fixed > 0 ? fixed : batch;
   const dims = scalar ? [] : [n];
   switch (spec.type) {
-    case 'int64': return new ort.Tensor('int64', BigInt64Array.from({ length: n }, () => BigInt(Math.round(value))), dims);
-    case 'int32': return new ort.Tensor('int32', Int32Array.from({ length: n }, () => Math.round(value)), dims);
-    case 'float32': return new ort.Tensor('float32', Float32Array.from({ length: n }, () => value), dims);
-    case 'float64': return new ort.Tensor('float64', Float64Array.from({ length: n }, () => value), dims);
-    case 'float16': return new ort.Tensor('float16', Uint16Array.from({ length: n }, () => toHalf(value)), dims);
-    default: throw new Error(`model input "${spec.name}" has unsupported type ${spec.type} (expected int64, int32, float32 or float16)`);
+    case 'int64':
+      return new ort.Tensor(
+        'int64',
+        BigInt64Array.from({ length: n }, () => BigInt(Math.round(value))),
+        dims,
+      );
+    case 'int32':
+      return new ort.Tensor(
+        'int32',
+        Int32Array.from({ length: n }, () => Math.round(value)),
+        dims,
+      );
+    case 'float32':
+      return new ort.Tensor(
+        'float32',
+        Float32Array.from({ length: n }, () => value),
+        dims,
+      );
+    case 'float64':
+      return new ort.Tensor(
+        'float64',
+        Float64Array.from({ length: n }, () => value),
+        dims,
+      );
+    case 'float16':
+      return new ort.Tensor(
+        'float16',
+        Uint16Array.from({ length: n }, () => toHalf(value)),
+        dims,
+      );
+    default:
+      throw new Error(`model input "${spec.name}" has unsupported type ${spec.type} (expected int64, int32, float32 or float16)`);
   }
 }
 

@@ -15,8 +15,16 @@ import { readModelFolder, type ModelFolder } from '../model/folder';
 import type { PreparedInfo } from '../model/prepared';
 import { defaultImageSize, sizeRule, type SizeRule } from '../model/size';
 import {
-  buildScheduler, checkLossAgainstLayers, describeGenerationPlan, isGenerationPlan, readModelDefaults, resolveGenerationPlan,
-  type GenerateLossOptions, type GenerateOptions, type GenerationPlan, type PlanContext,
+  buildScheduler,
+  checkLossAgainstLayers,
+  describeGenerationPlan,
+  isGenerationPlan,
+  readModelDefaults,
+  resolveGenerationPlan,
+  type GenerateLossOptions,
+  type GenerateOptions,
+  type GenerationPlan,
+  type PlanContext,
 } from '../options/index';
 import type { ClipTokenizer } from '../tokenizer/clip';
 import type { Scheduler } from '../schedulers/index';
@@ -140,7 +148,11 @@ export class DivBindPipeline {
     const sizes = sizeRule(unet.inputs.sample.shape, folder.vaeScaleFactor, undefined, folder.family.defaultLatentSide);
     const defaultSize = defaultImageSize(sizes);
     const guidedBySize = new GuidedUnetsBySize(folder, {
-      prepare: options.prepare ?? modelDir === undefined, cacheDir: options.cacheDir, defaultSize, session, onProgress: progress,
+      prepare: options.prepare ?? modelDir === undefined,
+      cacheDir: options.cacheDir,
+      defaultSize,
+      session,
+      onProgress: progress,
     });
     let first: { unet: OrtGuidedUnet; prepared: PreparedInfo } | null = null;
     try {
@@ -188,9 +200,14 @@ export class DivBindPipeline {
       family: this.folder.family,
       modelDefaults: readModelDefaults(this.folder.divbind, this.folder.family),
       // The default size's prepared set lets a plan check loss options early; other sizes are checked on use.
-      guidance: prepared && this.guided
-        ? { latentSize: [prepared.files.latentDims[1], prepared.files.latentDims[2]], textLength: prepared.files.textDims[0], resolutions: [...new Set(this.guided.layers.map((l) => l.resolution))] }
-        : null,
+      guidance:
+        prepared && this.guided
+          ? {
+              latentSize: [prepared.files.latentDims[1], prepared.files.latentDims[2]],
+              textLength: prepared.files.textDims[0],
+              resolutions: [...new Set(this.guided.layers.map((l) => l.resolution))],
+            }
+          : null,
     };
   }
 
@@ -234,7 +251,10 @@ export class DivBindPipeline {
   private ownPlan(options: GenerateOptions | GenerationPlan): GenerationPlan {
     if (!isGenerationPlan(options)) return this.plan(options);
     if (!isGenerationPlan(options, this.context)) {
-      throw new DivbindError('BAD_INPUT', 'generate: this plan was made by another pipeline', { field: 'options', fix: 'pass a plan from this pipeline\'s plan(), or the options' });
+      throw new DivbindError('BAD_INPUT', 'generate: this plan was made by another pipeline', {
+        field: 'options',
+        fix: "pass a plan from this pipeline's plan(), or the options",
+      });
     }
     return options;
   }
@@ -280,7 +300,11 @@ export class DivBindPipeline {
   private async guidedUnetFor(plan: GenerationPlan): Promise<OrtGuidedUnet | null> {
     if (plan.mode === 'none' || plan.loss === null) return null;
     const { unet, prepared } = await this.guidedBySize.get({ height: plan.height, width: plan.width, batch: 1 });
-    checkLossAgainstLayers(plan.loss, prepared.files.textDims[0], unet.layers.map((l) => l.resolution));
+    checkLossAgainstLayers(
+      plan.loss,
+      prepared.files.textDims[0],
+      unet.layers.map((l) => l.resolution),
+    );
     return unet;
   }
 
@@ -323,9 +347,13 @@ export class DivBindPipeline {
     const input = latents.map((v) => v / sf);
     const badInput = firstNonFinite(input);
     if (badInput >= 0) {
-      throw new DivbindError('NUMERIC', `the VAE decoder's input (latents / scaling_factor ${sf}) is not finite at index ${badInput} (latent value ${latents[badInput]})`, {
-        field: 'vae_decoder/config.json',
-      });
+      throw new DivbindError(
+        'NUMERIC',
+        `the VAE decoder's input (latents / scaling_factor ${sf}) is not finite at index ${badInput} (latent value ${latents[badInput]})`,
+        {
+          field: 'vae_decoder/config.json',
+        },
+      );
     }
     const decoded = await this.vae.decode(input, [1, ...dims]);
     const bad = firstNonFinite(decoded.data);
@@ -338,7 +366,6 @@ export class DivBindPipeline {
     const [height, width] = [decoded.dims[2], decoded.dims[3]];
     return { rgb: imageFromDecoderOutput(decoded.data, height, width), width, height };
   }
-
 
   /** Loss backends usable here. */
   static lossBackends(): LossBackend[] {

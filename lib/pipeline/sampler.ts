@@ -96,7 +96,8 @@ function abortIfNeeded(signal?: AbortSignal): void {
   if (signal?.aborted) {
     // signal.reason may be a DOMException, which is not an Error in Node 20: keep it as the cause.
     const reason: unknown = signal.reason;
-    const detail = reason instanceof Error || (typeof reason === 'object' && reason !== null && 'message' in reason) ? `: ${(reason as { message: string }).message}` : '';
+    const detail =
+      reason instanceof Error || (typeof reason === 'object' && reason !== null && 'message' in reason) ? `: ${(reason as { message: string }).message}` : '';
     throw new DivbindError('ABORTED', `generation aborted${detail}`, { cause: reason });
   }
 }
@@ -136,9 +137,7 @@ export async function sampleLatents(
   const timesteps = scheduler.timesteps;
   const total = timesteps.length;
   const steps: StepEvent[] = [];
-  const lastGuided = guided && guided.settings.mode !== 'none'
-    ? lastGuidedIndex(guided.settings.maxIterToAlter, guided.settings.thresholds)
-    : -1;
+  const lastGuided = guided && guided.settings.mode !== 'none' ? lastGuidedIndex(guided.settings.maxIterToAlter, guided.settings.thresholds) : -1;
   if (guided && guided.settings.stepSizes.length < Math.min(total, lastGuided + 1)) {
     throw new RangeError(`stepSizes has ${guided.settings.stepSizes.length} entries but the scheduler has ${total} timesteps`);
   }
@@ -150,7 +149,11 @@ export async function sampleLatents(
     const t0 = performance.now();
     const ms = { guidance: 0, unetForward: 0, vjp: 0, loss: 0, cfg: 0, scheduler: 0, total: 0 };
     let event: Pick<StepEvent, 'loss' | 'indicator' | 'tokens' | 'refinementIterations' | 'updates'> = {
-      loss: null, indicator: null, tokens: null, refinementIterations: 0, updates: 0,
+      loss: null,
+      indicator: null,
+      tokens: null,
+      refinementIterations: 0,
+      updates: 0,
     };
 
     if (guidedRun && i <= lastGuided) {
@@ -167,8 +170,13 @@ export async function sampleLatents(
     abortIfNeeded(hooks.signal);
     const tc = performance.now();
     const eps = await unet.predict(scheduler.scaleModelInput(latents, t), t, guidanceScale);
-    checkFinite(eps, `the noise prediction (latents max |z| ${maxAbs(latents).toExponential(2)})`, i, t,
-      `lower guidanceScale (${guidanceScale}) or check the initial latents (randn values are within ±6)`);
+    checkFinite(
+      eps,
+      `the noise prediction (latents max |z| ${maxAbs(latents).toExponential(2)})`,
+      i,
+      t,
+      `lower guidanceScale (${guidanceScale}) or check the initial latents (randn values are within ±6)`,
+    );
     const ts = performance.now();
     ms.cfg = ts - tc;
     latents = scheduler.step(eps, t, latents).prevSample;
@@ -209,17 +217,25 @@ function lossOf(
   at: { i: number; t: number; sample: Float32Array },
 ): LossResult {
   const layers: AttentionLayer[] = fwd.maps.map((data, k) => ({
-    data, heads: info[k].heads, resolution: info[k].resolution, place: info[k].place, name: info[k].name,
+    data,
+    heads: info[k].heads,
+    resolution: info[k].resolution,
+    place: info[k].place,
+    name: info[k].name,
   }));
   try {
     return attentionLoss(layers, options, call);
   } catch (err) {
     const k = fwd.maps.findIndex((m) => firstNonFinite(m) >= 0);
     if (k < 0) throw err;
-    throw new DivbindError('NUMERIC', `the UNet's attention maps (layer ${info[k].name}) became non-finite at loop index ${at.i} (timestep ${at.t}); the latents entering it have max |z| ${maxAbs(at.sample).toExponential(2)}`, {
-      fix: 'lower scaleFactor or guidanceScale, or check the initial latents (randn values are within ±6)',
-      cause: err,
-    });
+    throw new DivbindError(
+      'NUMERIC',
+      `the UNet's attention maps (layer ${info[k].name}) became non-finite at loop index ${at.i} (timestep ${at.t}); the latents entering it have max |z| ${maxAbs(at.sample).toExponential(2)}`,
+      {
+        fix: 'lower scaleFactor or guidanceScale, or check the initial latents (randn values are within ±6)',
+        cause: err,
+      },
+    );
   }
 }
 

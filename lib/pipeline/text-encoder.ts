@@ -13,7 +13,10 @@ import { floatOutput, ort, type SessionOptions } from './ort';
 
 /** One CLIP text encoder on onnxruntime: token ids → the hidden states its io names (and SDXL's pooled output). */
 export class TextEncoder {
-  private constructor(private readonly session: ort.InferenceSession, readonly io: TextEncoderIo) {}
+  private constructor(
+    private readonly session: ort.InferenceSession,
+    readonly io: TextEncoderIo,
+  ) {}
 
   /** Opens text_encoder/model.onnx and checks it takes token ids and returns hidden states (lib/model). */
   static async load(file: string, options: SessionOptions = {}, role: 'text_encoder' | 'sdxl-1' | 'sdxl-2' = 'text_encoder'): Promise<TextEncoder> {
@@ -24,9 +27,14 @@ export class TextEncoder {
 
   /** Encodes one padded id sequence; returns the hidden states [T·D] and their dims, and the pooled output if any. */
   async encode(ids: readonly number[]): Promise<{ data: Float32Array; dims: number[]; pooled?: Float32Array }> {
-    const tensor = this.io.ids.type === 'int64'
-      ? new ort.Tensor('int64', BigInt64Array.from(ids, (v) => BigInt(v)), [1, ids.length])
-      : new ort.Tensor('int32', Int32Array.from(ids), [1, ids.length]);
+    const tensor =
+      this.io.ids.type === 'int64'
+        ? new ort.Tensor(
+            'int64',
+            BigInt64Array.from(ids, (v) => BigInt(v)),
+            [1, ids.length],
+          )
+        : new ort.Tensor('int32', Int32Array.from(ids), [1, ids.length]);
     const pooledName = this.io.pooled?.name;
     const out = await this.session.run({ [this.io.ids.name]: tensor }, [this.io.hidden.name, ...(pooledName ? [pooledName] : [])]);
     const hidden = out[this.io.hidden.name]!;

@@ -85,7 +85,11 @@ export function formatTokenTable(rows: TokenTableRow[]): string {
   const lines = rows.map((r) => [String(r.index), r.piece, r.word ?? (r.kind === 'token' ? '' : `(${r.kind})`)]);
   const header = ['index', 'token', 'word'];
   const widths = header.map((h, c) => Math.max(h.length, ...lines.map((l) => l[c].length)));
-  const fmt = (l: string[]) => l.map((v, c) => (c === 0 ? v.padStart(widths[c]) : v.padEnd(widths[c]))).join('  ').trimEnd();
+  const fmt = (l: string[]) =>
+    l
+      .map((v, c) => (c === 0 ? v.padStart(widths[c]) : v.padEnd(widths[c])))
+      .join('  ')
+      .trimEnd();
   return [fmt(header), ...lines.map(fmt)].join('\n');
 }
 
@@ -104,8 +108,15 @@ function pieceIndex(w: WordPieces, rule: PieceRule): number {
 }
 
 function isNone(v: unknown): boolean {
-  return v === null || v === undefined || v === '' || v === '-' || v === 'none' || (typeof v === 'number' && v <= 0)
-    || (typeof v === 'string' && /^\s*-?\d+\s*$/.test(v) && Number(v) <= 0);
+  return (
+    v === null ||
+    v === undefined ||
+    v === '' ||
+    v === '-' ||
+    v === 'none' ||
+    (typeof v === 'number' && v <= 0) ||
+    (typeof v === 'string' && /^\s*-?\d+\s*$/.test(v) && Number(v) <= 0)
+  );
 }
 
 function asIndex(v: number | string): number | null {
@@ -124,7 +135,9 @@ function checkIndex(index: number, field: string, rows: TokenTableRow[], prompt:
   const row = pieces.find((r) => r.index === index);
   if (!row) {
     const what = index === 0 ? ' (index 0 is the start token)' : index === last + 1 ? ' (that is the end token)' : index > last + 1 ? ' (that is padding)' : '';
-    throw new RangeError(`Expected a token index between 1 and ${last} for ${field} but received ${index}${what}; indices count from the start token = 0.${table}`);
+    throw new RangeError(
+      `Expected a token index between 1 and ${last} for ${field} but received ${index}${what}; indices count from the start token = 0.${table}`,
+    );
   }
   return row;
 }
@@ -140,7 +153,9 @@ function finish(prompt: string, objects: TokenChoice[], attributes: Array<TokenC
     const prev = seen.get(c.index);
     const label = `${c.role} ${c.slot} ("${c.word}")`;
     if (prev !== undefined) {
-      throw new RangeError(`Token index ${c.index} is chosen twice (${prev} and ${label}); each object and attribute needs its own token.\nTokens of ${quotePrompt(prompt)}:\n${formatTokenTable(table)}`);
+      throw new RangeError(
+        `Token index ${c.index} is chosen twice (${prev} and ${label}); each object and attribute needs its own token.\nTokens of ${quotePrompt(prompt)}:\n${formatTokenTable(table)}`,
+      );
     }
     seen.set(c.index, label);
   }
@@ -157,7 +172,9 @@ function checkSpecArrays(spec: SelectionSpec): void {
     if (!Array.isArray(spec.attributes)) throw new TypeError('Expected an array (aligned with objects) for attributes');
     if (spec.objects === undefined) throw new TypeError('attributes need objects: pass objects too, aligned one to one');
     if (spec.attributes.length !== spec.objects.length) {
-      throw new RangeError(`attributes has ${spec.attributes.length} entries but objects has ${spec.objects.length}; align them one to one and use null (or 0, "-") for "no attribute"`);
+      throw new RangeError(
+        `attributes has ${spec.attributes.length} entries but objects has ${spec.objects.length}; align them one to one and use null (or 0, "-") for "no attribute"`,
+      );
     }
   }
   if (spec.piece !== undefined && spec.piece !== 'last' && spec.piece !== 'first') {
@@ -173,7 +190,10 @@ function findWord(tokenizer: ClipTokenizer, words: WordPieces[], spec: string, f
   const text = m?.[1] ?? '';
   const nth = m?.[2] !== undefined ? Number(m[2]) : 1;
   const needle = tokenizer.wordPieces(text).map((w) => w.word);
-  const listing = `\nWords of ${quotePrompt(prompt)}: ${words.slice(0, MAX_LISTED_WORDS).map((w) => w.word).join(' ')}${words.length > MAX_LISTED_WORDS ? ' …' : ''}`;
+  const listing = `\nWords of ${quotePrompt(prompt)}: ${words
+    .slice(0, MAX_LISTED_WORDS)
+    .map((w) => w.word)
+    .join(' ')}${words.length > MAX_LISTED_WORDS ? ' …' : ''}`;
   if (needle.length === 0) throw new RangeError(`${field}: ${JSON.stringify(spec)} contains no word.${listing}`);
   if (nth < 1) throw new RangeError(`${field}: occurrence #${nth} in ${JSON.stringify(spec)} must be 1 or more`);
   const hits: number[] = [];
@@ -183,7 +203,8 @@ function findWord(tokenizer: ClipTokenizer, words: WordPieces[], spec: string, f
   if (hits.length === 0) throw new RangeError(`${field}: ${JSON.stringify(text)} is not a word of the prompt.${listing}`);
   if (nth > hits.length) throw new RangeError(`${field}: ${JSON.stringify(text)} occurs ${hits.length} time(s), so #${nth} does not exist.${listing}`);
   const w = words[hits[nth - 1]];
-  if (w.truncated) throw new RangeError(`${field}: ${JSON.stringify(text)} lies beyond the ${tokenizer.maxLength}-token limit and was cut off; shorten the prompt.`);
+  if (w.truncated)
+    throw new RangeError(`${field}: ${JSON.stringify(text)} lies beyond the ${tokenizer.maxLength}-token limit and was cut off; shorten the prompt.`);
   return w;
 }
 
@@ -192,20 +213,133 @@ function findWord(tokenizer: ClipTokenizer, words: WordPieces[], spec: string, f
 type Cat = 'det' | 'value' | 'adj' | 'noun' | 'verb' | 'prep' | 'conj' | 'adv' | 'punct' | 'other';
 
 /** Prepositions that place the noun after them in the scene (background) rather than next to the subject. */
-const SCENE_PREPS = new Set(['in', 'on', 'at', 'inside', 'into', 'onto', 'within', 'of', 'during', 'across', 'through',
-  'throughout', 'along', 'amid', 'amidst', 'among', 'from', 'upon', 'against', 'around', 'towards', 'toward', 'to', 'for', 'by']);
+const SCENE_PREPS = new Set([
+  'in',
+  'on',
+  'at',
+  'inside',
+  'into',
+  'onto',
+  'within',
+  'of',
+  'during',
+  'across',
+  'through',
+  'throughout',
+  'along',
+  'amid',
+  'amidst',
+  'among',
+  'from',
+  'upon',
+  'against',
+  'around',
+  'towards',
+  'toward',
+  'to',
+  'for',
+  'by',
+]);
 /** Words that are prepositions before a noun phrase even when the tagger says otherwise ("tracks under a bridge"). */
-const PREPOSITIONS = new Set([...SCENE_PREPS, 'with', 'under', 'underneath', 'beneath', 'below', 'above', 'over',
-  'behind', 'beside', 'besides', 'near', 'next', 'down', 'up', 'between', 'beyond', 'past', 'without', 'atop', 'outside', 'like']);
-const DETERMINERS = new Set(['a', 'an', 'the', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine', 'ten',
-  'some', 'many', 'several', 'this', 'that', 'these', 'those', 'his', 'her', 'their', 'its', 'my', 'our', 'your', 'each', 'every']);
+const PREPOSITIONS = new Set([
+  ...SCENE_PREPS,
+  'with',
+  'under',
+  'underneath',
+  'beneath',
+  'below',
+  'above',
+  'over',
+  'behind',
+  'beside',
+  'besides',
+  'near',
+  'next',
+  'down',
+  'up',
+  'between',
+  'beyond',
+  'past',
+  'without',
+  'atop',
+  'outside',
+  'like',
+]);
+const DETERMINERS = new Set([
+  'a',
+  'an',
+  'the',
+  'one',
+  'two',
+  'three',
+  'four',
+  'five',
+  'six',
+  'seven',
+  'eight',
+  'nine',
+  'ten',
+  'some',
+  'many',
+  'several',
+  'this',
+  'that',
+  'these',
+  'those',
+  'his',
+  'her',
+  'their',
+  'its',
+  'my',
+  'our',
+  'your',
+  'each',
+  'every',
+]);
 /** Colour words win over other adjectives as the attribute (Divide & Bind binds colours in its examples). */
-const COLOURS = new Set(['red', 'green', 'blue', 'yellow', 'orange', 'purple', 'pink', 'brown', 'black', 'white', 'gray',
-  'grey', 'violet', 'cyan', 'magenta', 'golden', 'gold', 'silver', 'beige', 'turquoise', 'teal', 'maroon', 'navy',
-  'crimson', 'scarlet', 'indigo', 'lime', 'olive', 'tan', 'ivory', 'bronze', 'copper', 'lavender', 'blond', 'blonde']);
+const COLOURS = new Set([
+  'red',
+  'green',
+  'blue',
+  'yellow',
+  'orange',
+  'purple',
+  'pink',
+  'brown',
+  'black',
+  'white',
+  'gray',
+  'grey',
+  'violet',
+  'cyan',
+  'magenta',
+  'golden',
+  'gold',
+  'silver',
+  'beige',
+  'turquoise',
+  'teal',
+  'maroon',
+  'navy',
+  'crimson',
+  'scarlet',
+  'indigo',
+  'lime',
+  'olive',
+  'tan',
+  'ivory',
+  'bronze',
+  'copper',
+  'lavender',
+  'blond',
+  'blonde',
+]);
 const SENTENCE_PUNCT = /^[,.;:!?()[\]{}|"]+$/;
 
-interface Tagged { w: WordPieces; cat: Cat }
+interface Tagged {
+  w: WordPieces;
+  cat: Cat;
+}
 
 function categorise(tags: Set<string>, word: string): Cat {
   if (DETERMINERS.has(word) && !tags.has('Noun')) return word === 'a' || word === 'an' || word === 'the' || tags.has('Determiner') ? 'det' : 'value';
@@ -266,7 +400,13 @@ function tagWords(prompt: string, words: WordPieces[]): Tagged[] {
   return tagged;
 }
 
-interface NounPhrase { words: Tagged[]; head: Tagged; hasDet: boolean; modifiers: Tagged[]; governing: string | null }
+interface NounPhrase {
+  words: Tagged[];
+  head: Tagged;
+  hasDet: boolean;
+  modifiers: Tagged[];
+  governing: string | null;
+}
 
 function nounPhrases(segment: Tagged[]): NounPhrase[] {
   const out: NounPhrase[] = [];
@@ -283,7 +423,11 @@ function nounPhrases(segment: Tagged[]): NounPhrase[] {
     while (i < segment.length && ['adj', 'noun', 'adv'].includes(segment[i].cat)) np.push(segment[i++]);
     const hasDet = np.some((x) => x.cat === 'det' || x.cat === 'value');
     let headAt = -1;
-    for (let k = np.length - 1; k >= 0; k--) if (np[k].cat === 'noun') { headAt = k; break; }
+    for (let k = np.length - 1; k >= 0; k--)
+      if (np[k].cat === 'noun') {
+        headAt = k;
+        break;
+      }
     // With a determiner the phrase must have a head even if the tagger called it something else ("a orange").
     if (headAt < 0 && hasDet && np.length > 0 && np[np.length - 1].cat !== 'det' && np[np.length - 1].cat !== 'value') headAt = np.length - 1;
     if (headAt >= 0) {
@@ -395,10 +539,14 @@ export function selectTokens(tokenizer: ClipTokenizer, prompt: string, spec: Sel
   }
   const objects = spec.objects.map((v, slot) => {
     if (typeof v === 'number' && v <= 0) {
-      throw new RangeError(`Expected a token index between 1 and ${table.length - 2} for objects[${slot}] but received ${v}; only attributes may be empty.\n${formatTokenTable(table)}`);
+      throw new RangeError(
+        `Expected a token index between 1 and ${table.length - 2} for objects[${slot}] but received ${v}; only attributes may be empty.\n${formatTokenTable(table)}`,
+      );
     }
     return resolve(v, `objects[${slot}]`, 'object', slot);
   });
-  const attributes = (spec.attributes ?? objects.map(() => null)).map((v, slot) => (isNone(v) ? null : resolve(v as number | string, `attributes[${slot}]`, 'attribute', slot)));
+  const attributes = (spec.attributes ?? objects.map(() => null)).map((v, slot) =>
+    isNone(v) ? null : resolve(v as number | string, `attributes[${slot}]`, 'attribute', slot),
+  );
   return finish(prompt, objects, attributes, table);
 }

@@ -31,7 +31,11 @@ export interface ExtraUnetInput {
 }
 
 /** Feeds of `extra` for the inputs a session declares in `specs`, with rows `rows` stacked on the batch axis. */
-function extraFeeds(specs: readonly InputSpec[] | undefined, extra: readonly ExtraUnetInput[], rows: ReadonlyArray<'uncond' | 'cond'>): Record<string, ort.Tensor> {
+function extraFeeds(
+  specs: readonly InputSpec[] | undefined,
+  extra: readonly ExtraUnetInput[],
+  rows: ReadonlyArray<'uncond' | 'cond'>,
+): Record<string, ort.Tensor> {
   const feeds: Record<string, ort.Tensor> = {};
   for (const spec of specs ?? []) {
     const x = extra.find((e) => e.name === spec.name);
@@ -62,8 +66,14 @@ export class CfgUnet implements NoisePredictor {
   }
 
   /** Binds one generation's text embeddings ([T, D] each) and added conditions (SDXL) to a loaded session. */
-  static bind(loaded: { session: ort.InferenceSession; inputs: UnetInputs }, latentDims: [number, number, number], uncond: Float32Array, cond: Float32Array,
-    textDims: [number, number], extra: readonly ExtraUnetInput[] = []): CfgUnet {
+  static bind(
+    loaded: { session: ort.InferenceSession; inputs: UnetInputs },
+    latentDims: [number, number, number],
+    uncond: Float32Array,
+    cond: Float32Array,
+    textDims: [number, number],
+    extra: readonly ExtraUnetInput[] = [],
+  ): CfgUnet {
     return new CfgUnet(loaded.session, loaded.inputs, loaded.inputs.output.name, latentDims, uncond, cond, textDims, extra);
   }
 
@@ -95,12 +105,15 @@ export class CfgUnet implements NoisePredictor {
     const [c, h, w] = this.latentDims;
     const [T, D] = this.textDims;
     const batch = rows.length;
-    const out = await this.session.run({
-      sample: floatInput(this.inputs.sample, sample, [batch, c, h, w]),
-      timestep: scalarInput(this.inputs.timestep, timestep, batch),
-      encoder_hidden_states: floatInput(this.inputs.encoderHiddenStates, text, [batch, T, D]),
-      ...extraFeeds(this.inputs.added, this.extra, rows),
-    }, [this.outputName]);
+    const out = await this.session.run(
+      {
+        sample: floatInput(this.inputs.sample, sample, [batch, c, h, w]),
+        timestep: scalarInput(this.inputs.timestep, timestep, batch),
+        encoder_hidden_states: floatInput(this.inputs.encoderHiddenStates, text, [batch, T, D]),
+        ...extraFeeds(this.inputs.added, this.extra, rows),
+      },
+      [this.outputName],
+    );
     return floatOutput(out[this.outputName], 'UNet output');
   }
 }
@@ -156,7 +169,13 @@ class GuidedSetSessions implements ConditionedGuidedUnet {
     return withExtra(this, extra);
   }
 
-  private feeds(inputs: Partial<GuidedInputs>, sample: Float32Array, timestep: number, cond: Float32Array, extra: readonly ExtraUnetInput[]): Record<string, ort.Tensor> {
+  private feeds(
+    inputs: Partial<GuidedInputs>,
+    sample: Float32Array,
+    timestep: number,
+    cond: Float32Array,
+    extra: readonly ExtraUnetInput[],
+  ): Record<string, ort.Tensor> {
     const [c, h, w] = this.files.latentDims;
     const [T, D] = this.files.textDims;
     const feeds: Record<string, ort.Tensor> = extraFeeds(inputs.added, extra, ['cond']);
@@ -180,7 +199,9 @@ class GuidedSetSessions implements ConditionedGuidedUnet {
     this.files.cotangentInputs.forEach((name, k) => {
       feeds[name] = new ort.Tensor('float32', cotangents[k] ?? new Float32Array(fwd.maps[k].length), this.files.mapDims[k]);
     });
-    this.files.residuals.forEach((r, k) => { feeds[r.input] = st.residuals[k]; });
+    this.files.residuals.forEach((r, k) => {
+      feeds[r.input] = st.residuals[k];
+    });
     const out = await this.bwdSession.run(feeds, [this.files.gradOutput]);
     return Float32Array.from(floatOutput(out[this.files.gradOutput], 'VJP output'));
   }
@@ -201,7 +222,10 @@ export class OrtGuidedUnet implements ConditionedGuidedUnet {
   readonly textLength: number;
   private readonly opened = new Map<PreparedUnetFiles, Promise<GuidedSetSessions>>();
 
-  private constructor(private readonly prepared: PreparedInfo, private readonly options: SessionOptions) {
+  private constructor(
+    private readonly prepared: PreparedInfo,
+    private readonly options: SessionOptions,
+  ) {
     this.layers = prepared.files.layers;
     this.textLength = prepared.files.textDims[0];
   }
@@ -254,7 +278,10 @@ export class OrtGuidedUnet implements ConditionedGuidedUnet {
 export class GuidedUnetsBySize {
   private readonly open = new Map<string, Promise<{ unet: OrtGuidedUnet; prepared: PreparedInfo }>>();
 
-  constructor(private readonly folder: UnetFolder, private readonly options: EnsurePreparedOptions & { session?: SessionOptions }) {}
+  constructor(
+    private readonly folder: UnetFolder,
+    private readonly options: EnsurePreparedOptions & { session?: SessionOptions },
+  ) {}
 
   get(key: PreparedKey): Promise<{ unet: OrtGuidedUnet; prepared: PreparedInfo }> {
     const id = sizeDirName(key);

@@ -3,7 +3,10 @@ import { checkVaeDecoder, openComponent, type VaeDecoderIo } from '../model/comp
 import { floatInput, floatOutput, type ort, type SessionOptions } from './ort';
 
 export class VaeDecoder {
-  private constructor(private readonly session: ort.InferenceSession, readonly io: VaeDecoderIo) {}
+  private constructor(
+    private readonly session: ort.InferenceSession,
+    readonly io: VaeDecoderIo,
+  ) {}
 
   /** Opens vae_decoder/model.onnx and checks it takes one latent and returns an image (lib/model). */
   static async load(file: string, options: SessionOptions = {}): Promise<VaeDecoder> {

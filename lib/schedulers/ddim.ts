@@ -1,8 +1,5 @@
 /** DDIM (η = 0, deterministic), as diffusers' DDIMScheduler (Song et al. 2020, eqs. 12 and 16). */
-import {
-  type Scheduler, type SchedulerConfig, type StepResult, checkArrays, checkNumSteps, makeAlphasCumprod, makeBetas,
-  spacedTimesteps,
-} from './scheduler';
+import { type Scheduler, type SchedulerConfig, type StepResult, checkArrays, checkNumSteps, makeAlphasCumprod, makeBetas, spacedTimesteps } from './scheduler';
 import { checkTimestep } from './pndm';
 
 const f32 = Math.fround;

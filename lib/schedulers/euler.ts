@@ -2,10 +2,7 @@
  * Euler discrete (Karras et al. 2022, Algorithm 2 with s_churn = 0), as diffusers' EulerDiscreteScheduler: the
  * sample lives in σ-space, so the UNet input must go through scaleModelInput (sample / √(σ²+1)).
  */
-import {
-  type Scheduler, type SchedulerConfig, type StepResult, checkArrays, checkNumSteps, makeAlphasCumprod, makeBetas,
-  roundHalfEven,
-} from './scheduler';
+import { type Scheduler, type SchedulerConfig, type StepResult, checkArrays, checkNumSteps, makeAlphasCumprod, makeBetas, roundHalfEven } from './scheduler';
 
 const f32 = Math.fround;
 

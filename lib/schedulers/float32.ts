@@ -12,13 +12,13 @@ export function fmaf(a: number, b: number, c: number): number {
   const p = a * b;
   const s = p + c;
   const bb = s - p;
-  const err = (p - (s - bb)) + (c - bb);
+  const err = p - (s - bb) + (c - bb);
   if (err === 0 || !Number.isFinite(s)) return f32(s);
   dblBuf.setFloat64(0, s, true);
   const lo = dblBuf.getUint32(0, true);
   if ((lo & 1) === 0) {
     // Move one double ulp towards the exact value, which makes the last bit odd (sticky).
-    const up = (err > 0) === (s > 0);
+    const up = err > 0 === s > 0;
     // lo is even: +1 cannot carry; −1 borrows from the high word only when lo is 0.
     if (up) dblBuf.setUint32(0, lo + 1, true);
     else if (lo !== 0) dblBuf.setUint32(0, lo - 1, true);

@@ -3,7 +3,12 @@ import { DdimScheduler } from './ddim';
 import { EulerScheduler } from './euler';
 import { PndmScheduler } from './pndm';
 import {
-  DEFAULT_CONFIG, type FromConfigOptions, type Scheduler, type SchedulerConfig, type SchedulerName, SD15_CONFIG,
+  DEFAULT_CONFIG,
+  type FromConfigOptions,
+  type Scheduler,
+  type SchedulerConfig,
+  type SchedulerName,
+  SD15_CONFIG,
   parseSchedulerConfig,
 } from './scheduler';
 
@@ -27,9 +32,12 @@ const CLASS_DEFAULTS: Record<SchedulerName, Partial<SchedulerConfig>> = {
 
 function build(name: SchedulerName, cfg: SchedulerConfig): Scheduler {
   switch (name) {
-    case 'pndm': return new PndmScheduler(cfg);
-    case 'ddim': return new DdimScheduler(cfg);
-    case 'euler': return new EulerScheduler(cfg);
+    case 'pndm':
+      return new PndmScheduler(cfg);
+    case 'ddim':
+      return new DdimScheduler(cfg);
+    case 'euler':
+      return new EulerScheduler(cfg);
   }
 }
 
@@ -52,7 +60,9 @@ export function fromConfig(raw: Record<string, unknown>, options: FromConfigOpti
   } else {
     const cls = raw?._class_name;
     if (typeof cls !== 'string' || !(cls in CLASS_TO_NAME)) {
-      throw new RangeError(`scheduler config "_class_name" is ${JSON.stringify(cls)}; supported: ${Object.keys(CLASS_TO_NAME).join(', ')} (or pass options.name to pick one of ${SCHEDULER_NAMES.join(', ')})`);
+      throw new RangeError(
+        `scheduler config "_class_name" is ${JSON.stringify(cls)}; supported: ${Object.keys(CLASS_TO_NAME).join(', ')} (or pass options.name to pick one of ${SCHEDULER_NAMES.join(', ')})`,
+      );
     }
     name = CLASS_TO_NAME[cls];
   }

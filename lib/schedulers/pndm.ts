@@ -2,10 +2,7 @@
  * PNDM with skip_prk_steps (PLMS), as diffusers' PNDMScheduler: the default scheduler of Stable Diffusion 1.x and
  * the one Divide & Bind and Attend-and-Excite use (spec §3).
  */
-import {
-  type Scheduler, type SchedulerConfig, type StepResult, checkArrays, checkNumSteps, makeAlphasCumprod, makeBetas,
-  spacedTimesteps,
-} from './scheduler';
+import { type Scheduler, type SchedulerConfig, type StepResult, checkArrays, checkNumSteps, makeAlphasCumprod, makeBetas, spacedTimesteps } from './scheduler';
 
 const f32 = Math.fround;
 
@@ -25,7 +22,9 @@ export class PndmScheduler implements Scheduler {
 
   constructor(config: Readonly<SchedulerConfig>) {
     if (!config.skip_prk_steps) {
-      throw new RangeError('PNDM with scheduler config "skip_prk_steps" = false (Runge-Kutta warm-up) is not implemented; set it to true as every Stable Diffusion checkpoint does');
+      throw new RangeError(
+        'PNDM with scheduler config "skip_prk_steps" = false (Runge-Kutta warm-up) is not implemented; set it to true as every Stable Diffusion checkpoint does',
+      );
     }
     this.config = Object.freeze({ ...config });
     this.alphasCumprod = makeAlphasCumprod(makeBetas(config));

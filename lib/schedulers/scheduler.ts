@@ -137,7 +137,9 @@ export function parseSchedulerConfig(
   options: FromConfigOptions = {},
 ): SchedulerConfig {
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
-    throw new TypeError(`Expected a scheduler config object (the contents of scheduler_config.json) but received ${raw === null ? 'null' : Array.isArray(raw) ? 'an array' : typeof raw}`);
+    throw new TypeError(
+      `Expected a scheduler config object (the contents of scheduler_config.json) but received ${raw === null ? 'null' : Array.isArray(raw) ? 'an array' : typeof raw}`,
+    );
   }
   const warn = options.warn ?? ((m: string) => process.emitWarning(m, 'SchedulerConfigWarning'));
   const cfg: SchedulerConfig = { ...base };
@@ -159,17 +161,39 @@ export function parseSchedulerConfig(
   };
   for (const [key, v] of Object.entries(raw)) {
     switch (key) {
-      case 'num_train_timesteps': cfg.num_train_timesteps = num(key, v, (x) => Number.isInteger(x) && x >= 2 && x <= 100000, 'an integer in [2, 100000]'); break;
-      case 'beta_start': cfg.beta_start = num(key, v, (x) => x > 0 && x < 1, 'a number in (0, 1)'); break;
-      case 'beta_end': cfg.beta_end = num(key, v, (x) => x > 0 && x < 1, 'a number in (0, 1)'); break;
-      case 'beta_schedule': cfg.beta_schedule = oneOf(key, v, ['linear', 'scaled_linear', 'squaredcos_cap_v2'] as const); break;
-      case 'set_alpha_to_one': cfg.set_alpha_to_one = bool(key, v); break;
-      case 'steps_offset': cfg.steps_offset = num(key, v, (x) => Number.isInteger(x) && x >= 0, 'a non-negative integer'); break;
-      case 'timestep_spacing': cfg.timestep_spacing = oneOf(key, v, ['leading', 'trailing', 'linspace'] as const); break;
-      case 'prediction_type': cfg.prediction_type = oneOf(key, v, ['epsilon', 'v_prediction'] as const); break;
-      case 'skip_prk_steps': cfg.skip_prk_steps = bool(key, v); break;
-      case 'clip_sample': cfg.clip_sample = bool(key, v); break;
-      case 'clip_sample_range': cfg.clip_sample_range = num(key, v, (x) => x > 0, 'a positive number'); break;
+      case 'num_train_timesteps':
+        cfg.num_train_timesteps = num(key, v, (x) => Number.isInteger(x) && x >= 2 && x <= 100000, 'an integer in [2, 100000]');
+        break;
+      case 'beta_start':
+        cfg.beta_start = num(key, v, (x) => x > 0 && x < 1, 'a number in (0, 1)');
+        break;
+      case 'beta_end':
+        cfg.beta_end = num(key, v, (x) => x > 0 && x < 1, 'a number in (0, 1)');
+        break;
+      case 'beta_schedule':
+        cfg.beta_schedule = oneOf(key, v, ['linear', 'scaled_linear', 'squaredcos_cap_v2'] as const);
+        break;
+      case 'set_alpha_to_one':
+        cfg.set_alpha_to_one = bool(key, v);
+        break;
+      case 'steps_offset':
+        cfg.steps_offset = num(key, v, (x) => Number.isInteger(x) && x >= 0, 'a non-negative integer');
+        break;
+      case 'timestep_spacing':
+        cfg.timestep_spacing = oneOf(key, v, ['leading', 'trailing', 'linspace'] as const);
+        break;
+      case 'prediction_type':
+        cfg.prediction_type = oneOf(key, v, ['epsilon', 'v_prediction'] as const);
+        break;
+      case 'skip_prk_steps':
+        cfg.skip_prk_steps = bool(key, v);
+        break;
+      case 'clip_sample':
+        cfg.clip_sample = bool(key, v);
+        break;
+      case 'clip_sample_range':
+        cfg.clip_sample_range = num(key, v, (x) => x > 0, 'a positive number');
+        break;
       default: {
         if (BOOKKEEPING_KEYS.has(key)) break;
         const noop = NOOP_VALUES[key];
@@ -227,7 +251,7 @@ export function makeBetas(cfg: Readonly<SchedulerConfig>): Float32Array {
       return torchLinspaceF32(Math.sqrt(cfg.beta_start), Math.sqrt(cfg.beta_end), n).map((x) => f32(x * x));
     case 'squaredcos_cap_v2': {
       // Glide's cosine schedule (betas_for_alpha_bar): computed in float64, capped at 0.999, stored as float32.
-      const alphaBar = (t: number) => Math.cos(((t + 0.008) / 1.008) * Math.PI / 2) ** 2;
+      const alphaBar = (t: number) => Math.cos((((t + 0.008) / 1.008) * Math.PI) / 2) ** 2;
       return Float32Array.from({ length: n }, (_, i) => Math.min(1 - alphaBar((i + 1) / n) / alphaBar(i / n), 0.999));
     }
   }
@@ -282,7 +306,8 @@ export function checkNumSteps(n: unknown, cfg: Readonly<SchedulerConfig>): numbe
 }
 
 export function checkArrays(name: string, modelOutput: unknown, sample: unknown): void {
-  if (!(modelOutput instanceof Float32Array)) throw new TypeError(`${name}.step: Expected a Float32Array for modelOutput but received ${describe(modelOutput)}`);
+  if (!(modelOutput instanceof Float32Array))
+    throw new TypeError(`${name}.step: Expected a Float32Array for modelOutput but received ${describe(modelOutput)}`);
   if (!(sample instanceof Float32Array)) throw new TypeError(`${name}.step: Expected a Float32Array for sample but received ${describe(sample)}`);
   if (modelOutput.length !== sample.length) {
     throw new RangeError(`${name}.step: modelOutput has ${modelOutput.length} values but sample has ${sample.length}; both must be the latent shape`);

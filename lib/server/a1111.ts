@@ -77,8 +77,7 @@ export function a1111Fix(field: string): string | undefined {
   if (NEUTRAL_ONLY[field]) return NEUTRAL_ONLY[field].why;
   const option = /^(?:divbind|alwayson_scripts\.divbind\.args\[0\])\.(\w+)$/.exec(field)?.[1];
   const a1111 =
-    Object.entries(FIELD_OPTIONS).find(([, o]) => o === option)?.[0] ??
-    (option === 'seed' ? 'seed' : option === 'scheduler' ? 'sampler_name' : undefined);
+    Object.entries(FIELD_OPTIONS).find(([, o]) => o === option)?.[0] ?? (option === 'seed' ? 'seed' : option === 'scheduler' ? 'sampler_name' : undefined);
   return a1111 ? `give it as the A1111 field "${a1111}"` : undefined;
 }
 
@@ -117,12 +116,7 @@ function extensionOf(body: Record<string, unknown>): Record<string, unknown> {
   }
   const viaScripts = scripts?.divbind?.args[0];
   if (direct !== undefined && viaScripts !== undefined) {
-    throw new HttpError(
-      400,
-      'BAD_INPUT',
-      'give the Divide & Bind options once: in divbind or in alwayson_scripts.divbind',
-      { field: 'divbind' },
-    );
+    throw new HttpError(400, 'BAD_INPUT', 'give the Divide & Bind options once: in divbind or in alwayson_scripts.divbind', { field: 'divbind' });
   }
   return direct ?? viaScripts ?? {};
 }
@@ -130,13 +124,11 @@ function extensionOf(body: Record<string, unknown>): Record<string, unknown> {
 /** A schema-checked txt2img body → generate options (A1111 fields mapped, the extension merged). */
 export function fromTxt2img(body: Record<string, unknown>): Txt2imgRequest {
   const options: Record<string, unknown> = { ...extensionOf(body) };
-  for (const [field, option] of Object.entries(FIELD_OPTIONS))
-    if (body[field] !== undefined) options[option] = body[field];
+  for (const [field, option] of Object.entries(FIELD_OPTIONS)) if (body[field] !== undefined) options[option] = body[field];
   // A1111's seed -1 is "random": leave the seed out and the server draws one.
   if (body.seed !== undefined && body.seed !== -1) options.seed = body.seed;
   const sampler = body.sampler_name ?? body.sampler_index;
-  if (typeof sampler === 'string')
-    options.scheduler = samplerScheduler(sampler, body.sampler_name !== undefined ? 'sampler_name' : 'sampler_index');
+  if (typeof sampler === 'string') options.scheduler = samplerScheduler(sampler, body.sampler_name !== undefined ? 'sampler_name' : 'sampler_index');
   const model = (body.override_settings as { sd_model_checkpoint?: string } | undefined)?.sd_model_checkpoint;
   return { options, ...(model !== undefined ? { model } : {}) };
 }
@@ -168,8 +160,7 @@ export function infotext(parameters: Record<string, unknown>, image: number, mod
     .filter(([, v]) => v !== null && v !== undefined)
     .map(([k, v]) => `${k}: ${quoteInfo(String(v))}`)
     .join(', ');
-  const negative =
-    typeof p.negativePrompt === 'string' && p.negativePrompt !== '' ? `\nNegative prompt: ${p.negativePrompt}` : '';
+  const negative = typeof p.negativePrompt === 'string' && p.negativePrompt !== '' ? `\nNegative prompt: ${p.negativePrompt}` : '';
   return `${String(p.prompt)}${negative}\n${line}`;
 }
 

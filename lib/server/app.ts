@@ -44,26 +44,21 @@ export async function buildApp(ctx: ServerContext, options: { rateLimitRedis?: R
   app.removeContentTypeParser('text/plain');
   app.setErrorHandler((err, _request, reply) => {
     const http = sendError(err);
-    if (http.status === 500 && http.code === 'INTERNAL')
-      process.stderr.write(`divbind-native serve: ${(err as Error)?.stack ?? String(err)}\n`);
+    if (http.status === 500 && http.code === 'INTERNAL') process.stderr.write(`divbind-native serve: ${(err as Error)?.stack ?? String(err)}\n`);
     reply
       .code(http.status)
       .headers(http.details.headers ?? {})
       .send(http.body());
   });
   app.setNotFoundHandler((request, reply) => {
-    reply
-      .code(404)
-      .send(new HttpError(404, 'NOT_FOUND', `no route ${request.method} ${request.url.split('?', 1)[0]}`).body());
+    reply.code(404).send(new HttpError(404, 'NOT_FOUND', `no route ${request.method} ${request.url.split('?', 1)[0]}`).body());
   });
 
   if (ctx.config.apiKey) app.addHook('onRequest', requireApiKey(ctx.config.apiKey));
   await app.register(rateLimit, {
     global: false,
     keyGenerator: (request) => request.ip,
-    ...(options.rateLimitRedis
-      ? { redis: options.rateLimitRedis, nameSpace: 'divbind:ratelimit:', skipOnError: true }
-      : {}),
+    ...(options.rateLimitRedis ? { redis: options.rateLimitRedis, nameSpace: 'divbind:ratelimit:', skipOnError: true } : {}),
     errorResponseBuilder: (_request, context) =>
       new HttpError(429, 'RATE_LIMITED', `more than ${context.max} submissions per minute from this client`, {
         fix: `retry in ${context.after}`,

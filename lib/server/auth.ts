@@ -39,15 +39,10 @@ export function requireApiKey(key: string): (request: FastifyRequest) => Promise
     if (OPEN_PATHS.includes(path)) return;
     const given = presentedKey(request);
     if (given === undefined || !timingSafeEqual(digest(given), expected)) {
-      throw new HttpError(
-        401,
-        'UNAUTHORIZED',
-        given === undefined ? 'an API key is required' : 'the API key is wrong',
-        {
-          fix: 'send Authorization: Bearer <key> (or X-API-Key: <key>)',
-          headers: { 'www-authenticate': 'Bearer realm="divbind-native"' },
-        },
-      );
+      throw new HttpError(401, 'UNAUTHORIZED', given === undefined ? 'an API key is required' : 'the API key is wrong', {
+        fix: 'send Authorization: Bearer <key> (or X-API-Key: <key>)',
+        headers: { 'www-authenticate': 'Bearer realm="divbind-native"' },
+      });
     }
   };
 }

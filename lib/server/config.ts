@@ -93,14 +93,10 @@ export function parseModelList(text: string): ModelConfig[] {
   entries.forEach((entry, i) => {
     const eq = entry.indexOf('=');
     if (eq <= 0 || eq === entry.length - 1) {
-      throw new DivbindError(
-        'BAD_INPUT',
-        `Expected name=DIR for --models entry ${i + 1} but received ${JSON.stringify(entry)}`,
-        {
-          field: '--models',
-          fix: 'e.g. --models shapes=models/shapes-sd,sd15=/models/sd15',
-        },
-      );
+      throw new DivbindError('BAD_INPUT', `Expected name=DIR for --models entry ${i + 1} but received ${JSON.stringify(entry)}`, {
+        field: '--models',
+        fix: 'e.g. --models shapes=models/shapes-sd,sd15=/models/sd15',
+      });
     }
     const name = checkModelName(entry.slice(0, eq).trim(), '--models');
     if (models.some((m) => m.name === name)) {

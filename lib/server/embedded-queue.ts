@@ -6,15 +6,7 @@
 import type { DivBindPipeline } from '../index';
 import { HttpError } from './http-errors';
 import { type JobProgress, type JobRecord, type JobRequest, type JobStatus, type JobEvent, finalEvents } from './jobs';
-import {
-  CANCEL_WAIT_MS,
-  EventHub,
-  RETRY_AFTER_SECONDS,
-  settledWithin,
-  statusOfRecord,
-  type JobQueue,
-  type QueueOverview,
-} from './queue';
+import { CANCEL_WAIT_MS, EventHub, RETRY_AFTER_SECONDS, settledWithin, statusOfRecord, type JobQueue, type QueueOverview } from './queue';
 import type { AbortReason, JobRunner, RunOutcome } from './runner';
 import type { MemoryStore } from './store';
 

@@ -39,18 +39,9 @@ export function addWorkerFlags(command: Command): Command {
     .option('--models <list>', 'several models: name=DIR,name=DIR (requests choose one by name)')
     .option('--concurrency <n>', `jobs this process runs at once (default: ${DEFAULTS.concurrency})`)
     .addOption(new Option('--threads <n>', 'onnxruntime threads per model session (default: the number of cores)'))
-    .option(
-      '--prepare',
-      'prepare the UNet for guided modes when it is not prepared yet (once per model; the bundled model always does)',
-    )
-    .option(
-      '--grace <seconds>',
-      `on SIGTERM, how long running jobs may take to finish before they are requeued (default: ${DEFAULTS.graceSeconds})`,
-    )
-    .option(
-      '--lock-timeout <seconds>',
-      `Redis: a job whose worker is silent this long goes to another worker (default: ${DEFAULTS.lockSeconds})`,
-    )
+    .option('--prepare', 'prepare the UNet for guided modes when it is not prepared yet (once per model; the bundled model always does)')
+    .option('--grace <seconds>', `on SIGTERM, how long running jobs may take to finish before they are requeued (default: ${DEFAULTS.graceSeconds})`)
+    .option('--lock-timeout <seconds>', `Redis: a job whose worker is silent this long goes to another worker (default: ${DEFAULTS.lockSeconds})`)
     .option('--result-ttl <seconds>', `how long results (PNGs, logs) are kept (default: ${DEFAULTS.resultTtlSeconds})`);
 }
 
@@ -72,14 +63,10 @@ export function workerConfig(flags: WorkerFlags): WorkerConfig & { resultTtlSeco
 export function serveConfig(flags: ServeFlags): ServeConfig {
   const redisUrl = flags.redis === undefined ? undefined : checkRedisUrl(flags.redis);
   if (!flags.worker && redisUrl === undefined) {
-    throw new DivbindError(
-      'BAD_INPUT',
-      '--no-worker needs --redis URL: without Redis this process is the only worker',
-      {
-        field: '--no-worker',
-        fix: 'add --redis redis://HOST:6379 and start workers with `divbind-native worker --redis …`, or drop --no-worker',
-      },
-    );
+    throw new DivbindError('BAD_INPUT', '--no-worker needs --redis URL: without Redis this process is the only worker', {
+      field: '--no-worker',
+      fix: 'add --redis redis://HOST:6379 and start workers with `divbind-native worker --redis …`, or drop --no-worker',
+    });
   }
   const apiKey = flags.apiKey ?? process.env.DIVBIND_API_KEY;
   return {

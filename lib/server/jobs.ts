@@ -114,8 +114,7 @@ export function jobErrorOf(err: unknown): JobError {
 /** The events a finished record replays to a client that subscribes late (or live, at the end). */
 export function finalEvents(record: JobRecord): JobEvent[] {
   if (record.state === 'cancelled') return [{ type: 'cancelled' }];
-  if (record.state === 'failed')
-    return [{ type: 'failed', error: record.error ?? { code: 'FAILED', message: 'failed' } }];
+  if (record.state === 'failed') return [{ type: 'failed', error: record.error ?? { code: 'FAILED', message: 'failed' } }];
   const images: JobEvent[] = Array.from({ length: record.images }, (_, index) => ({ type: 'image', index }));
   return [...images, { type: 'done', record }];
 }

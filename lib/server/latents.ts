@@ -24,8 +24,7 @@ function refused(message: string, fix?: string): DivbindError {
 /** The latents of a base64 .npy, checked: 4-D float, `images` first, finite. */
 export function decodeLatents(base64: string, images: number): Float32Array {
   const bytes = Buffer.from(base64, 'base64');
-  if (bytes.length > MAX_LATENT_BYTES)
-    throw refused(`latents are ${bytes.length} bytes, more than the ${MAX_LATENT_BYTES} accepted`);
+  if (bytes.length > MAX_LATENT_BYTES) throw refused(`latents are ${bytes.length} bytes, more than the ${MAX_LATENT_BYTES} accepted`);
   let array: ReturnType<typeof parseNpy>;
   try {
     array = parseNpy(bytes, 'latents');
@@ -34,18 +33,12 @@ export function decodeLatents(base64: string, images: number): Float32Array {
   }
   const { shape, dtype, data } = array;
   if (shape.length !== 4 || !shape.every((d) => Number.isSafeInteger(d) && d > 0)) {
-    throw refused(
-      `Expected a 4-D shape [images, channels, height/8, width/8] for latents but received (${shape.join(', ')})`,
-    );
+    throw refused(`Expected a 4-D shape [images, channels, height/8, width/8] for latents but received (${shape.join(', ')})`);
   }
   if (shape[0] !== images) {
-    throw refused(
-      `latents hold ${shape[0]} image(s) but imagesPerPrompt is ${images}`,
-      'make the first dimension imagesPerPrompt',
-    );
+    throw refused(`latents hold ${shape[0]} image(s) but imagesPerPrompt is ${images}`, 'make the first dimension imagesPerPrompt');
   }
-  if (dtype !== 'float32' && dtype !== 'float64')
-    throw refused(`Expected float32 or float64 latents but received ${dtype}`);
+  if (dtype !== 'float32' && dtype !== 'float64') throw refused(`Expected float32 or float64 latents but received ${dtype}`);
   const values = data instanceof Float32Array ? data : Float32Array.from(data as Float64Array);
   const bad = values.findIndex((v) => !Number.isFinite(v));
   if (bad >= 0) throw refused(`latents hold a non-finite value (${values[bad]}) at flat index ${bad}`);

@@ -56,17 +56,12 @@ export function renderMetrics(m: MetricsSnapshot): string {
   bucketLines.push(`divbind_step_duration_seconds_bucket{le="+Inf"} ${m.steps.count}`);
   const parts = [
     family('divbind_queue_depth', 'gauge', 'Jobs waiting for a worker.', [`divbind_queue_depth ${m.queued}`]),
-    family('divbind_jobs', 'gauge', 'Jobs not finished, by state.', [
-      `divbind_jobs{state="queued"} ${m.queued}`,
-      `divbind_jobs{state="running"} ${m.running}`,
-    ]),
+    family('divbind_jobs', 'gauge', 'Jobs not finished, by state.', [`divbind_jobs{state="queued"} ${m.queued}`, `divbind_jobs{state="running"} ${m.running}`]),
     family(
       'divbind_jobs_finished_total',
       'counter',
       'Jobs finished, by final state (each counted once).',
-      (['succeeded', 'failed', 'cancelled'] as const).map(
-        (s) => `divbind_jobs_finished_total{state="${s}"} ${m.finished[s]}`,
-      ),
+      (['succeeded', 'failed', 'cancelled'] as const).map((s) => `divbind_jobs_finished_total{state="${s}"} ${m.finished[s]}`),
     ),
     family('divbind_step_duration_seconds', 'histogram', 'Wall time of one denoising step (guidance included).', [
       ...bucketLines,
@@ -74,9 +69,6 @@ export function renderMetrics(m: MetricsSnapshot): string {
       `divbind_step_duration_seconds_count ${m.steps.count}`,
     ]),
   ];
-  if (m.workers !== undefined)
-    parts.push(
-      family('divbind_workers', 'gauge', 'Worker processes connected to the queue.', [`divbind_workers ${m.workers}`]),
-    );
+  if (m.workers !== undefined) parts.push(family('divbind_workers', 'gauge', 'Worker processes connected to the queue.', [`divbind_workers ${m.workers}`]));
   return `${parts.join('\n')}\n`;
 }

@@ -12,10 +12,7 @@ export interface LoadModelsOptions {
 }
 
 /** Loads every model (in order; a failure releases those loaded and rethrows). */
-export async function loadModels(
-  models: ModelConfig[],
-  options: LoadModelsOptions,
-): Promise<Map<string, DivBindPipeline>> {
+export async function loadModels(models: ModelConfig[], options: LoadModelsOptions): Promise<Map<string, DivBindPipeline>> {
   const loaded = new Map<string, DivBindPipeline>();
   try {
     for (const model of models) {
@@ -27,9 +24,7 @@ export async function loadModels(
         onProgress: (message) => options.log(`  ${model.name}: ${message}`),
       });
       loaded.set(model.name, pipeline);
-      options.log(
-        `model ${model.name} ready${pipeline.canGuide ? '' : ' (not prepared: mode none only; run `divbind-native prepare`)'}`,
-      );
+      options.log(`model ${model.name} ready${pipeline.canGuide ? '' : ' (not prepared: mode none only; run `divbind-native prepare`)'}`);
     }
   } catch (err) {
     await releaseModels(loaded);

@@ -10,15 +10,7 @@ import type { Redis } from 'ioredis';
 import type { DivBindPipeline } from '../index';
 import { HttpError } from './http-errors';
 import { type JobError, type JobEvent, type JobProgress, type JobRequest, type JobStatus, finalEvents } from './jobs';
-import {
-  CANCEL_WAIT_MS,
-  EventHub,
-  RETRY_AFTER_SECONDS,
-  settledWithin,
-  statusOfRecord,
-  type JobQueue,
-  type QueueOverview,
-} from './queue';
+import { CANCEL_WAIT_MS, EventHub, RETRY_AFTER_SECONDS, settledWithin, statusOfRecord, type JobQueue, type QueueOverview } from './queue';
 import { BULL_PREFIX, CANCEL_CHANNEL, QUEUE_NAME, cancelKey, connectRedis, connectionOptions } from './redis';
 import { RedisStore } from './redis-store';
 import type { JobStore } from './store';
@@ -98,15 +90,7 @@ export class RedisQueue implements JobQueue {
     queue.on('error', () => {});
     events.on('error', () => {});
     await Promise.all([queue.waitUntilReady(), events.waitUntilReady()]);
-    const self = new RedisQueue(
-      redis,
-      queue,
-      events,
-      new RedisStore(redis, options.resultTtlSeconds),
-      pipelines,
-      worker,
-      options,
-    );
+    const self = new RedisQueue(redis, queue, events, new RedisStore(redis, options.resultTtlSeconds), pipelines, worker, options);
     self.listen();
     return self;
   }
@@ -153,8 +137,7 @@ export class RedisQueue implements JobQueue {
     if (!job) return null;
     const base = { id, model: job.data.model, createdAt: job.data.createdAt };
     const state = await job.getState();
-    if (state === 'active')
-      return { ...base, state: 'running', ...(isProgress(job.progress) ? { progress: job.progress } : {}) };
+    if (state === 'active') return { ...base, state: 'running', ...(isProgress(job.progress) ? { progress: job.progress } : {}) };
     if (state === 'failed') return { ...base, state: 'failed', error: failureOf(job.failedReason) };
     if (state === 'completed' || state === 'unknown') {
       // Finished between the two reads: the record is there now.
@@ -199,11 +182,7 @@ export class RedisQueue implements JobQueue {
   }
 
   private async readOverview(): Promise<QueueOverview> {
-    const [queued, active, workers] = await Promise.all([
-      this.queue.getWaitingCount(),
-      this.queue.getActive(),
-      this.queue.getWorkersCount(),
-    ]);
+    const [queued, active, workers] = await Promise.all([this.queue.getWaitingCount(), this.queue.getActive(), this.queue.getWorkersCount()]);
     const running = active
       .map((job) => ({
         id: String(job.id),

@@ -41,14 +41,7 @@ export class RedisStore implements JobStore {
 
   async finish(record: JobRecord, images: Buffer[]): Promise<boolean> {
     const keys = [KEY.result(record.id), KEY.finished, ...images.map((_, n) => KEY.image(record.id, n))];
-    const written = await this.finishOnce(
-      keys.length,
-      ...keys,
-      JSON.stringify(record),
-      this.ttlSeconds,
-      record.state,
-      ...images,
-    );
+    const written = await this.finishOnce(keys.length, ...keys, JSON.stringify(record), this.ttlSeconds, record.state, ...images);
     return written === 1;
   }
 

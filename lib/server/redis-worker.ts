@@ -43,16 +43,8 @@ export class RedisJobWorker {
   static async start(url: string, runner: JobRunner, options: RedisWorkerOptions): Promise<RedisJobWorker> {
     const redis = await connectRedis(url, 'worker');
     const subscriber = await connectRedis(url, 'worker');
-    const self = new RedisJobWorker(
-      runner,
-      redis,
-      subscriber,
-      new RedisStore(redis, options.resultTtlSeconds),
-      options.log,
-    );
-    subscriber.on('message', (_channel: string, id: string) =>
-      self.controllers.get(id)?.abort('cancelled' satisfies AbortReason),
-    );
+    const self = new RedisJobWorker(runner, redis, subscriber, new RedisStore(redis, options.resultTtlSeconds), options.log);
+    subscriber.on('message', (_channel: string, id: string) => self.controllers.get(id)?.abort('cancelled' satisfies AbortReason));
     await subscriber.subscribe(CANCEL_CHANNEL);
     self.worker = new Worker<JobRequest>(QUEUE_NAME, (job, token) => self.process(job, token), {
       connection: { url, ...connectionOptions('worker') },
@@ -102,13 +94,8 @@ export class RedisJobWorker {
       });
       if (outcome === 'interrupted') return await this.requeue(job, token, controller.signal.reason as AbortReason);
       const written = await this.store.finish(outcome.record, outcome.images);
-      const seconds = (
-        (outcome.record.finishedAt - (outcome.record.startedAt ?? outcome.record.finishedAt)) /
-        1000
-      ).toFixed(1);
-      this.log(
-        `job ${request.id}: ${outcome.record.state} in ${seconds} s${written ? '' : ' (a result was written already; this one was dropped)'}`,
-      );
+      const seconds = ((outcome.record.finishedAt - (outcome.record.startedAt ?? outcome.record.finishedAt)) / 1000).toFixed(1);
+      this.log(`job ${request.id}: ${outcome.record.state} in ${seconds} s${written ? '' : ' (a result was written already; this one was dropped)'}`);
       if (outcome.record.state === 'failed') throw new UnrecoverableError(outcome.record.error?.message ?? 'failed');
       return { state: outcome.record.state };
     } finally {
@@ -118,9 +105,7 @@ export class RedisJobWorker {
 
   /** Shutdown: back to the queue for another worker. A lost lock: the job is someone else's now. */
   private async requeue(job: Job<JobRequest>, token: string | undefined, reason: AbortReason): Promise<never> {
-    this.log(
-      `job ${job.id}: ${reason === 'shutdown' ? 'back to the queue (shutdown)' : 'stopped (its lock was lost)'}`,
-    );
+    this.log(`job ${job.id}: ${reason === 'shutdown' ? 'back to the queue (shutdown)' : 'stopped (its lock was lost)'}`);
     if (reason === 'shutdown') {
       await job.moveToWait(token);
       throw new WaitingError();

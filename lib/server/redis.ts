@@ -45,11 +45,10 @@ export function checkRedisUrl(url: string): string {
     });
   }
   if (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') {
-    throw new DivbindError(
-      'BAD_INPUT',
-      `Expected a redis:// or rediss:// URL for --redis but received ${parsed.protocol}//…`,
-      { field: '--redis', fix: 'e.g. --redis redis://127.0.0.1:6379' },
-    );
+    throw new DivbindError('BAD_INPUT', `Expected a redis:// or rediss:// URL for --redis but received ${parsed.protocol}//…`, {
+      field: '--redis',
+      fix: 'e.g. --redis redis://127.0.0.1:6379',
+    });
   }
   return url;
 }

@@ -8,13 +8,7 @@
  * fails there ends as a failed job with the same error. Nothing unchecked reaches a worker.
  */
 import { randomInt, randomUUID } from 'node:crypto';
-import {
-  type DivBindPipeline,
-  type GenerateOptions,
-  checkGenerateOptions,
-  generateOptionsJsonSchema,
-  type JsonSchema,
-} from '../index';
+import { type DivBindPipeline, type GenerateOptions, checkGenerateOptions, generateOptionsJsonSchema, type JsonSchema } from '../index';
 import type { ModelConfig } from './config';
 import { HttpError, notFound } from './http-errors';
 import type { JobRequest } from './jobs';
@@ -72,17 +66,12 @@ export class RequestChecker {
   /** A configured model name; 404 for any other. */
   model(name: string | undefined): string {
     if (name === undefined) return this.defaultModel;
-    if (!this.names.includes(name))
-      throw notFound(`model ${JSON.stringify(name)} (configured: ${this.names.join(', ')})`, 'model');
+    if (!this.names.includes(name)) throw notFound(`model ${JSON.stringify(name)} (configured: ${this.names.join(', ')})`, 'model');
     return name;
   }
 
   /** Checked options → a job; throws HttpError (404 model) or DivbindError (400/422, naming the field). */
-  check(
-    options: Record<string, unknown>,
-    modelName: string | undefined,
-    latentsBase64: string | undefined,
-  ): JobRequest {
+  check(options: Record<string, unknown>, modelName: string | undefined, latentsBase64: string | undefined): JobRequest {
     const model = this.model(modelName);
     const checked = checkGenerateOptions(options);
     const latents = latentsBase64 === undefined ? undefined : decodeLatents(latentsBase64, checked.imagesPerPrompt);
@@ -107,7 +96,6 @@ export function splitBody(body: Record<string, unknown>): {
   latents?: string;
 } {
   const { model, latents, ...options } = body;
-  if (model !== undefined && typeof model !== 'string')
-    throw new HttpError(400, 'BAD_INPUT', 'Expected a string for model', { field: 'model' });
+  if (model !== undefined && typeof model !== 'string') throw new HttpError(400, 'BAD_INPUT', 'Expected a string for model', { field: 'model' });
   return { options, model: model as string | undefined, latents: latents as string | undefined };
 }

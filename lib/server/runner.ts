@@ -71,8 +71,7 @@ export class JobRunner {
     const where = () => ({ ...(last ? { progress: last } : {}), ...(atCancel ? { cancelledAt: atCancel } : {}) });
     try {
       const pipeline = this.pipelines.get(request.model);
-      if (!pipeline)
-        throw new Error(`this worker does not serve model "${request.model}" (it serves ${this.models.join(', ')})`);
+      if (!pipeline) throw new Error(`this worker does not serve model "${request.model}" (it serves ${this.models.join(', ')})`);
       const images = checkGenerateOptions(request.options).imagesPerPrompt;
       const options = {
         ...request.options,

@@ -33,20 +33,9 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
-async function openQueue(
-  config: ServeConfig,
-  runner: JobRunner,
-  pipelines: Map<string, DivBindPipeline>,
-  log: (message: string) => void,
-): Promise<JobQueue> {
+async function openQueue(config: ServeConfig, runner: JobRunner, pipelines: Map<string, DivBindPipeline>, log: (message: string) => void): Promise<JobQueue> {
   if (!config.redisUrl) {
-    return new EmbeddedQueue(
-      new MemoryStore(config.resultTtlSeconds * 1000, MEMORY_RESULT_BYTES),
-      runner,
-      pipelines,
-      config,
-      log,
-    );
+    return new EmbeddedQueue(new MemoryStore(config.resultTtlSeconds * 1000, MEMORY_RESULT_BYTES), runner, pipelines, config, log);
   }
   const worker = config.noWorker
     ? null
@@ -63,11 +52,7 @@ async function openQueue(
  * Starts `serve`. `preloaded` models (by configured name) are used instead of loading them, and are not released
  * on close: for embedding the server in a process that already has the models.
  */
-export async function startServer(
-  config: ServeConfig,
-  log: (message: string) => void,
-  preloaded?: Map<string, DivBindPipeline>,
-): Promise<RunningServer> {
+export async function startServer(config: ServeConfig, log: (message: string) => void, preloaded?: Map<string, DivBindPipeline>): Promise<RunningServer> {
   const pipelines: Map<string, DivBindPipeline> = config.noWorker
     ? new Map()
     : (preloaded ?? (await loadModels(config.models, { threads: config.threads, prepare: config.prepare, log })));

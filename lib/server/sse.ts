@@ -62,11 +62,8 @@ export class EventStreams {
 
 function snapshot(status: JobStatus): JobEvent[] {
   if (status.record) return finalEvents(status.record);
-  if (status.state === 'queued')
-    return [{ type: 'queued', ...(status.position !== undefined ? { position: status.position } : {}) }];
-  if (status.state === 'failed')
-    return [{ type: 'failed', error: status.error ?? { code: 'FAILED', message: 'failed' } }];
-  if (status.state === 'running')
-    return [{ type: 'running' }, ...(status.progress ? [{ type: 'step' as const, progress: status.progress }] : [])];
+  if (status.state === 'queued') return [{ type: 'queued', ...(status.position !== undefined ? { position: status.position } : {}) }];
+  if (status.state === 'failed') return [{ type: 'failed', error: status.error ?? { code: 'FAILED', message: 'failed' } }];
+  if (status.state === 'running') return [{ type: 'running' }, ...(status.progress ? [{ type: 'step' as const, progress: status.progress }] : [])];
   return [];
 }

@@ -83,8 +83,7 @@ export function requestError(err: FastifyError): HttpError | null {
     case 'FST_ERR_CTP_INVALID_JSON_BODY':
       return new HttpError(400, 'BAD_INPUT', `the body is not valid JSON: ${err.message}`, { field: 'body' });
     default:
-      if (err.statusCode === 400)
-        return new HttpError(400, 'BAD_INPUT', `malformed request: ${err.message}`, { field: 'body' });
+      if (err.statusCode === 400) return new HttpError(400, 'BAD_INPUT', `malformed request: ${err.message}`, { field: 'body' });
       return null;
   }
 }

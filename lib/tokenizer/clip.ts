@@ -39,11 +39,49 @@ const BYTE_ENCODER = bytesToUnicode();
 const BYTE_DECODER = new Map(BYTE_ENCODER.map((c, b) => [c, b]));
 
 const NAMED_ENTITIES: Record<string, string> = {
-  amp: '&', lt: '<', gt: '>', quot: '"', apos: "'", nbsp: '\u00a0', copy: '©', reg: '®', trade: '™',
-  hellip: '…', mdash: '—', ndash: '–', lsquo: '‘', rsquo: '’', ldquo: '“', rdquo: '”', laquo: '«', raquo: '»',
-  deg: '°', times: '×', divide: '÷', middot: '·', bull: '•', euro: '€', pound: '£', yen: '¥', cent: '¢',
-  sect: '§', para: '¶', plusmn: '±', frac12: '½', frac14: '¼', frac34: '¾', eacute: 'é', egrave: 'è',
-  agrave: 'à', aacute: 'á', ccedil: 'ç', ntilde: 'ñ', ouml: 'ö', uuml: 'ü', auml: 'ä', szlig: 'ß',
+  amp: '&',
+  lt: '<',
+  gt: '>',
+  quot: '"',
+  apos: "'",
+  nbsp: '\u00a0',
+  copy: '©',
+  reg: '®',
+  trade: '™',
+  hellip: '…',
+  mdash: '—',
+  ndash: '–',
+  lsquo: '‘',
+  rsquo: '’',
+  ldquo: '“',
+  rdquo: '”',
+  laquo: '«',
+  raquo: '»',
+  deg: '°',
+  times: '×',
+  divide: '÷',
+  middot: '·',
+  bull: '•',
+  euro: '€',
+  pound: '£',
+  yen: '¥',
+  cent: '¢',
+  sect: '§',
+  para: '¶',
+  plusmn: '±',
+  frac12: '½',
+  frac14: '¼',
+  frac34: '¾',
+  eacute: 'é',
+  egrave: 'è',
+  agrave: 'à',
+  aacute: 'á',
+  ccedil: 'ç',
+  ntilde: 'ñ',
+  ouml: 'ö',
+  uuml: 'ü',
+  auml: 'ä',
+  szlig: 'ß',
 };
 
 /** html.unescape for numeric references and the common named entities. */
@@ -130,7 +168,8 @@ export class ClipTokenizer {
     if (!Array.isArray(merges)) throw new TypeError('ClipTokenizer: Expected an array of "a b" strings for merges');
     const enc = new Map<string, number>();
     for (const [tok, id] of Object.entries(vocab)) {
-      if (!Number.isInteger(id) || id < 0) throw new RangeError(`ClipTokenizer: vocab["${tok}"] must be a non-negative integer id but is ${JSON.stringify(id)}`);
+      if (!Number.isInteger(id) || id < 0)
+        throw new RangeError(`ClipTokenizer: vocab["${tok}"] must be a non-negative integer id but is ${JSON.stringify(id)}`);
       enc.set(tok, id);
     }
     this.encoder = enc;
@@ -156,7 +195,8 @@ export class ClipTokenizer {
     if (pad === undefined) throw new RangeError(`ClipTokenizer: pad token ${JSON.stringify(this.padToken)} is not in the vocab`);
     this.padId = pad;
     const maxLength = options.maxLength ?? 77;
-    if (!Number.isInteger(maxLength) || maxLength < 3) throw new RangeError(`ClipTokenizer: Expected an integer ≥ 3 for maxLength but received ${String(maxLength)}`);
+    if (!Number.isInteger(maxLength) || maxLength < 3)
+      throw new RangeError(`ClipTokenizer: Expected an integer ≥ 3 for maxLength but received ${String(maxLength)}`);
     this.maxLength = maxLength;
     this.cache.set(SOT_TOKEN, [SOT_TOKEN]);
     this.cache.set(EOT_TOKEN, [EOT_TOKEN]);
@@ -175,7 +215,9 @@ export class ClipTokenizer {
       try {
         return fs.readFileSync(f, 'utf8');
       } catch (err) {
-        throw new Error(`ClipTokenizer: cannot read ${f} (${(err as NodeJS.ErrnoException).code ?? 'error'}); expected a CLIP tokenizer folder with vocab.json and merges.txt`);
+        throw new Error(
+          `ClipTokenizer: cannot read ${f} (${(err as NodeJS.ErrnoException).code ?? 'error'}); expected a CLIP tokenizer folder with vocab.json and merges.txt`,
+        );
       }
     };
     let vocab: Record<string, number>;
@@ -190,7 +232,12 @@ export class ClipTokenizer {
     const merges = lines.slice(1).filter((l) => l.length > 0);
     const config = readJsonIfExists(path.join(d, 'tokenizer_config.json'));
     const special = readJsonIfExists(path.join(d, 'special_tokens_map.json'));
-    const tokenText = (v: unknown): string | undefined => (typeof v === 'string' ? v : (v && typeof v === 'object' && typeof (v as { content?: unknown }).content === 'string') ? (v as { content: string }).content : undefined);
+    const tokenText = (v: unknown): string | undefined =>
+      typeof v === 'string'
+        ? v
+        : v && typeof v === 'object' && typeof (v as { content?: unknown }).content === 'string'
+          ? (v as { content: string }).content
+          : undefined;
     const padToken = tokenText(special?.pad_token) ?? tokenText(config?.pad_token) ?? EOT_TOKEN;
     const mml = config?.model_max_length;
     // Some configs store a huge sentinel ("no limit"); CLIP text encoders take 77.
@@ -219,7 +266,7 @@ export class ClipTokenizer {
       const second = word[best + 1];
       // Merge every non-overlapping occurrence of the pair, left to right (as CLIP does).
       const merged: string[] = [];
-      for (let i = 0; i < word.length;) {
+      for (let i = 0; i < word.length; ) {
         if (i < word.length - 1 && word[i] === first && word[i + 1] === second) {
           merged.push(first + second);
           i += 2;
@@ -316,7 +363,7 @@ export class ClipTokenizer {
       parts.push(p.endsWith('</w>') ? `${p.slice(0, -4)} ` : p);
     }
     const bytes: number[] = [];
-    for (const ch of parts.join('')) bytes.push(ch === ' ' ? 0x20 : BYTE_DECODER.get(ch) ?? 0x3f);
+    for (const ch of parts.join('')) bytes.push(ch === ' ' ? 0x20 : (BYTE_DECODER.get(ch) ?? 0x3f));
     return Buffer.from(bytes).toString('utf8').trim();
   }
 }

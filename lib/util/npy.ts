@@ -14,10 +14,19 @@ export interface NpyArray {
 }
 
 const DESCR_TO_DTYPE: Record<string, NpyDtype> = {
-  '<f4': 'float32', '<f8': 'float64', '<i4': 'int32', '<i8': 'int64', '|u1': 'uint8', '<u1': 'uint8',
+  '<f4': 'float32',
+  '<f8': 'float64',
+  '<i4': 'int32',
+  '<i8': 'int64',
+  '|u1': 'uint8',
+  '<u1': 'uint8',
 };
 const DTYPE_TO_DESCR: Record<NpyDtype, string> = {
-  float32: '<f4', float64: '<f8', int32: '<i4', int64: '<i8', uint8: '|u1',
+  float32: '<f4',
+  float64: '<f8',
+  int32: '<i4',
+  int64: '<i8',
+  uint8: '|u1',
 };
 const BYTES: Record<NpyDtype, number> = { float32: 4, float64: 8, int32: 4, int64: 8, uint8: 1 };
 
@@ -48,7 +57,11 @@ export function parseNpy(buf: Buffer, source = '<buffer>'): NpyArray {
   if (fortran === 'True') throw new Error(`${source}: Fortran-order arrays are not supported; save with np.ascontiguousarray`);
   const dtype = DESCR_TO_DTYPE[descr];
   if (!dtype) throw new Error(`${source}: unsupported dtype ${descr} (expected one of ${Object.keys(DESCR_TO_DTYPE).join(', ')})`);
-  const shape = shapeText.split(',').map((s) => s.trim()).filter((s) => s.length > 0).map(Number);
+  const shape = shapeText
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0)
+    .map(Number);
   const count = shape.reduce((a, b) => a * b, 1);
   const start = offset + headerLen;
   const byteLength = count * BYTES[dtype];
@@ -61,11 +74,21 @@ export function parseNpy(buf: Buffer, source = '<buffer>'): NpyArray {
   const ab = bytes.buffer;
   let data: NpyData;
   switch (dtype) {
-    case 'float32': data = new Float32Array(ab); break;
-    case 'float64': data = new Float64Array(ab); break;
-    case 'int32': data = new Int32Array(ab); break;
-    case 'int64': data = new BigInt64Array(ab); break;
-    case 'uint8': data = bytes; break;
+    case 'float32':
+      data = new Float32Array(ab);
+      break;
+    case 'float64':
+      data = new Float64Array(ab);
+      break;
+    case 'int32':
+      data = new Int32Array(ab);
+      break;
+    case 'int64':
+      data = new BigInt64Array(ab);
+      break;
+    case 'uint8':
+      data = bytes;
+      break;
   }
   return { dtype, shape, data };
 }
@@ -88,8 +111,17 @@ export function readBoundedFile(file: string, maxBytes: number, what: string): B
   try {
     const stat = fs.fstatSync(fd);
     if (!stat.isFile()) {
-      const kind = stat.isFIFO() ? 'a FIFO' : stat.isCharacterDevice() ? 'a character device' : stat.isBlockDevice() ? 'a block device'
-        : stat.isSocket() ? 'a socket' : stat.isDirectory() ? 'a folder' : 'not a regular file';
+      const kind = stat.isFIFO()
+        ? 'a FIFO'
+        : stat.isCharacterDevice()
+          ? 'a character device'
+          : stat.isBlockDevice()
+            ? 'a block device'
+            : stat.isSocket()
+              ? 'a socket'
+              : stat.isDirectory()
+                ? 'a folder'
+                : 'not a regular file';
       throw new RangeError(`${what}: ${file} is ${kind}; pass a regular .npy file`);
     }
     if (stat.size > maxBytes) {
@@ -124,7 +156,7 @@ export function encodeNpy(data: NpyData, shape: number[]): Buffer {
   const shapeText = shape.length === 1 ? `(${shape[0]},)` : `(${shape.join(', ')})`;
   let header = `{'descr': '${DTYPE_TO_DESCR[dtype]}', 'fortran_order': False, 'shape': ${shapeText}, }`;
   const total = 10 + header.length + 1;
-  header += ' '.repeat((64 - (total % 64)) % 64) + '\n';
+  header += `${' '.repeat((64 - (total % 64)) % 64)}\n`;
   const head = Buffer.alloc(10);
   head.writeUInt32BE(0x934e554d, 0);
   head.write('PY', 4, 'latin1');

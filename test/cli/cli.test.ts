@@ -48,8 +48,28 @@ test.after.always(() => {
 });
 
 test('generate tv_bind writes a PNG with its parameters and a JSON log of every step', (t) => {
-  const r = cli(['generate', 'a red cat and a blue dog', '--model', prepared, '--steps', '3', '--seed', '5', '--mode', 'tv_bind',
-    '--objects', 'cat,dog', '--attributes', 'red,blue', '--out', outDir, '--name', 'e2e', '--attention-maps', '0']);
+  const r = cli([
+    'generate',
+    'a red cat and a blue dog',
+    '--model',
+    prepared,
+    '--steps',
+    '3',
+    '--seed',
+    '5',
+    '--mode',
+    'tv_bind',
+    '--objects',
+    'cat,dog',
+    '--attributes',
+    'red,blue',
+    '--out',
+    outDir,
+    '--name',
+    'e2e',
+    '--attention-maps',
+    '0',
+  ]);
   t.is(r.status, 0, r.stderr);
   t.regex(r.stderr, /guided tokens: cat@3 \+ red@2 \(word\), dog@7 \+ blue@6 \(word\)/);
   const pngFile = path.join(outDir, 'e2e.png');
@@ -142,8 +162,12 @@ function runCli(args: string[], timeoutMs: number): Promise<{ status: number | n
     const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], timeout: timeoutMs });
     let stdout = '';
     let stderr = '';
-    child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
-    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    child.stdout.on('data', (d: Buffer) => {
+      stdout += d.toString();
+    });
+    child.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+    });
     child.on('close', (status) => resolve({ status, stdout, stderr }));
   });
 }
@@ -211,7 +235,9 @@ test('--latents /dev/zero and a FIFO exit 3 at once instead of reading forever o
 });
 
 test('a 10 KB prompt exits 3 with a short message instead of being cut (fault 15)', async (t) => {
-  const long = Array.from({ length: 1100 }, () => 'a red cat').join(' ').slice(0, 3999);
+  const long = Array.from({ length: 1100 }, () => 'a red cat')
+    .join(' ')
+    .slice(0, 3999);
   const r = await cliAsync(['generate', long, '--model', prepared, '--token-indices', '80', '--steps', '2', '--out', outDir, '-q']);
   t.is(r.status, 3, r.stderr.slice(0, 500));
   t.regex(r.stderr, /prompt is \d+ tokens long but the text encoder takes at most 75/);
@@ -252,7 +278,23 @@ test('a VAE scaling_factor of 0 is refused instead of writing a black PNG with e
   const copy = copyFixtureModel();
   try {
     fs.writeFileSync(path.join(copy, 'vae_decoder', 'config.json'), JSON.stringify({ scaling_factor: 0 }));
-    const r = await cliAsync(['generate', 'a red cat', '--model', copy, '--mode', 'none', '--steps', '2', '--seed', '1', '--out', outDir, '--name', 'black', '-q']);
+    const r = await cliAsync([
+      'generate',
+      'a red cat',
+      '--model',
+      copy,
+      '--mode',
+      'none',
+      '--steps',
+      '2',
+      '--seed',
+      '1',
+      '--out',
+      outDir,
+      '--name',
+      'black',
+      '-q',
+    ]);
     t.is(r.status, 4, r.stderr);
     t.regex(r.stderr, /"scaling_factor" must be a positive finite number but is 0/);
     t.false(fs.existsSync(path.join(outDir, 'black.png')));

@@ -12,12 +12,7 @@
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
 import { tryLoadNativeBinding } from '../../lib/loss/binding';
-import type {
-  NativeBinding,
-  NativeLayer,
-  NativeLossResult,
-  NormalizedLossOptions,
-} from '../../lib/loss/native-types';
+import type { NativeBinding, NativeLayer, NativeLossResult, NormalizedLossOptions } from '../../lib/loss/native-types';
 import type { LossMode } from '../../lib/loss/types';
 import { LOSS_DEFAULTS } from '../../lib/loss/validate';
 
@@ -116,7 +111,8 @@ function closeArray(t: ExecutionContext, got: Float32Array, want: Float32Array, 
   let first = -1;
   for (let i = 0; i < want.length; i++) {
     const tol = 1e-5 * Math.abs(want[i]) + 1e-6 * amax + 1e-13;
-    if (!(Math.abs(got[i] - want[i]) <= tol)) {  // NaN (an unwritten, poisoned element) fails too
+    if (!(Math.abs(got[i] - want[i]) <= tol)) {
+      // NaN (an unwritten, poisoned element) fails too
       bad++;
       if (first < 0) first = i;
     }
@@ -132,8 +128,7 @@ function compareResults(t: ExecutionContext, got: NativeLossResult, want: Native
     const g = got.tokens[s];
     t.is(g.tokenIndex, w.tokenIndex);
     t.is(g.attributeIndex, w.attributeIndex);
-    for (const key of ['maxAttention', 'tv', 'jsd', 'coefficient', 'value'] as const)
-      closeScalar(t, g[key], w[key], `${label} tokens[${s}].${key}`);
+    for (const key of ['maxAttention', 'tv', 'jsd', 'coefficient', 'value'] as const) closeScalar(t, g[key], w[key], `${label} tokens[${s}].${key}`);
   });
 }
 
@@ -146,7 +141,7 @@ interface Outputs {
 
 function run(fn: 'cpu' | 'cuda', layers: NativeLayer[], o: NormalizedLossOptions): Outputs {
   const n = o.tokenIndices.length * o.attentionResolution ** 2;
-  const grads = layers.map((l) => new Float32Array(l.data.length).fill(Number.NaN));  // poisoned
+  const grads = layers.map((l) => new Float32Array(l.data.length).fill(Number.NaN)); // poisoned
   const objects = new Float32Array(n).fill(Number.NaN);
   const attributes = new Float32Array(n).fill(Number.NaN);
   const call = fn === 'cpu' ? binding!.attentionLoss : binding!.attentionLossCuda!;
@@ -165,7 +160,13 @@ function compareCall(t: ExecutionContext, layers: NativeLayer[], o: NormalizedLo
 
 const seed = Date.now() >>> 0;
 const T = 20;
-const small: Array<[number, number]> = [[2, 16], [3, 64], [2, 16], [2, 32], [1, 8]];
+const small: Array<[number, number]> = [
+  [2, 16],
+  [3, 64],
+  [2, 16],
+  [2, 32],
+  [1, 8],
+];
 
 cudaTest('every mode matches the CPU core (fresh random inputs, poisoned outputs)', (t) => {
   t.log(`seed ${seed}`);
@@ -188,8 +189,24 @@ cudaTest('every mode matches the CPU core (fresh random inputs, poisoned outputs
 });
 
 cudaTest('SD 1.x 512 sizes, tv_bind with two attributes', (t) => {
-  const specs: Array<[number, number]> = [[8, 64], [8, 64], [8, 32], [8, 32], [8, 16], [8, 16], [8, 8], [8, 16],
-    [8, 16], [8, 16], [8, 32], [8, 32], [8, 32], [8, 64], [8, 64], [8, 64]];
+  const specs: Array<[number, number]> = [
+    [8, 64],
+    [8, 64],
+    [8, 32],
+    [8, 32],
+    [8, 16],
+    [8, 16],
+    [8, 8],
+    [8, 16],
+    [8, 16],
+    [8, 16],
+    [8, 32],
+    [8, 32],
+    [8, 32],
+    [8, 64],
+    [8, 64],
+    [8, 64],
+  ];
   compareCall(t, makeLayers(seed ^ 0x5eed, specs, 77, [2, 5, 1, 4]), options('tv_bind', 77, [2, 5], [1, 4]));
   t.pass();
 });
@@ -204,7 +221,7 @@ cudaTest('async CUDA call gives the sync result', async (t) => {
   sync.grads.forEach((g, i) => t.deepEqual(grads[i], g, `async grads[${i}]`));
 });
 
-cudaTest('NaN in a value the loss reads: the CPU core\'s RangeError, word for word', (t) => {
+cudaTest("NaN in a value the loss reads: the CPU core's RangeError, word for word", (t) => {
   const o = options('tv', T, [3, 8]);
   const layers = makeLayers(seed + 200, small, T, [3, 8]);
   layers[2].data[(1 * 256 + 37) * T + 5] = Number.NaN;
@@ -222,8 +239,8 @@ cudaTest('gradState priors (gradOutReuse): kept buffers match the CPU core over 
     const o = modes[c] === 'tv_bind' ? options('tv_bind', T, [3, 8], c % 2 ? [-1, 7] : [2, 7]) : options(modes[c], T, [3, 8]);
     const layers = makeLayers(seed + 300 + c, small, T, [3, 8, 2, 7]);
     const want = run('cpu', layers, o);
-    const result: NativeLossResult = c % 2 ? await binding!.attentionLossCudaAsync!(layers, o, grads, null, null, states)
-      : binding!.attentionLossCuda!(layers, o, grads, null, null, states);
+    const result: NativeLossResult =
+      c % 2 ? await binding!.attentionLossCudaAsync!(layers, o, grads, null, null, states) : binding!.attentionLossCuda!(layers, o, grads, null, null, states);
     compareResults(t, result, want.result, `call ${c}`);
     t.deepEqual(result.gradStates, want.result.gradStates, `call ${c} gradStates`);
     want.grads.forEach((g, i) => closeArray(t, grads[i], g, `call ${c} grads[${i}]`));

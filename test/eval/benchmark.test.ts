@@ -23,7 +23,13 @@ test('workers: 2 processes give exactly the results of 1', async (t) => {
   const notes: string[] = [];
   try {
     const base: Omit<EvalOptions, 'outDir' | 'workers'> = {
-      prompts: ONE_PROMPT, seeds: [0, 1], methods: ['none', 'tv_bind'], modelDir: model, prepare: true, steps: 2, threads: 1,
+      prompts: ONE_PROMPT,
+      seeds: [0, 1],
+      methods: ['none', 'tv_bind'],
+      modelDir: model,
+      prepare: true,
+      steps: 2,
+      threads: 1,
       generate: { refinement: { initStep: 1, other: 1 } },
     };
     const one = await runEval({ ...base, outDir: outs[0], workers: 1 });
@@ -36,12 +42,22 @@ test('workers: 2 processes give exactly the results of 1', async (t) => {
     t.not(one.records[0].imageSha256, one.records[1].imageSha256);
     const grid = 'grids/two_colour-01-a-red-circle-and-a-blue-square.png';
     t.deepEqual(fs.readFileSync(path.join(outs[1], grid)), fs.readFileSync(path.join(outs[0], grid)));
-    const strip = (r: typeof one.results) => ({ ...r, config: null, methods: Object.fromEntries(Object.entries(r.methods).map(([m, x]) => [m, x.categories])) });
+    const strip = (r: typeof one.results) => ({
+      ...r,
+      config: null,
+      methods: Object.fromEntries(Object.entries(r.methods).map(([m, x]) => [m, x.categories])),
+    });
     t.deepEqual(strip(two.results), strip(one.results));
     checkResultsSchema(t, JSON.parse(fs.readFileSync(path.join(outs[1], 'results.json'), 'utf8')), ['none', 'tv_bind'], ['two_colour']);
     t.is(two.results.config.workers, 2);
-    t.true(notes.some((m) => m.startsWith('starting 2 workers × 1 onnxruntime thread(s)')), notes.join('\n'));
-    t.true(notes.some((m) => /^\[4\/4\] 100\.0 % elapsed \d+:\d\d:\d\d ETA 0:00:00 \| /.test(m)), notes.join('\n'));
+    t.true(
+      notes.some((m) => m.startsWith('starting 2 workers × 1 onnxruntime thread(s)')),
+      notes.join('\n'),
+    );
+    t.true(
+      notes.some((m) => /^\[4\/4\] 100\.0 % elapsed \d+:\d\d:\d\d ETA 0:00:00 \| /.test(m)),
+      notes.join('\n'),
+    );
   } finally {
     for (const d of [model, ...outs]) removeDir(d);
   }
@@ -51,7 +67,9 @@ test('guided methods on an unprepared model fail with the fix', async (t) => {
   const model = copyModel();
   const out = tmp('unprepared');
   try {
-    const err = await t.throwsAsync(runEval({ prompts: PROMPTS, seeds: [0], methods: ['none', 'tv'], modelDir: model, outDir: out, workers: 1, steps: 1 }), { instanceOf: DivbindError });
+    const err = await t.throwsAsync(runEval({ prompts: PROMPTS, seeds: [0], methods: ['none', 'tv'], modelDir: model, outDir: out, workers: 1, steps: 1 }), {
+      instanceOf: DivbindError,
+    });
     t.is(err?.code, 'MODEL_NOT_PREPARED');
     t.regex(err?.message ?? '', /divbind-native prepare/);
   } finally {
@@ -92,10 +110,17 @@ for (const workers of [1, 2]) {
       await t.throwsAsync(runEval({ ...base, generate: { guidanceScale: 'x' as unknown as number } }), { instanceOf: DivbindError, message: /guidanceScale/ });
       const controller = new AbortController();
       const progress: string[] = [];
-      const err = await t.throwsAsync(runEval({ ...base, signal: controller.signal, onProgress: (m) => {
-        progress.push(m);
-        if (m.startsWith('[1/')) controller.abort();
-      } }), { instanceOf: DivbindError });
+      const err = await t.throwsAsync(
+        runEval({
+          ...base,
+          signal: controller.signal,
+          onProgress: (m) => {
+            progress.push(m);
+            if (m.startsWith('[1/')) controller.abort();
+          },
+        }),
+        { instanceOf: DivbindError },
+      );
       t.is(err?.code, 'ABORTED');
       // The queued images were dropped, not made after the abort.
       t.true(progress.filter((m) => m.startsWith('[')).length <= workers, progress.join('\n'));

@@ -15,14 +15,19 @@ import { scoreImage } from '../../lib/eval/score';
 const ROOT = path.resolve(__dirname, '../../..');
 const FIX = path.join(ROOT, 'test', 'fixtures', 'shapes');
 
-interface Scene { tile: number; caption: string; objects: Array<{ shape: string; colour: string; box: [number, number, number, number] }> }
+interface Scene {
+  tile: number;
+  caption: string;
+  objects: Array<{ shape: string; colour: string; box: [number, number, number, number] }>;
+}
 
 function tiles(): { scenes: Scene[]; images: Uint8Array[] } {
   const meta = JSON.parse(fs.readFileSync(path.join(FIX, 'scenes.json'), 'utf8')) as { tile: number; cols: number; scenes: Scene[] };
   const png = PNG.sync.read(fs.readFileSync(path.join(FIX, 'scenes.png')));
   const T = meta.tile;
   const images = meta.scenes.map((s) => {
-    const r = Math.floor(s.tile / meta.cols), c = s.tile % meta.cols;
+    const r = Math.floor(s.tile / meta.cols),
+      c = s.tile % meta.cols;
     const rgb = new Uint8Array(T * T * 3);
     for (let y = 0; y < T; y++) {
       for (let x = 0; x < T; x++) {
@@ -40,7 +45,10 @@ function tiles(): { scenes: Scene[]; images: Uint8Array[] } {
 
 test('detector finds and classifies ≥ 95 % of rendered objects, ≤ 5 % spurious', (t) => {
   const { scenes, images } = tiles();
-  let total = 0, found = 0, detections = 0, matched = 0;
+  let total = 0,
+    found = 0,
+    detections = 0,
+    matched = 0;
   const confusion: Record<string, number> = {};
   scenes.forEach((scene, i) => {
     const det = detect({ rgb: images[i], width: 64, height: 64 });
@@ -77,10 +85,12 @@ function degrade(rgb: Uint8Array, w: number, h: number, amp: number, seed: numbe
   for (let y = 0; y < h; y++) {
     for (let x = 0; x < w; x++) {
       for (let c = 0; c < 3; c++) {
-        let sum = 0, n = 0;
+        let sum = 0,
+          n = 0;
         for (let dy = -1; dy <= 1; dy++) {
           for (let dx = -1; dx <= 1; dx++) {
-            const xx = x + dx, yy = y + dy;
+            const xx = x + dx,
+              yy = y + dy;
             if (xx < 0 || yy < 0 || xx >= w || yy >= h) continue;
             sum += rgb[(yy * w + xx) * 3 + c];
             n++;
@@ -97,7 +107,8 @@ function degrade(rgb: Uint8Array, w: number, h: number, amp: number, seed: numbe
 
 test('detector stays ≥ 90 % on blurred, noisy renders (±20 levels)', (t) => {
   const { scenes, images } = tiles();
-  let total = 0, found = 0;
+  let total = 0,
+    found = 0;
   scenes.forEach((scene, i) => {
     const det = detect({ rgb: degrade(images[i], 64, 64, 20, i + 1), width: 64, height: 64 });
     for (const obj of scene.objects) {
@@ -114,7 +125,10 @@ test('scoring a rendered scene against its own caption is perfect', (t) => {
   const { scenes, images } = tiles();
   let perfect = 0;
   scenes.forEach((scene, i) => {
-    const s = scoreImage(scene.objects.map((o) => ({ shape: o.shape as 'circle', colour: o.colour })), detect({ rgb: images[i], width: 64, height: 64 }));
+    const s = scoreImage(
+      scene.objects.map((o) => ({ shape: o.shape as 'circle', colour: o.colour })),
+      detect({ rgb: images[i], width: 64, height: 64 }),
+    );
     if (s.success && s.countExact) perfect++;
   });
   t.log(`${perfect}/${scenes.length} scenes scored perfect`);
@@ -130,7 +144,8 @@ test('shape feature prototypes: disc 1, square 2/π, triangle 3√3/4π', (t) =>
 });
 
 test('an exact disc and a square drawn here are detected with their colours', (t) => {
-  const w = 64, h = 64;
+  const w = 64,
+    h = 64;
   const rgb = new Uint8Array(w * h * 3).fill(128);
   const put = (x: number, y: number, c: readonly number[]) => rgb.set(c, (y * w + x) * 3);
   for (let y = 0; y < h; y++) {

@@ -38,17 +38,46 @@ test('eval writes results.json, records.json, results.md and labelled grids', (t
   try {
     // --quick keeps the first prompt of each category (not "a blue square") and the first 2 seeds (here 1).
     const prompts = promptFile('p.tsv', '# two categories\nsingle\ta red circle\ntwo circles  # counted\na blue square\n');
-    const r = cli(['--prompts', prompts, '--seeds', '1', '--methods', 'none,tv_bind', '--out', out, '--model', model, '--prepare', '--steps', '2',
-      '--workers', '1', '--quick', '--generate-options', '{"refinement":{"initStep":1,"other":1}}']);
+    const r = cli([
+      '--prompts',
+      prompts,
+      '--seeds',
+      '1',
+      '--methods',
+      'none,tv_bind',
+      '--out',
+      out,
+      '--model',
+      model,
+      '--prepare',
+      '--steps',
+      '2',
+      '--workers',
+      '1',
+      '--quick',
+      '--generate-options',
+      '{"refinement":{"initStep":1,"other":1}}',
+    ]);
     t.is(r.status, 0, r.stderr);
-    const results = JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8')) as { methods: Record<string, { categories: Record<string, { n: number }> }>; config: Record<string, unknown> };
+    const results = JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8')) as {
+      methods: Record<string, { categories: Record<string, { n: number }> }>;
+      config: Record<string, unknown>;
+    };
     checkResultsSchema(t, results, ['none', 'tv_bind'], ['single', 'two']);
     t.is(results.methods.tv_bind.categories.two.n, 1);
     t.deepEqual([results.config.seeds, results.config.quick], [[0], true]);
     const used = results.config.parameters as Record<string, { steps: number; mode: string; refinement: unknown }>;
     t.deepEqual([used.none.steps, used.none.mode, used.tv_bind.mode, used.tv_bind.refinement], [2, 'none', 'tv_bind', { initStep: 1, other: 1 }]);
-    const records = JSON.parse(fs.readFileSync(path.join(out, 'records.json'), 'utf8')) as Array<{ prompt: string; method: string; seed: number; lines: number[] }>;
-    t.deepEqual(records.map((x) => `${x.prompt}|${x.method}|${x.seed}|${x.lines.join(',')}`), ['a red circle|none|0|2', 'a red circle|tv_bind|0|2', 'two circles|none|0|3', 'two circles|tv_bind|0|3']);
+    const records = JSON.parse(fs.readFileSync(path.join(out, 'records.json'), 'utf8')) as Array<{
+      prompt: string;
+      method: string;
+      seed: number;
+      lines: number[];
+    }>;
+    t.deepEqual(
+      records.map((x) => `${x.prompt}|${x.method}|${x.seed}|${x.lines.join(',')}`),
+      ['a red circle|none|0|2', 'a red circle|tv_bind|0|2', 'two circles|none|0|3', 'two circles|tv_bind|0|3'],
+    );
     const md = fs.readFileSync(path.join(out, 'results.md'), 'utf8');
     t.regex(md, /\| single \| 1 \| (0\.0|100\.0) % \[/);
     t.true(r.stdout.includes('| category | pairs | SD (none) | D&B (tv_bind) |'));

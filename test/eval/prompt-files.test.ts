@@ -29,7 +29,10 @@ for (const kind of ['test', 'dev']) {
     t.is(seeds.length, 4);
     for (const c of CATEGORIES) {
       t.true(lines.filter((l) => l.category === c).length >= 25, c);
-      const pairs = promptEntries(lines.filter((l) => l.category === c), seeds).flatMap((e) => e.seeds.map((s) => `${e.prompt.text}|${s}`));
+      const pairs = promptEntries(
+        lines.filter((l) => l.category === c),
+        seeds,
+      ).flatMap((e) => e.seeds.map((s) => `${e.prompt.text}|${s}`));
       t.is(new Set(pairs).size, pairs.length, `${c}: a pair repeats`);
       t.true(pairs.length >= 100, `${c}: ${pairs.length} pairs`);
     }
@@ -38,7 +41,8 @@ for (const kind of ['test', 'dev']) {
   test(`${kind}: balanced over shapes and colours, counted prompts in two and three`, (t) => {
     const lines = read(kind);
     for (const c of CATEGORIES) {
-      const shapes = new Map<string, number>(), colours = new Map<string, number>();
+      const shapes = new Map<string, number>(),
+        colours = new Map<string, number>();
       for (const l of lines.filter((x) => x.category === c)) {
         for (const o of l.prompt.objects) {
           shapes.set(o.shape, (shapes.get(o.shape) ?? 0) + 1);
@@ -64,7 +68,8 @@ for (const kind of ['test', 'dev']) {
 }
 
 test('dev and test: disjoint two_colour and three prompts; single and two share the whole space but not seeds', (t) => {
-  const test_ = read('test'), dev = read('dev');
+  const test_ = read('test'),
+    dev = read('dev');
   for (const c of ['two_colour', 'three']) {
     const overlap = [...texts(test_, c)].filter((p) => texts(dev, c).has(p));
     t.deepEqual(overlap, [], c);
@@ -75,5 +80,8 @@ test('dev and test: disjoint two_colour and three prompts; single and two share 
   const seedsOf = (lines: PromptLine[], seeds: number[]) => new Set(promptEntries(lines, seeds).flatMap((e) => e.seeds));
   const testSeeds = seedsOf(test_, [0, 1, 2, 3]);
   const devSeeds = seedsOf(dev, parseSeeds(DEV_SEEDS));
-  t.deepEqual([...testSeeds].filter((s) => devSeeds.has(s)), []);
+  t.deepEqual(
+    [...testSeeds].filter((s) => devSeeds.has(s)),
+    [],
+  );
 });

@@ -73,7 +73,12 @@ test('guided tokens: shape words as written (plural for counted objects), aligne
 
 test('the token selector resolves the guided tokens to the intended words', (t) => {
   const tok = ClipTokenizer.fromDirectory(fixturePath('models', 'tiny-sd', 'tokenizer'));
-  for (const prompt of ['a red circle and a blue circle', 'two circles and a red square', 'a yellow circle, a blue square and an orange triangle', 'a red circle and a red square']) {
+  for (const prompt of [
+    'a red circle and a blue circle',
+    'two circles and a red square',
+    'a yellow circle, a blue square and an orange triangle',
+    'a red circle and a red square',
+  ]) {
     const p = parsePrompt(prompt);
     const sel = selectTokens(tok, p.text, guidanceTokens(p));
     // Last piece of each word (a word may be split into several pieces), in prompt order.
@@ -81,7 +86,11 @@ test('the token selector resolves the guided tokens to the intended words', (t) 
     for (const r of sel.table) if (r.kind === 'token' && r.wordIndex !== null) words.set(r.wordIndex, { word: r.word as string, last: r.index });
     const shapeAt = [...words.values()].filter((w) => p.mentions.some((m) => m.shapeWord === w.word)).map((w) => w.last);
     t.deepEqual(sel.tokenIndices, shapeAt, prompt);
-    t.deepEqual(sel.choices.filter((c) => c.role === 'attribute').map((c) => c.word), p.mentions.filter((m) => m.colour).map((m) => m.colour), prompt);
+    t.deepEqual(
+      sel.choices.filter((c) => c.role === 'attribute').map((c) => c.word),
+      p.mentions.filter((m) => m.colour).map((m) => m.colour),
+      prompt,
+    );
   }
 });
 
@@ -100,15 +109,19 @@ test('category inference', (t) => {
 });
 
 test('prompt files: comments, blank lines, categories, CRLF, repeats', (t) => {
-  const text = '\ufeff# header\r\n\r\nsingle\ta red circle   # trailing comment\r\nTWO\ttwo circles\na circle and a blue square\n   \nthree triangles\ntwo circles\n';
+  const text =
+    '\ufeff# header\r\n\r\nsingle\ta red circle   # trailing comment\r\nTWO\ttwo circles\na circle and a blue square\n   \nthree triangles\ntwo circles\n';
   const lines = parsePromptFile(text, 'p.tsv');
-  t.deepEqual(lines.map((l) => [l.line, l.category, l.prompt.text, l.occurrence]), [
-    [3, 'single', 'a red circle', 0],
-    [4, 'two', 'two circles', 0],
-    [5, 'two_colour', 'a circle and a blue square', 0],
-    [7, 'three', 'three triangles', 0],
-    [8, 'two', 'two circles', 1],
-  ]);
+  t.deepEqual(
+    lines.map((l) => [l.line, l.category, l.prompt.text, l.occurrence]),
+    [
+      [3, 'single', 'a red circle', 0],
+      [4, 'two', 'two circles', 0],
+      [5, 'two_colour', 'a circle and a blue square', 0],
+      [7, 'three', 'three triangles', 0],
+      [8, 'two', 'two circles', 1],
+    ],
+  );
   t.true(lines.every((l) => l.file === 'p.tsv'));
 });
 
@@ -123,7 +136,10 @@ test('prompt file errors name the file, the line and the word', (t) => {
   bad('single\ta red circle\tx\n', /^bench\/x\.tsv:1: 3 tab-separated fields/);
   bad('two\ttwo circles\n\ntwo_colour\ttwo circles\n', /^bench\/x\.tsv:3: "two circles" is in category two_colour here but two on line 1/);
   bad('# only comments\n\n', /^bench\/x\.tsv: no prompts/);
-  const err = t.throws(() => readPromptFile(path.join(__dirname, 'no-such-file.tsv')), { instanceOf: DivbindError, message: /cannot read the prompt file .*no-such-file\.tsv: ENOENT/ });
+  const err = t.throws(() => readPromptFile(path.join(__dirname, 'no-such-file.tsv')), {
+    instanceOf: DivbindError,
+    message: /cannot read the prompt file .*no-such-file\.tsv: ENOENT/,
+  });
   t.is(err?.field, 'prompts');
 });
 
@@ -134,14 +150,24 @@ test('a repeated prompt line runs on fresh seeds; quick keeps one prompt per cat
   t.deepEqual(lineSeeds([5, 0, 9], 1), [15, 10, 19]);
   const lines = parsePromptFile('two circles\na red circle\ntwo circles\nthree\tthree squares\nsingle\ta circle\n', 'f');
   const entries = promptEntries(lines, [0, 1, 2]);
-  t.deepEqual(entries.map((e) => [e.category, e.index, e.prompt.text, e.lines, e.seeds]), [
-    ['two', 1, 'two circles', [1, 3], [0, 1, 2, 3, 4, 5]],
-    ['single', 1, 'a red circle', [2], [0, 1, 2]],
-    ['three', 1, 'three squares', [4], [0, 1, 2]],
-    ['single', 2, 'a circle', [5], [0, 1, 2]],
-  ]);
+  t.deepEqual(
+    entries.map((e) => [e.category, e.index, e.prompt.text, e.lines, e.seeds]),
+    [
+      ['two', 1, 'two circles', [1, 3], [0, 1, 2, 3, 4, 5]],
+      ['single', 1, 'a red circle', [2], [0, 1, 2]],
+      ['three', 1, 'three squares', [4], [0, 1, 2]],
+      ['single', 2, 'a circle', [5], [0, 1, 2]],
+    ],
+  );
   t.deepEqual(runSeeds([0, 1, 2], true), [0, 1]);
   t.deepEqual(runSeeds([0, 1, 2], false), [0, 1, 2]);
   const quick = promptEntries(lines, runSeeds([0, 1, 2], true), true);
-  t.deepEqual(quick.map((e) => [e.prompt.text, e.seeds]), [['two circles', [0, 1]], ['a red circle', [0, 1]], ['three squares', [0, 1]]]);
+  t.deepEqual(
+    quick.map((e) => [e.prompt.text, e.seeds]),
+    [
+      ['two circles', [0, 1]],
+      ['a red circle', [0, 1]],
+      ['three squares', [0, 1]],
+    ],
+  );
 });

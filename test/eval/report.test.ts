@@ -20,13 +20,25 @@ const FILE = 'two circles\nsingle\ta red circle\na red circle and a blue square\
 /** Records for each line × seed × method; success decided by `ok`. */
 function records(methods: GuidanceMode[], seeds: number[], ok: (prompt: string, seed: number, m: GuidanceMode) => boolean): ImageRecord[] {
   const entries = promptEntries(parsePromptFile(FILE, 'f'), seeds);
-  return entries.flatMap((e) => e.seeds.flatMap((seed) => methods.map((method): ImageRecord => {
-    const success = ok(e.prompt.text, seed, method);
-    return {
-      category: e.category, prompt: e.prompt.text, lines: e.lines, seed, method, success, detections: [], imageSha256: '0', seconds: method === 'none' ? 1 : 3,
-      score: { ...scoreImage(e.prompt.objects, []), success },
-    };
-  })));
+  return entries.flatMap((e) =>
+    e.seeds.flatMap((seed) =>
+      methods.map((method): ImageRecord => {
+        const success = ok(e.prompt.text, seed, method);
+        return {
+          category: e.category,
+          prompt: e.prompt.text,
+          lines: e.lines,
+          seed,
+          method,
+          success,
+          detections: [],
+          imageSha256: '0',
+          seconds: method === 'none' ? 1 : 3,
+          score: { ...scoreImage(e.prompt.objects, []), success },
+        };
+      }),
+    ),
+  );
 }
 
 test('results.json has the issue schema, rates and paired differences', (t) => {
@@ -37,7 +49,12 @@ test('results.json has the issue schema, rates and paired differences', (t) => {
     // none: succeeds on seeds 0-1; max: seeds 0-2; tv_bind: always.
     const recs = records(methods, seeds, (_p, s, m) => (m === 'tv_bind' ? true : m === 'max' ? s < 3 : s < 2));
     const entries = promptEntries(parsePromptFile(FILE, 'f'), seeds);
-    const { results, markdown, files } = writeResults(out, { entries, records: recs, methods, config: { prompts: 'f', seeds, model: 'm', workers: 1, parameters: { none: { steps: 3 } } } });
+    const { results, markdown, files } = writeResults(out, {
+      entries,
+      records: recs,
+      methods,
+      config: { prompts: 'f', seeds, model: 'm', workers: 1, parameters: { none: { steps: 3 } } },
+    });
     const json = JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8')) as typeof results;
     t.deepEqual(json, JSON.parse(JSON.stringify(results)));
     checkResultsSchema(t, json, methods, ['single', 'two', 'two_colour']);
@@ -51,7 +68,10 @@ test('results.json has the issue schema, rates and paired differences', (t) => {
     t.is(json.differences['tv_bind-none'].single?.difference, 0.5);
     t.is(json.bootstrap.replicates, 2000);
     t.is(JSON.parse(fs.readFileSync(path.join(out, 'records.json'), 'utf8')).length, 3 * 4 * 3);
-    t.deepEqual(files.map((f) => path.basename(f)), ['results.json', 'records.json', 'results.md']);
+    t.deepEqual(
+      files.map((f) => path.basename(f)),
+      ['results.json', 'records.json', 'results.md'],
+    );
     t.true(markdown.includes('| category | pairs | SD (none) | A&E (max) | D&B (tv_bind) |'), markdown);
     t.regex(markdown, /\| two \| 4 \| 50\.0 % \[[\d.]+, [\d.]+\] \| 75\.0 % \[[\d.]+, [\d.]+\] \| 100\.0 % \[100\.0, 100\.0\] \|/);
     t.regex(markdown, /\| single \| \+25\.0 \[[\d.]+, [\d.]+\] \| \+50\.0 \[[\d.]+, [\d.]+\] \| \+25\.0 \[/);
@@ -64,7 +84,13 @@ test('results.json has the issue schema, rates and paired differences', (t) => {
 });
 
 test('difference pairs: every method against none, D&B against A&E', (t) => {
-  t.deepEqual(differencePairs(['none', 'max', 'tv', 'tv_bind']), [['max', 'none'], ['tv', 'none'], ['tv_bind', 'none'], ['tv', 'max'], ['tv_bind', 'max']]);
+  t.deepEqual(differencePairs(['none', 'max', 'tv', 'tv_bind']), [
+    ['max', 'none'],
+    ['tv', 'none'],
+    ['tv_bind', 'none'],
+    ['tv', 'max'],
+    ['tv_bind', 'max'],
+  ]);
   t.deepEqual(differencePairs(['tv_bind', 'tv']), []);
 });
 
@@ -75,24 +101,30 @@ test('the 5×7 font draws the expected glyph', (t) => {
   const canvas = solid(255, 12, 7);
   drawText(canvas, 'T1', 0, 0);
   const rows = Array.from({ length: GLYPH_H }, (_, y) => Array.from({ length: 2 * ADVANCE }, (_, x) => (px(canvas, x, y)[0] === 0 ? '#' : '.')).join(''));
-  t.deepEqual(rows, [
-    '#####...#...',
-    '..#....##...',
-    '..#.....#...',
-    '..#.....#...',
-    '..#.....#...',
-    '..#.....#...',
-    '..#....###..',
-  ]);
+  t.deepEqual(rows, ['#####...#...', '..#....##...', '..#.....#...', '..#.....#...', '..#.....#...', '..#.....#...', '..#....###..']);
   t.is(GLYPH_W, 5);
 });
 
 test('labelledGrid: layout, tile order and verdict bars', (t) => {
-  const tiles = [[solid(10), solid(20)], [solid(30), solid(40)]];
-  const g = labelledGrid({ title: 'AB', rowLabels: ['none', 'tv_bind'], columnLabels: ['seed 0', 'seed 1'], tiles, verdicts: [[true, false], [false, true]], zoom: 2 });
+  const tiles = [
+    [solid(10), solid(20)],
+    [solid(30), solid(40)],
+  ];
+  const g = labelledGrid({
+    title: 'AB',
+    rowLabels: ['none', 'tv_bind'],
+    columnLabels: ['seed 0', 'seed 1'],
+    tiles,
+    verdicts: [
+      [true, false],
+      [false, true],
+    ],
+    zoom: 2,
+  });
   const left = GRID.margin + 7 * ADVANCE + GRID.margin;
   const top = 2 * GRID.line;
-  const cellW = 4 * 2 + GRID.gap, cellH = 3 * 2 + GRID.bar + GRID.gap;
+  const cellW = 4 * 2 + GRID.gap,
+    cellH = 3 * 2 + GRID.bar + GRID.gap;
   t.is(g.width, left + 2 * cellW + GRID.gap);
   t.is(g.height, top + 2 * cellH + GRID.gap);
   t.deepEqual(px(g, left, top), [10, 10, 10]);
@@ -124,8 +156,10 @@ test('writeGrid: rows are methods, columns seeds, from tiles in job order (seed-
     const tiles = [0, 1, 2].flatMap((s) => [0, 1].map((m) => ({ image: solid(10 * s + m + 1, 64, 64), success: m === 1 })));
     const file = writeGrid(out, e, ['none', 'tv'], tiles);
     const png = PNG.sync.read(fs.readFileSync(file));
-    const left = GRID.margin + 4 * ADVANCE + GRID.margin, top = 2 * GRID.line;
-    const cellW = 128 + GRID.gap, cellH = 128 + GRID.bar + GRID.gap;
+    const left = GRID.margin + 4 * ADVANCE + GRID.margin,
+      top = 2 * GRID.line;
+    const cellW = 128 + GRID.gap,
+      cellH = 128 + GRID.bar + GRID.gap;
     const at = (x: number, y: number) => png.data[(y * png.width + x) * 4];
     for (let r = 0; r < 2; r++) for (let c = 0; c < 3; c++) t.is(at(left + c * cellW + 5, top + r * cellH + 5), 10 * c + r + 1, `row ${r} col ${c}`);
     t.is(png.width, left + 3 * cellW + GRID.gap);

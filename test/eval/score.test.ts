@@ -31,7 +31,8 @@ function bruteForce(nLeft: number, nRight: number, ok: (i: number, j: number) =>
 test('maximumMatching equals brute force on random bipartite graphs', (t) => {
   const rng = mulberry32(7);
   for (let trial = 0; trial < 300; trial++) {
-    const nl = 1 + Math.floor(rng() * 5), nr = Math.floor(rng() * 7);
+    const nl = 1 + Math.floor(rng() * 5),
+      nr = Math.floor(rng() * 7);
     const density = rng();
     const edges = Array.from({ length: nl }, () => Array.from({ length: nr }, () => rng() < density));
     const ok = (i: number, j: number) => edges[i][j];
@@ -41,7 +42,15 @@ test('maximumMatching equals brute force on random bipartite graphs', (t) => {
 
 test('success: every requested object with its named colour', (t) => {
   t.deepEqual(score('a red circle and a blue square', [det('red', 'circle'), det('blue', 'square')]), {
-    success: true, matched: 2, shapesFound: 2, allPresent: true, requested: 2, requestedColoured: 2, detected: 2, countExact: true });
+    success: true,
+    matched: 2,
+    shapesFound: 2,
+    allPresent: true,
+    requested: 2,
+    requestedColoured: 2,
+    detected: 2,
+    countExact: true,
+  });
   // Colours swapped: the shapes are there, the binding is not.
   const swapped = score('a red circle and a blue square', [det('blue', 'circle'), det('red', 'square')]);
   t.false(swapped.success);

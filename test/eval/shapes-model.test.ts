@@ -64,7 +64,9 @@ check('onnxruntime matches the PyTorch reference outputs', async (t) => {
   const o1 = await te.run({ input_ids: new ort.Tensor('int32', ids.data as Int32Array, ids.shape) });
   close(t, o1.last_hidden_state.data as Float32Array, ref('last_hidden_state').data as Float32Array, 'text encoder');
   const unet = await ort.InferenceSession.create(path.join(DIR, 'unet', 'model.onnx'));
-  const s = ref('sample'), ts = ref('timestep'), h = ref('last_hidden_state');
+  const s = ref('sample'),
+    ts = ref('timestep'),
+    h = ref('last_hidden_state');
   const o2 = await unet.run({
     sample: new ort.Tensor('float32', s.data as Float32Array, s.shape),
     timestep: new ort.Tensor('int64', ts.data as BigInt64Array, ts.shape),

@@ -20,9 +20,14 @@ function binomialQuantile(n: number, p: number, q: number): number {
 }
 
 test('mulberry32 is deterministic and uniform on [0, 1)', (t) => {
-  const a = mulberry32(42), b = mulberry32(42), c = mulberry32(43);
+  const a = mulberry32(42),
+    b = mulberry32(42),
+    c = mulberry32(43);
   const xs = Array.from({ length: 10000 }, () => a());
-  t.deepEqual(xs.slice(0, 5), Array.from({ length: 5 }, () => b()));
+  t.deepEqual(
+    xs.slice(0, 5),
+    Array.from({ length: 5 }, () => b()),
+  );
   t.not(xs[0], c());
   t.true(xs.every((x) => x >= 0 && x < 1));
   const mean = xs.reduce((s, x) => s + x, 0) / xs.length;

@@ -76,7 +76,10 @@ test('a real SD 2.x export (no divbind entry): 768², resolutions 24 / [96, 48],
   const plan = pipe.plan({ prompt: 'a red cat and a blue dog', tokens: { objects: ['cat', 'dog'], attributes: ['red', 'blue'] } });
   t.deepEqual([plan.height, plan.width, plan.guidanceScale, plan.scheduler], [768, 768, 7.5, 'ddim']);
   const { attentionResolution, attributeResolutions, tokenSlice, eotIndex } = plan.loss!;
-  t.deepEqual({ attentionResolution, attributeResolutions, tokenSlice, eotIndex }, { attentionResolution: 24, attributeResolutions: [96, 48], tokenSlice: 'until-eot', eotIndex: 8 });
+  t.deepEqual(
+    { attentionResolution, attributeResolutions, tokenSlice, eotIndex },
+    { attentionResolution: 24, attributeResolutions: [96, 48], tokenSlice: 'until-eot', eotIndex: 8 },
+  );
   // The EOT index follows the prompt, not the padding ("!" pads after it).
   t.is(pipe.plan({ prompt: 'a cat and a dog', tokens: { objects: ['cat', 'dog'] } }).loss?.eotIndex, 6);
 });
@@ -101,8 +104,10 @@ test('an explicit divbind entry wins over the family: token slice, resolutions, 
   const pipe = await DivBindPipeline.load(dir, { session: { intraOpNumThreads: 1 } });
   t.teardown(() => pipe.release());
   const plan = pipe.plan({ prompt: 'a red cat and a blue dog', tokens: { objects: ['cat', 'dog'], attributes: ['red', 'blue'] } });
-  t.deepEqual([plan.loss?.tokenSlice, plan.loss?.eotIndex, plan.loss?.attentionResolution, plan.loss?.attributeResolutions, plan.guidanceScale],
-    ['all-but-last', undefined, 24, [48], 3]);
+  t.deepEqual(
+    [plan.loss?.tokenSlice, plan.loss?.eotIndex, plan.loss?.attentionResolution, plan.loss?.attributeResolutions, plan.guidanceScale],
+    ['all-but-last', undefined, 24, [48], 3],
+  );
   const declared = folderCopy(t, 'tiny-sd2', (index) => {
     index.divbind = { family: 'sd1' };
   });
@@ -134,7 +139,10 @@ test('SDXL folders need both text encoders and tokenizers; force_zeros_for_empty
     index.force_zeros_for_empty_prompt = false;
   });
   t.false(readModelFolder(off).zeroEmptyNegative);
-  for (const [part, field] of [['text_encoder_2', 'text_encoder_2/model.onnx'], ['tokenizer_2', 'tokenizer_2/vocab.json']]) {
+  for (const [part, field] of [
+    ['text_encoder_2', 'text_encoder_2/model.onnx'],
+    ['tokenizer_2', 'tokenizer_2/vocab.json'],
+  ]) {
     const dir = folderCopy(t, 'tiny-sdxl');
     fs.rmSync(path.join(dir, part!), { recursive: true });
     const err = t.throws(() => readModelFolder(dir), { instanceOf: DivbindError });
@@ -144,15 +152,20 @@ test('SDXL folders need both text encoders and tokenizers; force_zeros_for_empty
   }
 });
 
-test('SDXL components are checked at load: each text encoder\'s outputs, the sizes they add up to, the UNet\'s added inputs', async (t) => {
+test("SDXL components are checked at load: each text encoder's outputs, the sizes they add up to, the UNet's added inputs", async (t) => {
   const noPooled = folderCopy(t, 'tiny-sdxl');
   fs.copyFileSync(fixturePath('models', 'tiny-sdxl', 'text_encoder', 'model.onnx'), path.join(noPooled, 'text_encoder_2', 'model.onnx'));
   await refusedAtLoad(t, noPooled, 'MODEL_INVALID', 'text_encoder_2/model.onnx', /is not SDXL's second text encoder: expected an output text_embeds/);
 
   const twice = folderCopy(t, 'tiny-sdxl');
   fs.copyFileSync(fixturePath('models', 'tiny-sdxl', 'text_encoder_2', 'model.onnx'), path.join(twice, 'text_encoder', 'model.onnx'));
-  await refusedAtLoad(t, twice, 'MODEL_INVALID', 'text_encoder/model.onnx and text_encoder_2/model.onnx',
-    /their hidden sizes 32 \+ 32 = 64, the UNet's encoder_hidden_states take 48/);
+  await refusedAtLoad(
+    t,
+    twice,
+    'MODEL_INVALID',
+    'text_encoder/model.onnx and text_encoder_2/model.onnx',
+    /their hidden sizes 32 \+ 32 = 64, the UNet's encoder_hidden_states take 48/,
+  );
 
   const sd2Unet = folderCopy(t, 'tiny-sdxl');
   fs.copyFileSync(fixturePath('models', 'tiny-sd2', 'unet', 'model.onnx'), path.join(sd2Unet, 'unet', 'model.onnx'));
@@ -161,7 +174,13 @@ test('SDXL components are checked at load: each text encoder\'s outputs, the siz
   // Only the graph: with SDXL's unet/config.json beside it the folder would read as SDXL (and miss tokenizer_2/).
   const xlUnet = folderCopy(t, 'tiny-sd2');
   fs.copyFileSync(fixturePath('models', 'tiny-sdxl', 'unet', 'model.onnx'), path.join(xlUnet, 'unet', 'model.onnx'));
-  await refusedAtLoad(t, xlUnet, 'MODEL_MISSING', 'text_encoder_2', /takes SDXL's text_embeds and time_ids, but the folder has no second text encoder \(read as SD 2\.x/);
+  await refusedAtLoad(
+    t,
+    xlUnet,
+    'MODEL_MISSING',
+    'text_encoder_2',
+    /takes SDXL's text_embeds and time_ids, but the folder has no second text encoder \(read as SD 2\.x/,
+  );
 });
 
 test('a tokenizer_2 with another vocabulary, and a UNet input nothing can feed, are refused at load', async (t) => {

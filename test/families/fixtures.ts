@@ -21,8 +21,24 @@ export interface FamilyFixture {
   guidanceScale: number;
 }
 
-export const SD2: FamilyFixture = { family: 'sd2', model: 'tiny-sd2', golden: 'golden-sd2', side: 768, attentionResolution: 24, attributeResolutions: [96, 48], guidanceScale: 7.5 };
-export const SDXL: FamilyFixture = { family: 'sdxl', model: 'tiny-sdxl', golden: 'golden-sdxl', side: 1024, attentionResolution: 32, attributeResolutions: [64], guidanceScale: 5 };
+export const SD2: FamilyFixture = {
+  family: 'sd2',
+  model: 'tiny-sd2',
+  golden: 'golden-sd2',
+  side: 768,
+  attentionResolution: 24,
+  attributeResolutions: [96, 48],
+  guidanceScale: 7.5,
+};
+export const SDXL: FamilyFixture = {
+  family: 'sdxl',
+  model: 'tiny-sdxl',
+  golden: 'golden-sdxl',
+  side: 1024,
+  attentionResolution: 32,
+  attributeResolutions: [64],
+  guidanceScale: 5,
+};
 
 export function goldenPath(f: FamilyFixture, ...parts: string[]): string {
   return fixturePath(f.golden, ...parts);

@@ -46,8 +46,12 @@ function unetInputs(f: FamilyFixture): { sample: Float32Array; ehs: Float32Array
   const pooled = f32(goldenArray(f, 'unet', 'text_embeds.npy'));
   const timeIds = f32(goldenArray(f, 'unet', 'time_ids.npy'));
   return {
-    sample, ehs,
-    extra: [{ name: 'text_embeds', uncond: pooled, cond: pooled, dims: [pooled.length] }, { name: 'time_ids', uncond: timeIds, cond: timeIds, dims: [6] }],
+    sample,
+    ehs,
+    extra: [
+      { name: 'text_embeds', uncond: pooled, cond: pooled, dims: [pooled.length] },
+      { name: 'time_ids', uncond: timeIds, cond: timeIds, dims: [6] },
+    ],
   };
 }
 
@@ -107,13 +111,20 @@ function registerTextTests(f: FamilyFixture, s: Shared): void {
     const conditioner = await TextConditioner.load(s.folder, s.pipe.tokenizer);
     try {
       const prompts = goldenJson<{ prompts: string[] }>(f, 'text_encoder', 'manifest.json').prompts;
-      const context = f.family === 'sdxl' ? goldenArray(f, 'conditioning', 'encoder_hidden_states.npy') : goldenArray(f, 'text_encoder', 'last_hidden_state.npy');
+      const context =
+        f.family === 'sdxl' ? goldenArray(f, 'conditioning', 'encoder_hidden_states.npy') : goldenArray(f, 'text_encoder', 'last_hidden_state.npy');
       for (const [k, prompt] of prompts.entries()) {
         const got = await conditioner.encode(prompt);
         t.deepEqual(got.dims, [77, context.shape[2]]);
         assertAllClose(t, got.context, row(context.data, prompts.length, k), tol, `encoder_hidden_states of ${JSON.stringify(prompt)}`);
         if (f.family !== 'sdxl') continue;
-        assertAllClose(t, got.pooled!, row(goldenArray(f, 'conditioning', 'text_embeds.npy').data, prompts.length, k), tol, `text_embeds of ${JSON.stringify(prompt)}`);
+        assertAllClose(
+          t,
+          got.pooled!,
+          row(goldenArray(f, 'conditioning', 'text_embeds.npy').data, prompts.length, k),
+          tol,
+          `text_embeds of ${JSON.stringify(prompt)}`,
+        );
       }
       if (f.family === 'sdxl') t.deepEqual(Array.from(goldenArray(f, 'conditioning', 'time_ids.npy').data.subarray(0, 6)), Array.from(sdxlTimeIds(1024, 1024)));
     } finally {
@@ -129,11 +140,20 @@ function registerUnetTests(f: FamilyFixture, s: Shared): void {
   test(`${f.family}: prepare finds every cross-attention layer at the golden's resolutions and head counts`, (t) => {
     const layers = manifest.attention.layers;
     t.is(s.guided.layers.length, layers.length);
-    t.deepEqual(s.guided.layers.map((l) => l.resolution), layers.map((l) => l.resolution));
+    t.deepEqual(
+      s.guided.layers.map((l) => l.resolution),
+      layers.map((l) => l.resolution),
+    );
     const prepared = locatePrepared(s.folder, { height: f.side, width: f.side, batch: 1 });
-    t.deepEqual(prepared.manifest.attention.layers.map((l) => l.heads), layers.map((l) => l.heads));
-    t.deepEqual(prepared.manifest.attention.layers.map((l) => l.scope.replace(/^\//, '').replace(/\//g, '.')), layers.map((l) => l.name));
-    t.is(prepared.manifest.height, f.side, 'prepared at the family\'s default size');
+    t.deepEqual(
+      prepared.manifest.attention.layers.map((l) => l.heads),
+      layers.map((l) => l.heads),
+    );
+    t.deepEqual(
+      prepared.manifest.attention.layers.map((l) => l.scope.replace(/^\//, '').replace(/\//g, '.')),
+      layers.map((l) => l.name),
+    );
+    t.is(prepared.manifest.height, f.side, "prepared at the family's default size");
   });
 
   // The prepared graph's maps against PyTorch's probabilities (columns 0..9 are stored), head by head where the
@@ -148,7 +168,8 @@ function registerUnetTests(f: FamilyFixture, s: Shared): void {
       const ourHeads = s.guided.layers[k]!.heads;
       t.true(ourHeads === heads || ourHeads === 1, `layer ${k}: ${ourHeads} maps for ${heads} heads`);
       const want = new Float64Array(ourHeads * hw * cols);
-      for (let h = 0; h < heads; h++) for (let i = 0; i < hw * cols; i++) want[(ourHeads === 1 ? 0 : h * hw * cols) + i] += golden[h * hw * cols + i]! / (ourHeads === 1 ? heads : 1);
+      for (let h = 0; h < heads; h++)
+        for (let i = 0; i < hw * cols; i++) want[(ourHeads === 1 ? 0 : h * hw * cols) + i] += golden[h * hw * cols + i]! / (ourHeads === 1 ? heads : 1);
       const ours = new Float32Array(ourHeads * hw * cols);
       for (let p = 0; p < ourHeads * hw; p++) ours.set(fwd.maps[k]!.subarray(p * 77, p * 77 + cols), p * cols);
       assertAllClose(t, ours, want, { atol: 1e-5, rtol: 0 }, `layer ${k} ${l.name}`);
@@ -201,7 +222,10 @@ function registerLossTests(f: FamilyFixture, s: Shared): void {
   // core's dL/dmaps, against the float64 gradient: ≤ 1e-4 relative L2, as test/onnx/vjp-unet.test.ts (PyTorch's own
   // float32 UNet is at 2e-6 … 7e-6).
   test(`${f.family}: L, θ and dL/dsample through the prepared VJP graph match the golden for every loss case`, async (t) => {
-    t.deepEqual(cases.map((c) => c.name), ['max', 'tv', 'tv_bind', 'tv-all-but-last']);
+    t.deepEqual(
+      cases.map((c) => c.name),
+      ['max', 'tv', 'tv_bind', 'tv-all-but-last'],
+    );
     const { sample, ehs, extra } = unetInputs(f);
     const unet = s.guided.withExtraInputs(extra);
     const fwd = await unet.forward(sample, timestep, ehs);
@@ -213,7 +237,9 @@ function registerLossTests(f: FamilyFixture, s: Shared): void {
       const grad = await unet.vjp(fwd, r.grads!);
       const golden = goldenArray(f, 'losses', c.gradSample).data;
       const err = relativeL2(grad, golden);
-      t.log(`${c.name}: L ${r.loss.toFixed(6)} θ ${r.indicator.toFixed(6)}; dL/dsample rel L2 ${err.toExponential(2)} (PyTorch float32: ${c.gradSampleFloat32VsFloat64RelL2.toExponential(1)})`);
+      t.log(
+        `${c.name}: L ${r.loss.toFixed(6)} θ ${r.indicator.toFixed(6)}; dL/dsample rel L2 ${err.toExponential(2)} (PyTorch float32: ${c.gradSampleFloat32VsFloat64RelL2.toExponential(1)})`,
+      );
       t.true(err <= 1e-4, `${c.name}: dL/dsample rel L2 ${err}`);
     }
   });
@@ -257,23 +283,35 @@ interface TrajectoryCase {
   files: { finalLatent: string; imageCrop: string };
 }
 
-const SCHEDULERS: Array<[RegExp, 'pndm' | 'ddim' | 'euler']> = [[/^PNDM/, 'pndm'], [/^DDIM/, 'ddim'], [/^Euler/, 'euler']];
+const SCHEDULERS: Array<[RegExp, 'pndm' | 'ddim' | 'euler']> = [
+  [/^PNDM/, 'pndm'],
+  [/^DDIM/, 'ddim'],
+  [/^Euler/, 'euler'],
+];
 
 /** The reference case as generate() options. Loss options are left to the family's defaults (checked against the case). */
 function generateOptions(f: FamilyFixture, c: TrajectoryCase): GenerateOptions {
   const o = c.options;
   const dir = goldenPath(f, 'trajectories');
   const g: GenerateOptions = {
-    prompt: o.prompt, negativePrompt: o.negativePrompt, mode: o.mode, steps: o.numInferenceSteps, guidanceScale: o.guidanceScale,
+    prompt: o.prompt,
+    negativePrompt: o.negativePrompt,
+    mode: o.mode,
+    steps: o.numInferenceSteps,
+    guidanceScale: o.guidanceScale,
     scheduler: SCHEDULERS.find(([re]) => re.test(o.scheduler))![1],
     // z₀ = initial_latent × initNoiseSigma: generate() scales given latents by the scheduler's, as diffusers does.
     latents: readNpy(path.join(dir, o.initialLatent)).data as Float32Array,
   };
   if (o.mode === 'none') return g;
   return {
-    ...g, tokens: { objects: o.tokenIndices, attributes: o.attributeIndices ?? undefined }, thresholds: o.thresholds,
-    refinement: { initStep: o.maxRefinementStepsInitStep, other: o.maxRefinementSteps }, maxIterToAlter: o.maxIterToAlter,
-    scaleFactor: o.scaleFactor, scaleRange: o.scaleRange,
+    ...g,
+    tokens: { objects: o.tokenIndices, attributes: o.attributeIndices ?? undefined },
+    thresholds: o.thresholds,
+    refinement: { initStep: o.maxRefinementStepsInitStep, other: o.maxRefinementSteps },
+    maxIterToAlter: o.maxIterToAlter,
+    scaleFactor: o.scaleFactor,
+    scaleRange: o.scaleRange,
     // The reference's 'max' is D&B's L = −min m; A&E's hinge 1 − min m has the same gradient while m < 1.
     ...(o.mode === 'max' ? { loss: { maxVariant: 'divbind' as const } } : {}),
   };
@@ -297,7 +335,10 @@ function registerTrajectoryTests(f: FamilyFixture, s: Shared): void {
     // L/θ per step within 1e-4 + 1e-3·|ref|, equal refinement counts, the decoded image within ±2 levels.
     test.serial(`${f.family} trajectory ${c.name}: final latent, per-step L/θ, refinement counts and image match PyTorch`, async (t) => {
       const img = (await s.pipe.generate(generateOptions(f, c))).images[0]!;
-      t.deepEqual(img.steps.map((x) => x.timestep), c.record.timesteps);
+      t.deepEqual(
+        img.steps.map((x) => x.timestep),
+        c.record.timesteps,
+      );
       const err = relativeL2(img.latents, goldenArray(f, 'trajectories', c.files.finalLatent).data);
       t.log(`${f.family} ${c.name}: final latent relative L2 error ${err.toExponential(2)}`);
       t.true(err <= 1e-3, `final latent relative L2 ${err} > 1e-3`);
@@ -315,7 +356,8 @@ function registerTrajectoryTests(f: FamilyFixture, s: Shared): void {
       }
       const crop = readNpy(goldenPath(f, 'trajectories', c.files.imageCrop)).data as Uint8Array;
       let maxDiff = 0;
-      for (let y = 0; y < 64; y++) for (let x = 0; x < 64 * 3; x++) maxDiff = Math.max(maxDiff, Math.abs(crop[y * 64 * 3 + x]! - img.rgb[y * img.width * 3 + x]!));
+      for (let y = 0; y < 64; y++)
+        for (let x = 0; x < 64 * 3; x++) maxDiff = Math.max(maxDiff, Math.abs(crop[y * 64 * 3 + x]! - img.rgb[y * img.width * 3 + x]!));
       t.true(maxDiff <= 2, `decoded image differs by up to ${maxDiff} levels`);
     });
   }

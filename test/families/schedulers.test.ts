@@ -28,7 +28,7 @@ interface Run {
 const index = JSON.parse(fs.readFileSync(path.join(FIX, 'index.json'), 'utf8')) as { config: { predictionType: string }; runs: Run[] };
 const tol = { atol: 1e-5, rtol: 1e-5 };
 
-test('tiny-sd2 ships SD 2.1\'s v-prediction DDIM config, and the fixture is made for it', (t) => {
+test("tiny-sd2 ships SD 2.1's v-prediction DDIM config, and the fixture is made for it", (t) => {
   t.is(CONFIG._class_name, 'DDIMScheduler');
   t.is(CONFIG.prediction_type, 'v_prediction');
   t.is(index.config.predictionType, 'v_prediction');

@@ -17,8 +17,10 @@ export function isClose(actual: number, expected: number, tol: Tolerance): boole
 
 /** Asserts one scalar; the message names label and the tolerance. */
 export function assertClose(t: ExecutionContext, actual: number, expected: number, tol: Tolerance, label: string): void {
-  t.true(isClose(actual, expected, tol),
-    `${label}: got ${actual}, expected ${expected} (|diff| ${Math.abs(actual - expected)} > atol ${tol.atol} + rtol ${tol.rtol}·|expected|)`);
+  t.true(
+    isClose(actual, expected, tol),
+    `${label}: got ${actual}, expected ${expected} (|diff| ${Math.abs(actual - expected)} > atol ${tol.atol} + rtol ${tol.rtol}·|expected|)`,
+  );
 }
 
 export interface CloseReport {
@@ -46,9 +48,10 @@ export function compareArrays(actual: ArrayLike<number>, expected: ArrayLike<num
       if (lines.length < 10) lines.push(`  [${i}] got ${a}, expected ${e}`);
     }
   }
-  const text = mismatches === 0
-    ? `${label}: OK (max |diff| ${maxAbsDiff})`
-    : `${label}: ${mismatches} of ${expected.length} values outside atol ${tol.atol} + rtol ${tol.rtol}·|expected| (max |diff| ${maxAbsDiff})\n${lines.join('\n')}`;
+  const text =
+    mismatches === 0
+      ? `${label}: OK (max |diff| ${maxAbsDiff})`
+      : `${label}: ${mismatches} of ${expected.length} values outside atol ${tol.atol} + rtol ${tol.rtol}·|expected| (max |diff| ${maxAbsDiff})\n${lines.join('\n')}`;
   return { ok: mismatches === 0, mismatches, maxAbsDiff, text };
 }
 

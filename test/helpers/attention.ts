@@ -46,9 +46,12 @@ export function sdLayerSpecs(heads = 8): LayerSpec[] {
 /** A small model: 3 layers at 16² and 3 at 32², 2 heads each. */
 export function smallLayerSpecs(): LayerSpec[] {
   return [
-    { resolution: 32, heads: 2, place: 'down' }, { resolution: 16, heads: 2, place: 'down' },
-    { resolution: 16, heads: 2, place: 'mid' }, { resolution: 16, heads: 2, place: 'up' },
-    { resolution: 32, heads: 2, place: 'up' }, { resolution: 32, heads: 2, place: 'up' },
+    { resolution: 32, heads: 2, place: 'down' },
+    { resolution: 16, heads: 2, place: 'down' },
+    { resolution: 16, heads: 2, place: 'mid' },
+    { resolution: 16, heads: 2, place: 'up' },
+    { resolution: 32, heads: 2, place: 'up' },
+    { resolution: 32, heads: 2, place: 'up' },
   ];
 }
 

@@ -35,7 +35,8 @@ test('without the addon: default falls back to js, explicit native throws the lo
     try { api.attentionLoss(layers, options, { backend: 'cuda' }); } catch (e) { out.cuda = e.message; }
     process.stdout.write(JSON.stringify(out));`;
   const child = spawnSync(process.execPath, ['-e', script], {
-    env: { ...process.env, DIVBIND_NATIVE_PATH: '/nonexistent/divbind_native.node' }, encoding: 'utf8',
+    env: { ...process.env, DIVBIND_NATIVE_PATH: '/nonexistent/divbind_native.node' },
+    encoding: 'utf8',
   });
   t.is(child.status, 0, child.stderr);
   const out = JSON.parse(child.stdout) as { backends: string[]; loss: number; native: string; cuda: string };
@@ -61,7 +62,13 @@ for (const backend of availableBackends().filter((b) => b !== 'cuda')) {
     const r = attentionLoss(layers, BIND_CASE.options, { backend, returnMaps: true });
     const ref = referenceForward(layers, normalizeLossOptions(layers, BIND_CASE.options));
     t.is(r.maps!.resolution, 4);
-    assertAllClose(t, r.maps!.objects, ref.objectMaps.flatMap((m) => m.flat()), { atol: 1e-9, rtol: 1e-6 }, 'objects');
+    assertAllClose(
+      t,
+      r.maps!.objects,
+      ref.objectMaps.flatMap((m) => m.flat()),
+      { atol: 1e-9, rtol: 1e-6 },
+      'objects',
+    );
     t.is(r.maps!.attributes!.length, 2 * 16);
     const tv = attentionLoss(layers, { ...BIND_CASE.options, mode: 'tv' }, { backend, returnMaps: true });
     t.is(tv.maps!.attributes, null, 'no attribute maps outside tv_bind');

@@ -22,14 +22,19 @@ const TARGETS: Target[] = binding ? ['native', 'raw', 'js'] : ['js'];
 /** Node flags that give ArrayBuffer.prototype.transfer (a flag before Node 21), or null when unavailable. */
 function transferFlags(): string[] | null {
   if (typeof (ArrayBuffer.prototype as { transfer?: unknown }).transfer === 'function') return [];
-  const probe = spawnSync(process.execPath, ['--harmony-rab-gsab-transfer', '-e', 'process.exit(typeof ArrayBuffer.prototype.transfer === "function" ? 0 : 1)']);
+  const probe = spawnSync(process.execPath, [
+    '--harmony-rab-gsab-transfer',
+    '-e',
+    'process.exit(typeof ArrayBuffer.prototype.transfer === "function" ? 0 : 1)',
+  ]);
   return probe.status === 0 ? ['--harmony-rab-gsab-transfer'] : null;
 }
 
 function runChild(target: Target, scenario: Scenario): { report: ChildReport | null; status: number | null; signal: string | null; stderr: string } {
-  const flags = scenario === 'transfer' ? transferFlags() ?? [] : [];
+  const flags = scenario === 'transfer' ? (transferFlags() ?? []) : [];
   const child = spawnSync(process.execPath, ['--expose-gc', ...flags, CHILD, target, scenario, String(ITERATIONS)], {
-    encoding: 'utf8', timeout: 300_000,
+    encoding: 'utf8',
+    timeout: 300_000,
   });
   const line = child.stdout.trim().split('\n').pop() ?? '';
   let report: ChildReport | null = null;
@@ -41,16 +46,21 @@ function runChild(target: Target, scenario: Scenario): { report: ChildReport | n
   return { report, status: child.status, signal: child.signal, stderr: child.stderr.slice(-2000) };
 }
 
-const DETACHED = 'was detached or resized while the async call was running; keep output buffers attached and at their length ' +
+const DETACHED =
+  'was detached or resized while the async call was running; keep output buffers attached and at their length ' +
   '(do not transfer, postMessage or resize them) until the promise settles';
 
 /** The one rejection every call of a deterministic scenario must end with, or null: each call resolves correctly. */
 function expected(target: Target, scenario: Scenario): string | null {
   const gradients = target === 'raw' ? 'grads[0]' : 'gradOut[0]';
   switch (scenario) {
-    case 'clone': case 'transfer': case 'port': case 'shrink-out':
+    case 'clone':
+    case 'transfer':
+    case 'port':
+    case 'shrink-out':
       return `TypeError: ${gradients}: ${DETACHED}`;
-    case 'shrink-in': case 'clone-in':
+    case 'shrink-in':
+    case 'clone-in':
       // The addon reads the layers before it returns; the js twin reads them across event-loop turns.
       return target === 'js' ? `TypeError: layers[0].data: ${DETACHED.replace('output buffers', 'input and output buffers')}` : null;
     case 'late':

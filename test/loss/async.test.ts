@@ -50,7 +50,9 @@ for (const backend of BACKENDS) {
   test(`bad input rejects the promise instead of throwing [${backend}]`, async (t) => {
     const layers = makeLayers(1, [{ resolution: 4, heads: 1 }], 10);
     let promise: Promise<LossResult> | undefined;
-    t.notThrows(() => { promise = attentionLossAsync(layers, { attentionResolution: 4, tokenIndices: [9] }, { backend }); });
+    t.notThrows(() => {
+      promise = attentionLossAsync(layers, { attentionResolution: 4, tokenIndices: [9] }, { backend });
+    });
     await t.throwsAsync(promise!, { instanceOf: RangeError, message: /^Expected integer between 1 and 8 for tokenIndices\[0\]/ });
   });
 }
@@ -60,7 +62,10 @@ test('js async yields to the event loop during an SD-sized tv_bind call', async 
   const options = { mode: 'tv_bind' as const, tokenIndices: [3, 7], attributeIndices: [2, 6] };
   let ticks = 0;
   let running = true;
-  const spin = () => { ticks++; if (running) setImmediate(spin); };
+  const spin = () => {
+    ticks++;
+    if (running) setImmediate(spin);
+  };
   setImmediate(spin);
   const start = process.hrtime.bigint();
   const result = await attentionLossAsync(layers, options, { backend: 'js' });

@@ -14,7 +14,10 @@ import { referenceForward } from './reference';
 const TOL = { atol: 1e-12, rtol: 1e-10 };
 
 const SD_CASE: LossCase = {
-  name: 'SD 1.x tv_bind, T = 77', seed: 31, T: 77, specs: sdLayerSpecs(2),
+  name: 'SD 1.x tv_bind, T = 77',
+  seed: 31,
+  T: 77,
+  specs: sdLayerSpecs(2),
   options: { mode: 'tv_bind', tokenIndices: [3, 7], attributeIndices: [2, 6] },
 };
 
@@ -36,7 +39,13 @@ for (const c of [...LOSS_CASES, SD_CASE]) {
       assertClose(t, g.value, r.value, TOL, `tokens[${s}].value`);
     });
     // Maps are float32 outputs: compare at float32 precision.
-    assertAllClose(t, maps, ref.objectMaps.flatMap((m) => m.flat()), { atol: 1e-9, rtol: 1e-6 }, 'object maps');
+    assertAllClose(
+      t,
+      maps,
+      ref.objectMaps.flatMap((m) => m.flat()),
+      { atol: 1e-9, rtol: 1e-6 },
+      'object maps',
+    );
   });
 }
 

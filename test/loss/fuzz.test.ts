@@ -34,14 +34,48 @@ function gcFunction(): (() => void) | null {
 }
 
 const T = 10;
-const SPECS = [{ resolution: 4, heads: 2 }, { resolution: 8, heads: 1, place: 'up' as const }, { resolution: 4, heads: 1, place: 'up' as const }];
+const SPECS = [
+  { resolution: 4, heads: 2 },
+  { resolution: 8, heads: 1, place: 'up' as const },
+  { resolution: 4, heads: 1, place: 'up' as const },
+];
 const BASE_OPTIONS = { mode: 'tv_bind', attentionResolution: 4, attributeResolutions: [8], tokenIndices: [2, 5], attributeIndices: [1, 4] };
 
 function junk(rng: Rng): unknown {
   const pool: unknown[] = [
-    undefined, null, NaN, Infinity, -Infinity, -1, 0, 1e308, -1e308, 2 ** 31, 2 ** 53, 0.5, 1e-320, 3, 7,
-    '', 'tv', '3', [], [1], [[]], {}, { length: 3 }, true, false, 10n, Symbol('s'), () => 1,
-    new Float32Array(3), new Float64Array(640), new Int32Array(4), new Uint8Array(0), new ArrayBuffer(8),
+    undefined,
+    null,
+    NaN,
+    Infinity,
+    -Infinity,
+    -1,
+    0,
+    1e308,
+    -1e308,
+    2 ** 31,
+    2 ** 53,
+    0.5,
+    1e-320,
+    3,
+    7,
+    '',
+    'tv',
+    '3',
+    [],
+    [1],
+    [[]],
+    {},
+    { length: 3 },
+    true,
+    false,
+    10n,
+    Symbol('s'),
+    () => 1,
+    new Float32Array(3),
+    new Float64Array(640),
+    new Int32Array(4),
+    new Uint8Array(0),
+    new ArrayBuffer(8),
   ];
   return rng.pick(pool);
 }
@@ -51,50 +85,112 @@ function mutateLayers(rng: Rng, layers: Record<string, unknown>[]): unknown {
   const l = { ...layers[i] };
   const data = l.data as Float32Array;
   switch (rng.int(0, 9)) {
-    case 0: return junk(rng);
-    case 1: l[rng.pick(['data', 'heads', 'resolution', 'place', 'name'])] = junk(rng); break;
-    case 2: delete l[rng.pick(['data', 'heads', 'resolution', 'place'])]; break;
-    case 3: l.data = data.subarray(0, rng.int(0, data.length - 1)); break;
-    case 4: { const d = Float32Array.from(data); d[rng.int(0, d.length - 1)] = rng.pick([NaN, Infinity, -Infinity]); l.data = d; break; }
-    case 5: { const d = Float32Array.from(data); d[rng.int(0, d.length - 1)] = rng.pick([3e38, -3e38, 1e-45]); l.data = d; break; }
-    case 6: l.heads = rng.int(-2, 9); break;
-    case 7: l.resolution = rng.int(-1, 17); break;
-    case 8: return layers.slice(0, rng.int(0, layers.length - 1));
-    case 9: return [...layers, junk(rng)];
+    case 0:
+      return junk(rng);
+    case 1:
+      l[rng.pick(['data', 'heads', 'resolution', 'place', 'name'])] = junk(rng);
+      break;
+    case 2:
+      delete l[rng.pick(['data', 'heads', 'resolution', 'place'])];
+      break;
+    case 3:
+      l.data = data.subarray(0, rng.int(0, data.length - 1));
+      break;
+    case 4: {
+      const d = Float32Array.from(data);
+      d[rng.int(0, d.length - 1)] = rng.pick([NaN, Infinity, -Infinity]);
+      l.data = d;
+      break;
+    }
+    case 5: {
+      const d = Float32Array.from(data);
+      d[rng.int(0, d.length - 1)] = rng.pick([3e38, -3e38, 1e-45]);
+      l.data = d;
+      break;
+    }
+    case 6:
+      l.heads = rng.int(-2, 9);
+      break;
+    case 7:
+      l.resolution = rng.int(-1, 17);
+      break;
+    case 8:
+      return layers.slice(0, rng.int(0, layers.length - 1));
+    case 9:
+      return [...layers, junk(rng)];
   }
   const copy = [...layers];
   copy[i] = l;
   return copy;
 }
 
-const OPTION_KEYS = ['mode', 'tokenIndices', 'attributeIndices', 'stepIndex', 'attentionResolution', 'attributeResolutions', 'temperature',
-  'tokenSlice', 'eotIndex', 'smoothing', 'smoothingSigma', 'tvVertical', 'maxVariant', 'bindingRhoLowTv', 'bindingRhoHighTv',
-  'bindingTvSwitch', 'bindingEpsilon', 'bindingCoefficients', 'tvMaxWeights'];
+const OPTION_KEYS = [
+  'mode',
+  'tokenIndices',
+  'attributeIndices',
+  'stepIndex',
+  'attentionResolution',
+  'attributeResolutions',
+  'temperature',
+  'tokenSlice',
+  'eotIndex',
+  'smoothing',
+  'smoothingSigma',
+  'tvVertical',
+  'maxVariant',
+  'bindingRhoLowTv',
+  'bindingRhoHighTv',
+  'bindingTvSwitch',
+  'bindingEpsilon',
+  'bindingCoefficients',
+  'tvMaxWeights',
+];
 
 function mutateOptions(rng: Rng, options: Record<string, unknown>): unknown {
   const o = { ...options };
   const key = rng.pick(OPTION_KEYS);
   switch (rng.int(0, 7)) {
-    case 0: return junk(rng);
-    case 1: o[key] = junk(rng); break;
-    case 2: delete o[key]; break;
-    case 3: o.tokenIndices = Array.from({ length: rng.int(0, 4) }, () => (rng.next() < 0.8 ? rng.int(-2, 12) : junk(rng))); break;
-    case 4: o.attributeIndices = Array.from({ length: rng.int(0, 3) }, () => (rng.next() < 0.8 ? rng.int(-2, 12) : junk(rng))); break;
-    case 5: o[`${key}${rng.pick(['s', 'X', ''])}_`] = 1; break;
-    case 6: o.bindingCoefficients = Array.from({ length: rng.int(0, 3) }, () => (rng.next() < 0.7 ? [rng.int(-1, 30), rng.next() * 10] : junk(rng))); break;
-    case 7: o[key] = rng.pick([1e308, -1e308, 2 ** 40, -(2 ** 40), 1e-300]); break;
+    case 0:
+      return junk(rng);
+    case 1:
+      o[key] = junk(rng);
+      break;
+    case 2:
+      delete o[key];
+      break;
+    case 3:
+      o.tokenIndices = Array.from({ length: rng.int(0, 4) }, () => (rng.next() < 0.8 ? rng.int(-2, 12) : junk(rng)));
+      break;
+    case 4:
+      o.attributeIndices = Array.from({ length: rng.int(0, 3) }, () => (rng.next() < 0.8 ? rng.int(-2, 12) : junk(rng)));
+      break;
+    case 5:
+      o[`${key}${rng.pick(['s', 'X', ''])}_`] = 1;
+      break;
+    case 6:
+      o.bindingCoefficients = Array.from({ length: rng.int(0, 3) }, () => (rng.next() < 0.7 ? [rng.int(-1, 30), rng.next() * 10] : junk(rng)));
+      break;
+    case 7:
+      o[key] = rng.pick([1e308, -1e308, 2 ** 40, -(2 ** 40), 1e-300]);
+      break;
   }
   return o;
 }
 
 function mutateCall(rng: Rng, layers: Array<{ data: Float32Array }>): unknown {
   switch (rng.int(0, 5)) {
-    case 0: return junk(rng);
-    case 1: return { gradOut: layers.map((l) => new Float32Array(l.data.length + rng.int(-1, 1))) };
-    case 2: return { gradOut: [layers[0].data, ...layers.slice(1).map((l) => new Float32Array(l.data.length))] };
-    case 3: return { computeGrad: junk(rng), returnMaps: junk(rng) };
-    case 4: return { [rng.pick(['grad', 'backends', 'maps'])]: 1 };
-    default: return { returnMaps: true };
+    case 0:
+      return junk(rng);
+    case 1:
+      return { gradOut: layers.map((l) => new Float32Array(l.data.length + rng.int(-1, 1))) };
+    case 2:
+      return { gradOut: [layers[0].data, ...layers.slice(1).map((l) => new Float32Array(l.data.length))] };
+    case 3:
+      return { computeGrad: junk(rng), returnMaps: junk(rng) };
+    case 4:
+      return { [rng.pick(['grad', 'backends', 'maps'])]: 1 };
+    default:
+      return { returnMaps: true };
   }
 }
 
@@ -167,7 +263,9 @@ test('fuzz: 10,000 random calls at js, native and the raw binding', (t) => {
   gc?.();
   const rssEnd = process.memoryUsage().rss;
   const growth = (rssEnd - rssAfterWarmup) / rssAfterWarmup;
-  t.log(`targets ${targets.join(', ')}; ${JSON.stringify(counts)}; RSS ${(rssAfterWarmup / 2 ** 20).toFixed(1)} → ${(rssEnd / 2 ** 20).toFixed(1)} MiB (${(growth * 100).toFixed(2)} %), forced GC: ${gc !== null}`);
+  t.log(
+    `targets ${targets.join(', ')}; ${JSON.stringify(counts)}; RSS ${(rssAfterWarmup / 2 ** 20).toFixed(1)} → ${(rssEnd / 2 ** 20).toFixed(1)} MiB (${(growth * 100).toFixed(2)} %), forced GC: ${gc !== null}`,
+  );
   t.deepEqual(unexpected, [], 'only TypeError / RangeError may be thrown');
   t.true(counts.returned > 1000 && counts.typeError > 500 && counts.rangeError > 500 && counts.reused > 1000, `mix of outcomes ${JSON.stringify(counts)}`);
   t.true(growth < 0.1, `RSS grew ${(growth * 100).toFixed(2)} % over ${CALLS} calls`);
@@ -175,5 +273,8 @@ test('fuzz: 10,000 random calls at js, native and the raw binding', (t) => {
 
 function describeKeys(o: unknown): string {
   if (typeof o !== 'object' || o === null) return String(typeof o);
-  return Object.entries(o).map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v)?.slice(0, 30) : String(v)}`).join(' ').slice(0, 300);
+  return Object.entries(o)
+    .map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v)?.slice(0, 30) : String(v)}`)
+    .join(' ')
+    .slice(0, 300);
 }

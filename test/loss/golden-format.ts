@@ -36,7 +36,8 @@ function numOrNull(where: string, v: unknown): number | null {
 export function loadGoldenIndex(indexFile: string): GoldenCase[] {
   const dir = path.dirname(indexFile);
   const raw = JSON.parse(fs.readFileSync(indexFile, 'utf8')) as Record<string, unknown>;
-  if (raw.version !== GOLDEN_VERSION) fail(indexFile, `version ${JSON.stringify(raw.version)}, this test reads version ${GOLDEN_VERSION}; regenerate the fixtures`);
+  if (raw.version !== GOLDEN_VERSION)
+    fail(indexFile, `version ${JSON.stringify(raw.version)}, this test reads version ${GOLDEN_VERSION}; regenerate the fixtures`);
   if (!Array.isArray(raw.cases) || raw.cases.length === 0) fail(indexFile, '"cases" must be a non-empty array');
   return raw.cases.map((c: Record<string, unknown>, ci: number): GoldenCase => {
     const at = `cases[${ci}]${typeof c.name === 'string' ? ` (${c.name})` : ''}`;

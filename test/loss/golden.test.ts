@@ -58,7 +58,14 @@ for (const c of cases) {
 test('fixture reader round-trips a locally written sample in the documented format', (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'divbind-golden-'));
   try {
-    const layers = makeLayers(77, [{ resolution: 4, heads: 2 }, { resolution: 8, heads: 1, place: 'up' }], 6);
+    const layers = makeLayers(
+      77,
+      [
+        { resolution: 4, heads: 2 },
+        { resolution: 8, heads: 1, place: 'up' },
+      ],
+      6,
+    );
     const options = { mode: 'tv_bind' as const, attentionResolution: 4, attributeResolutions: [8], tokenIndices: [1, 3], attributeIndices: [2, null] };
     const result = attentionLoss(layers, options, { backend: 'js' });
     layers.forEach((l, i) => {
@@ -67,16 +74,22 @@ test('fixture reader round-trips a locally written sample in the documented form
     });
     const index = {
       version: 1,
-      cases: [{
-        name: 'sample', options,
-        layers: layers.map((l, i) => ({ file: `layer${i}.npy`, heads: l.heads, resolution: l.resolution, place: l.place })),
-        expected: { loss: result.loss, indicator: result.indicator, tokens: result.tokens },
-        grads: layers.map((_, i) => `grad${i}.npy`),
-      }],
+      cases: [
+        {
+          name: 'sample',
+          options,
+          layers: layers.map((l, i) => ({ file: `layer${i}.npy`, heads: l.heads, resolution: l.resolution, place: l.place })),
+          expected: { loss: result.loss, indicator: result.indicator, tokens: result.tokens },
+          grads: layers.map((_, i) => `grad${i}.npy`),
+        },
+      ],
     };
     fs.writeFileSync(path.join(dir, 'index.json'), JSON.stringify(index));
     const [c] = loadGoldenIndex(path.join(dir, 'index.json'));
-    t.deepEqual(c.layers.map((l) => Array.from(l.data)), layers.map((l) => Array.from(l.data)));
+    t.deepEqual(
+      c.layers.map((l) => Array.from(l.data)),
+      layers.map((l) => Array.from(l.data)),
+    );
     t.deepEqual(c.expected.tokens, result.tokens);
     checkAgainst(t, attentionLoss(c.layers, c.options, { backend: 'js' }), c, 'sample');
     // A drifted format is rejected loudly.

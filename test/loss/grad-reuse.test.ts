@@ -19,8 +19,12 @@ const T = 9;
  * and 4 (1 head at 8²) have the same length, so their buffers can trade places.
  */
 const SPECS: LayerSpec[] = [
-  { resolution: 8, heads: 2, place: 'down' }, { resolution: 4, heads: 2, place: 'down' }, { resolution: 2, heads: 3, place: 'mid' },
-  { resolution: 4, heads: 4, place: 'up' }, { resolution: 8, heads: 1, place: 'up' }, { resolution: 4, heads: 2, place: 'up' },
+  { resolution: 8, heads: 2, place: 'down' },
+  { resolution: 4, heads: 2, place: 'down' },
+  { resolution: 2, heads: 3, place: 'mid' },
+  { resolution: 4, heads: 4, place: 'up' },
+  { resolution: 8, heads: 1, place: 'up' },
+  { resolution: 4, heads: 2, place: 'up' },
 ];
 
 /**
@@ -72,12 +76,17 @@ async function sequence(t: ExecutionContext, backend: LossBackend, mode: 'sync' 
     // 1 and 5 (same shape: their records do).
     const gradOut = rng.next() < 0.2 ? [kept[0], kept[5], kept[2], kept[4], kept[3], kept[1]] : kept;
     const full = attentionLoss(layers, options, { backend });
-    const run = mode === 'sync' ? attentionLoss(layers, options, { backend, gradOut, gradOutReuse: true })
-      : await attentionLossAsync(layers, options, { backend, gradOut, gradOutReuse: true });
+    const run =
+      mode === 'sync'
+        ? attentionLoss(layers, options, { backend, gradOut, gradOutReuse: true })
+        : await attentionLossAsync(layers, options, { backend, gradOut, gradOutReuse: true });
     t.is(run.loss, full.loss);
     for (let l = 0; l < layers.length; l++) {
       const at = firstDifference(run.grads![l], full.grads![l]);
-      if (at >= 0) t.fail(`${backend} ${mode} seed ${seed} call ${c} (${JSON.stringify(options)}): grads[${l}] differ at ${at}: ${run.grads![l][at]} vs ${full.grads![l][at]}`);
+      if (at >= 0)
+        t.fail(
+          `${backend} ${mode} seed ${seed} call ${c} (${JSON.stringify(options)}): grads[${l}] differ at ${at}: ${run.grads![l][at]} vs ${full.grads![l][at]}`,
+        );
     }
   }
 }
@@ -152,6 +161,7 @@ test('gradOutReuse needs gradOut', (t) => {
     message: 'gradOutReuse is true but no gradOut was given; it applies to caller-owned gradient buffers that are kept between calls',
   });
   t.throws(() => attentionLoss(layers, { tokenIndices: [2], attentionResolution: 4, attributeResolutions: [8] }, { gradOutReuse: 1 as unknown as boolean }), {
-    instanceOf: TypeError, message: /^Expected boolean for gradOutReuse but received 1/,
+    instanceOf: TypeError,
+    message: /^Expected boolean for gradOutReuse but received 1/,
   });
 });

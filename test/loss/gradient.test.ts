@@ -42,8 +42,7 @@ for (const c of LOSS_CASES) {
       const plus = x.map((l, li) => ({ ...l, data: l.data.map((v, i) => v + H * u[li][i]) }));
       const minus = x.map((l, li) => ({ ...l, data: l.data.map((v, i) => v - H * u[li][i]) }));
       const fd = (lossAt(plus, o) - lossAt(minus, o)) / (2 * H);
-      t.true(Math.abs(fd - analytic) <= RTOL * Math.abs(analytic) + atol,
-        `direction ${d}: finite difference ${fd} vs analytic ${analytic}`);
+      t.true(Math.abs(fd - analytic) <= RTOL * Math.abs(analytic) + atol, `direction ${d}: finite difference ${fd} vs analytic ${analytic}`);
     }
 
     // Sampled coordinates: 40 random + the 10 largest |g| (zeros included: entries the loss never reads).
@@ -101,8 +100,22 @@ test('tied token values: the FIRST maximal token takes the whole gradient (Pytho
 });
 
 test('layers that do not feed the loss get zero gradients, and the SOT / dropped positions too', (t) => {
-  const layers = makeLayers(22, [{ resolution: 4, heads: 2 }, { resolution: 8, heads: 1 }, { resolution: 2, heads: 1 }], 10);
-  const o = normalizeLossOptions(layers, { attentionResolution: 4, mode: 'tv_bind', tokenIndices: [2, 5], attributeIndices: [3, 0], attributeResolutions: [8] });
+  const layers = makeLayers(
+    22,
+    [
+      { resolution: 4, heads: 2 },
+      { resolution: 8, heads: 1 },
+      { resolution: 2, heads: 1 },
+    ],
+    10,
+  );
+  const o = normalizeLossOptions(layers, {
+    attentionResolution: 4,
+    mode: 'tv_bind',
+    tokenIndices: [2, 5],
+    attributeIndices: [3, 0],
+    attributeResolutions: [8],
+  });
   const grads = layers.map((l) => new Float32Array(l.data.length).fill(7)); // overwritten, not accumulated
   jsAttentionLoss(layers, o, grads, null, null);
   t.true(grads[2].every((v) => v === 0));

@@ -30,9 +30,18 @@ const [target, scenario, count] = process.argv.slice(2) as [Target, Scenario, st
 const gc = (globalThis as { gc?: () => void }).gc ?? (() => {});
 const OPTIONS: LossOptions = { mode: 'tv_bind', tokenIndices: [3, 7], attributeIndices: [2, 6], stepIndex: 10, attributeResolutions: [64] };
 // SD-sized layers for the addon (large buffers: freed memory is unmapped, so a late write faults); small for js.
-const SPECS: LayerSpec[] = target === 'js'
-  ? [{ resolution: 32, heads: 2 }, { resolution: 16, heads: 2 }, { resolution: 64, heads: 1, place: 'up' }]
-  : [{ resolution: 64, heads: 8 }, { resolution: 16, heads: 8, place: 'mid' }, { resolution: 64, heads: 8, place: 'up' }];
+const SPECS: LayerSpec[] =
+  target === 'js'
+    ? [
+        { resolution: 32, heads: 2 },
+        { resolution: 16, heads: 2 },
+        { resolution: 64, heads: 1, place: 'up' },
+      ]
+    : [
+        { resolution: 64, heads: 8 },
+        { resolution: 16, heads: 8, place: 'mid' },
+        { resolution: 64, heads: 8, place: 'up' },
+      ];
 
 /** ES2024 resizable ArrayBuffer (Node 20 has it; the project's TS lib is ES2022). */
 type ResizableArrayBuffer = ArrayBuffer & { resize(byteLength: number): void };
@@ -64,10 +73,12 @@ async function turns(n: number): Promise<void> {
 
 /** Starts one async call on fresh buffers and misuses them per scenario; resolves to the call's loss. */
 async function oneCall(k: number, reference: AttentionLayer[]): Promise<number> {
-  const layers = scenario === 'shrink-in' ? resizable(reference)
-    : scenario === 'clone-in' ? reference.map((l) => ({ ...l, data: Float32Array.from(l.data) })) : reference;
-  const gradOut = layers.map((l) => new Float32Array(scenario === 'shrink-out'
-    ? new Resizable(l.data.byteLength, { maxByteLength: l.data.byteLength }) : new ArrayBuffer(l.data.byteLength)));
+  const layers =
+    scenario === 'shrink-in' ? resizable(reference) : scenario === 'clone-in' ? reference.map((l) => ({ ...l, data: Float32Array.from(l.data) })) : reference;
+  const gradOut = layers.map(
+    (l) =>
+      new Float32Array(scenario === 'shrink-out' ? new Resizable(l.data.byteLength, { maxByteLength: l.data.byteLength }) : new ArrayBuffer(l.data.byteLength)),
+  );
   let pending: Promise<number>;
   if (target === 'raw') {
     const binding = tryLoadNativeBinding().binding!;
@@ -77,11 +88,24 @@ async function oneCall(k: number, reference: AttentionLayer[]): Promise<number> 
     pending = attentionLossAsync(layers, OPTIONS, { backend: target, gradOut }).then((r) => r.loss);
   }
   switch (scenario) {
-    case 'clone': case 'transfer': case 'port': for (const g of gradOut) detach(g.buffer, scenario); break;
-    case 'shrink-out': for (const g of gradOut) (g.buffer as ResizableArrayBuffer).resize(0); break;
-    case 'shrink-in': for (const l of layers) (l.data.buffer as ResizableArrayBuffer).resize(0); break;
-    case 'clone-in': for (const l of layers) detach(l.data.buffer, 'clone'); break;
-    case 'late': await turns(k % 7); for (const g of gradOut) detach(g.buffer, 'clone'); break;
+    case 'clone':
+    case 'transfer':
+    case 'port':
+      for (const g of gradOut) detach(g.buffer, scenario);
+      break;
+    case 'shrink-out':
+      for (const g of gradOut) (g.buffer as ResizableArrayBuffer).resize(0);
+      break;
+    case 'shrink-in':
+      for (const l of layers) (l.data.buffer as ResizableArrayBuffer).resize(0);
+      break;
+    case 'clone-in':
+      for (const l of layers) detach(l.data.buffer, 'clone');
+      break;
+    case 'late':
+      await turns(k % 7);
+      for (const g of gradOut) detach(g.buffer, 'clone');
+      break;
   }
   gc(); // the transferred copies are garbage: free their memory while the call may still use it
   return pending;

@@ -28,9 +28,21 @@ test('native addon availability', (t) => {
 const nativeTest = binding ? test : test.skip;
 
 const EXTRA: LossCase[] = [
-  { name: 'SD 1.x tv_bind (2 heads), T = 77', seed: 41, T: 77, specs: sdLayerSpecs(2), options: { mode: 'tv_bind', stepIndex: 10, tokenIndices: [3, 7], attributeIndices: [2, 6] } },
+  {
+    name: 'SD 1.x tv_bind (2 heads), T = 77',
+    seed: 41,
+    T: 77,
+    specs: sdLayerSpecs(2),
+    options: { mode: 'tv_bind', stepIndex: 10, tokenIndices: [3, 7], attributeIndices: [2, 6] },
+  },
   { name: 'SD 1.x max A&E (heads = 1)', seed: 42, T: 77, specs: sdLayerSpecs(1), options: { mode: 'max', maxVariant: 'attend-excite', tokenIndices: [2, 5] } },
-  { name: 'small model tv_bind at 16 from 32', seed: 43, T: 77, specs: smallLayerSpecs(), options: { mode: 'tv_bind', attributeResolutions: [32], tokenIndices: [2, 5, 9], attributeIndices: [1, 0, 8] } },
+  {
+    name: 'small model tv_bind at 16 from 32',
+    seed: 43,
+    T: 77,
+    specs: smallLayerSpecs(),
+    options: { mode: 'tv_bind', attributeResolutions: [32], tokenIndices: [2, 5, 9], attributeIndices: [1, 0, 8] },
+  },
 ];
 
 function gradTol(ref: Float32Array): { atol: number; rtol: number } {

@@ -19,7 +19,11 @@ const { binding } = tryLoadNativeBinding();
 function sorted(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(sorted);
   if (value === null || typeof value !== 'object') return value;
-  return Object.fromEntries(Object.keys(value).sort().map((k) => [k, sorted((value as Record<string, unknown>)[k])]));
+  return Object.fromEntries(
+    Object.keys(value)
+      .sort()
+      .map((k) => [k, sorted((value as Record<string, unknown>)[k])]),
+  );
 }
 
 test('the addon exports the same option table as lib/loss/options.ts', (t) => {
@@ -35,7 +39,15 @@ test('LOSS_DEFAULTS is read from the table and reaches both backends', (t) => {
   for (const [key, value] of Object.entries(LOSS_DEFAULTS)) {
     t.deepEqual(value, (LOSS_OPTIONS as Record<string, { default?: unknown }>)[key].default, key);
   }
-  const layers = makeLayers(3, [{ resolution: 16, heads: 1 }, { resolution: 64, heads: 1 }, { resolution: 32, heads: 1 }], 12);
+  const layers = makeLayers(
+    3,
+    [
+      { resolution: 16, heads: 1 },
+      { resolution: 64, heads: 1 },
+      { resolution: 32, heads: 1 },
+    ],
+    12,
+  );
   const normalized = normalizeLossOptions(layers, { tokenIndices: [2, 4], attributeIndices: [1, null] });
   const { textLength, tokenIndices, attributeIndices, eotIndex, ...rest } = normalized;
   t.deepEqual({ textLength, tokenIndices, attributeIndices, eotIndex }, { textLength: 12, tokenIndices: [2, 4], attributeIndices: [1, -1], eotIndex: -1 });
@@ -43,14 +55,24 @@ test('LOSS_DEFAULTS is read from the table and reaches both backends', (t) => {
   // The same call with every default spelled out gives the same numbers (the backends use what they are given).
   const spelled = { ...structuredClone(LOSS_DEFAULTS), tokenIndices: [2, 4], attributeIndices: [1, null] } as unknown as Parameters<typeof attentionLoss>[1];
   for (const backend of binding ? (['js', 'native'] as const) : (['js'] as const)) {
-    t.is(attentionLoss(layers, { tokenIndices: [2, 4], attributeIndices: [1, null] }, { backend }).loss,
-      attentionLoss(layers, spelled, { backend }).loss, backend);
+    t.is(
+      attentionLoss(layers, { tokenIndices: [2, 4], attributeIndices: [1, null] }, { backend }).loss,
+      attentionLoss(layers, spelled, { backend }).loss,
+      backend,
+    );
   }
 });
 
 /** Every numeric entry: the bounds are accepted, a value just outside is refused by TS and by C++. */
 test('each side enforces its table: bounds accepted, just outside refused', (t) => {
-  const layers = makeLayers(4, [{ resolution: 2, heads: 1 }, { resolution: 4, heads: 1 }], 6);
+  const layers = makeLayers(
+    4,
+    [
+      { resolution: 2, heads: 1 },
+      { resolution: 4, heads: 1 },
+    ],
+    6,
+  );
   const base = { attentionResolution: 2, attributeResolutions: [4], tokenIndices: [2] };
   const numeric = LOSS_OPTION_KEYS.filter((k) => {
     const type = LOSS_OPTIONS[k].type;
@@ -64,7 +86,7 @@ test('each side enforces its table: bounds accepted, just outside refused', (t) 
     for (const v of inside) t.notThrows(() => normalizeLossOptions(layers, { ...base, [key]: v }), `${key} = ${v}`);
     for (const v of outside) {
       t.throws(() => normalizeLossOptions(layers, { ...base, [key]: v }), { instanceOf: RangeError }, `TS ${key} = ${v}`);
-      if (!binding || (e.type === 'integer' && Math.abs(v) > 2 ** 31 - 1)) continue;  // int32 on the way in
+      if (!binding || (e.type === 'integer' && Math.abs(v) > 2 ** 31 - 1)) continue; // int32 on the way in
       const raw = { ...normalizeLossOptions(layers, base), [key]: v } as NormalizedLossOptions;
       const error = t.throws(() => binding.attentionLoss(layers, raw, null, null, null), { instanceOf: RangeError }, `C++ ${key} = ${v}`);
       t.true(error?.message.startsWith(`${key}: `), error?.message);

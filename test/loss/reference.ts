@@ -50,13 +50,15 @@ function meanMaps(layers: RefLayer[], r0: number, T: number): number[][][] {
 
 /** Slice [1, end), ×temperature, softmax over the slice; returns the map of prompt token `token`. */
 function tokenMap(agg: number[][][], end: number, temperature: number, token: number): Grid {
-  return agg.map((row) => row.map((cell) => {
-    const z = cell.slice(1, end).map((v) => v * temperature);
-    const m = Math.max(...z);
-    const e = z.map((v) => Math.exp(v - m));
-    const s = e.reduce((a, b) => a + b, 0);
-    return e[token - 1] / s;
-  }));
+  return agg.map((row) =>
+    row.map((cell) => {
+      const z = cell.slice(1, end).map((v) => v * temperature);
+      const m = Math.max(...z);
+      const e = z.map((v) => Math.exp(v - m));
+      const s = e.reduce((a, b) => a + b, 0);
+      return e[token - 1] / s;
+    }),
+  );
 }
 
 function smooth(map: Grid, sigma: number): Grid {
@@ -131,9 +133,19 @@ export function referenceForward(layers: RefLayer[], o: NormalizedLossOptions): 
   const T = o.textLength;
   const r0 = o.attentionResolution;
   const end = o.tokenSlice === 'until-eot' ? o.eotIndex : T - 1;
-  const objectAgg = meanMaps(layers.filter((l) => l.resolution === r0), r0, T);
+  const objectAgg = meanMaps(
+    layers.filter((l) => l.resolution === r0),
+    r0,
+    T,
+  );
   const hasAttributes = o.mode === 'tv_bind' && o.attributeIndices.some((a) => a > 0);
-  const attributeAgg = hasAttributes ? meanMaps(layers.filter((l) => o.attributeResolutions.includes(l.resolution)), r0, T) : null;
+  const attributeAgg = hasAttributes
+    ? meanMaps(
+        layers.filter((l) => o.attributeResolutions.includes(l.resolution)),
+        r0,
+        T,
+      )
+    : null;
   const prep = (agg: number[][][], token: number) => {
     const m = tokenMap(agg, end, o.temperature, token);
     return o.smoothing ? smooth(m, o.smoothingSigma) : m;

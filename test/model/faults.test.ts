@@ -9,9 +9,7 @@ import * as path from 'node:path';
 import { DivBindPipeline, prepareModel } from '../../lib/index';
 import { DivbindError } from '../../lib/errors';
 import { exitCodeFor } from '../../lib/cli/errors';
-import {
-  cli, cliGenerate, cliPrepare, damageFile, halvedWeights, modelCopy, replaceFile, tempDir, type Damage,
-} from './model-folders';
+import { cli, cliGenerate, cliPrepare, damageFile, halvedWeights, modelCopy, replaceFile, tempDir, type Damage } from './model-folders';
 
 const EXTERNAL = 'opset17-int64-external-onnxdata';
 const MANIFEST = 'divbind-manifest.json';
@@ -20,28 +18,31 @@ interface InfoJson {
   model: { error?: string; prepared?: { state?: string; reason?: string; layers?: string[] }; preparedSizes?: Array<{ size: string; state: string }> };
 }
 
-test.serial('fault 1: replacing the external weights after prepare makes the model stale; info says so, generate refuses, prepare rebuilds on the new file', (t) => {
-  const dir = modelCopy(t, EXTERNAL);
-  const prepared = cliPrepare(t, dir);
-  const weights = path.join(dir, 'unet', 'model.onnx_data');
-  replaceFile(weights, halvedWeights(weights));
+test.serial(
+  'fault 1: replacing the external weights after prepare makes the model stale; info says so, generate refuses, prepare rebuilds on the new file',
+  (t) => {
+    const dir = modelCopy(t, EXTERNAL);
+    const prepared = cliPrepare(t, dir);
+    const weights = path.join(dir, 'unet', 'model.onnx_data');
+    replaceFile(weights, halvedWeights(weights));
 
-  const info = cli(t, ['info', '--model', dir, '--json']);
-  t.is(info.status, 0, info.stderr);
-  const prep = (JSON.parse(info.stdout) as InfoJson).model.prepared;
-  t.is(prep?.state, 'stale');
-  t.regex(prep?.reason ?? '', /unet\/model\.onnx_data/);
+    const info = cli(t, ['info', '--model', dir, '--json']);
+    t.is(info.status, 0, info.stderr);
+    const prep = (JSON.parse(info.stdout) as InfoJson).model.prepared;
+    t.is(prep?.state, 'stale');
+    t.regex(prep?.reason ?? '', /unet\/model\.onnx_data/);
 
-  const gen = cliGenerate(t, dir);
-  t.is(gen.status, 4, gen.stderr);
-  t.regex(gen.stderr, /not prepared.*changed.*run `divbind-native prepare ".*" --force`/s);
+    const gen = cliGenerate(t, dir);
+    t.is(gen.status, 4, gen.stderr);
+    t.regex(gen.stderr, /not prepared.*changed.*run `divbind-native prepare ".*" --force`/s);
 
-  const again = cliPrepare(t, dir);
-  t.false(again.skipped, 'a stale set is rebuilt, not "already prepared"');
-  t.is(fs.statSync(path.join(again.dir, 'model.onnx_data')).ino, fs.statSync(weights).ino, 'the graphs link the new weights');
-  t.is(again.dir, prepared.dir);
-  t.is(cliGenerate(t, dir).status, 0);
-});
+    const again = cliPrepare(t, dir);
+    t.false(again.skipped, 'a stale set is rebuilt, not "already prepared"');
+    t.is(fs.statSync(path.join(again.dir, 'model.onnx_data')).ino, fs.statSync(weights).ino, 'the graphs link the new weights');
+    t.is(again.dir, prepared.dir);
+    t.is(cliGenerate(t, dir).status, 0);
+  },
+);
 
 test.serial('fault 2: with the manifest deleted and a stale weights link left behind, prepare and prepare --force rebuild', (t) => {
   const dir = modelCopy(t, EXTERNAL);
@@ -147,10 +148,18 @@ test.serial('fault 9: a VAE decoder (or text encoder) that is really a UNet is r
 });
 
 const MANIFEST_EDITS: Record<string, (m: Record<string, any>) => void> = {
-  'doubled resolutions': (m) => { for (const l of m.attention.layers) l.resolution *= 2; },
-  'empty layers': (m) => { m.attention.layers = []; },
-  'source: null': (m) => { m.source = null; },
-  'formatVersion: 99': (m) => { m.formatVersion = 99; },
+  'doubled resolutions': (m) => {
+    for (const l of m.attention.layers) l.resolution *= 2;
+  },
+  'empty layers': (m) => {
+    m.attention.layers = [];
+  },
+  'source: null': (m) => {
+    m.source = null;
+  },
+  'formatVersion: 99': (m) => {
+    m.formatVersion = 99;
+  },
 };
 
 test.serial('fault 11: a hand-edited manifest means "not prepared: run prepare --force" (exit 4), and prepare rebuilds it', async (t) => {
@@ -201,7 +210,10 @@ test.serial('prepared graphs are kept per image size: a dynamic-size UNet prepar
   t.true((await prepareModel(dir, { height: 256, width: 256, verify: false })).skipped, 'the first size is still prepared');
   const pipe = await DivBindPipeline.load(dir, { prepare: false });
   try {
-    for (const [height, width] of [[256, 256], [128, 128]] as const) {
+    for (const [height, width] of [
+      [256, 256],
+      [128, 128],
+    ] as const) {
       const r = await pipe.generate({ prompt: 'a red cat', mode: 'tv', steps: 1, seed: 1, height, width, tokens: { objects: ['cat'] } });
       t.deepEqual([r.images[0]!.height, r.images[0]!.width], [height, width]);
       t.true(Number.isFinite(r.images[0]!.steps[0]!.loss!));
@@ -256,7 +268,14 @@ test.serial('fault 16: info on a missing folder exits 4; model-folder faults exi
 
 test.serial('the CLI maps every DivbindError code to its exit code', (t) => {
   const expected: Record<DivbindError['code'], number> = {
-    BAD_INPUT: 3, OUTPUT: 3, MODEL_MISSING: 4, MODEL_INVALID: 4, MODEL_UNSUPPORTED: 4, MODEL_NOT_PREPARED: 4, NUMERIC: 1, ABORTED: 130,
+    BAD_INPUT: 3,
+    OUTPUT: 3,
+    MODEL_MISSING: 4,
+    MODEL_INVALID: 4,
+    MODEL_UNSUPPORTED: 4,
+    MODEL_NOT_PREPARED: 4,
+    NUMERIC: 1,
+    ABORTED: 130,
   };
   for (const [code, exit] of Object.entries(expected)) {
     t.is(exitCodeFor(new DivbindError(code as DivbindError['code'], 'x')), exit, code);

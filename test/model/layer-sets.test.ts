@@ -31,14 +31,21 @@ const SD1 = familyTraits('sd1');
 test('the layers a loss reads are those PyTorch gives a non-zero gradient, for every golden case', (t) => {
   const layers = goldenLayers();
   for (const c of lossCases()) {
-    t.deepEqual(layersRead(layers, 77, c.options as unknown as LossOptions), c.gradMaps.map((g) => g.layer).sort((a, b) => a - b), c.name);
+    t.deepEqual(
+      layersRead(layers, 77, c.options as unknown as LossOptions),
+      c.gradMaps.map((g) => g.layer).sort((a, b) => a - b),
+      c.name,
+    );
   }
 });
 
 test('prepare builds the object-layer set and the tv_bind set of the default resolutions; none that is full, empty or repeated', (t) => {
   const layers = goldenLayers();
   const declared = { attentionResolution: 8, attributeResolutions: [32, 16] };
-  t.deepEqual(preparedLayerSets(layers, 77, familyResolutions(SD1, declared, 256)), [[2, 4, 5], [0, 1, 2, 4, 5, 6, 7, 8, 9]]);
+  t.deepEqual(preparedLayerSets(layers, 77, familyResolutions(SD1, declared, 256)), [
+    [2, 4, 5],
+    [0, 1, 2, 4, 5, 6, 7, 8, 9],
+  ]);
   // SD's rule without declared resolutions: height / 32 = 8 at 256², attributes at 32 and 16.
   t.deepEqual(familyResolutions(SD1, {}, 256), { attentionResolution: 8, attributeResolutions: [32, 16] });
   t.deepEqual(familyResolutions(SD1, {}, 512, { attentionResolution: 16 }), { attentionResolution: 16, attributeResolutions: [64, 32] });
@@ -50,7 +57,11 @@ test('prepare builds the object-layer set and the tv_bind set of the default res
 });
 
 test('a run takes the smallest set holding every layer it reads, else none', (t) => {
-  const sets = [{ layerIndices: [0, 1, 2, 3], id: 'all' }, { layerIndices: [1, 2], id: 'b' }, { layerIndices: [2], id: 'a' }];
+  const sets = [
+    { layerIndices: [0, 1, 2, 3], id: 'all' },
+    { layerIndices: [1, 2], id: 'b' },
+    { layerIndices: [2], id: 'a' },
+  ];
   t.is(chooseLayerSet(sets, [2])?.id, 'a');
   t.is(chooseLayerSet(sets, [1, 2])?.id, 'b');
   t.is(chooseLayerSet(sets, [0, 2])?.id, 'all');
@@ -62,12 +73,21 @@ function fullOnly(unet: GuidedUnet): GuidedUnet {
   return { layers: unet.layers, textLength: unet.textLength, forward: (s, t, c) => unet.forward(s, t, c), vjp: (f, g) => unet.vjp(f, g) };
 }
 
-test.serial('guided runs through the prepared layer subsets follow the full set\'s trajectory', async (t) => {
+test.serial("guided runs through the prepared layer subsets follow the full set's trajectory", async (t) => {
   const dir = await preparedFixtureModel();
   try {
     const prepared = locatePrepared(readUnetFolder(dir), { height: 256, width: 256, batch: 1 });
-    t.deepEqual(prepared.layerSets.map((s) => s.layerIndices), [[2, 4, 5], [0, 1, 2, 4, 5, 6, 7, 8, 9]]);
-    t.deepEqual(prepared.layerSets.map((s) => path.basename(s.forwardFile)), ['forward-set1.onnx', 'forward-set2.onnx']);
+    t.deepEqual(
+      prepared.layerSets.map((s) => s.layerIndices),
+      [
+        [2, 4, 5],
+        [0, 1, 2, 4, 5, 6, 7, 8, 9],
+      ],
+    );
+    t.deepEqual(
+      prepared.layerSets.map((s) => path.basename(s.forwardFile)),
+      ['forward-set1.onnx', 'forward-set2.onnx'],
+    );
     const unet = await OrtGuidedUnet.load(prepared);
     try {
       t.is((await unet.forLayers([4])).layers.length, 3);
@@ -76,10 +96,23 @@ test.serial('guided runs through the prepared layer subsets follow the full set\
       const cfg: NoisePredictor = { predict: async (z) => z.map((v) => 0.1 * v) };
       const cond = Float32Array.from({ length: 77 * 32 }, (_, k) => Math.sin(k));
       const z0 = Float32Array.from({ length: 4 * 32 * 32 }, (_, k) => Math.cos(0.37 * k));
-      for (const [mode, attributeIndices] of [['tv', undefined], ['max', undefined], ['tv_bind', [2, 6]]] as const) {
+      for (const [mode, attributeIndices] of [
+        ['tv', undefined],
+        ['max', undefined],
+        ['tv_bind', [2, 6]],
+      ] as const) {
         const settings: GuidanceSettings = {
-          mode, loss: { tokenIndices: [3, 7], attentionResolution: 8, attributeResolutions: [32, 16], ...(attributeIndices ? { attributeIndices: [...attributeIndices] } : {}) },
-          maxIterToAlter: 2, thresholds: { 0: 0.9 }, caps: { initStep: 2, other: 1 }, stepSizes: stepSizes(20, [1, 0.5], 3),
+          mode,
+          loss: {
+            tokenIndices: [3, 7],
+            attentionResolution: 8,
+            attributeResolutions: [32, 16],
+            ...(attributeIndices ? { attributeIndices: [...attributeIndices] } : {}),
+          },
+          maxIterToAlter: 2,
+          thresholds: { 0: 0.9 },
+          caps: { initStep: 2, other: 1 },
+          stepSizes: stepSizes(20, [1, 0.5], 3),
         };
         const run = async (g: GuidedUnet) => {
           const scheduler = fromConfig(JSON.parse(fs.readFileSync(path.join(dir, 'scheduler', 'scheduler_config.json'), 'utf8')));
@@ -88,7 +121,11 @@ test.serial('guided runs through the prepared layer subsets follow the full set\
         };
         const [pruned, full] = [await run(unet), await run(fullOnly(unet))];
         t.true(pruned.steps[0]!.refinementIterations > 0, `${mode}: refinement ran`);
-        t.deepEqual(pruned.steps.map((s) => s.loss), full.steps.map((s) => s.loss), `${mode}: losses`);
+        t.deepEqual(
+          pruned.steps.map((s) => s.loss),
+          full.steps.map((s) => s.loss),
+          `${mode}: losses`,
+        );
         t.true(relativeL2(pruned.latents, full.latents) <= 1e-6, `${mode}: final latents`);
       }
     } finally {

@@ -89,6 +89,26 @@ export function cliPrepare(t: Teardown, dir: string, extra: string[] = []): { di
 /** A one-step guided generation through the CLI. */
 export function cliGenerate(t: Teardown, dir: string, extra: string[] = []): CliResult {
   const out = tempDir(t, 'divbind-out-');
-  return cli(t, ['generate', 'a red cat and a blue dog', '--model', dir, '--mode', 'tv', '--objects', 'cat,dog', '--steps', '1',
-    '--seed', '1', '--out', out, '--name', 'x', '-q', '--threads', '1', ...extra]);
+  return cli(t, [
+    'generate',
+    'a red cat and a blue dog',
+    '--model',
+    dir,
+    '--mode',
+    'tv',
+    '--objects',
+    'cat,dog',
+    '--steps',
+    '1',
+    '--seed',
+    '1',
+    '--out',
+    out,
+    '--name',
+    'x',
+    '-q',
+    '--threads',
+    '1',
+    ...extra,
+  ]);
 }

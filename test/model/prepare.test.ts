@@ -49,9 +49,25 @@ test('prepare writes the instrumented UNet, VJP graph and manifest; a second run
   t.deepEqual(m.inputs.sample, { elemType: 'FLOAT', dims: [1, 4, 32, 32] });
   t.is(m.attention.layers.length, 10);
   t.true(m.attention.headAveraged);
-  t.deepEqual(m.attention.layers.map((l) => l.output), [...Array(10).keys()].map((i) => `attn_${i}`));
-  t.deepEqual(m.attention.layers.map((l) => [l.place, l.resolution, l.heads]),
-    [['down', 32, 2], ['down', 16, 2], ['down', 8, 2], ['mid', 4, 2], ['up', 8, 2], ['up', 8, 2], ['up', 16, 2], ['up', 16, 2], ['up', 32, 2], ['up', 32, 2]]);
+  t.deepEqual(
+    m.attention.layers.map((l) => l.output),
+    [...Array(10).keys()].map((i) => `attn_${i}`),
+  );
+  t.deepEqual(
+    m.attention.layers.map((l) => [l.place, l.resolution, l.heads]),
+    [
+      ['down', 32, 2],
+      ['down', 16, 2],
+      ['down', 8, 2],
+      ['mid', 4, 2],
+      ['up', 8, 2],
+      ['up', 8, 2],
+      ['up', 16, 2],
+      ['up', 16, 2],
+      ['up', 32, 2],
+      ['up', 32, 2],
+    ],
+  );
   t.is(m.vjp.design, 'residuals');
   t.is(m.vjp.gradient, 'grad_sample');
   t.is(m.vjp.cotangents.attn_0, 'grad_attn_0');
@@ -72,7 +88,9 @@ test('prepare writes the instrumented UNet, VJP graph and manifest; a second run
   });
   const ref = readNpy(path.join(GOLDEN, 'out_sample.npy')).data as Float32Array;
   let diff = 0;
-  (out.out_sample!.data as Float32Array).forEach((x, i) => { diff = Math.max(diff, Math.abs(x - ref[i]!)); });
+  (out.out_sample!.data as Float32Array).forEach((x, i) => {
+    diff = Math.max(diff, Math.abs(x - ref[i]!));
+  });
   t.true(diff <= 1e-5, `out_sample max |diff| ${diff}`);
 
   const mtime = fs.statSync(path.join(r.dir, m.files.unet)).mtimeMs;
@@ -91,12 +109,14 @@ test('prepare writes the instrumented UNet, VJP graph and manifest; a second run
   const model = fs.readFileSync(path.join(dir, 'unet/model.onnx'));
   fs.writeFileSync(path.join(dir, 'unet/model.onnx'), Buffer.concat([model, Buffer.from([0xc0, 0x3e, 0x07])])); // same graph, new bytes
   t.throws(() => locatePrepared(readUnetFolder(dir), key), {
-    instanceOf: DivbindError, message: `${dir} is not prepared for 256×256: unet/model.onnx changed since prepare: run \`divbind-native prepare "${dir}" --height 256 --width 256 --force\``,
+    instanceOf: DivbindError,
+    message: `${dir} is not prepared for 256×256: unet/model.onnx changed since prepare: run \`divbind-native prepare "${dir}" --height 256 --width 256 --force\``,
   });
   t.false((await prepareModel(dir, { headAverage: false, verify: false })).skipped, 'a changed UNet is re-prepared');
   const fresh = sdFolder(t);
   t.throws(() => locatePrepared(readUnetFolder(fresh), key, { defaultSize: key }), {
-    instanceOf: DivbindError, message: `${fresh} is not prepared for 256×256: run \`divbind-native prepare "${fresh}"\``,
+    instanceOf: DivbindError,
+    message: `${fresh} is not prepared for 256×256: run \`divbind-native prepare "${fresh}"\``,
   });
 });
 
@@ -106,10 +126,16 @@ test('external data: the prepared graphs hard-link model.onnx_data, no weight by
   const src = fs.statSync(path.join(dir, 'unet/model.onnx_data'));
   const link = fs.statSync(path.join(r.dir, 'model.onnx_data'));
   t.is(link.ino, src.ino);
-  t.deepEqual(r.manifest.files.externalData.map((e) => [e.location, e.method]), [['model.onnx_data', 'hardlink']]);
+  t.deepEqual(
+    r.manifest.files.externalData.map((e) => [e.location, e.method]),
+    [['model.onnx_data', 'hardlink']],
+  );
   // The written graphs reference the weights instead of holding them.
   t.true(fs.statSync(path.join(r.dir, r.manifest.files.unet)).size < src.size);
-  t.deepEqual(r.manifest.source.externalData.map((e) => e.location), ['model.onnx_data']);
+  t.deepEqual(
+    r.manifest.source.externalData.map((e) => e.location),
+    ['model.onnx_data'],
+  );
 });
 
 test('a read-only model folder falls back to cacheDir', async (t) => {
@@ -124,14 +150,27 @@ test('a read-only model folder falls back to cacheDir', async (t) => {
 
 test('folder errors say what is missing and what layout is expected', async (t) => {
   const d = tmpDir(t);
-  const layout = 'pass a Stable Diffusion ONNX folder in the layout of diffusers\' OnnxStableDiffusionPipeline / Optimum exports';
-  await t.throwsAsync(prepareModel(path.join(d, 'nope')), { instanceOf: DivbindError, code: 'MODEL_MISSING', message: `model folder not found: ${path.join(d, 'nope')}: ${layout}: model_index.json, text_encoder/model.onnx, unet/model.onnx, vae_decoder/model.onnx, tokenizer/, scheduler/` } as never);
-  await t.throwsAsync(prepareModel(d), { instanceOf: DivbindError, message: `${d} is not a Stable Diffusion ONNX folder: model_index.json is missing: ${layout}: model_index.json, text_encoder/model.onnx, unet/model.onnx, vae_decoder/model.onnx, tokenizer/, scheduler/` });
+  const layout = "pass a Stable Diffusion ONNX folder in the layout of diffusers' OnnxStableDiffusionPipeline / Optimum exports";
+  await t.throwsAsync(prepareModel(path.join(d, 'nope')), {
+    instanceOf: DivbindError,
+    code: 'MODEL_MISSING',
+    message: `model folder not found: ${path.join(d, 'nope')}: ${layout}: model_index.json, text_encoder/model.onnx, unet/model.onnx, vae_decoder/model.onnx, tokenizer/, scheduler/`,
+  } as never);
+  await t.throwsAsync(prepareModel(d), {
+    instanceOf: DivbindError,
+    message: `${d} is not a Stable Diffusion ONNX folder: model_index.json is missing: ${layout}: model_index.json, text_encoder/model.onnx, unet/model.onnx, vae_decoder/model.onnx, tokenizer/, scheduler/`,
+  });
   fs.writeFileSync(path.join(d, 'model_index.json'), '{}');
-  await t.throwsAsync(prepareModel(d), { instanceOf: DivbindError, message: new RegExp(`^unet/model\\.onnx is missing from ${d.replace(/[.]/g, '\\.')}: ${layout}`) });
+  await t.throwsAsync(prepareModel(d), {
+    instanceOf: DivbindError,
+    message: new RegExp(`^unet/model\\.onnx is missing from ${d.replace(/[.]/g, '\\.')}: ${layout}`),
+  });
   fs.mkdirSync(path.join(d, 'unet'));
   fs.writeFileSync(path.join(d, 'unet/model.onnx'), 'garbage');
-  const garbage = await t.throwsAsync(prepareModel(d), { instanceOf: DivbindError, message: /^unet\/model\.onnx cannot be used: Cannot decode .*model\.onnx as an ONNX ModelProto.*: restore unet\/model\.onnx/ });
+  const garbage = await t.throwsAsync(prepareModel(d), {
+    instanceOf: DivbindError,
+    message: /^unet\/model\.onnx cannot be used: Cannot decode .*model\.onnx as an ONNX ModelProto.*: restore unet\/model\.onnx/,
+  });
   t.is((garbage as DivbindError).code, 'MODEL_INVALID');
   t.is((garbage as DivbindError).field, 'unet/model.onnx');
 });
@@ -141,7 +180,10 @@ test('fp16 UNets are refused with the fix', async (t) => {
   const loaded = loadModel(path.join(dir, 'unet/model.onnx'));
   loaded.model.graph!.input = loaded.model.graph!.input.map((v) => (v.name === 'sample' ? makeValueInfo('sample', DataType.FLOAT16, ['batch', 4, 32, 32]) : v));
   fs.writeFileSync(path.join(dir, 'unet/model.onnx'), encodeModel(loaded.model));
-  const err = await t.throwsAsync(prepareModel(dir), { instanceOf: DivbindError, message: /^unet\/model\.onnx is an fp16 UNet\. The gradient pass needs fp32: export the UNet in fp32/ });
+  const err = await t.throwsAsync(prepareModel(dir), {
+    instanceOf: DivbindError,
+    message: /^unet\/model\.onnx is an fp16 UNet\. The gradient pass needs fp32: export the UNet in fp32/,
+  });
   t.is((err as DivbindError).code, 'MODEL_UNSUPPORTED');
 });
 
@@ -152,12 +194,16 @@ test('option errors are DivbindError BAD_INPUT naming the option', async (t) => 
     t.is((err as DivbindError).code, 'BAD_INPUT');
     t.is((err as DivbindError).field, field);
   };
-  await bad({ height: 100 }, 'height', 'Expected a multiple of 8 between 8 and 8192 for height but received 100 (8 is the VAE\'s scale factor)');
+  await bad({ height: 100 }, 'height', "Expected a multiple of 8 between 8 and 8192 for height but received 100 (8 is the VAE's scale factor)");
   await bad({ batch: 1.5 }, 'batch', 'Expected an integer between 1 and 64 for batch but received 1.5 of type number');
   await bad({ heigth: 512 }, 'heigth', /^Unknown prepareModel option 'heigth'/);
-  await bad({ design: 'fast' }, 'design', 'Expected \'recompute\' or \'residuals\' for design but received "fast"');
-  await bad({ width: 384 }, 'width', 'unet/model.onnx is exported for only 256×256; 384×256 was requested: pass height 256 and width 256 or leave them out '
-    + '(other sizes need a UNet exported with dynamic height/width)');
+  await bad({ design: 'fast' }, 'design', "Expected 'recompute' or 'residuals' for design but received \"fast\"");
+  await bad(
+    { width: 384 },
+    'width',
+    'unet/model.onnx is exported for only 256×256; 384×256 was requested: pass height 256 and width 256 or leave them out ' +
+      '(other sizes need a UNet exported with dynamic height/width)',
+  );
   t.deepEqual(fs.readdirSync(path.join(dir, 'unet')), ['model.onnx'], 'nothing written for a failed prepare');
 });
 
@@ -168,8 +214,14 @@ async function runCli(args: string[]): Promise<{ code: number | undefined; stdou
   const ew = process.stderr.write.bind(process.stderr);
   const saved = process.exitCode;
   process.exitCode = undefined;
-  process.stdout.write = ((c: string) => { out.push(String(c)); return true; }) as typeof process.stdout.write;
-  process.stderr.write = ((c: string) => { err.push(String(c)); return true; }) as typeof process.stderr.write;
+  process.stdout.write = ((c: string) => {
+    out.push(String(c));
+    return true;
+  }) as typeof process.stdout.write;
+  process.stderr.write = ((c: string) => {
+    err.push(String(c));
+    return true;
+  }) as typeof process.stderr.write;
   try {
     const program = new Command('divbind-native').exitOverride();
     program.addCommand(makePrepareCommand());
@@ -191,7 +243,7 @@ test.serial('CLI: --json prints the manifest, exit codes 0 / 3 / 4', async (t) =
   t.regex(ok.stderr, /\[100%\] done: prepared 10 attention layers/);
   const text = await runCli([dir]);
   t.is(text.code, 0);
-  t.regex(text.stdout, /^Already prepared: .*\n {2}model .*\n[^]*attn_9 up 32×32 2 heads \(averaged\) \[1, 1024, 77\]/);
+  t.regex(text.stdout, /^Already prepared: .*\n {2}model .*\n[\s\S]*attn_9 up 32×32 2 heads \(averaged\) \[1, 1024, 77\]/);
   const missing = await runCli([path.join(dir, 'nope')]);
   t.is(missing.code, 4);
   t.regex(missing.stderr, /error: model folder not found/);

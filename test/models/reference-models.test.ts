@@ -63,8 +63,14 @@ async function session(file: string): Promise<ort.InferenceSession> {
 }
 
 test('variants.json lists every variant directory with its model files', (t) => {
-  const dirs = fs.readdirSync(path.join(MODELS, 'unet-variants')).filter((d) => d !== 'variants.json').sort();
-  const listed = variantsFile.variants.map((v) => v.dir).filter((d) => !d.startsWith('..')).sort();
+  const dirs = fs
+    .readdirSync(path.join(MODELS, 'unet-variants'))
+    .filter((d) => d !== 'variants.json')
+    .sort();
+  const listed = variantsFile.variants
+    .map((v) => v.dir)
+    .filter((d) => !d.startsWith('..'))
+    .sort();
   t.deepEqual(listed, dirs);
   for (const v of variantsFile.variants) {
     const dir = path.join(MODELS, 'unet-variants', v.dir);
@@ -87,16 +93,18 @@ for (const v of variantsFile.variants) {
     t.deepEqual([...s.outputNames], ['out_sample']);
     const ts = timestepTensor(v, unetManifest.timestep);
     const expected = npy('unet/out_sample.npy');
-    const r1 = await s.run({ sample: f32(npy('unet/sample.npy')), timestep: ts,
-      encoder_hidden_states: f32(npy('unet/encoder_hidden_states.npy')) });
+    const r1 = await s.run({ sample: f32(npy('unet/sample.npy')), timestep: ts, encoder_hidden_states: f32(npy('unet/encoder_hidden_states.npy')) });
     t.deepEqual([...r1.out_sample.dims], expected.shape);
     const d1 = maxAbsDiff(r1.out_sample.data as Float32Array, expected.data as Float32Array);
     t.log(`batch 1 max |ort − torch| = ${d1.toExponential(2)}`);
     t.true(d1 <= 1e-5, `batch 1: max |ort − torch| = ${d1}`);
     if (v.axes !== 'static') {
       const expected2 = npy('unet/out_sample_batch2.npy');
-      const r2 = await s.run({ sample: f32(npy('unet/sample_batch2.npy')), timestep: ts,
-        encoder_hidden_states: f32(npy('unet/encoder_hidden_states_batch2.npy')) });
+      const r2 = await s.run({
+        sample: f32(npy('unet/sample_batch2.npy')),
+        timestep: ts,
+        encoder_hidden_states: f32(npy('unet/encoder_hidden_states_batch2.npy')),
+      });
       t.deepEqual([...r2.out_sample.dims], expected2.shape);
       const d2 = maxAbsDiff(r2.out_sample.data as Float32Array, expected2.data as Float32Array);
       t.log(`batch 2 max |ort − torch| = ${d2.toExponential(2)}`);
@@ -116,8 +124,11 @@ test('UNet with dynamic height/width runs a 16×16 latent', async (t) => {
   const full = npy('unet/sample.npy').data as Float32Array;
   const crop = new Float32Array(4 * 16 * 16);
   for (let c = 0; c < 4; c++) for (let y = 0; y < 16; y++) for (let x = 0; x < 16; x++) crop[c * 256 + y * 16 + x] = full[c * 1024 + y * 32 + x];
-  const r = await s.run({ sample: new ort.Tensor('float32', crop, [1, 4, 16, 16]), timestep: timestepTensor(v, 501),
-    encoder_hidden_states: f32(npy('unet/encoder_hidden_states.npy')) });
+  const r = await s.run({
+    sample: new ort.Tensor('float32', crop, [1, 4, 16, 16]),
+    timestep: timestepTensor(v, 501),
+    encoder_hidden_states: f32(npy('unet/encoder_hidden_states.npy')),
+  });
   t.deepEqual([...r.out_sample.dims], [1, 4, 16, 16]);
   t.true((r.out_sample.data as Float32Array).every(Number.isFinite));
   await s.release();
@@ -156,17 +167,28 @@ test('tiny-sd folder follows the OnnxStableDiffusionPipeline layout', (t) => {
   t.is(index._class_name, 'OnnxStableDiffusionPipeline');
   t.deepEqual(index.divbind, { attentionResolution: 8, attributeResolutions: [32, 16] });
   const sched = JSON.parse(fs.readFileSync(path.join(sd, 'scheduler/scheduler_config.json'), 'utf8'));
-  t.like(sched, { _class_name: 'PNDMScheduler', beta_start: 0.00085, beta_end: 0.012, beta_schedule: 'scaled_linear',
-    num_train_timesteps: 1000, set_alpha_to_one: false, skip_prk_steps: true, steps_offset: 1 });
+  t.like(sched, {
+    _class_name: 'PNDMScheduler',
+    beta_start: 0.00085,
+    beta_end: 0.012,
+    beta_schedule: 'scaled_linear',
+    num_train_timesteps: 1000,
+    set_alpha_to_one: false,
+    skip_prk_steps: true,
+    steps_offset: 1,
+  });
   const cfg = JSON.parse(fs.readFileSync(path.join(sd, 'tokenizer/tokenizer_config.json'), 'utf8'));
   t.is(cfg.model_max_length, 77);
   t.is(cfg.pad_token, '<|endoftext|>');
 });
 
-test('tokenizer files use CLIP\'s layout and agree with the golden token ids', (t) => {
+test("tokenizer files use CLIP's layout and agree with the golden token ids", (t) => {
   const dir = path.join(MODELS, 'tiny-sd/tokenizer');
   const vocab = JSON.parse(fs.readFileSync(path.join(dir, 'vocab.json'), 'utf8')) as Record<string, number>;
-  const merges = fs.readFileSync(path.join(dir, 'merges.txt'), 'utf8').split('\n').filter((l) => l.length > 0);
+  const merges = fs
+    .readFileSync(path.join(dir, 'merges.txt'), 'utf8')
+    .split('\n')
+    .filter((l) => l.length > 0);
   t.true(merges[0].startsWith('#version'));
   const n = Object.keys(vocab).length;
   t.is(n, 512 + (merges.length - 1) + 2);
@@ -180,7 +202,9 @@ test('tokenizer files use CLIP\'s layout and agree with the golden token ids', (
     t.is(vocab[a + b], 512 + k, line);
   });
   const golden = JSON.parse(fs.readFileSync(path.join(GOLDEN, 'tokenizer/tokens.json'), 'utf8')) as {
-    sot: number; eot: number; cases: { prompt: string; pieces: string[]; ids: number[] }[];
+    sot: number;
+    eot: number;
+    cases: { prompt: string; pieces: string[]; ids: number[] }[];
   };
   t.is(golden.sot, n - 2);
   t.is(golden.eot, n - 1);
@@ -189,7 +213,10 @@ test('tokenizer files use CLIP\'s layout and agree with the golden token ids', (
     const body = c.pieces.slice(0, 75).map((p) => vocab[p]);
     t.deepEqual(c.ids.slice(1, 1 + body.length), body, c.prompt);
     t.is(c.ids[0], golden.sot);
-    t.true(c.ids.slice(1 + body.length).every((id) => id === golden.eot), c.prompt);
+    t.true(
+      c.ids.slice(1 + body.length).every((id) => id === golden.eot),
+      c.prompt,
+    );
   }
 });
 
@@ -226,8 +253,11 @@ test('trajectory fixture (mode none) matches the ONNX models: first PNDM step an
   batch.set(z0, 0);
   batch.set(z0, n);
   const t0 = none.record.timesteps[0];
-  const out = await unet.run({ sample: new ort.Tensor('float32', batch, [2, 4, 32, 32]),
-    timestep: new ort.Tensor('int64', BigInt64Array.of(BigInt(t0)), [1]), encoder_hidden_states: ehs });
+  const out = await unet.run({
+    sample: new ort.Tensor('float32', batch, [2, 4, 32, 32]),
+    timestep: new ort.Tensor('int64', BigInt64Array.of(BigInt(t0)), [1]),
+    encoder_hidden_states: ehs,
+  });
   await unet.release();
   const eps2 = out.out_sample.data as Float32Array;
 
@@ -260,10 +290,12 @@ test('trajectory fixture (mode none) matches the ONNX models: first PNDM step an
   t.deepEqual(golden.shape, [256, 256, 3]);
   const g8 = golden.data as Uint8Array;
   let worst = 0;
-  for (let y = 0; y < 256; y++) for (let x = 0; x < 256; x++) for (let c = 0; c < 3; c++) {
-    const v = Math.round(255 * Math.min(1, Math.max(0, img[c * 65536 + y * 256 + x] / 2 + 0.5)));
-    worst = Math.max(worst, Math.abs(v - g8[(y * 256 + x) * 3 + c]));
-  }
+  for (let y = 0; y < 256; y++)
+    for (let x = 0; x < 256; x++)
+      for (let c = 0; c < 3; c++) {
+        const v = Math.round(255 * Math.min(1, Math.max(0, img[c * 65536 + y * 256 + x] / 2 + 0.5)));
+        worst = Math.max(worst, Math.abs(v - g8[(y * 256 + x) * 3 + c]));
+      }
   t.log(`image max |ort − golden| = ${worst}/255`);
   t.true(worst <= 1, `image differs by ${worst}/255`);
 });

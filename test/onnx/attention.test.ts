@@ -2,24 +2,9 @@ import test from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import {
-  assertUnfusedExport,
-  findCrossAttention,
-  instrumentUnet,
-  type CrossAttentionLayer,
-} from '../../lib/onnx/attention';
+import { assertUnfusedExport, findCrossAttention, instrumentUnet, type CrossAttentionLayer } from '../../lib/onnx/attention';
 import { createSessionFromModel, loadModel } from '../../lib/onnx/model-io';
-import {
-  DataType,
-  attr,
-  makeNode,
-  makeTensor,
-  makeValueInfo,
-  valueInfoDims,
-  valueInfoElemType,
-  type ModelProto,
-  type NodeProto,
-} from '../../lib/onnx/proto';
+import { DataType, attr, makeNode, makeTensor, makeValueInfo, valueInfoDims, valueInfoElemType, type ModelProto, type NodeProto } from '../../lib/onnx/proto';
 import { cloneModelShallow, copyGraphFields, inferStaticShapes } from '../../lib/onnx/shapes';
 import { readNpy } from '../../lib/util/npy';
 
@@ -116,9 +101,7 @@ for (const v of variants) {
         const ref = readNpy(path.join(GOLDEN, g.file)).data as Float32Array;
         const got = out[m.output]!;
         t.deepEqual(got.dims, m.dims);
-        const diff = headAverage
-          ? maxAbsDiff(got.data as Float32Array, headMean(ref, g.heads))
-          : maxAbsDiff(got.data as Float32Array, ref); // (B=1)·heads·HW·T in both layouts is (heads, HW, T) order
+        const diff = headAverage ? maxAbsDiff(got.data as Float32Array, headMean(ref, g.heads)) : maxAbsDiff(got.data as Float32Array, ref); // (B=1)·heads·HW·T in both layouts is (heads, HW, T) order
         // Tolerance 2e-5: PyTorch vs ORT fp32 on these peaky maps (values up to 1.0) differ by up to 1.3e-5 even
         // with ORT optimisations disabled; a wrong layer or head order differs by O(0.1).
         t.true(diff <= 2e-5, `${v.name} ${m.output} headAverage=${headAverage}: max |diff| ${diff}`);
@@ -139,12 +122,8 @@ test('the raw output is exactly the Softmax tensor; the averaged one is its head
     g.output = [...g.output, ...layers.map((L) => makeValueInfo(L.softmaxOutput))];
     const opts = { graphOptimizationLevel: 'disabled' as const };
     const ref = await (await createSessionFromModel(cloneModelShallow(loaded.model, g), opts)).run(goldenFeeds(v));
-    const raw = await (
-      await createSessionFromModel(instrumentUnet(loaded.model, shapes, { layers, headAverage: false }).model, opts)
-    ).run(goldenFeeds(v));
-    const avg = await (
-      await createSessionFromModel(instrumentUnet(loaded.model, shapes, { layers, headAverage: true }).model, opts)
-    ).run(goldenFeeds(v));
+    const raw = await (await createSessionFromModel(instrumentUnet(loaded.model, shapes, { layers, headAverage: false }).model, opts)).run(goldenFeeds(v));
+    const avg = await (await createSessionFromModel(instrumentUnet(loaded.model, shapes, { layers, headAverage: true }).model, opts)).run(goldenFeeds(v));
     for (const L of layers) {
       const r = ref[L.softmaxOutput]!.data as Float32Array;
       t.is(maxAbsDiff(raw[`attn_${L.index}`]!.data as Float32Array, r), 0);
@@ -233,14 +212,8 @@ function tinyGraph(opset: number, extra: NodeProto[] = []): ModelProto {
         f('v_dummy', [77, 4], 4),
         makeTensor('two', DataType.FLOAT, [], Float32Array.of(2)),
       ],
-      input: [
-        makeValueInfo('sample', DataType.FLOAT, [1, 4, 4, 4]),
-        makeValueInfo('encoder_hidden_states', DataType.FLOAT, [1, 77, 8]),
-      ],
-      output: [
-        makeValueInfo('y', DataType.FLOAT, [1, 16, 4]),
-        makeValueInfo('self_probs', DataType.FLOAT, [1, 16, 16]),
-      ],
+      input: [makeValueInfo('sample', DataType.FLOAT, [1, 4, 4, 4]), makeValueInfo('encoder_hidden_states', DataType.FLOAT, [1, 77, 8])],
+      output: [makeValueInfo('y', DataType.FLOAT, [1, 16, 4]), makeValueInfo('self_probs', DataType.FLOAT, [1, 16, 16])],
       value_info: [],
     },
   };

@@ -84,8 +84,7 @@ test('ORT 1.30 refuses external data outside the model directory (why saveModel 
   const loaded = loadModel(path.join(EXT_ONNXDATA, 'model.onnx'));
   const rel = path.relative(path.join(d, 'sub'), path.join(EXT_ONNXDATA, 'model.onnx_data'));
   for (const location of [rel, path.join(EXT_ONNXDATA, 'model.onnx_data')]) {
-    for (const x of loaded.model.graph!.initializer)
-      for (const e of x.external_data ?? []) if (e.key === 'location') e.value = location;
+    for (const x of loaded.model.graph!.initializer) for (const e of x.external_data ?? []) if (e.key === 'location') e.value = location;
     fs.mkdirSync(path.join(d, 'sub'), { recursive: true });
     fs.writeFileSync(path.join(d, 'sub/model.onnx'), encodeModel(loaded.model));
     await t.throwsAsync(ort.InferenceSession.create(path.join(d, 'sub/model.onnx')), {
@@ -109,10 +108,7 @@ test('saveModel to another directory hard-links the data file: no bytes copied, 
   const out = await runGolden(await createSession(saved.path));
   t.is(maxAbsDiff(out, ref), 0);
   // Saving again reuses the link.
-  t.is(
-    saveModel(loaded.model, path.join(d, 'copy/unet2.onnx'), { sourceDir: loaded.dir }).externalData[0]!.method,
-    'hardlink',
-  );
+  t.is(saveModel(loaded.model, path.join(d, 'copy/unet2.onnx'), { sourceDir: loaded.dir }).externalData[0]!.method, 'hardlink');
 });
 
 test('saveModel into the source directory leaves the reference alone', (t) => {
@@ -142,11 +138,7 @@ test('createSession feeds unreachable data files from memory; createSessionFromM
   const ref = await runGolden(await createSession(loaded.path));
   fs.copyFileSync(loaded.path, path.join(d, 'model.onnx')); // no weights.pb next to it
   await t.throwsAsync(createSession(path.join(d, 'model.onnx')), { message: /onnxruntime could not load/ });
-  const s = await createSession(
-    path.join(d, 'model.onnx'),
-    {},
-    { externalData: [{ location: 'weights.pb', source: path.join(EXT_WEIGHTSPB, 'weights.pb') }] },
-  );
+  const s = await createSession(path.join(d, 'model.onnx'), {}, { externalData: [{ location: 'weights.pb', source: path.join(EXT_WEIGHTSPB, 'weights.pb') }] });
   t.is(maxAbsDiff(await runGolden(s), ref), 0);
   const s2 = await createSessionFromModel(loaded.model, {}, loaded.dir);
   t.is(maxAbsDiff(await runGolden(s2), ref), 0);
@@ -172,11 +164,7 @@ test('saveModel across filesystems falls back to "memory" (no copy) and createSe
     [['weights.pb', 'memory', path.join(shm, 'weights.pb')]],
   );
   t.false(fs.existsSync(path.join(d, 'weights.pb')), 'nothing copied');
-  const s = await createSession(
-    saved.path,
-    {},
-    { externalData: saved.externalData.map((e) => ({ location: e.location, source: e.source })) },
-  );
+  const s = await createSession(saved.path, {}, { externalData: saved.externalData.map((e) => ({ location: e.location, source: e.source })) });
   t.is(maxAbsDiff(await runGolden(s), ref), 0);
 });
 

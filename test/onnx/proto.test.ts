@@ -122,12 +122,7 @@ test('int64 values become numbers with a range check', (t) => {
 test('attribute readers: values, defaults and type errors name node and attribute', (t) => {
   const n = makeNode('Foo', ['a'], ['b'], {
     name: 'foo',
-    attributes: [
-      attr.int('k', 3),
-      attr.ints('perm', [0, 2, 1]),
-      attr.float('alpha', 0.5),
-      attr.string('mode', 'nearest'),
-    ],
+    attributes: [attr.int('k', 3), attr.ints('perm', [0, 2, 1]), attr.float('alpha', 0.5), attr.string('mode', 'nearest')],
   });
   t.is(attrInt(n, 'k'), 3);
   t.deepEqual(attrInts(n, 'perm'), [0, 2, 1]);
@@ -180,14 +175,8 @@ test('readTensor copies misaligned raw_data before making 8-byte views', (t) => 
 
 test('readTensor reads the typed *_data fields', (t) => {
   t.deepEqual([...readTensor({ name: 'f', data_type: DataType.FLOAT, dims: [2], float_data: [1, 2] }).data], [1, 2]);
-  t.deepEqual(
-    [...(readTensor({ name: 'i', data_type: DataType.INT64, dims: [2], int64_data: [3, -4] }).data as BigInt64Array)],
-    [3n, -4n],
-  );
-  t.deepEqual(
-    [...readTensor({ name: 'h', data_type: DataType.FLOAT16, dims: [1], int32_data: [0x3c00] }).data],
-    [0x3c00],
-  );
+  t.deepEqual([...(readTensor({ name: 'i', data_type: DataType.INT64, dims: [2], int64_data: [3, -4] }).data as BigInt64Array)], [3n, -4n]);
+  t.deepEqual([...readTensor({ name: 'h', data_type: DataType.FLOAT16, dims: [1], int32_data: [0x3c00] }).data], [0x3c00]);
   t.throws(() => readTensor({ name: 'f', data_type: DataType.FLOAT, dims: [3], float_data: [1, 2] }), {
     instanceOf: RangeError,
     message: "Tensor 'f': dims [3] need 3 elements but the data holds 2",

@@ -3,14 +3,7 @@ import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { createSessionFromModel, loadModel } from '../../lib/onnx/model-io';
 import { makeValueInfo, ortTypeOf, type ModelProto } from '../../lib/onnx/proto';
-import {
-  cloneModelShallow,
-  copyGraphFields,
-  inferStaticShapes,
-  resolveInputDims,
-  withFixedInputDims,
-  type ShapeMap,
-} from '../../lib/onnx/shapes';
+import { cloneModelShallow, copyGraphFields, inferStaticShapes, resolveInputDims, withFixedInputDims, type ShapeMap } from '../../lib/onnx/shapes';
 
 const ROOT = path.resolve(__dirname, '../../..');
 const VARIANTS = path.join(ROOT, 'test/fixtures/models/unet-variants');
@@ -59,11 +52,7 @@ async function checkAgainstRuntime(
             BigInt64Array.from({ length: n }, () => 801n),
             d,
           )
-        : new ort.Tensor(
-            'float32',
-            name === 'timestep' ? Float32Array.from({ length: n }, () => 801) : pseudo(n, 7),
-            d,
-          );
+        : new ort.Tensor('float32', name === 'timestep' ? Float32Array.from({ length: n }, () => 801) : pseudo(n, 7), d);
   }
   const out = await session.run(feeds);
   let checked = 0;
@@ -71,16 +60,9 @@ async function checkAgainstRuntime(
   for (const name of [...names, ...model.graph!.output.map((o) => o.name ?? '')]) {
     const got = out[name];
     const want = shapes.get(name);
-    if (
-      got === undefined ||
-      want === undefined ||
-      got.dims.join(',') !== want.dims.join(',') ||
-      got.type !== ortTypeOf(want.elemType)
-    ) {
+    if (got === undefined || want === undefined || got.dims.join(',') !== want.dims.join(',') || got.type !== ortTypeOf(want.elemType)) {
       if (mismatches++ < 5)
-        t.log(
-          `${name}: runtime ${got?.type}[${got?.dims.join(', ')}] vs inferred ${want ? `${ortTypeOf(want.elemType)}[${want.dims.join(', ')}]` : 'none'}`,
-        );
+        t.log(`${name}: runtime ${got?.type}[${got?.dims.join(', ')}] vs inferred ${want ? `${ortTypeOf(want.elemType)}[${want.dims.join(', ')}]` : 'none'}`);
       continue;
     }
     checked++;
@@ -97,21 +79,13 @@ const cases: Array<[string, string, Record<string, number[]>]> = [
     path.join(VARIANTS, 'opset14-int64-dynbatch/model.onnx'),
     { sample: [1, 4, 32, 32], encoder_hidden_states: [1, 77, 32] },
   ],
-  [
-    'SDPA pattern, float timestep',
-    path.join(VARIANTS, 'opset17-float32-sdpa/model.onnx'),
-    { sample: [1, 4, 32, 32], encoder_hidden_states: [1, 77, 32] },
-  ],
+  ['SDPA pattern, float timestep', path.join(VARIANTS, 'opset17-float32-sdpa/model.onnx'), { sample: [1, 4, 32, 32], encoder_hidden_states: [1, 77, 32] }],
   [
     'dynamic H/W at a non-square 32×48 latent',
     path.join(VARIANTS, 'opset17-int64-dynhw/model.onnx'),
     { sample: [1, 4, 32, 48], encoder_hidden_states: [1, 77, 32] },
   ],
-  [
-    'external data (weights.pb)',
-    path.join(VARIANTS, 'opset14-int64-weightspb/model.onnx'),
-    { sample: [1, 4, 32, 32], encoder_hidden_states: [1, 77, 32] },
-  ],
+  ['external data (weights.pb)', path.join(VARIANTS, 'opset14-int64-weightspb/model.onnx'), { sample: [1, 4, 32, 32], encoder_hidden_states: [1, 77, 32] }],
   ['static export, no dims given', path.join(VARIANTS, 'opset17-int64-static/model.onnx'), {}],
 ];
 
@@ -144,8 +118,7 @@ test('input dims are validated with messages that name the input', async (t) => 
   const g = loadModel(TINY_UNET).model.graph!;
   t.throws(() => resolveInputDims(g, { sample: [1, 4, 32, 32] }), {
     instanceOf: RangeError,
-    message:
-      "Input 'encoder_hidden_states' has dynamic dims [batch, 77, 32]: give its dims in inputDims.encoder_hidden_states",
+    message: "Input 'encoder_hidden_states' has dynamic dims [batch, 77, 32]: give its dims in inputDims.encoder_hidden_states",
   });
   t.throws(() => resolveInputDims(g, { sample: [1, 4, 32], encoder_hidden_states: [1, 77, 32] }), {
     instanceOf: RangeError,
@@ -157,8 +130,7 @@ test('input dims are validated with messages that name the input', async (t) => 
   });
   t.throws(() => resolveInputDims(g, { latents: [1], sample: [1, 4, 32, 32], encoder_hidden_states: [1, 77, 32] }), {
     instanceOf: RangeError,
-    message:
-      "inputDims names 'latents', which is not an input of the graph (inputs: sample, timestep, encoder_hidden_states)",
+    message: "inputDims names 'latents', which is not an input of the graph (inputs: sample, timestep, encoder_hidden_states)",
   });
   t.throws(() => resolveInputDims(g, { sample: [1, 4, 32.5, 32], encoder_hidden_states: [1, 77, 32] }), {
     instanceOf: TypeError,

@@ -39,9 +39,7 @@ export interface Variant {
   timestep: { dtype: string; shape: number[] };
 }
 
-export const variants = (
-  JSON.parse(fs.readFileSync(fixturePath('models/unet-variants/variants.json'), 'utf8')) as { variants: Variant[] }
-).variants;
+export const variants = (JSON.parse(fs.readFileSync(fixturePath('models/unet-variants/variants.json'), 'utf8')) as { variants: Variant[] }).variants;
 
 /** A variant's model, the golden inputs as feeds, static shapes and its cross-attention maps in graph order. */
 export async function setUpVariant(v: Variant) {

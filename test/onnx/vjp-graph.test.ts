@@ -8,15 +8,7 @@
  */
 import test from 'ava';
 import * as ort from 'onnxruntime-node';
-import {
-  type ModelProto,
-  type NodeProto,
-  type TensorProto,
-  attr,
-  makeNode,
-  makeTensor,
-  makeValueInfo,
-} from '../../lib/onnx/proto';
+import { type ModelProto, type NodeProto, type TensorProto, attr, makeNode, makeTensor, makeValueInfo } from '../../lib/onnx/proto';
 import { gradCheck, rng } from '../../lib/onnx/vjp/gradcheck';
 import { DataType } from '../../lib/onnx/vjp/ir';
 
@@ -57,22 +49,11 @@ function unetLike(): { model: ModelProto; feeds: Record<string, ort.Tensor> } {
   // GroupNorm(2 groups) as exported: Reshape → InstanceNormalization(ones, zeros) → Reshape(Shape) → affine
   const shp = op('Shape', [c1]);
   const grouped = op('Reshape', [c1, i64('g_shape', [1, 2, -1])]);
-  const inorm = op(
-    'InstanceNormalization',
-    [grouped, f32('in_s', [2], 1), f32('in_b', [2], 0)],
-    [attr.float('epsilon', 1e-5)],
-  );
-  const gn = op('Add', [
-    op('Mul', [op('Reshape', [inorm, shp]), f32('gamma', [8, 1, 1], undefined, 1)]),
-    f32('beta', [8, 1, 1]),
-  ]);
+  const inorm = op('InstanceNormalization', [grouped, f32('in_s', [2], 1), f32('in_b', [2], 0)], [attr.float('epsilon', 1e-5)]);
+  const gn = op('Add', [op('Mul', [op('Reshape', [inorm, shp]), f32('gamma', [8, 1, 1], undefined, 1)]), f32('beta', [8, 1, 1])]);
   const silu = op('Mul', [gn, op('Sigmoid', [gn])]);
   const tokens = op('Transpose', [op('Reshape', [silu, i64('tok_shape', [1, 8, 36])])], [attr.ints('perm', [0, 2, 1])]);
-  const ln = op(
-    'LayerNormalization',
-    [tokens, f32('ln_s', [8], undefined, 1), f32('ln_b', [8])],
-    [attr.int('axis', -1)],
-  );
+  const ln = op('LayerNormalization', [tokens, f32('ln_s', [8], undefined, 1), f32('ln_b', [8])], [attr.int('axis', -1)]);
   const q = op('MatMul', [ln, f32('wq', [8, 8])]);
   const kT = op('Transpose', [op('MatMul', ['ctx', f32('wk', [8, 8])])], [attr.ints('perm', [0, 2, 1])]);
   const v = op('MatMul', ['ctx', f32('wv', [8, 8])]);
@@ -84,26 +65,15 @@ function unetLike(): { model: ModelProto; feeds: Record<string, ort.Tensor> } {
   const d1 = op('Unsqueeze', [op('Gather', [s2, i64('i1', [1], [])]), i64('ax0b', [0])]);
   const target = op('Concat', [d0, d1, i64('hw', [6, 6])], [attr.int('axis', 0)]);
   const back = op('Reshape', [op('Transpose', [attnOut], [attr.ints('perm', [0, 2, 1])]), target]);
-  const nearest = [
-    attr.string('mode', 'nearest'),
-    attr.string('coordinate_transformation_mode', 'asymmetric'),
-    attr.string('nearest_mode', 'floor'),
-  ];
+  const nearest = [attr.string('mode', 'nearest'), attr.string('coordinate_transformation_mode', 'asymmetric'), attr.string('nearest_mode', 'floor')];
   inits.push(makeTensor('sc', DataType.FLOAT, [4], Float32Array.of(1, 1, 2, 2)));
   const up = op('Resize', [back, '', 'sc'], nearest);
   const xUp = op('Resize', ['x', '', 'sc'], nearest);
   const skip = op('Concat', [up, xUp], [attr.int('axis', 1)]); // [1, 12, 12, 12]
   const a = op('Slice', [skip, i64('s0', [0]), i64('e0', [6]), i64('ax1', [1])]);
   const b = op('Slice', [skip, i64('s1', [6]), i64('e1', [12]), i64('ax1b', [1])]);
-  const gelu = op('Mul', [
-    op('Mul', [b, op('Add', [op('Erf', [op('Div', [b, f32('sqrt2', [], Math.SQRT2)])]), f32('one', [], 1)])]),
-    f32('half', [], 0.5),
-  ]);
-  const out = op(
-    'Conv',
-    [op('Mul', [a, gelu]), f32('w2', [2, 6, 3, 3])],
-    [attr.ints('strides', [2, 2]), attr.ints('pads', [1, 1, 1, 1])],
-  );
+  const gelu = op('Mul', [op('Mul', [b, op('Add', [op('Erf', [op('Div', [b, f32('sqrt2', [], Math.SQRT2)])]), f32('one', [], 1)])]), f32('half', [], 0.5)]);
+  const out = op('Conv', [op('Mul', [a, gelu]), f32('w2', [2, 6, 3, 3])], [attr.ints('strides', [2, 2]), attr.ints('pads', [1, 1, 1, 1])]);
   const model: ModelProto = {
     ir_version: 8,
     opset_import: [{ domain: '', version: 17 }],
@@ -131,9 +101,7 @@ for (const design of ['recompute', 'residuals'] as const) {
     const { model, feeds } = unetLike();
     const outputs = model.graph!.output.map((o) => o.name!);
     const res = await gradCheck({ model, feeds, wrt: 'x', outputs, design, step: 1e-2 });
-    t.log(
-      `rel L2 ${res.relL2.toExponential(2)}, max abs err ${res.maxAbsErr.toExponential(2)}, max |FD| ${res.maxAbs.toFixed(3)}`,
-    );
+    t.log(`rel L2 ${res.relL2.toExponential(2)}, max abs err ${res.maxAbsErr.toExponential(2)}, max |FD| ${res.maxAbs.toFixed(3)}`);
     t.true(res.relL2 <= 3e-3);
     t.true(res.maxAbsErr <= 1e-2 * Math.max(1, res.maxAbs));
     // Shape/Gather/Unsqueeze/Concat-of-shapes and the text path (ctx → k, v) are not differentiated.

@@ -66,7 +66,11 @@ for (const v of variants) {
         for (const design of ['recompute', 'residuals'] as const) {
           const { forward, backward } = prunedGraphs(model, outputs, shapes, design);
           const label = `layers [${layers.join(',')}] (${design})`;
-          t.deepEqual(forward.graph!.output.slice(0, outputs.length).map((o) => o.name), outputs, label);
+          t.deepEqual(
+            forward.graph!.output.slice(0, outputs.length).map((o) => o.name),
+            outputs,
+            label,
+          );
           const fwd = await run(forward, loaded.dir, feeds);
           for (const o of outputs) t.true(relativeL2(fwd[o]!.data as Float32Array, fullForward[o]!.data as Float32Array) <= 1e-6, `${label}: map ${o}`);
           for (const c of cases) {
@@ -96,10 +100,19 @@ test.serial('a forward pruned to the object layers stops after the last of them;
   t.true(forward.graph!.node.length < graph.node.length * 0.8, `${forward.graph!.node.length} of ${graph.node.length} nodes`);
   // Nothing downstream of the last object map (up_blocks.2/3, the output convolution) is left.
   t.false(forward.graph!.node.some((n) => /up_blocks\.[23]|conv_out/.test(n.name ?? '')));
-  t.deepEqual(forward.graph!.output.map((o) => o.name), [...objects, ...built.stats.residualNames]);
+  t.deepEqual(
+    forward.graph!.output.map((o) => o.name),
+    [...objects, ...built.stats.residualNames],
+  );
   const source = new Set(graph.initializer);
-  t.true(forward.graph!.initializer.every((i) => source.has(i)), 'initializers are the source TensorProtos');
-  t.true(forward.graph!.initializer.some((i) => i.data_location === 1), 'external weights keep their location');
+  t.true(
+    forward.graph!.initializer.every((i) => source.has(i)),
+    'initializers are the source TensorProtos',
+  );
+  t.true(
+    forward.graph!.initializer.some((i) => i.data_location === 1),
+    'external weights keep their location',
+  );
   t.true(forward.graph!.initializer.length < graph.initializer.length);
   const all = buildVjp(model, { wrt: 'sample', outputs: maps, shapes, design: 'residuals' });
   t.true(built.stats.differentiatedNodes < all.stats.differentiatedNodes, 'fewer nodes differentiated');

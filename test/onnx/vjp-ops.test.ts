@@ -41,8 +41,7 @@ interface Case {
 function build(c: Case, seed: number): { model: ModelProto; feeds: Record<string, ort.Tensor>; outputs: string[] } {
   const r = rng(seed);
   const dtype = c.dtype ?? 'float64';
-  const onnxType = (t: string) =>
-    ({ float32: DataType.FLOAT, float64: DataType.DOUBLE, int64: DataType.INT64, bool: DataType.BOOL })[t]!;
+  const onnxType = (t: string) => ({ float32: DataType.FLOAT, float64: DataType.DOUBLE, int64: DataType.INT64, bool: DataType.BOOL })[t]!;
   const feeds: Record<string, ort.Tensor> = {};
   const inits: TensorProto[] = [];
   const graphInputs = [];
@@ -382,11 +381,7 @@ const CASES: Case[] = [
     op: 'Resize',
     dtype: 'float32',
     inputs: [x([1, 2, 3, 4]), '', { name: 'sc', dims: [4], kind: 'const', type: 'float32', values: [1, 1, 2, 2] }],
-    attrs: [
-      attr.string('mode', 'nearest'),
-      attr.string('coordinate_transformation_mode', 'asymmetric'),
-      attr.string('nearest_mode', 'floor'),
-    ],
+    attrs: [attr.string('mode', 'nearest'), attr.string('coordinate_transformation_mode', 'asymmetric'), attr.string('nearest_mode', 'floor')],
     wrt: ['x'],
   },
   {
@@ -394,11 +389,7 @@ const CASES: Case[] = [
     op: 'Resize',
     dtype: 'float32',
     inputs: [x([1, 2, 3, 4]), '', '', i64('sz', [1, 2, 9, 8])],
-    attrs: [
-      attr.string('mode', 'nearest'),
-      attr.string('coordinate_transformation_mode', 'asymmetric'),
-      attr.string('nearest_mode', 'floor'),
-    ],
+    attrs: [attr.string('mode', 'nearest'), attr.string('coordinate_transformation_mode', 'asymmetric'), attr.string('nearest_mode', 'floor')],
     wrt: ['x'],
   },
 ];
@@ -424,10 +415,7 @@ for (const c of CASES) {
 }
 
 test('an op without a rule on the path is an Error naming the op and the node', async (t) => {
-  const { model, feeds, outputs } = build(
-    { title: 'x', op: 'Atan', dtype: 'float32', inputs: [x([3])], wrt: ['x'] },
-    1,
-  );
+  const { model, feeds, outputs } = build({ title: 'x', op: 'Atan', dtype: 'float32', inputs: [x([3])], wrt: ['x'] }, 1);
   const shapes = await shapesByRunning(model, feeds);
   t.throws(() => buildVjp(model, { wrt: 'x', outputs, shapes }), {
     message: /cannot differentiate Atan node 'the_Atan'.*no gradient rule for Atan/,

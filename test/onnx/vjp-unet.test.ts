@@ -13,39 +13,36 @@ import { runVjpGraphs } from '../../lib/onnx/vjp/runner';
 import { cotangentsFor, goldenGradSample, lossCases, setUpVariant as setUp, variants } from './unet-golden';
 
 for (const v of variants) {
-  test.serial(
-    `${v.name}: VJP w.r.t. sample matches the PyTorch golden for every loss case (both designs)`,
-    async (t) => {
-      const { model, loaded, feeds, shapes, maps, layers } = await setUp(v);
-      t.is(maps.length, layers.length, 'one attn2 Softmax per golden attention layer');
-      maps.forEach((m, i) => {
-        t.deepEqual(shapes.get(m)!.dims.slice(-2), layers[i].shape.slice(-2), `layer ${i} shape`);
-      });
-      const built = {
-        recompute: buildVjp(model, { wrt: 'sample', outputs: maps, shapes, design: 'recompute' }),
-        residuals: buildVjp(model, { wrt: 'sample', outputs: maps, shapes, design: 'residuals' }),
-      };
-      const runners = {
-        recompute: await runVjpGraphs(built.recompute, { baseDir: loaded.dir }),
-        residuals: await runVjpGraphs(built.residuals, { baseDir: loaded.dir }),
-      };
-      try {
-        for (const c of lossCases()) {
-          const golden = goldenGradSample(c);
-          const cot = cotangentsFor(c, maps, shapes);
-          for (const design of ['recompute', 'residuals'] as const) {
-            const grad = await runners[design].run(cot, feeds);
-            const err = relativeL2(grad.data as Float32Array, golden);
-            t.log(`${c.name} (${design}): rel L2 vs float64 golden ${err.toExponential(2)}`);
-            t.true(err <= 1e-4, `${c.name} (${design}): rel L2 ${err.toExponential(3)}`);
-          }
+  test.serial(`${v.name}: VJP w.r.t. sample matches the PyTorch golden for every loss case (both designs)`, async (t) => {
+    const { model, loaded, feeds, shapes, maps, layers } = await setUp(v);
+    t.is(maps.length, layers.length, 'one attn2 Softmax per golden attention layer');
+    maps.forEach((m, i) => {
+      t.deepEqual(shapes.get(m)!.dims.slice(-2), layers[i].shape.slice(-2), `layer ${i} shape`);
+    });
+    const built = {
+      recompute: buildVjp(model, { wrt: 'sample', outputs: maps, shapes, design: 'recompute' }),
+      residuals: buildVjp(model, { wrt: 'sample', outputs: maps, shapes, design: 'residuals' }),
+    };
+    const runners = {
+      recompute: await runVjpGraphs(built.recompute, { baseDir: loaded.dir }),
+      residuals: await runVjpGraphs(built.residuals, { baseDir: loaded.dir }),
+    };
+    try {
+      for (const c of lossCases()) {
+        const golden = goldenGradSample(c);
+        const cot = cotangentsFor(c, maps, shapes);
+        for (const design of ['recompute', 'residuals'] as const) {
+          const grad = await runners[design].run(cot, feeds);
+          const err = relativeL2(grad.data as Float32Array, golden);
+          t.log(`${c.name} (${design}): rel L2 vs float64 golden ${err.toExponential(2)}`);
+          t.true(err <= 1e-4, `${c.name} (${design}): rel L2 ${err.toExponential(3)}`);
         }
-      } finally {
-        await runners.recompute.release();
-        await runners.residuals.release();
       }
-    },
-  );
+    } finally {
+      await runners.recompute.release();
+      await runners.residuals.release();
+    }
+  });
 }
 
 test.serial('only the path from sample to the maps is differentiated; weights are shared by reference', async (t) => {
@@ -54,40 +51,16 @@ test.serial('only the path from sample to the maps is differentiated; weights ar
   const all = buildVjp(model, { wrt: 'sample', outputs: maps, shapes });
   const first = buildVjp(model, { wrt: 'sample', outputs: [maps[0]], shapes });
   // Shape arithmetic and the timestep/text paths are constants of the backward.
-  const constantOps = [
-    'Shape',
-    'Gather',
-    'ConstantOfShape',
-    'Cast',
-    'Equal',
-    'Where',
-    'Expand',
-    'Cos',
-    'Sin',
-    'Unsqueeze',
-    'Concat',
-    'Gemm',
-  ];
+  const constantOps = ['Shape', 'Gather', 'ConstantOfShape', 'Cast', 'Equal', 'Where', 'Expand', 'Cos', 'Sin', 'Unsqueeze', 'Concat', 'Gemm'];
   for (const op of constantOps.filter((o) => o !== 'Concat')) t.false(op in all.stats.opCounts, `${op} differentiated`);
-  t.true(
-    first.stats.differentiatedNodes < all.stats.differentiatedNodes / 4,
-    'the first map needs only the first blocks',
-  );
-  t.true(
-    first.stats.forwardNodes < all.stats.forwardNodes,
-    'recompute keeps only the forward nodes the backward reads',
-  );
+  t.true(first.stats.differentiatedNodes < all.stats.differentiatedNodes / 4, 'the first map needs only the first blocks');
+  t.true(first.stats.forwardNodes < all.stats.forwardNodes, 'recompute keeps only the forward nodes the backward reads');
   // Every source initializer in the VJP graph is the very same object (no weight copies), external refs intact.
   const src = new Set(model.graph!.initializer);
   const vjpInits = all.vjp!.graph!.initializer;
   const shared = vjpInits.filter((i) => src.has(i));
   t.true(shared.length > 100);
-  t.true(
-    shared.some(
-      (i) =>
-        i.data_location === 1 && (i.external_data ?? []).some((e) => e.key === 'location' && e.value === 'weights.pb'),
-    ),
-  );
+  t.true(shared.some((i) => i.data_location === 1 && (i.external_data ?? []).some((e) => e.key === 'location' && e.value === 'weights.pb')));
   const newInitBytes = vjpInits.filter((i) => !src.has(i)).reduce((s, i) => s + (i.raw_data?.byteLength ?? 0), 0);
   t.true(newInitBytes < 1 << 20, `new constants total ${newInitBytes} bytes`);
   t.deepEqual(
@@ -110,10 +83,7 @@ test.serial('an output that does not depend on wrt gives an exactly zero gradien
   const runner = await runVjpGraphs(built, { baseDir: loaded.dir });
   try {
     const d = shapes.get(textOnly)!.dims;
-    const g = await runner.run(
-      { [textOnly]: new ort.Tensor('float32', new Float32Array(d.reduce((a, b) => a * b, 1)).fill(1), d) },
-      feeds,
-    );
+    const g = await runner.run({ [textOnly]: new ort.Tensor('float32', new Float32Array(d.reduce((a, b) => a * b, 1)).fill(1), d) }, feeds);
     t.deepEqual(g.dims, [1, 4, 32, 32]);
     t.true((g.data as Float32Array).every((x) => x === 0));
   } finally {

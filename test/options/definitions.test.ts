@@ -9,8 +9,13 @@ import { Command } from 'commander';
 import { DivbindError } from '../../lib/errors';
 import { LOSS_DEFAULTS } from '../../lib/loss/validate';
 import {
-  GENERATE_OPTIONS, GENERATE_OPTION_NAMES, addGenerateFlags, checkGenerateOptions, generateOptionsFromFlags,
-  generateOptionsJsonSchema, type GenerateOptions,
+  GENERATE_OPTIONS,
+  GENERATE_OPTION_NAMES,
+  addGenerateFlags,
+  checkGenerateOptions,
+  generateOptionsFromFlags,
+  generateOptionsJsonSchema,
+  type GenerateOptions,
 } from '../../lib/options/index';
 
 function refusal(t: import('ava').ExecutionContext, fn: () => unknown, field: string, message?: RegExp): DivbindError {
@@ -75,10 +80,12 @@ test('values out of range are refused naming the field (fault 12, 16)', (t) => {
 function flags(args: string[]): { prompt: string; values: Record<string, unknown> } {
   let prompt = '';
   let values: Record<string, unknown> = {};
-  const cmd = addGenerateFlags(new Command('generate')).exitOverride().action((p: string, v: Record<string, unknown>) => {
-    prompt = p;
-    values = v;
-  });
+  const cmd = addGenerateFlags(new Command('generate'))
+    .exitOverride()
+    .action((p: string, v: Record<string, unknown>) => {
+      prompt = p;
+      values = v;
+    });
   cmd.parse(['a red cat', ...args], { from: 'user' });
   return { prompt, values };
 }
@@ -114,15 +121,51 @@ test('command-line values are parsed strictly (faults 13, 16)', (t) => {
 
 test('command-line values become the API options they name', (t) => {
   const o = fromArgs([
-    '--seed', '18446744073709551615', '--steps', '7', '-g', '3.5', '--mode', 'max', '--token-indices', '2,5', '--attribute-indices', '0,4',
-    '--thresholds', '{"0":0.1}', '--refinement', '10,5', '--scale-range', '1,0.25', '--attn-res', '8', '--attr-res', '32,16',
-    '--tv-vertical', 'neighbor', '--attention-maps', '0,3', '-n', 'blurry', '--images', '2',
+    '--seed',
+    '18446744073709551615',
+    '--steps',
+    '7',
+    '-g',
+    '3.5',
+    '--mode',
+    'max',
+    '--token-indices',
+    '2,5',
+    '--attribute-indices',
+    '0,4',
+    '--thresholds',
+    '{"0":0.1}',
+    '--refinement',
+    '10,5',
+    '--scale-range',
+    '1,0.25',
+    '--attn-res',
+    '8',
+    '--attr-res',
+    '32,16',
+    '--tv-vertical',
+    'neighbor',
+    '--attention-maps',
+    '0,3',
+    '-n',
+    'blurry',
+    '--images',
+    '2',
   ]);
   t.deepEqual(o, {
-    prompt: 'a red cat', seed: 2n ** 64n - 1n, steps: 7, guidanceScale: 3.5, mode: 'max',
-    tokens: { objects: [2, 5], attributes: [null, 4] }, thresholds: { 0: 0.1 }, refinement: { initStep: 10, other: 5 },
-    scaleRange: [1, 0.25], loss: { attentionResolution: 8, attributeResolutions: [32, 16], tvVertical: 'neighbor' },
-    attentionMapsAt: [0, 3], negativePrompt: 'blurry', imagesPerPrompt: 2,
+    prompt: 'a red cat',
+    seed: 2n ** 64n - 1n,
+    steps: 7,
+    guidanceScale: 3.5,
+    mode: 'max',
+    tokens: { objects: [2, 5], attributes: [null, 4] },
+    thresholds: { 0: 0.1 },
+    refinement: { initStep: 10, other: 5 },
+    scaleRange: [1, 0.25],
+    loss: { attentionResolution: 8, attributeResolutions: [32, 16], tvVertical: 'neighbor' },
+    attentionMapsAt: [0, 3],
+    negativePrompt: 'blurry',
+    imagesPerPrompt: 2,
   });
   t.deepEqual(fromArgs(['--objects', 'cat,dog#2', '--attributes', 'red,-']).tokens, { objects: ['cat', 'dog#2'], attributes: ['red', null] });
   // Omitted flags are omitted options: the plan, not commander, applies the defaults.
@@ -156,13 +199,30 @@ function checks(options: unknown): boolean {
 
 const JSON_CASES: Array<[string, Record<string, unknown>]> = [
   ['minimal', { prompt: 'a cat' }],
-  ['everything', {
-    prompt: 'a red cat', negativePrompt: '', mode: 'tv_bind', tokens: { objects: ['cat', 3], attributes: ['red', null], piece: 'first' },
-    guidanceScale: 7.5, steps: 50, height: 512, width: 512, seed: '18446744073709551615', imagesPerPrompt: 2, scheduler: 'euler',
-    lossBackend: 'js', maxIterToAlter: 25, scaleFactor: 20, scaleRange: [1, 0.5], thresholds: { 0: 0.05, 10: 0.2 },
-    refinement: { initStep: 100, other: 50 }, loss: { temperature: 50, smoothing: false, attributeResolutions: [32], tvMaxWeights: [1, 0.3] },
-    attentionMapsAt: [0, 10],
-  }],
+  [
+    'everything',
+    {
+      prompt: 'a red cat',
+      negativePrompt: '',
+      mode: 'tv_bind',
+      tokens: { objects: ['cat', 3], attributes: ['red', null], piece: 'first' },
+      guidanceScale: 7.5,
+      steps: 50,
+      height: 512,
+      width: 512,
+      seed: '18446744073709551615',
+      imagesPerPrompt: 2,
+      scheduler: 'euler',
+      lossBackend: 'js',
+      maxIterToAlter: 25,
+      scaleFactor: 20,
+      scaleRange: [1, 0.5],
+      thresholds: { 0: 0.05, 10: 0.2 },
+      refinement: { initStep: 100, other: 50 },
+      loss: { temperature: 50, smoothing: false, attributeResolutions: [32], tvMaxWeights: [1, 0.3] },
+      attentionMapsAt: [0, 10],
+    },
+  ],
   ['numeric seed', { prompt: 'a', seed: 42 }],
   ['preset refinement', { prompt: 'a', refinement: 'paper' }],
   ['misspelt', { prompt: 'a', stpes: 3 }],
@@ -201,7 +261,10 @@ for (const [name, options] of JSON_CASES) {
 
 test('the JSON Schema carries every JSON option with its doc and fixed default, and no file path', (t) => {
   const schema = generateOptionsJsonSchema() as { properties: Record<string, { description: string; default?: unknown }>; required: string[] };
-  t.deepEqual(Object.keys(schema.properties), GENERATE_OPTION_NAMES.filter((n) => !['latents', 'signal', 'onStep'].includes(n)));
+  t.deepEqual(
+    Object.keys(schema.properties),
+    GENERATE_OPTION_NAMES.filter((n) => !['latents', 'signal', 'onStep'].includes(n)),
+  );
   t.deepEqual(schema.required, ['prompt']);
   for (const [name, prop] of Object.entries(schema.properties)) {
     const def = GENERATE_OPTIONS[name as keyof typeof GENERATE_OPTIONS] as { doc: string; default?: unknown };

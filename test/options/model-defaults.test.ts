@@ -42,7 +42,7 @@ test('bad declared defaults are MODEL_INVALID naming model_index.json and the op
   }
 });
 
-test('a pipeline plans with the folder\'s declared defaults and refuses a folder whose defaults are invalid', async (t) => {
+test("a pipeline plans with the folder's declared defaults and refuses a folder whose defaults are invalid", async (t) => {
   const dir = await preparedFixtureModel();
   const indexFile = path.join(dir, 'model_index.json');
   const index = JSON.parse(fs.readFileSync(indexFile, 'utf8'));

@@ -89,8 +89,13 @@ test('sizes: multiples of the VAE factor, and a fixed-size UNet does not suggest
 
 test('a prompt longer than the text encoder takes is refused, not cut, and never echoed whole (fault 15)', (t) => {
   const long = Array.from({ length: 1200 }, () => 'a red cat').join(' ');
-  const err = refused(t, () => pipe.plan({ prompt: long.slice(0, 3000), tokens: { objects: [80] } }), 'BAD_INPUT', 'prompt',
-    /prompt is \d+ tokens long but the text encoder takes at most 75/);
+  const err = refused(
+    t,
+    () => pipe.plan({ prompt: long.slice(0, 3000), tokens: { objects: [80] } }),
+    'BAD_INPUT',
+    'prompt',
+    /prompt is \d+ tokens long but the text encoder takes at most 75/,
+  );
   t.true(err.message.length < 400, err.message);
   refused(t, () => pipe.plan({ prompt: long }), 'BAD_INPUT', 'prompt');
   refused(t, () => pipe.plan({ prompt: 'a red cat', negativePrompt: long.slice(0, 1000) }), 'BAD_INPUT', 'negativePrompt');
@@ -139,18 +144,24 @@ test('diverging numbers stop with a NUMERIC error that says where, not a black i
 });
 
 test('a VAE scaling factor that zeroes or overflows the image is refused (fault 12)', async (t) => {
-  for (const [factor, code, message] of [[0, 'MODEL_INVALID', /"scaling_factor" must be a positive finite number but is 0/], [1e-45, 'NUMERIC', /VAE decoder's input .* not finite/]] as const) {
+  for (const [factor, code, message] of [
+    [0, 'MODEL_INVALID', /"scaling_factor" must be a positive finite number but is 0/],
+    [1e-45, 'NUMERIC', /VAE decoder's input .* not finite/],
+  ] as const) {
     const copy = copyFixtureModel();
     try {
       fs.writeFileSync(path.join(copy, 'vae_decoder', 'config.json'), JSON.stringify({ scaling_factor: factor }));
-      const err = await t.throwsAsync(async () => {
-        const p = await DivBindPipeline.load(copy, { session: { intraOpNumThreads: 1 } });
-        try {
-          await p.generate({ prompt: 'a red cat', mode: 'none', steps: 2, seed: 1 });
-        } finally {
-          await p.release();
-        }
-      }, { instanceOf: DivbindError });
+      const err = await t.throwsAsync(
+        async () => {
+          const p = await DivBindPipeline.load(copy, { session: { intraOpNumThreads: 1 } });
+          try {
+            await p.generate({ prompt: 'a red cat', mode: 'none', steps: 2, seed: 1 });
+          } finally {
+            await p.release();
+          }
+        },
+        { instanceOf: DivbindError },
+      );
       t.is((err as DivbindError).code, code, err?.message);
       t.regex(err!.message, message);
     } finally {

@@ -44,7 +44,10 @@ test('encodePng writes a valid RGB PNG with tEXt/iTXt chunks right after IHDR', 
   t.is(decoded.width, W);
   t.is(decoded.height, H);
   for (let p = 0; p < W * H; p++) {
-    t.deepEqual([decoded.data[p * 4], decoded.data[p * 4 + 1], decoded.data[p * 4 + 2], decoded.data[p * 4 + 3]], [rgb[p * 3], rgb[p * 3 + 1], rgb[p * 3 + 2], 255]);
+    t.deepEqual(
+      [decoded.data[p * 4], decoded.data[p * 4 + 1], decoded.data[p * 4 + 2], decoded.data[p * 4 + 3]],
+      [rgb[p * 3], rgb[p * 3 + 1], rgb[p * 3 + 2], 255],
+    );
   }
   t.deepEqual(readPngText(png), { prompt: 'a purple dog', seed: '2702', note: 'naïve — ☃' });
   t.is(png.toString('latin1', 37, 41), 'tEXt', 'first text chunk follows IHDR');
@@ -80,16 +83,32 @@ test('attentionGrid: layout, label bar, heat-map blend at known pixels, text chu
   t.is(img.width, 3 * 32 + 4 * 4);
   t.is(img.height, 32 + 12 + 2 * 4);
   const px = (x: number, y: number) => [0, 1, 2].map((c) => img.data[(y * img.width + x) * 4 + c]);
-  const near = (got: number[], want: number[], what: string) => t.true(got.every((g, i) => Math.abs(g - want[i]) <= 1), `${what}: ${got} vs ${want}`);
+  const near = (got: number[], want: number[], what: string) =>
+    t.true(
+      got.every((g, i) => Math.abs(g - want[i]) <= 1),
+      `${what}: ${got} vs ${want}`,
+    );
   // Tile 0 is the plain image.
   t.deepEqual(px(L.origins[0].x + 5, L.origins[0].y + 5), [100, 100, 100]);
   // Tile 1, pixel (0,0): the 4×4 map upsampled ×8 keeps cell (0,0) = max → jet(1) = (127.5, 0, 0).
   const j1 = jet(1);
-  near(px(L.origins[1].x, L.origins[1].y), j1.map((h) => 0.5 * 100 + 0.5 * h), 'hot corner');
+  near(
+    px(L.origins[1].x, L.origins[1].y),
+    j1.map((h) => 0.5 * 100 + 0.5 * h),
+    'hot corner',
+  );
   // Far corner of tile 1: value 0 → jet(0) = (0, 0, 127.5).
-  near(px(L.origins[1].x + W - 1, L.origins[1].y + H - 1), jet(0).map((h) => 0.5 * 100 + 0.5 * h), 'cold corner');
+  near(
+    px(L.origins[1].x + W - 1, L.origins[1].y + H - 1),
+    jet(0).map((h) => 0.5 * 100 + 0.5 * h),
+    'cold corner',
+  );
   // Tile 2 is uniform → normalised to 1 everywhere.
-  near(px(L.origins[2].x + 17, L.origins[2].y + 9), j1.map((h) => 0.5 * 100 + 0.5 * h), 'flat map');
+  near(
+    px(L.origins[2].x + 17, L.origins[2].y + 9),
+    j1.map((h) => 0.5 * 100 + 0.5 * h),
+    'flat map',
+  );
   // Gaps keep the background; the label bar holds some ink (text) and bar colour.
   t.deepEqual(px(1, 1), [32, 32, 32]);
   const barRow = L.origins[1].y - 12 + 2;

@@ -17,13 +17,18 @@ const tok = ClipTokenizer.fromDirectory(path.join(ROOT, 'test', 'fixtures', 'mod
 
 function chosenWords(s: TokenSelection): { objects: string[]; attributes: Array<string | null> | null } {
   const objects = s.tokenIndices.map((_, k) => s.choices.find((c) => c.role === 'object' && c.slot === k)!.word);
-  const attributes = s.attributeIndices === null ? null
-    : s.tokenIndices.map((_, k) => s.choices.find((c) => c.role === 'attribute' && c.slot === k)?.word ?? null);
+  const attributes =
+    s.attributeIndices === null ? null : s.tokenIndices.map((_, k) => s.choices.find((c) => c.role === 'attribute' && c.slot === k)?.word ?? null);
   return { objects, attributes };
 }
 
 test('automatic selection picks the notebook tokens of the golden prompts (word level)', (t) => {
-  const rows = fs.readFileSync(path.join(DATA, 'golden-prompts.tsv'), 'utf8').trim().split('\n').slice(1).map((l) => l.split('\t'));
+  const rows = fs
+    .readFileSync(path.join(DATA, 'golden-prompts.tsv'), 'utf8')
+    .trim()
+    .split('\n')
+    .slice(1)
+    .map((l) => l.split('\t'));
   t.is(rows.length, 8);
   let correct = 0;
   for (const [prompt, ti, ci] of rows) {
@@ -40,16 +45,22 @@ test('automatic selection picks the notebook tokens of the golden prompts (word 
 });
 
 test('automatic selection on the 276 Attend-and-Excite template prompts (word level, spec §4 indices)', (t) => {
-  const lines = fs.readFileSync(path.join(DATA, 'ae-prompts.txt'), 'utf8').trim().split('\n').map((l) => l.split('\t'));
+  const lines = fs
+    .readFileSync(path.join(DATA, 'ae-prompts.txt'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => l.split('\t'));
   t.is(lines.length, 276);
   let correct = 0;
   for (const [, prompt] of lines) {
-    let m: RegExpExecArray | null;
     let exp: { objects: string[]; attributes: Array<string | null> | null };
     // "a A and a B", "a A with a O" → [2,5]; "a A and a c O" → [2,6] / [0,5]; "a c1 O1 and a c2 O2" → [3,7] / [2,6].
-    if ((m = /^a (\w+) (?:and|with) a (\w+)$/.exec(prompt))) exp = { objects: [m[1], m[2]], attributes: null };
-    else if ((m = /^a (\w+) and a (\w+) (\w+)$/.exec(prompt))) exp = { objects: [m[1], m[3]], attributes: [null, m[2]] };
-    else if ((m = /^a (\w+) (\w+) and a (\w+) (\w+)$/.exec(prompt))) exp = { objects: [m[2], m[4]], attributes: [m[1], m[3]] };
+    const pair = /^a (\w+) (?:and|with) a (\w+)$/.exec(prompt);
+    const oneColour = /^a (\w+) and a (\w+) (\w+)$/.exec(prompt);
+    const twoColours = /^a (\w+) (\w+) and a (\w+) (\w+)$/.exec(prompt);
+    if (pair) exp = { objects: [pair[1], pair[2]], attributes: null };
+    else if (oneColour) exp = { objects: [oneColour[1], oneColour[3]], attributes: [null, oneColour[2]] };
+    else if (twoColours) exp = { objects: [twoColours[2], twoColours[4]], attributes: [twoColours[1], twoColours[3]] };
     else {
       t.fail(`prompt outside the A&E templates: ${prompt}`);
       continue;
@@ -68,19 +79,31 @@ test('explicit indices are validated against the tokenized prompt', (t) => {
   const s = selectTokens(tok, prompt, { objects: [3, 7], attributes: [2, 6] });
   t.deepEqual(s.tokenIndices, [3, 7]);
   t.deepEqual(s.attributeIndices, [2, 6]);
-  t.deepEqual(s.choices.map((c) => [c.role, c.word, c.index, c.source]), [
-    ['object', 'dog', 3, 'index'], ['attribute', 'purple', 2, 'index'], ['object', 'bench', 7, 'index'], ['attribute', 'green', 6, 'index'],
-  ]);
+  t.deepEqual(
+    s.choices.map((c) => [c.role, c.word, c.index, c.source]),
+    [
+      ['object', 'dog', 3, 'index'],
+      ['attribute', 'purple', 2, 'index'],
+      ['object', 'bench', 7, 'index'],
+      ['attribute', 'green', 6, 'index'],
+    ],
+  );
   // ≤ 0, null and '-' mean "no attribute"; digit strings (as from a CLI) are indices.
   const none = selectTokens(tok, prompt, { objects: ['3', 7], attributes: [0, null] });
   t.is(none.attributeIndices, null);
   t.deepEqual(selectTokens(tok, prompt, { objects: [3, 7], attributes: [-1, '6'] }).attributeIndices, [null, 6]);
   const err = t.throws(() => selectTokens(tok, prompt, { objects: [3, 9] }), { instanceOf: RangeError });
-  t.regex(err!.message, /^Expected a token index between 1 and 7 for objects\[1\] but received 9 \(that is padding\); indices count from the start token = 0\./);
+  t.regex(
+    err!.message,
+    /^Expected a token index between 1 and 7 for objects\[1\] but received 9 \(that is padding\); indices count from the start token = 0\./,
+  );
   t.regex(err!.message, /index\s+token\s+word\n\s*0\s+<\|startoftext\|>\s+\(sot\)/);
   t.throws(() => selectTokens(tok, prompt, { objects: [0] }), { instanceOf: RangeError, message: /objects\[0\]/ });
   t.throws(() => selectTokens(tok, prompt, { objects: [8] }), { instanceOf: RangeError, message: /received 8 \(that is the end token\)/ });
-  t.throws(() => selectTokens(tok, prompt, { objects: [3, 7], attributes: [2] }), { instanceOf: RangeError, message: 'attributes has 1 entries but objects has 2; align them one to one and use null (or 0, "-") for "no attribute"' });
+  t.throws(() => selectTokens(tok, prompt, { objects: [3, 7], attributes: [2] }), {
+    instanceOf: RangeError,
+    message: 'attributes has 1 entries but objects has 2; align them one to one and use null (or 0, "-") for "no attribute"',
+  });
   t.throws(() => selectTokens(tok, prompt, { objects: [3, 3] }), { instanceOf: RangeError, message: /Token index 3 is chosen twice/ });
   t.throws(() => selectTokens(tok, prompt, { objects: [3], attributes: [3] }), { instanceOf: RangeError, message: /chosen twice/ });
   t.throws(() => selectTokens(tok, prompt, { objects: [] }), { instanceOf: TypeError, message: /non-empty array/ });
@@ -101,7 +124,10 @@ test('words: last piece by default, first on request, #n occurrences, phrases', 
   t.is(first.tokenIndices[0], w.find((x) => x.word === 'dog')!.start);
   const phrase = selectTokens(tok, prompt, { objects: ['Teddy Bear'] });
   t.is(phrase.choices[0].word, 'bear');
-  t.throws(() => selectTokens(tok, prompt, { objects: ['cat'] }), { instanceOf: RangeError, message: /objects\[0\]: "cat" is not a word of the prompt\.\nWords of .*: a dog chasing a gigantic dog near a teddy bear/ });
+  t.throws(() => selectTokens(tok, prompt, { objects: ['cat'] }), {
+    instanceOf: RangeError,
+    message: /objects\[0\]: "cat" is not a word of the prompt\.\nWords of .*: a dog chasing a gigantic dog near a teddy bear/,
+  });
   t.throws(() => selectTokens(tok, prompt, { objects: ['dog#3'] }), { instanceOf: RangeError, message: /"dog" occurs 2 time\(s\), so #3 does not exist/ });
   t.throws(() => selectTokens(tok, prompt, { objects: ['dog'], piece: 'middle' as 'last' }), { instanceOf: RangeError, message: /piece/ });
 });
@@ -117,9 +143,16 @@ test('automatic selection: comma segments, "with" phrases, no nouns', (t) => {
 
 test('tokenTable / formatTokenTable list SOT, pieces with their words, EOT', (t) => {
   const rows = tokenTable(tok, 'a dog.');
-  t.deepEqual(rows.map((r) => [r.index, r.kind, r.piece, r.word]), [
-    [0, 'sot', '<|startoftext|>', null], [1, 'token', 'a</w>', 'a'], [2, 'token', 'dog</w>', 'dog'], [3, 'token', '.</w>', '.'], [4, 'eot', '<|endoftext|>', null],
-  ]);
+  t.deepEqual(
+    rows.map((r) => [r.index, r.kind, r.piece, r.word]),
+    [
+      [0, 'sot', '<|startoftext|>', null],
+      [1, 'token', 'a</w>', 'a'],
+      [2, 'token', 'dog</w>', 'dog'],
+      [3, 'token', '.</w>', '.'],
+      [4, 'eot', '<|endoftext|>', null],
+    ],
+  );
   t.is(tokenTable(tok, 'a dog', { padding: true }).length, 77);
   t.is(formatTokenTable(rows.slice(0, 2)), 'index  token            word\n    0  <|startoftext|>  (sot)\n    1  a</w>            a');
 });

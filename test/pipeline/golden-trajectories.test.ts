@@ -46,13 +46,16 @@ test.after.always(async () => {
   if (modelDir) removeDir(modelDir);
 });
 
-
 /** Maps the reference options (camelCase, see the fixture README) to GenerateOptions. */
 function generateOptions(c: TrajectoryCase): GenerateOptions {
   const o = c.options as Record<string, any>;
   const initial = readNpy(`${DIR}/${o.initialLatent as string}`).data as Float32Array;
   const g: GenerateOptions = {
-    prompt: o.prompt, negativePrompt: o.negativePrompt ?? '', mode: o.mode, steps: o.numInferenceSteps, guidanceScale: o.guidanceScale,
+    prompt: o.prompt,
+    negativePrompt: o.negativePrompt ?? '',
+    mode: o.mode,
+    steps: o.numInferenceSteps,
+    guidanceScale: o.guidanceScale,
     latents: initial,
   };
   if (o.mode !== 'none') {
@@ -77,7 +80,10 @@ for (const c of index.cases) {
   test.serial(`trajectory ${c.name}: final latent, per-step L/θ and refinement counts match PyTorch`, async (t) => {
     const res = await pipe.generate(generateOptions(c));
     const img = res.images[0];
-    t.deepEqual(img.steps.map((s) => s.timestep), c.record.timesteps);
+    t.deepEqual(
+      img.steps.map((s) => s.timestep),
+      c.record.timesteps,
+    );
     const latents = readNpy(`${DIR}/${c.files.latents}`);
     const steps = c.record.timesteps.length;
     const finalRef = (latents.data as Float32Array).subarray((steps - 1) * img.latents.length, steps * img.latents.length);
@@ -90,7 +96,7 @@ for (const c of index.cases) {
         t.is(got.loss, null, `step ${ref.i}: no gradient pass in the reference`);
         continue;
       }
-      const refIters = ref.refinementIterations ?? (Array.isArray(ref.refinement) ? ref.refinement.length : ref.refinement?.iterations ?? 0);
+      const refIters = ref.refinementIterations ?? (Array.isArray(ref.refinement) ? ref.refinement.length : (ref.refinement?.iterations ?? 0));
       t.is(got.refinementIterations, refIters, `step ${ref.i}: refinement iterations`);
       // The event reports L/θ after refinement when it ran, else of the gradient pass.
       const refL = refIters > 0 ? ref.lossAfterRefinement! : ref.loss;

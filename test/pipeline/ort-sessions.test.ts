@@ -23,20 +23,41 @@ function externalWeightModel(dir: string): string {
   const w = new Float32Array(N * N).map((_, k) => Math.sin(k));
   fs.writeFileSync(path.join(dir, 'model.onnx_data'), Buffer.from(w.buffer));
   const weight: TensorProto = {
-    name: 'W', data_type: DataType.FLOAT, dims: [N, N], data_location: 1,
-    external_data: [{ key: 'location', value: 'model.onnx_data' }, { key: 'offset', value: '0' }, { key: 'length', value: String(w.byteLength) }],
+    name: 'W',
+    data_type: DataType.FLOAT,
+    dims: [N, N],
+    data_location: 1,
+    external_data: [
+      { key: 'location', value: 'model.onnx_data' },
+      { key: 'offset', value: '0' },
+      { key: 'length', value: String(w.byteLength) },
+    ],
   };
   const file = path.join(dir, 'model.onnx');
-  fs.writeFileSync(file, encodeModel({
-    ir_version: 8, opset_import: [{ domain: '', version: 17 }],
-    graph: { name: 'g', node: [makeNode('MatMul', ['x', 'W'], ['y'])], initializer: [weight], input: [makeValueInfo('x', DataType.FLOAT, [16, N])], output: [makeValueInfo('y', DataType.FLOAT, [16, N])], value_info: [] },
-  }));
+  fs.writeFileSync(
+    file,
+    encodeModel({
+      ir_version: 8,
+      opset_import: [{ domain: '', version: 17 }],
+      graph: {
+        name: 'g',
+        node: [makeNode('MatMul', ['x', 'W'], ['y'])],
+        initializer: [weight],
+        input: [makeValueInfo('x', DataType.FLOAT, [16, N])],
+        output: [makeValueInfo('y', DataType.FLOAT, [16, N])],
+        value_info: [],
+      },
+    }),
+  );
   return file;
 }
 
 function memory(dataFile: string): { anonMB: number; mappings: number } {
   const status = fs.readFileSync('/proc/self/status', 'utf8');
-  const mappings = fs.readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.endsWith(dataFile)).length;
+  const mappings = fs
+    .readFileSync('/proc/self/maps', 'utf8')
+    .split('\n')
+    .filter((l) => l.endsWith(dataFile)).length;
   return { anonMB: Number(/RssAnon:\s+(\d+)/.exec(status)![1]) / 1024, mappings };
 }
 
@@ -61,8 +82,10 @@ test.serial('shared weights: every session maps the one weights file instead of 
     const file = externalWeightModel(dir);
     const shared = await threeSessions(file, true);
     const own = await threeSessions(file, false);
-    t.log(`3 sessions, ${WEIGHT_MB} MiB of weights: shared → +${shared.anonGrowthMB.toFixed(1)} MB anonymous, ${shared.mappings} mappings; `
-      + `private → +${own.anonGrowthMB.toFixed(1)} MB, ${own.mappings} mappings`);
+    t.log(
+      `3 sessions, ${WEIGHT_MB} MiB of weights: shared → +${shared.anonGrowthMB.toFixed(1)} MB anonymous, ${shared.mappings} mappings; ` +
+        `private → +${own.anonGrowthMB.toFixed(1)} MB, ${own.mappings} mappings`,
+    );
     t.true(shared.mappings >= 3, 'each session maps the weights file');
     t.true(shared.anonGrowthMB < WEIGHT_MB / 2, 'less than half a copy of the weights in private memory');
     t.is(own.mappings, 0, 'repacked weights leave the file unmapped');
@@ -103,13 +126,33 @@ test('execution providers: cuda without its libraries is refused naming it and t
   try {
     const load = await t.throwsAsync(DivBindPipeline.load(dir, { executionProvider: 'cuda' }), { instanceOf: DivbindError });
     t.is(load?.code, 'BAD_INPUT');
-    const cli = spawnSync(process.execPath, [path.join(REPO_ROOT, 'dist/lib/cli/index.js'), 'generate', 'a red cat', '--model', dir,
-      '--mode', 'none', '--steps', '1', '--execution-provider', 'cuda', '--out', path.join(dir, 'out')], { encoding: 'utf8' });
+    const cli = spawnSync(
+      process.execPath,
+      [
+        path.join(REPO_ROOT, 'dist/lib/cli/index.js'),
+        'generate',
+        'a red cat',
+        '--model',
+        dir,
+        '--mode',
+        'none',
+        '--steps',
+        '1',
+        '--execution-provider',
+        'cuda',
+        '--out',
+        path.join(dir, 'out'),
+      ],
+      { encoding: 'utf8' },
+    );
     t.is(cli.status, 3, cli.stderr);
     t.regex(cli.stderr, /'cuda' execution provider is not available here/);
     t.regex(cli.stderr, /--onnxruntime-node-install=cuda12/);
-    const bad = spawnSync(process.execPath, [path.join(REPO_ROOT, 'dist/lib/cli/index.js'), 'generate', 'a red cat', '--model', dir,
-      '--execution-provider', 'gpu', '--out', path.join(dir, 'out')], { encoding: 'utf8' });
+    const bad = spawnSync(
+      process.execPath,
+      [path.join(REPO_ROOT, 'dist/lib/cli/index.js'), 'generate', 'a red cat', '--model', dir, '--execution-provider', 'gpu', '--out', path.join(dir, 'out')],
+      { encoding: 'utf8' },
+    );
     t.is(bad.status, 3, bad.stderr);
     t.regex(bad.stderr, /--execution-provider/);
   } finally {

@@ -37,7 +37,10 @@ test.serial('progress: one event per timestep with loss, θ and phase timings', 
   const events: StepEvent[] = [];
   const r = await pipe.generate({ ...base, mode: 'tv', tokens: { objects: ['cat', 'dog'] }, onStep: (e) => events.push(e) });
   t.is(events.length, 4); // PNDM: 3 steps → 4 timesteps
-  t.deepEqual(events.map((e) => e.index), [0, 1, 2, 3]);
+  t.deepEqual(
+    events.map((e) => e.index),
+    [0, 1, 2, 3],
+  );
   for (const e of events) {
     t.true(Number.isFinite(e.loss!));
     t.true(Number.isFinite(e.indicator!));

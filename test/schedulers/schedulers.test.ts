@@ -9,8 +9,19 @@ import test from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
-  DdimScheduler, EulerScheduler, PndmScheduler, SCHEDULER_NAMES, SD15_CONFIG, type Scheduler, type SchedulerConfig,
-  type SchedulerName, createScheduler, fromConfig, makeAlphasCumprod, makeBetas, parseSchedulerConfig,
+  DdimScheduler,
+  EulerScheduler,
+  PndmScheduler,
+  SCHEDULER_NAMES,
+  SD15_CONFIG,
+  type Scheduler,
+  type SchedulerConfig,
+  type SchedulerName,
+  createScheduler,
+  fromConfig,
+  makeAlphasCumprod,
+  makeBetas,
+  parseSchedulerConfig,
 } from '../../lib/schedulers/index';
 import { Mt19937, randnTorchCpu } from '../../lib/pipeline/noise';
 import { readNpy } from '../../lib/util/npy';
@@ -23,7 +34,14 @@ function noise(seed: number, n: number): Float32Array {
   return Float32Array.from({ length: n }, () => g.nextFloat24() * 2 - 1);
 }
 
-function assertClose(t: { true: (c: boolean, m?: string) => void }, got: ArrayLike<number>, ref: ArrayLike<number>, atol: number, rtol: number, what: string): void {
+function assertClose(
+  t: { true: (c: boolean, m?: string) => void },
+  got: ArrayLike<number>,
+  ref: ArrayLike<number>,
+  atol: number,
+  rtol: number,
+  what: string,
+): void {
   let worst = -1;
   let worstErr = 0;
   for (let i = 0; i < ref.length; i++) {
@@ -42,9 +60,10 @@ function alphasCumprod64(cfg: SchedulerConfig): Float64Array {
   const out = new Float64Array(N);
   let acc = 1;
   for (let i = 0; i < N; i++) {
-    const beta = cfg.beta_schedule === 'scaled_linear'
-      ? (Math.sqrt(cfg.beta_start) + (i / (N - 1)) * (Math.sqrt(cfg.beta_end) - Math.sqrt(cfg.beta_start))) ** 2
-      : cfg.beta_start + (i / (N - 1)) * (cfg.beta_end - cfg.beta_start);
+    const beta =
+      cfg.beta_schedule === 'scaled_linear'
+        ? (Math.sqrt(cfg.beta_start) + (i / (N - 1)) * (Math.sqrt(cfg.beta_end) - Math.sqrt(cfg.beta_start))) ** 2
+        : cfg.beta_start + (i / (N - 1)) * (cfg.beta_end - cfg.beta_start);
     acc *= 1 - beta;
     out[i] = acc;
   }
@@ -76,7 +95,10 @@ for (const name of SCHEDULER_NAMES) {
     s.setTimesteps(10);
     t.is(s.numInferenceSteps, 10);
     t.true(s.timesteps.length >= 10);
-    t.true(s.timesteps.every((v, i) => i === 0 || v <= s.timesteps[i - 1]), 'timesteps descend');
+    t.true(
+      s.timesteps.every((v, i) => i === 0 || v <= s.timesteps[i - 1]),
+      'timesteps descend',
+    );
     t.true(Number.isFinite(s.initNoiseSigma) && s.initNoiseSigma >= 1);
     const x = noise(1, SIZE);
     const scaled = s.scaleModelInput(x, s.timesteps[0]);
@@ -114,17 +136,25 @@ for (const name of SCHEDULER_NAMES) {
     d.step(noise(9, SIZE), d.timesteps[1], noise(8, SIZE));
     d.reset();
     let xd: Float32Array = Float32Array.from(noise(3, SIZE), (v) => v * d.initNoiseSigma);
-    d.timesteps.forEach((ts, i) => { xd = d.step(noise(3 * 1000 + i + 1, SIZE), ts, xd).prevSample; });
+    d.timesteps.forEach((ts, i) => {
+      xd = d.step(noise(3 * 1000 + i + 1, SIZE), ts, xd).prevSample;
+    });
     t.deepEqual(Array.from(xd), Array.from(ref[ref.length - 1]));
   });
 
   test(`${name}: bad input gives named errors`, (t) => {
     const s = createScheduler(name);
     t.throws(() => s.step(noise(1, 4), 981, noise(1, 4)), { message: new RegExp(`${name}.*setTimesteps`) });
-    t.throws(() => s.setTimesteps(0), { instanceOf: RangeError, message: 'Expected an integer between 1 and 1000 (num_train_timesteps) for numInferenceSteps but received 0' });
+    t.throws(() => s.setTimesteps(0), {
+      instanceOf: RangeError,
+      message: 'Expected an integer between 1 and 1000 (num_train_timesteps) for numInferenceSteps but received 0',
+    });
     t.throws(() => s.setTimesteps(2.5), { instanceOf: RangeError });
     s.setTimesteps(5);
-    t.throws(() => s.step([1, 2] as unknown as Float32Array, s.timesteps[0], noise(1, 2)), { instanceOf: TypeError, message: `${name}.step: Expected a Float32Array for modelOutput but received Array` });
+    t.throws(() => s.step([1, 2] as unknown as Float32Array, s.timesteps[0], noise(1, 2)), {
+      instanceOf: TypeError,
+      message: `${name}.step: Expected a Float32Array for modelOutput but received Array`,
+    });
     t.throws(() => s.step(noise(1, 3), s.timesteps[0], noise(1, 2)), { instanceOf: RangeError, message: /modelOutput has 3 values but sample has 2/ });
     t.throws(() => s.step(noise(1, 2), 1234, noise(1, 2)), { instanceOf: RangeError, message: /timestep/ });
   });
@@ -236,7 +266,7 @@ for (const steps of [10, 50]) {
       const tp = ts - 1000 / steps;
       const at = ac[ts];
       const ap = tp >= 0 ? ac[tp] : ac[0];
-      x = x.map((v, k) => Math.sqrt(ap) * (v - Math.sqrt(1 - at) * e[k]) / Math.sqrt(at) + Math.sqrt(1 - ap) * e[k]);
+      x = x.map((v, k) => (Math.sqrt(ap) * (v - Math.sqrt(1 - at) * e[k])) / Math.sqrt(at) + Math.sqrt(1 - ap) * e[k]);
       assertClose(t, got[i], x, 2e-5, 2e-5, `step ${i}`);
     });
   });
@@ -281,9 +311,18 @@ test('v_prediction: DDIM and PNDM recover the oracle when fed the v of a known (
 test('fromConfig picks the class from _class_name, warns on unknown keys, rejects bad values', (t) => {
   const warnings: string[] = [];
   const cfg = {
-    _class_name: 'PNDMScheduler', _diffusers_version: '0.6.0', beta_end: 0.012, beta_schedule: 'scaled_linear',
-    beta_start: 0.00085, num_train_timesteps: 1000, set_alpha_to_one: false, skip_prk_steps: true, steps_offset: 1,
-    trained_betas: null, clip_sample: false, fancy_new_option: 3,
+    _class_name: 'PNDMScheduler',
+    _diffusers_version: '0.6.0',
+    beta_end: 0.012,
+    beta_schedule: 'scaled_linear',
+    beta_start: 0.00085,
+    num_train_timesteps: 1000,
+    set_alpha_to_one: false,
+    skip_prk_steps: true,
+    steps_offset: 1,
+    trained_betas: null,
+    clip_sample: false,
+    fancy_new_option: 3,
   };
   const s = fromConfig(cfg, { warn: (m) => warnings.push(m) });
   t.true(s instanceof PndmScheduler);
@@ -292,14 +331,23 @@ test('fromConfig picks the class from _class_name, warns on unknown keys, reject
   t.deepEqual(s.timesteps.slice(0, 3), [981, 961, 961]);
   t.true(fromConfig(cfg, { name: 'euler', warn: () => {} }) instanceof EulerScheduler);
   t.true(createScheduler({ ...cfg, _class_name: 'DDIMScheduler' }, undefined, { warn: () => {} }) instanceof DdimScheduler);
-  t.throws(() => fromConfig({ ...cfg, _class_name: 'LMSDiscreteScheduler' }), { instanceOf: RangeError, message: /"_class_name" is "LMSDiscreteScheduler"; supported: PNDMScheduler, DDIMScheduler, EulerDiscreteScheduler/ });
-  t.throws(() => parseSchedulerConfig({ beta_schedule: 'cosine' }), { instanceOf: RangeError, message: 'Expected one of "linear", "scaled_linear", "squaredcos_cap_v2" for scheduler config "beta_schedule" but received "cosine"' });
+  t.throws(() => fromConfig({ ...cfg, _class_name: 'LMSDiscreteScheduler' }), {
+    instanceOf: RangeError,
+    message: /"_class_name" is "LMSDiscreteScheduler"; supported: PNDMScheduler, DDIMScheduler, EulerDiscreteScheduler/,
+  });
+  t.throws(() => parseSchedulerConfig({ beta_schedule: 'cosine' }), {
+    instanceOf: RangeError,
+    message: 'Expected one of "linear", "scaled_linear", "squaredcos_cap_v2" for scheduler config "beta_schedule" but received "cosine"',
+  });
   t.throws(() => parseSchedulerConfig({ prediction_type: 'sample' }), { instanceOf: RangeError, message: /prediction_type/ });
   t.throws(() => parseSchedulerConfig({ steps_offset: -1 }), { instanceOf: RangeError, message: /steps_offset/ });
   t.throws(() => parseSchedulerConfig({ set_alpha_to_one: 'yes' }), { instanceOf: TypeError, message: /set_alpha_to_one/ });
   t.throws(() => parseSchedulerConfig({ trained_betas: [0.1, 0.2] }), { instanceOf: RangeError, message: /trained_betas/ });
   t.throws(() => parseSchedulerConfig({ use_karras_sigmas: true }), { instanceOf: RangeError, message: /use_karras_sigmas/ });
-  t.throws(() => createScheduler('lms' as SchedulerName), { instanceOf: RangeError, message: 'Expected one of "pndm", "ddim", "euler" for scheduler name but received "lms"' });
+  t.throws(() => createScheduler('lms' as SchedulerName), {
+    instanceOf: RangeError,
+    message: 'Expected one of "pndm", "ddim", "euler" for scheduler name but received "lms"',
+  });
   t.throws(() => createScheduler('pndm', { skip_prk_steps: false }), { instanceOf: RangeError, message: /skip_prk_steps/ });
 });
 
@@ -322,7 +370,7 @@ interface FixtureRun {
   files: Record<string, string>;
 }
 
-(hasFixtures ? test : test.skip)('β and ᾱ equal the fixture\'s torch float32 schedule bit for bit', (t) => {
+(hasFixtures ? test : test.skip)("β and ᾱ equal the fixture's torch float32 schedule bit for bit", (t) => {
   const index = JSON.parse(fs.readFileSync(path.join(FIX, 'index.json'), 'utf8')) as { betas: string; alphasCumprod: string };
   const bits = (a: Float32Array) => Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length));
   t.deepEqual(bits(makeBetas(SD15_CONFIG)), bits(readNpy(path.join(FIX, index.betas)).data as Float32Array));
@@ -339,7 +387,10 @@ interface FixtureRun {
     const load = (k: string) => readNpy(path.join(FIX, run.files[k]));
     t.deepEqual(s.timesteps, Array.from(load('timesteps').data as ArrayLike<number | bigint>, Number), `${label} timesteps`);
     t.is(s.timesteps.length, run.numTimesteps);
-    t.true(Math.abs(s.initNoiseSigma - run.initNoiseSigma) <= 1e-6 * run.initNoiseSigma, `${label} initNoiseSigma ${s.initNoiseSigma} vs ${run.initNoiseSigma}`);
+    t.true(
+      Math.abs(s.initNoiseSigma - run.initNoiseSigma) <= 1e-6 * run.initNoiseSigma,
+      `${label} initNoiseSigma ${s.initNoiseSigma} vs ${run.initNoiseSigma}`,
+    );
     if (run.files.sigmas) t.deepEqual(Array.from((s as EulerScheduler).sigmas), Array.from(load('sigmas').data as Float32Array), `${label} sigmas`);
     const sampleIn = load('sample_in').data as Float32Array;
     const modelOut = load('model_output').data as Float32Array;
@@ -366,10 +417,16 @@ interface FixtureRun {
  */
 test('PNDM, DDIM and Euler reproduce the PyTorch float32 reference bit for bit (10 and 50 steps)', (t) => {
   type Ref = { ts: number[]; final: number[]; xor: number; sum: number; init?: number };
-  const ref = JSON.parse(fs.readFileSync(path.join(ROOT, 'test', 'schedulers', 'torch-reference.json'), 'utf8')) as Record<string, Ref> & { alphas_cumprod: { xor: number; sum: number } };
+  const ref = JSON.parse(fs.readFileSync(path.join(ROOT, 'test', 'schedulers', 'torch-reference.json'), 'utf8')) as Record<string, Ref> & {
+    alphas_cumprod: { xor: number; sum: number };
+  };
   const bitsOf = (a: Float32Array) => new Uint32Array(a.buffer, a.byteOffset, a.length);
   const acBits = bitsOf(makeAlphasCumprod(makeBetas(SD15_CONFIG)));
-  t.deepEqual([acBits.reduce((x, b) => (x ^ b) >>> 0, 0), acBits.reduce((s, b) => (s + b) % 2 ** 32, 0)], [ref.alphas_cumprod.xor, ref.alphas_cumprod.sum], 'alphas_cumprod');
+  t.deepEqual(
+    [acBits.reduce((x, b) => (x ^ b) >>> 0, 0), acBits.reduce((s, b) => (s + b) % 2 ** 32, 0)],
+    [ref.alphas_cumprod.xor, ref.alphas_cumprod.sum],
+    'alphas_cumprod',
+  );
   const sample = randnTorchCpu(1, [64]);
   for (const name of ['pndm', 'ddim', 'euler'] as SchedulerName[]) {
     for (const steps of [10, 50]) {

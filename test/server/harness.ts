@@ -38,12 +38,7 @@ export async function freePort(): Promise<number> {
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Polls `check` until it returns a value other than undefined; throws after `timeoutMs`. */
-export async function waitFor<T>(
-  what: string,
-  check: () => Promise<T | undefined> | T | undefined,
-  timeoutMs = 300_000,
-  everyMs = 250,
-): Promise<T> {
+export async function waitFor<T>(what: string, check: () => Promise<T | undefined> | T | undefined, timeoutMs = 300_000, everyMs = 250): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await check();
@@ -218,7 +213,6 @@ export async function stopAll(): Promise<void> {
 // ------------------------------------------------------------------------------------------------- HTTP
 
 /** A parsed JSON answer. Left untyped on purpose: each test asserts the fields it reads. */
-// biome-ignore lint/suspicious/noExplicitAny: JSON bodies under test
 export type Json = any;
 
 export interface Answer<T = Json> {
@@ -228,12 +222,7 @@ export interface Answer<T = Json> {
 }
 
 /** A JSON request; the answer's body is parsed JSON (or text when it is not JSON). */
-export async function http<T = Json>(
-  method: string,
-  url: string,
-  body?: unknown,
-  headers: Record<string, string> = {},
-): Promise<Answer<T>> {
+export async function http<T = Json>(method: string, url: string, body?: unknown, headers: Record<string, string> = {}): Promise<Answer<T>> {
   const res = await fetch(url, {
     method,
     headers: { ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...headers },
@@ -254,35 +243,24 @@ export async function http<T = Json>(
  * server enforcing a size limit answers 413 at once. (Sending the body too races the server closing the
  * connection after it answered, which a client may see as a write error instead of the answer.)
  */
-export function postDeclaredSize(
-  url: string,
-  bytes: number,
-  headers: Record<string, string> = {},
-): Promise<{ status: number; body: Json }> {
+export function postDeclaredSize(url: string, bytes: number, headers: Record<string, string> = {}): Promise<{ status: number; body: Json }> {
   return new Promise((resolve, reject) => {
-    const req = httpRequest(
-      url,
-      { method: 'POST', headers: { 'content-type': 'application/json', 'content-length': bytes, ...headers } },
-      (res) => {
-        let text = '';
-        res.on('data', (d: Buffer) => {
-          text += d.toString();
-        });
-        res.on('end', () => {
-          req.destroy();
-          resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) });
-        });
-      },
-    );
+    const req = httpRequest(url, { method: 'POST', headers: { 'content-type': 'application/json', 'content-length': bytes, ...headers } }, (res) => {
+      let text = '';
+      res.on('data', (d: Buffer) => {
+        text += d.toString();
+      });
+      res.on('end', () => {
+        req.destroy();
+        resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) });
+      });
+    });
     req.on('error', reject);
     req.flushHeaders();
   });
 }
 
-export async function getBytes(
-  url: string,
-  headers: Record<string, string> = {},
-): Promise<{ status: number; type: string | null; bytes: Buffer }> {
+export async function getBytes(url: string, headers: Record<string, string> = {}): Promise<{ status: number; type: string | null; bytes: Buffer }> {
   const res = await fetch(url, { headers });
   return { status: res.status, type: res.headers.get('content-type'), bytes: Buffer.from(await res.arrayBuffer()) };
 }
@@ -295,11 +273,7 @@ export interface SseEvent {
 }
 
 /** Reads a job's SSE stream until the server ends it; `onEvent` sees each event as it comes. */
-export async function readEvents(
-  url: string,
-  onEvent: (e: SseEvent) => void = () => {},
-  headers: Record<string, string> = {},
-): Promise<SseEvent[]> {
+export async function readEvents(url: string, onEvent: (e: SseEvent) => void = () => {}, headers: Record<string, string> = {}): Promise<SseEvent[]> {
   const res = await fetch(url, { headers: { accept: 'text/event-stream', ...headers } });
   if (res.status !== 200 || !res.body) throw new Error(`SSE ${url}: status ${res.status}`);
   const start = Date.now();
@@ -323,12 +297,7 @@ export async function readEvents(
 }
 
 /** Waits for a job to reach a final state (polling its status; 503 while Redis is away is retried). */
-export async function finalState(
-  base: string,
-  id: string,
-  headers: Record<string, string> = {},
-  timeoutMs = 600_000,
-): Promise<Json> {
+export async function finalState(base: string, id: string, headers: Record<string, string> = {}, timeoutMs = 600_000): Promise<Json> {
   return waitFor(
     `job ${id} to finish`,
     async () => {

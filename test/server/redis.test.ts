@@ -89,162 +89,150 @@ test.serial("the Redis store writes a job's result once: a second writer is drop
   }
 });
 
-test.serial(
-  'refused requests never reach the queue; queued jobs show their position and cancel without a worker',
-  async (t) => {
-    t.timeout(LONG_TEST_MS);
-    const redis = await startRedis();
-    const key = 'secret-key';
-    const api = await apiNode(redis, ['--api-key', key]);
-    const queue = bullQueue(redis);
-    const auth = { authorization: `Bearer ${key}` };
-    try {
-      const refused = [
-        await http('POST', `${api.url}/v1/generations`, { prompt: 'a cat' }),
-        await http('POST', `${api.url}/v1/generations`, { prompt: 'a cat' }, { authorization: 'Bearer nope' }),
-        await http('POST', `${api.url}/v1/generations`, '{"prompt": ', auth),
-        await http('POST', `${api.url}/v1/generations`, { prompt: 'a cat', steps: 'many' }, auth),
-        await http('POST', `${api.url}/v1/generations`, { prompt: 'a cat', guidanceScale: 1e9 }, auth),
-        await http('POST', `${api.url}/v1/generations`, { prompt: 'a cat', model: 'other' }, auth),
-        await postDeclaredSize(`${api.url}/v1/generations`, 12 * 1024 * 1024, auth),
-        await http('POST', `${api.url}/sdapi/v1/txt2img`, { prompt: 'a cat', enable_hr: true }, auth),
-      ];
-      t.deepEqual(
-        refused.map((r) => r.status),
-        [401, 401, 400, 400, 400, 404, 413, 400],
-      );
-      t.is(refused[3].body.error.field, 'steps');
-      t.is(refused[4].body.error.field, 'guidanceScale');
-      const empty = await queue.getJobCounts('waiting', 'active', 'completed', 'failed', 'delayed');
-      t.deepEqual(empty, { waiting: 0, active: 0, completed: 0, failed: 0, delayed: 0 }, 'nothing reached Redis');
-
-      const ids: string[] = [];
-      for (let i = 0; i < 3; i++) {
-        const r = await http('POST', `${api.url}/v1/generations`, { prompt: 'a cat', steps: 2, mode: 'none' }, auth);
-        t.is(r.status, 202);
-        t.is(r.body.position, i);
-        ids.push(r.body.id);
-      }
-      t.is(await queue.getWaitingCount(), 3, 'the positive control reached Redis');
-      const cancelled = await http('DELETE', `${api.url}/v1/generations/${ids[0]}`, undefined, auth);
-      t.is(cancelled.status, 200);
-      t.is(cancelled.body.state, 'cancelled');
-      t.is((await http('GET', `${api.url}/v1/generations/${ids[2]}`, undefined, auth)).body.position, 1);
-      t.is(await queue.getWaitingCount(), 2);
-      const models = await http('GET', `${api.url}/v1/models`, undefined, auth);
-      t.deepEqual(models.body.models[0], { name: models.body.models[0].name, default: true, loaded: false });
-      t.is(models.body.workers, 0);
-    } finally {
-      await queue.close();
-    }
-  },
-);
-
-test.serial(
-  'kill -9 a worker mid-job: another worker takes the job again, and the client gets it exactly once',
-  async (t) => {
-    t.timeout(LONG_TEST_MS);
-    const redis = await startRedis();
-    const api = await apiNode(redis);
-    const first = await startWorker(workerArgs(redis));
-    const queue = bullQueue(redis);
-    try {
-      const before = await finished(api.url);
-      const request = { prompt: PROMPT, steps: 30, mode: 'tv_bind', seed: 21 };
-      const submitted = await http('POST', `${api.url}/v1/generations`, request);
-      t.is(submitted.status, 202);
-      const id = submitted.body.id as string;
-      let steps = 0;
-      const stream = readEvents(`${api.url}/v1/generations/${id}/events`, (e: SseEvent) => {
-        if (e.event === 'step') steps += 1;
-      });
-      await waitFor('the first worker to run two steps', () => (steps >= 2 ? true : undefined));
-      t.regex(first.output(), new RegExp(`job ${id}: started`));
-      first.signal('SIGKILL');
-      t.is(await first.exited, 'SIGKILL');
-      const second = await startWorker(workerArgs(redis));
-      const events = await stream;
-
-      const types = events.map((e) => e.event);
-      t.is(types.filter((e) => e === 'done').length, 1, 'one done event');
-      t.false(types.includes('failed'));
-      t.is(types.at(-1), 'done');
-      t.true(types.lastIndexOf('queued') > types.indexOf('step'), 'the job went back to the queue after the kill');
-      t.regex(second.output(), new RegExp(`job ${id}: started \\(model \\S+, attempt 2\\)`));
-      t.regex(second.output(), new RegExp(`job ${id}: succeeded`));
-      const job = await queue.getJob(id);
-      t.true((job?.stalledCounter ?? 0) >= 1, 'BullMQ saw it stall');
-      t.is(await finished(api.url), before + 1, 'delivered once');
-      const status = await http('GET', `${api.url}/v1/generations/${id}`);
-      t.is(status.body.state, 'succeeded');
-      t.is(status.body.images.length, 1);
-
-      // The rerun made the image the interrupted run would have: the seed was fixed at submission.
-      const again = await http('POST', `${api.url}/v1/generations`, request);
-      await finalState(api.url, again.body.id);
-      const a = (await getBytes(`${api.url}/v1/generations/${id}/images/0.png`)).bytes;
-      const b = (await getBytes(`${api.url}/v1/generations/${again.body.id}/images/0.png`)).bytes;
-      t.true(PNG.sync.read(a).data.equals(PNG.sync.read(b).data));
-      second.signal('SIGTERM');
-      t.is(await second.exited, 0);
-    } finally {
-      await queue.close();
-    }
-  },
-);
-
-test.serial(
-  'a cancel on the API node stops the job on the worker within one step; SIGTERM requeues a running job',
-  async (t) => {
-    t.timeout(LONG_TEST_MS);
-    const redis = await startRedis();
-    const api = await apiNode(redis);
-    const worker = await startWorker(workerArgs(redis, ['--grace', '0']));
-    const running = await http('POST', `${api.url}/v1/generations`, { prompt: PROMPT, steps: 60, mode: 'tv_bind' });
-    let step = 0;
-    const stream = readEvents(`${api.url}/v1/generations/${running.body.id}/events`, (e: SseEvent) => {
-      if (e.event === 'step') step = e.data.step;
-    });
-    await waitFor('two steps', () => (step >= 2 ? true : undefined));
-    const cancelled = await http('DELETE', `${api.url}/v1/generations/${running.body.id}`);
-    t.true([200, 202].includes(cancelled.status));
-    const end = await finalState(api.url, running.body.id);
-    t.is(end.state, 'cancelled');
-    t.true(
-      end.progress.step - end.cancelledAt.step <= 1,
-      `stopped at ${end.progress.step}, cancelled at ${end.cancelledAt.step}`,
+test.serial('refused requests never reach the queue; queued jobs show their position and cancel without a worker', async (t) => {
+  t.timeout(LONG_TEST_MS);
+  const redis = await startRedis();
+  const key = 'secret-key';
+  const api = await apiNode(redis, ['--api-key', key]);
+  const queue = bullQueue(redis);
+  const auth = { authorization: `Bearer ${key}` };
+  try {
+    const refused = [
+      await http('POST', `${api.url}/v1/generations`, { prompt: 'a cat' }),
+      await http('POST', `${api.url}/v1/generations`, { prompt: 'a cat' }, { authorization: 'Bearer nope' }),
+      await http('POST', `${api.url}/v1/generations`, '{"prompt": ', auth),
+      await http('POST', `${api.url}/v1/generations`, { prompt: 'a cat', steps: 'many' }, auth),
+      await http('POST', `${api.url}/v1/generations`, { prompt: 'a cat', guidanceScale: 1e9 }, auth),
+      await http('POST', `${api.url}/v1/generations`, { prompt: 'a cat', model: 'other' }, auth),
+      await postDeclaredSize(`${api.url}/v1/generations`, 12 * 1024 * 1024, auth),
+      await http('POST', `${api.url}/sdapi/v1/txt2img`, { prompt: 'a cat', enable_hr: true }, auth),
+    ];
+    t.deepEqual(
+      refused.map((r) => r.status),
+      [401, 401, 400, 400, 400, 404, 413, 400],
     );
-    t.is((await stream).at(-1)?.event, 'cancelled');
+    t.is(refused[3].body.error.field, 'steps');
+    t.is(refused[4].body.error.field, 'guidanceScale');
+    const empty = await queue.getJobCounts('waiting', 'active', 'completed', 'failed', 'delayed');
+    t.deepEqual(empty, { waiting: 0, active: 0, completed: 0, failed: 0, delayed: 0 }, 'nothing reached Redis');
 
-    // What needs the model is checked by the worker (this API node has none): the job fails naming the field.
-    const unchecked = await http('POST', `${api.url}/v1/generations`, {
-      prompt: 'a cat',
-      tokens: { objects: ['dog'] },
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const r = await http('POST', `${api.url}/v1/generations`, { prompt: 'a cat', steps: 2, mode: 'none' }, auth);
+      t.is(r.status, 202);
+      t.is(r.body.position, i);
+      ids.push(r.body.id);
+    }
+    t.is(await queue.getWaitingCount(), 3, 'the positive control reached Redis');
+    const cancelled = await http('DELETE', `${api.url}/v1/generations/${ids[0]}`, undefined, auth);
+    t.is(cancelled.status, 200);
+    t.is(cancelled.body.state, 'cancelled');
+    t.is((await http('GET', `${api.url}/v1/generations/${ids[2]}`, undefined, auth)).body.position, 1);
+    t.is(await queue.getWaitingCount(), 2);
+    const models = await http('GET', `${api.url}/v1/models`, undefined, auth);
+    t.deepEqual(models.body.models[0], { name: models.body.models[0].name, default: true, loaded: false });
+    t.is(models.body.workers, 0);
+  } finally {
+    await queue.close();
+  }
+});
+
+test.serial('kill -9 a worker mid-job: another worker takes the job again, and the client gets it exactly once', async (t) => {
+  t.timeout(LONG_TEST_MS);
+  const redis = await startRedis();
+  const api = await apiNode(redis);
+  const first = await startWorker(workerArgs(redis));
+  const queue = bullQueue(redis);
+  try {
+    const before = await finished(api.url);
+    const request = { prompt: PROMPT, steps: 30, mode: 'tv_bind', seed: 21 };
+    const submitted = await http('POST', `${api.url}/v1/generations`, request);
+    t.is(submitted.status, 202);
+    const id = submitted.body.id as string;
+    let steps = 0;
+    const stream = readEvents(`${api.url}/v1/generations/${id}/events`, (e: SseEvent) => {
+      if (e.event === 'step') steps += 1;
     });
-    t.is(unchecked.status, 202);
-    const failedEvents = await readEvents(`${api.url}/v1/generations/${unchecked.body.id}/events`);
-    t.is(failedEvents.at(-1)?.event, 'failed');
-    const failed = await http('GET', `${api.url}/v1/generations/${unchecked.body.id}`);
-    t.is(failed.body.state, 'failed');
-    t.is(failed.body.error.code, 'BAD_INPUT');
-    t.is(failed.body.error.field, 'tokens');
-    t.regex(failed.body.error.message, /"dog" is not a word of the prompt/);
+    await waitFor('the first worker to run two steps', () => (steps >= 2 ? true : undefined));
+    t.regex(first.output(), new RegExp(`job ${id}: started`));
+    first.signal('SIGKILL');
+    t.is(await first.exited, 'SIGKILL');
+    const second = await startWorker(workerArgs(redis));
+    const events = await stream;
 
-    // SIGTERM with --grace 0: the running job goes back to the queue, the worker exits 0, another finishes it.
-    const requeued = await http('POST', `${api.url}/v1/generations`, { prompt: PROMPT, steps: 30, mode: 'tv_bind' });
-    await waitFor('the job to run', async () =>
-      (await http('GET', `${api.url}/v1/generations/${requeued.body.id}`)).body.state === 'running' ? true : undefined,
-    );
-    worker.signal('SIGTERM');
-    t.is(await worker.exited, 0, worker.output());
-    t.regex(worker.output(), new RegExp(`job ${requeued.body.id}: back to the queue \\(shutdown\\)`));
-    t.is((await http('GET', `${api.url}/v1/generations/${requeued.body.id}`)).body.state, 'queued');
-    const next = await startWorker(workerArgs(redis));
-    t.is((await finalState(api.url, requeued.body.id)).state, 'succeeded');
-    next.signal('SIGTERM');
-    t.is(await next.exited, 0);
-  },
-);
+    const types = events.map((e) => e.event);
+    t.is(types.filter((e) => e === 'done').length, 1, 'one done event');
+    t.false(types.includes('failed'));
+    t.is(types.at(-1), 'done');
+    t.true(types.lastIndexOf('queued') > types.indexOf('step'), 'the job went back to the queue after the kill');
+    t.regex(second.output(), new RegExp(`job ${id}: started \\(model \\S+, attempt 2\\)`));
+    t.regex(second.output(), new RegExp(`job ${id}: succeeded`));
+    const job = await queue.getJob(id);
+    t.true((job?.stalledCounter ?? 0) >= 1, 'BullMQ saw it stall');
+    t.is(await finished(api.url), before + 1, 'delivered once');
+    const status = await http('GET', `${api.url}/v1/generations/${id}`);
+    t.is(status.body.state, 'succeeded');
+    t.is(status.body.images.length, 1);
+
+    // The rerun made the image the interrupted run would have: the seed was fixed at submission.
+    const again = await http('POST', `${api.url}/v1/generations`, request);
+    await finalState(api.url, again.body.id);
+    const a = (await getBytes(`${api.url}/v1/generations/${id}/images/0.png`)).bytes;
+    const b = (await getBytes(`${api.url}/v1/generations/${again.body.id}/images/0.png`)).bytes;
+    t.true(PNG.sync.read(a).data.equals(PNG.sync.read(b).data));
+    second.signal('SIGTERM');
+    t.is(await second.exited, 0);
+  } finally {
+    await queue.close();
+  }
+});
+
+test.serial('a cancel on the API node stops the job on the worker within one step; SIGTERM requeues a running job', async (t) => {
+  t.timeout(LONG_TEST_MS);
+  const redis = await startRedis();
+  const api = await apiNode(redis);
+  const worker = await startWorker(workerArgs(redis, ['--grace', '0']));
+  const running = await http('POST', `${api.url}/v1/generations`, { prompt: PROMPT, steps: 60, mode: 'tv_bind' });
+  let step = 0;
+  const stream = readEvents(`${api.url}/v1/generations/${running.body.id}/events`, (e: SseEvent) => {
+    if (e.event === 'step') step = e.data.step;
+  });
+  await waitFor('two steps', () => (step >= 2 ? true : undefined));
+  const cancelled = await http('DELETE', `${api.url}/v1/generations/${running.body.id}`);
+  t.true([200, 202].includes(cancelled.status));
+  const end = await finalState(api.url, running.body.id);
+  t.is(end.state, 'cancelled');
+  t.true(end.progress.step - end.cancelledAt.step <= 1, `stopped at ${end.progress.step}, cancelled at ${end.cancelledAt.step}`);
+  t.is((await stream).at(-1)?.event, 'cancelled');
+
+  // What needs the model is checked by the worker (this API node has none): the job fails naming the field.
+  const unchecked = await http('POST', `${api.url}/v1/generations`, {
+    prompt: 'a cat',
+    tokens: { objects: ['dog'] },
+  });
+  t.is(unchecked.status, 202);
+  const failedEvents = await readEvents(`${api.url}/v1/generations/${unchecked.body.id}/events`);
+  t.is(failedEvents.at(-1)?.event, 'failed');
+  const failed = await http('GET', `${api.url}/v1/generations/${unchecked.body.id}`);
+  t.is(failed.body.state, 'failed');
+  t.is(failed.body.error.code, 'BAD_INPUT');
+  t.is(failed.body.error.field, 'tokens');
+  t.regex(failed.body.error.message, /"dog" is not a word of the prompt/);
+
+  // SIGTERM with --grace 0: the running job goes back to the queue, the worker exits 0, another finishes it.
+  const requeued = await http('POST', `${api.url}/v1/generations`, { prompt: PROMPT, steps: 30, mode: 'tv_bind' });
+  await waitFor('the job to run', async () =>
+    (await http('GET', `${api.url}/v1/generations/${requeued.body.id}`)).body.state === 'running' ? true : undefined,
+  );
+  worker.signal('SIGTERM');
+  t.is(await worker.exited, 0, worker.output());
+  t.regex(worker.output(), new RegExp(`job ${requeued.body.id}: back to the queue \\(shutdown\\)`));
+  t.is((await http('GET', `${api.url}/v1/generations/${requeued.body.id}`)).body.state, 'queued');
+  const next = await startWorker(workerArgs(redis));
+  t.is((await finalState(api.url, requeued.body.id)).state, 'succeeded');
+  next.signal('SIGTERM');
+  t.is(await next.exited, 0);
+});
 
 test.serial('Redis killed and restarted mid-run (AOF): no accepted job is lost', async (t) => {
   t.timeout(LONG_TEST_MS);
@@ -253,16 +241,12 @@ test.serial('Redis killed and restarted mid-run (AOF): no accepted job is lost',
   const worker = await startWorker(workerArgs(redis, ['--concurrency', '2']));
   const accepted: string[] = [];
   const submit = async () => {
-    const r = await http('POST', `${api.url}/v1/generations`, { prompt: 'a red cat', steps: 4, mode: 'none' }).catch(
-      () => null,
-    );
+    const r = await http('POST', `${api.url}/v1/generations`, { prompt: 'a red cat', steps: 4, mode: 'none' }).catch(() => null);
     if (r?.status === 202) accepted.push(r.body.id);
     return r?.status;
   };
   for (let i = 0; i < 6; i++) t.is(await submit(), 202);
-  await waitFor('a job to run', async () =>
-    (await http('GET', `${api.url}/v1/generations/${accepted[0]}`)).body.state !== 'queued' ? true : undefined,
-  );
+  await waitFor('a job to run', async () => ((await http('GET', `${api.url}/v1/generations/${accepted[0]}`)).body.state !== 'queued' ? true : undefined));
   await redis.stop('SIGKILL');
   const whileDown = await submit();
   t.is(whileDown, 503, 'no Redis, no acceptance');
@@ -273,13 +257,7 @@ test.serial('Redis killed and restarted mid-run (AOF): no accepted job is lost',
   await sleep(1000);
   await redis.restart();
   // Submissions go on after the restart (retried while the API node reconnects).
-  for (let i = 0; i < 4; i++)
-    await waitFor(
-      'a submission to be accepted',
-      async () => ((await submit()) === 202 ? true : undefined),
-      120_000,
-      500,
-    );
+  for (let i = 0; i < 4; i++) await waitFor('a submission to be accepted', async () => ((await submit()) === 202 ? true : undefined), 120_000, 500);
   t.is(accepted.length, 10);
   for (const id of accepted) t.is((await finalState(api.url, id)).state, 'succeeded', id);
   t.is((await http('GET', `${api.url}/readyz`)).status, 200);
@@ -295,19 +273,12 @@ test.serial('200 concurrent submissions on two workers: every job completes once
   const queue = bullQueue(redis);
   try {
     const answers = await Promise.all(
-      Array.from({ length: 200 }, (_, i) =>
-        http('POST', `${api.url}/v1/generations`, { prompt: 'a red cat', steps: 1, mode: 'none', seed: 1000 + i }),
-      ),
+      Array.from({ length: 200 }, (_, i) => http('POST', `${api.url}/v1/generations`, { prompt: 'a red cat', steps: 1, mode: 'none', seed: 1000 + i })),
     );
     t.deepEqual([...new Set(answers.map((a) => a.status))], [202]);
     const ids = answers.map((a) => a.body.id as string);
     t.is(new Set(ids).size, 200);
-    await waitFor(
-      '200 jobs to finish',
-      async () => ((await finished(api.url)) >= 200 ? true : undefined),
-      1_200_000,
-      2000,
-    );
+    await waitFor('200 jobs to finish', async () => ((await finished(api.url)) >= 200 ? true : undefined), 1_200_000, 2000);
     await sleep(2000);
     t.is(await finished(api.url), 200, 'each job counted once');
     t.deepEqual(await queue.getJobCounts('waiting', 'active', 'completed', 'failed'), {

@@ -80,10 +80,7 @@ test("a schema error becomes a 400 in the library's words, naming the field", (t
 test('fieldOf turns ajv paths into field names', (t) => {
   t.is(fieldOf({ keyword: 'type', instancePath: '/tokens/objects/0', params: {} }), 'tokens.objects[0]');
   t.is(fieldOf({ keyword: 'required', instancePath: '', params: { missingProperty: 'prompt' } }), 'prompt');
-  t.is(
-    fieldOf({ keyword: 'additionalProperties', instancePath: '/divbind', params: { additionalProperty: 'stepz' } }),
-    'divbind.stepz',
-  );
+  t.is(fieldOf({ keyword: 'additionalProperties', instancePath: '/divbind', params: { additionalProperty: 'stepz' } }), 'divbind.stepz');
   t.is(fieldOf({ keyword: 'type', instancePath: '/a~1b', params: {} }), 'a/b');
 });
 
@@ -214,9 +211,7 @@ test('the infotext reads back as A1111 reads it', (t) => {
     'Divide and Bind': 'tv_bind',
     Version: 'divbind-native 0.1.0',
   });
-  const plain = parseInfotext(
-    infotext({ ...parameters, negativePrompt: '', imagesPerPrompt: 1, mode: 'none', seed: null }, 0, 'm,1', '0.1.0'),
-  );
+  const plain = parseInfotext(infotext({ ...parameters, negativePrompt: '', imagesPerPrompt: 1, mode: 'none', seed: null }, 0, 'm,1', '0.1.0'));
   t.is(plain.negative, '');
   t.false('Seed' in plain.params, 'latents given: no seed');
   t.is(plain.params.Model, 'm,1', 'a value with a comma is quoted');
@@ -271,26 +266,17 @@ test('uploaded latents: a float .npy of [images, C, h, w] is read; anything else
   const refusals: Array<[string, RegExp]> = [
     [Buffer.from('not numpy').toString('base64'), /not a \.npy file/],
     [npyBase64(values, [2, 4, 4]), /4-D shape/],
-    [
-      npyBase64(Int32Array.from(values) as never, [2, 4, 2, 2]),
-      /Expected float32 or float64 latents but received int32/,
-    ],
+    [npyBase64(Int32Array.from(values) as never, [2, 4, 2, 2]), /Expected float32 or float64 latents but received int32/],
   ];
   for (const [text, pattern] of refusals) {
     const err = t.throws(() => decodeLatents(text, 2), { instanceOf: DivbindError });
     t.is(err.field, 'latents');
     t.regex(err.message, pattern);
   }
-  t.regex(
-    t.throws(() => decodeLatents(npyBase64(values, [2, 4, 2, 2]), 1))?.message ?? '',
-    /hold 2 image\(s\) but imagesPerPrompt is 1/,
-  );
+  t.regex(t.throws(() => decodeLatents(npyBase64(values, [2, 4, 2, 2]), 1))?.message ?? '', /hold 2 image\(s\) but imagesPerPrompt is 1/);
   const nan = Float32Array.from(values);
   nan[5] = Number.NaN;
-  t.regex(
-    t.throws(() => decodeLatents(npyBase64(nan, [2, 4, 2, 2]), 2))?.message ?? '',
-    /non-finite value \(NaN\) at flat index 5/,
-  );
+  t.regex(t.throws(() => decodeLatents(npyBase64(nan, [2, 4, 2, 2]), 2))?.message ?? '', /non-finite value \(NaN\) at flat index 5/);
   const big = Buffer.alloc(MAX_LATENT_BYTES + 1).toString('base64');
   t.regex(t.throws(() => decodeLatents(big, 1))?.message ?? '', /more than the \d+ accepted/);
 });
@@ -304,10 +290,7 @@ function record(id: string, state: JobRecord['state'] = 'succeeded', images = 1)
 test('the memory store writes a result once, forgets it after its TTL, and keeps within its byte budget', async (t) => {
   const store = new MemoryStore(60_000, 10);
   t.true(await store.finish(record('a'), [Buffer.from('AAAA')]));
-  t.false(
-    await store.finish(record('a', 'failed'), [Buffer.from('BBBB')]),
-    'a second result for the same job is dropped',
-  );
+  t.false(await store.finish(record('a', 'failed'), [Buffer.from('BBBB')]), 'a second result for the same job is dropped');
   t.is((await store.record('a'))?.state, 'succeeded');
   t.deepEqual(await store.image('a', 0), Buffer.from('AAAA'));
   t.is((await store.stats()).finished.succeeded, 1);
@@ -356,9 +339,7 @@ test('metrics: cumulative histogram buckets, counts, and text Prometheus parses'
   for (const s of [0.005, 0.2, 0.2, 3, 1000]) observe(steps, s);
   t.is(bucketOf(0.01), 0, 'upper bounds are inclusive');
   t.is(bucketOf(61), STEP_BUCKETS.length);
-  const samples = parseMetrics(
-    renderMetrics({ queued: 2, running: 1, finished: { succeeded: 5, failed: 1, cancelled: 0 }, steps, workers: 3 }),
-  );
+  const samples = parseMetrics(renderMetrics({ queued: 2, running: 1, finished: { succeeded: 5, failed: 1, cancelled: 0 }, steps, workers: 3 }));
   t.is(samples.get('divbind_queue_depth'), 2);
   t.is(samples.get('divbind_jobs{state="running"}'), 1);
   t.is(samples.get('divbind_jobs_finished_total{state="succeeded"}'), 5);

@@ -15,7 +15,13 @@ const ROOT = path.resolve(__dirname, '../../..');
 const TINY = path.join(ROOT, 'test', 'fixtures', 'models', 'tiny-sd', 'tokenizer');
 const GOLDEN = path.join(ROOT, 'test', 'fixtures', 'golden', 'tokenizer', 'tokens.json');
 
-interface GoldenCase { name: string; prompt: string; pieces: string[]; ids: number[]; truncated: boolean }
+interface GoldenCase {
+  name: string;
+  prompt: string;
+  pieces: string[];
+  ids: number[];
+  truncated: boolean;
+}
 
 test('matches every golden case of the tiny model exactly (ids, pieces, truncation)', (t) => {
   const golden = JSON.parse(fs.readFileSync(GOLDEN, 'utf8')) as { sot: number; eot: number; maxLength: number; cases: GoldenCase[] };
@@ -37,7 +43,9 @@ test('fromDirectory accepts the model folder and reads pad/max length from the c
   const tok = ClipTokenizer.fromDirectory(path.dirname(TINY));
   t.is(tok.padId, tok.eotId);
   t.is(tok.padToken, EOT_TOKEN);
-  t.throws(() => ClipTokenizer.fromDirectory(path.join(ROOT, 'no-such-dir')), { message: /cannot read .*vocab\.json \(ENOENT\); expected a CLIP tokenizer folder/ });
+  t.throws(() => ClipTokenizer.fromDirectory(path.join(ROOT, 'no-such-dir')), {
+    message: /cannot read .*vocab\.json \(ENOENT\); expected a CLIP tokenizer folder/,
+  });
 });
 
 // ------------------------------------------------------------------------------------- hand-built vocabulary
@@ -70,7 +78,11 @@ test('BPE applies merges by rank, not by position, and marks the word end with <
   t.deepEqual(hand.encode('aaa').tokens, ['aa', 'a</w>']);
   t.deepEqual(hand.encode('aaaa').tokens, ['aa', 'a', 'a</w>']);
   // Same rank order with a reversed merge list gives other pieces: rank decides.
-  const reversed = new ClipTokenizer(handVocab(['lo', 'er</w>', 'low', 'lower</w>', 'aa', 'ne', 'new</w>', 'low</w>', 'we', 'r</w>']), ['w e', 'l o', 'e r</w>']);
+  const reversed = new ClipTokenizer(handVocab(['lo', 'er</w>', 'low', 'lower</w>', 'aa', 'ne', 'new</w>', 'low</w>', 'we', 'r</w>']), [
+    'w e',
+    'l o',
+    'e r</w>',
+  ]);
   t.deepEqual(reversed.encode('lower').tokens, ['lo', 'we', 'r</w>']);
 });
 
@@ -104,7 +116,7 @@ test('bytes: non-ASCII text goes through the byte table; pieces missing from the
   const holes = new ClipTokenizer(v, []);
   const e = holes.encode('é');
   t.deepEqual(e.tokens, ['Ã', '©</w>']);
-  t.deepEqual(e.ids.slice(0, 4), [holes.sotId, v['Ã'], holes.eotId, holes.eotId]);
+  t.deepEqual(e.ids.slice(0, 4), [holes.sotId, v.Ã, holes.eotId, holes.eotId]);
 });
 
 test('text cleanup: HTML entities (twice), whitespace collapse, lower-case, CLIP split', (t) => {
@@ -147,8 +159,14 @@ test('SD 2.x style: pad token "!" (id 0) from special_tokens_map.json', (t) => {
 test('wordPieces maps each word to its token index range (SOT = 0)', (t) => {
   const tok = ClipTokenizer.fromDirectory(TINY);
   const w = tok.wordPieces('a purple dog and a green bench on the street,snowy driving scene');
-  t.deepEqual(w.map((x) => x.word), ['a', 'purple', 'dog', 'and', 'a', 'green', 'bench', 'on', 'the', 'street', ',', 'snowy', 'driving', 'scene']);
-  t.deepEqual(w.filter((x) => ['dog', 'bench', 'purple', 'green'].includes(x.word)).map((x) => x.start), [2, 3, 6, 7]);
+  t.deepEqual(
+    w.map((x) => x.word),
+    ['a', 'purple', 'dog', 'and', 'a', 'green', 'bench', 'on', 'the', 'street', ',', 'snowy', 'driving', 'scene'],
+  );
+  t.deepEqual(
+    w.filter((x) => ['dog', 'bench', 'purple', 'green'].includes(x.word)).map((x) => x.start),
+    [2, 3, 6, 7],
+  );
   const multi = tok.wordPieces('an unbelievably gigantic skyscraper');
   const enc = tok.encode('an unbelievably gigantic skyscraper');
   t.is(multi[1].start, 2);

@@ -10,9 +10,14 @@ const MODEL = path.join(ROOT, 'test', 'fixtures', 'models', 'tiny-sd');
 async function run(args: string[]): Promise<string> {
   const chunks: string[] = [];
   const write = process.stdout.write.bind(process.stdout);
-  process.stdout.write = ((s: string | Uint8Array) => { chunks.push(String(s)); return true; }) as typeof process.stdout.write;
+  process.stdout.write = ((s: string | Uint8Array) => {
+    chunks.push(String(s));
+    return true;
+  }) as typeof process.stdout.write;
   try {
-    await makeTokensCommand().exitOverride().parseAsync(['node', 'tokens', ...args], { from: 'node' });
+    await makeTokensCommand()
+      .exitOverride()
+      .parseAsync(['node', 'tokens', ...args], { from: 'node' });
   } finally {
     process.stdout.write = write;
   }
@@ -23,9 +28,9 @@ test.serial('prints the index table and the suggested indices', async (t) => {
   const out = await run(['a purple dog and a green bench on the street,snowy driving scene', '--model', MODEL]);
   const lines = out.split('\n');
   t.is(lines[0].trim(), 'index  token            word');
-  t.regex(out, /\n\s+0  <\|startoftext\|>\s+\(sot\)\n/);
-  t.regex(out, /\n\s+3  dog<\/w>\s+dog\n/);
-  t.regex(out, /\n\s+15  <\|endoftext\|>\s+\(eot\)\n/);
+  t.regex(out, /\n\s+0 {2}<\|startoftext\|>\s+\(sot\)\n/);
+  t.regex(out, /\n\s+3 {2}dog<\/w>\s+dog\n/);
+  t.regex(out, /\n\s+15 {2}<\|endoftext\|>\s+\(eot\)\n/);
   t.regex(out, /suggested objects: +dog=3 bench=7 +\(--token-indices 3,7\)/);
   t.regex(out, /suggested attributes: purple=2 green=6 +\(--attribute-indices 2,6\)/);
 });
@@ -36,7 +41,16 @@ test.serial('--json gives the table, length and suggestion; --padding lists up t
   t.is(report.maxLength, 77);
   t.false(report.truncated);
   t.is(report.table.length, 77);
-  t.deepEqual(report.table.slice(1, 6).map((r) => [r.index, r.word]), [[1, 'a'], [2, 'cat'], [3, 'and'], [4, 'a'], [5, 'dog']]);
+  t.deepEqual(
+    report.table.slice(1, 6).map((r) => [r.index, r.word]),
+    [
+      [1, 'a'],
+      [2, 'cat'],
+      [3, 'and'],
+      [4, 'a'],
+      [5, 'dog'],
+    ],
+  );
   t.deepEqual(report.suggestion && 'tokenIndices' in report.suggestion ? report.suggestion.tokenIndices : null, [2, 5]);
   const noSuggest = JSON.parse(await run(['a cat', '--model', MODEL, '--json', '--no-suggest'])) as ReturnType<typeof tokensReport>;
   t.is(noSuggest.suggestion, null);

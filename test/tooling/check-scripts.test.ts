@@ -85,10 +85,7 @@ test('check-spec-refs: a § must be a numbered section of the doc the line cites
   fs.mkdirSync(path.join(dir, 'docs'));
   fs.mkdirSync(path.join(dir, 'lib'));
   fs.writeFileSync(path.join(dir, 'docs/divide-and-bind.md'), '# T\n\n## 1. One\n\n## 2. Two\n\n### 2.1 Sub\n');
-  fs.writeFileSync(
-    path.join(dir, 'docs/onnx-export.md'),
-    `# O\n\n## 1. Folder\n\n## 5. Shapes\n\nSee ${S}1 and ${S}9.\n`,
-  );
+  fs.writeFileSync(path.join(dir, 'docs/onnx-export.md'), `# O\n\n## 1. Folder\n\n## 5. Shapes\n\nSee ${S}1 and ${S}9.\n`);
   fs.writeFileSync(
     path.join(dir, 'lib/a.ts'),
     [

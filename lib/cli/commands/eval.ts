@@ -37,19 +37,26 @@ function int(value: string, flag: string, min: number): number {
 export function parseSeeds(value: string): number[] {
   const v = value.trim();
   if (/^\d+$/.test(v)) return Array.from({ length: int(v, '--seeds', 1) }, (_, i) => i);
-  const seeds = v.split(',').map((s) => s.trim()).filter((s) => s !== '').flatMap((item) => {
-    const range = /^(\d+)\s*-\s*(\d+)$/.exec(item);
-    if (!range) return [int(item, '--seeds', 0)];
-    const [a, b] = [int(range[1], '--seeds', 0), int(range[2], '--seeds', 0)];
-    if (b < a) throw bad('--seeds', `range "${item}" runs backwards`);
-    return Array.from({ length: b - a + 1 }, (_, i) => a + i);
-  });
+  const seeds = v
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s !== '')
+    .flatMap((item) => {
+      const range = /^(\d+)\s*-\s*(\d+)$/.exec(item);
+      if (!range) return [int(item, '--seeds', 0)];
+      const [a, b] = [int(range[1], '--seeds', 0), int(range[2], '--seeds', 0)];
+      if (b < a) throw bad('--seeds', `range "${item}" runs backwards`);
+      return Array.from({ length: b - a + 1 }, (_, i) => a + i);
+    });
   if (seeds.length === 0) throw bad('--seeds', 'no seeds given (e.g. 4, or 0,1,2,3, or 100-103)');
   return seeds;
 }
 
 export function parseMethods(value: string): GuidanceMode[] {
-  const methods = value.split(',').map((s) => s.trim()).filter((s) => s !== '');
+  const methods = value
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s !== '');
   for (const m of methods) if (!ALL_METHODS.includes(m as GuidanceMode)) throw bad('--methods', `unknown method "${m}" (expected ${ALL_METHODS.join(', ')})`);
   if (methods.length === 0) throw bad('--methods', 'no methods given');
   return methods as GuidanceMode[];
@@ -57,13 +64,15 @@ export function parseMethods(value: string): GuidanceMode[] {
 
 /** --generate-options: inline JSON, or a JSON file. */
 export function parseOverrides(value: string): GenerateOverrides {
-  const text = value.trim().startsWith('{') ? value : (() => {
-    try {
-      return fs.readFileSync(value, 'utf8');
-    } catch (err) {
-      throw bad('--generate-options', `neither JSON nor a readable file: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
-    }
-  })();
+  const text = value.trim().startsWith('{')
+    ? value
+    : (() => {
+        try {
+          return fs.readFileSync(value, 'utf8');
+        } catch (err) {
+          throw bad('--generate-options', `neither JSON nor a readable file: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+        }
+      })();
   try {
     return JSON.parse(text) as GenerateOverrides;
   } catch (err) {
@@ -95,7 +104,10 @@ export async function runEvalCommand(o: EvalCliOptions): Promise<void> {
 export function makeEvalCommand(): Command {
   return new Command('eval')
     .description('Shapes benchmark: plain SD, A&E and D&B on the prompts of a file; detector-scored success rates with bootstrap intervals, image grids')
-    .requiredOption('--prompts <file>', 'prompt file: one prompt per line, optionally category<TAB>prompt (single, two, two_colour, three); # starts a comment; a prompt on k lines runs on k × the seeds')
+    .requiredOption(
+      '--prompts <file>',
+      'prompt file: one prompt per line, optionally category<TAB>prompt (single, two, two_colour, three); # starts a comment; a prompt on k lines runs on k × the seeds',
+    )
     .option('--seeds <n|list>', 'N = seeds 0..N-1, or a list such as 0,3,7 or 100-103', '4')
     .option('--methods <list>', `comma-separated, of ${ALL_METHODS.join(', ')}`, DEFAULT_METHODS.join(','))
     .option('-o, --out <dir>', 'output folder', 'eval-out')
@@ -103,7 +115,11 @@ export function makeEvalCommand(): Command {
     .option('--steps <n>', `denoising steps (default 50; quick ${QUICK.steps})`)
     .option('--workers <k>', `child processes sharing the images, each with its own model copy (default: CPU cores, here ${os.cpus().length})`)
     .option('--threads <n>', 'onnxruntime threads per worker (default: cores / workers)')
-    .option('--quick', `first prompt per category, ${QUICK.seeds} seeds, ${QUICK.steps} steps, refinement capped at ${QUICK.refinement.initStep}/${QUICK.refinement.other}`, false)
+    .option(
+      '--quick',
+      `first prompt per category, ${QUICK.seeds} seeds, ${QUICK.steps} steps, refinement capped at ${QUICK.refinement.initStep}/${QUICK.refinement.other}`,
+      false,
+    )
     .option('--prepare', 'prepare the UNet first if it is not prepared yet', false)
     .option('--generate-options <json|file>', 'extra generate() options for every image, e.g. {"scaleFactor":10,"perMethod":{"max":{"thresholds":{"0":0.05}}}}')
     .option('-q, --quiet', 'no progress on stderr', false)

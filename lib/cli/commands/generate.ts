@@ -5,11 +5,15 @@
  * indices, size, steps) and existing files right after. Existing files are never replaced without --overwrite.
  */
 import { Command } from 'commander';
+import { EXECUTION_PROVIDER, THREADS, addGenerateFlags, checkGenerateOptions, generateOptionsFromFlags, type GenerationPlan } from '../../options/index';
 import {
-  EXECUTION_PROVIDER, THREADS, addGenerateFlags, checkGenerateOptions, generateOptionsFromFlags, type GenerationPlan,
-} from '../../options/index';
-import {
-  allFiles, checkBaseName, checkNotWritten, defaultBaseName, outputFiles, prepareOutputFolder, writeOutput,
+  allFiles,
+  checkBaseName,
+  checkNotWritten,
+  defaultBaseName,
+  outputFiles,
+  prepareOutputFolder,
+  writeOutput,
   type OutputFiles,
 } from '../../options/output';
 import { DivBindPipeline, type GenerateResult, type TokenSelection } from '../../pipeline/pipeline';
@@ -92,9 +96,11 @@ export async function runGenerate(prompt: string, o: GenerateCliOptions): Promis
     progress.done();
     writeResult(files, plan, result, o.overwrite);
     const written = allFiles(files);
-    process.stdout.write(o.json
-      ? `${JSON.stringify({ files: written, seed: plan.seed === null ? null : String(plan.seed), timings: result.timings, tokens: result.tokens }, null, 2)}\n`
-      : written.map((f) => `${f}\n`).join(''));
+    process.stdout.write(
+      o.json
+        ? `${JSON.stringify({ files: written, seed: plan.seed === null ? null : String(plan.seed), timings: result.timings, tokens: result.tokens }, null, 2)}\n`
+        : written.map((f) => `${f}\n`).join(''),
+    );
   } finally {
     await pipe.release();
   }
@@ -115,8 +121,14 @@ function writeResult(files: OutputFiles, plan: GenerationPlan, result: GenerateR
     images: result.images.map((img) => ({
       index: img.index,
       steps: img.steps.map((s) => ({
-        index: s.index, timestep: s.timestep, loss: s.loss, indicator: s.indicator, refinementIterations: s.refinementIterations,
-        updates: s.updates, tokens: s.tokens, ms: s.ms,
+        index: s.index,
+        timestep: s.timestep,
+        loss: s.loss,
+        indicator: s.indicator,
+        refinementIterations: s.refinementIterations,
+        updates: s.updates,
+        tokens: s.tokens,
+        ms: s.ms,
       })),
     })),
     files: allFiles(files).filter((f) => f !== files.log),

@@ -26,7 +26,10 @@ async function describeComponent(file: string, component: ComponentName, check: 
   const { session } = await openComponent(file, component, { graphOptimizationLevel: 'disabled', intraOpNumThreads: 1 }, check);
   try {
     const io = (m: readonly ort.InferenceSession.ValueMetadata[]) => m.map((v) => (v.isTensor ? `${v.name}: ${v.type}[${v.shape.join(',')}]` : v.name));
-    return { info: { file, inputs: io(session.inputMetadata), outputs: io(session.outputMetadata) }, sampleShape: session.inputMetadata.find((m) => m.name === 'sample') };
+    return {
+      info: { file, inputs: io(session.inputMetadata), outputs: io(session.outputMetadata) },
+      sampleShape: session.inputMetadata.find((m) => m.name === 'sample'),
+    };
   } finally {
     await session.release();
   }
@@ -36,7 +39,11 @@ async function describeComponent(file: string, component: ComponentName, check: 
 function describePrepared(folder: ModelFolder, defaultSize: ImageSize): Record<string, unknown> {
   const sets = listPrepared(folder, sourceIdentity(folder));
   const preparedSizes = sets.map((s) => ({
-    size: formatSize(s.size), batch: s.batch, state: s.state.state, dir: s.state.dir, ...(s.state.state === 'ready' ? {} : { reason: s.state.reason }),
+    size: formatSize(s.size),
+    batch: s.batch,
+    state: s.state.state,
+    dir: s.state.dir,
+    ...(s.state.state === 'ready' ? {} : { reason: s.state.reason }),
   }));
   const mine = sets.find((s) => s.batch === 1 && s.size.height === defaultSize.height && s.size.width === defaultSize.width);
   const size = formatSize(defaultSize);
@@ -48,7 +55,10 @@ function describePrepared(folder: ModelFolder, defaultSize: ImageSize): Record<s
   } else {
     const m = mine.state.manifest;
     prepared = {
-      state: 'ready', size, dir: mine.state.dir, design: m.vjp.design,
+      state: 'ready',
+      size,
+      dir: mine.state.dir,
+      design: m.vjp.design,
       layers: m.attention.layers.map((l) => `${l.output} ${l.place} ${l.resolution}² heads=${l.heads}${l.headAveraged ? ' (averaged)' : ''}`),
     };
   }
@@ -59,8 +69,15 @@ function describePrepared(folder: ModelFolder, defaultSize: ImageSize): Record<s
 function describeFamily(folder: ModelFolder, family: ModelFamily, size: ImageSize): Record<string, unknown> {
   const generate = readModelDefaults(folder.divbind, family).all as { guidanceScale: number; loss: { tokenSlice: string } };
   return {
-    name: family.name, label: family.label, evidence: family.evidence,
-    defaults: { size: formatSize(size), ...familyResolutions(family, folder.divbind, size.height), tokenSlice: generate.loss.tokenSlice, guidanceScale: generate.guidanceScale },
+    name: family.name,
+    label: family.label,
+    evidence: family.evidence,
+    defaults: {
+      size: formatSize(size),
+      ...familyResolutions(family, folder.divbind, size.height),
+      tokenSlice: generate.loss.tokenSlice,
+      guidanceScale: generate.guidanceScale,
+    },
   };
 }
 
@@ -113,11 +130,12 @@ export async function collectInfo(modelDir: string): Promise<{ info: Record<stri
 }
 
 function printTree(value: unknown, indent = ''): string {
-  if (Array.isArray(value)) return value.map((v) => `${indent}- ${typeof v === 'object' && v !== null ? `\n${printTree(v, `${indent}  `)}` : String(v)}`).join('\n');
+  if (Array.isArray(value))
+    return value.map((v) => `${indent}- ${typeof v === 'object' && v !== null ? `\n${printTree(v, `${indent}  `)}` : String(v)}`).join('\n');
   if (typeof value === 'object' && value !== null) {
-    return Object.entries(value).map(([k, v]) => (typeof v === 'object' && v !== null
-      ? `${indent}${k}:\n${printTree(v, `${indent}  `)}`
-      : `${indent}${k}: ${String(v)}`)).join('\n');
+    return Object.entries(value)
+      .map(([k, v]) => (typeof v === 'object' && v !== null ? `${indent}${k}:\n${printTree(v, `${indent}  `)}` : `${indent}${k}: ${String(v)}`))
+      .join('\n');
   }
   return `${indent}${String(value)}`;
 }

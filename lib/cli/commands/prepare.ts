@@ -59,10 +59,14 @@ export function makePrepareCommand(): Command {
   return new Command('prepare')
     .description('Build the attention-instrumented UNet and its VJP graph for a Stable Diffusion ONNX folder (once per model and size)')
     .argument('<model-dir>', 'Stable Diffusion ONNX folder (model_index.json, unet/model.onnx, …)')
-    .option('--height <px>', 'image height in pixels, a multiple of the VAE factor (default: the UNet\'s static size, else 64 latent pixels)', intOption('height'))
-    .option('--width <px>', 'image width in pixels (default: the UNet\'s static width, else as --height)', intOption('width'))
+    .option(
+      '--height <px>',
+      "image height in pixels, a multiple of the VAE factor (default: the UNet's static size, else 64 latent pixels)",
+      intOption('height'),
+    )
+    .option('--width <px>', "image width in pixels (default: the UNet's static width, else as --height)", intOption('width'))
     .option('--batch <n>', 'UNet batch of the gradient pass', intOption('batch'), 1)
-    .option('--text-length <n>', 'text length T (default: the UNet\'s, else 77)', intOption('text-length'))
+    .option('--text-length <n>', "text length T (default: the UNet's, else 77)", intOption('text-length'))
     .option('--force', 'rebuild even when a ready set with the same options exists')
     .option('--cache-dir <dir>', 'where to write when the model folder is read-only (default $XDG_CACHE_HOME or ~/.cache, /divbind-native)')
     .option('--no-head-average', 'expose raw per-head attention probabilities (default: head-averaged maps when every layer has the same head count)')

@@ -17,18 +17,13 @@ const log = (message: string) => process.stderr.write(`${message}\n`);
 
 export function makeServeCommand(): Command {
   const command = new Command('serve')
-    .description(
-      'HTTP service: /v1/generations with live progress (SSE), A1111 /sdapi/v1/txt2img, scale-out on Redis with BullMQ',
-    )
+    .description('HTTP service: /v1/generations with live progress (SSE), A1111 /sdapi/v1/txt2img, scale-out on Redis with BullMQ')
     .option('--port <n>', `port to listen on, 0 = any free port (default: ${DEFAULTS.port})`)
     .option('--host <addr>', `address to listen on (default: ${DEFAULTS.host}; 0.0.0.0 for every interface)`)
     .option('--redis <url>', 'queue jobs in BullMQ on this Redis (redis://HOST:6379) instead of in this process')
     .option('--no-worker', 'run no jobs here: a pure API node (needs --redis and `divbind-native worker` processes)')
     .option('--max-queue <n>', `jobs waiting before submissions get 429 (default: ${DEFAULTS.maxQueue})`)
-    .option(
-      '--api-key <key>',
-      'require this key (Authorization: Bearer <key>); default: env DIVBIND_API_KEY, else none',
-    )
+    .option('--api-key <key>', 'require this key (Authorization: Bearer <key>); default: env DIVBIND_API_KEY, else none')
     .option('--rate-limit <n>', `submissions per client per minute, 0 = no limit (default: ${DEFAULTS.rateLimit})`)
     .option('--cors <origins>', 'allow these origins (comma-separated) by CORS; default: CORS off');
   return addWorkerFlags(command).action(async (flags: ServeFlags) => {
@@ -38,9 +33,7 @@ export function makeServeCommand(): Command {
       const queue = config.redisUrl
         ? `BullMQ on ${redactUrl(config.redisUrl)}${config.noWorker ? ', no worker here' : `, ${config.concurrency} job(s) at a time here`}`
         : `embedded queue, ${config.concurrency} job(s) at a time`;
-      log(
-        `divbind-native serve: listening on ${server.url} (${queue}; models: ${config.models.map((m) => m.name).join(', ')})`,
-      );
+      log(`divbind-native serve: listening on ${server.url} (${queue}; models: ${config.models.map((m) => m.name).join(', ')})`);
       onShutdownSignal(() => server.close(), log);
     } catch (err) {
       handleCliError(err);

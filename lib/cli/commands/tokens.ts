@@ -65,7 +65,11 @@ export function formatTokensReport(r: TokensReport): string {
     lines.push(`\nautomatic selection: ${r.suggestion.error}`);
   } else if (r.suggestion) {
     const s = r.suggestion;
-    const describe = (role: 'object' | 'attribute') => s.choices.filter((c) => c.role === role).map((c) => `${c.word}=${c.index}`).join(' ');
+    const describe = (role: 'object' | 'attribute') =>
+      s.choices
+        .filter((c) => c.role === role)
+        .map((c) => `${c.word}=${c.index}`)
+        .join(' ');
     lines.push('', `suggested objects:    ${describe('object')}   (--token-indices ${s.tokenIndices.join(',')})`);
     if (s.attributeIndices) {
       lines.push(`suggested attributes: ${describe('attribute')}   (--attribute-indices ${s.attributeIndices.map((a) => a ?? 0).join(',')})`);

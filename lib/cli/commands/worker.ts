@@ -44,8 +44,7 @@ export function makeWorkerCommand(): Command {
     .requiredOption('--redis <url>', 'the Redis the API nodes queue jobs in (redis://HOST:6379)');
   return addWorkerFlags(command).action(async (flags: WorkerFlags) => {
     try {
-      if (flags.redis === undefined)
-        throw new DivbindError('BAD_INPUT', 'worker needs --redis URL', { field: '--redis' });
+      if (flags.redis === undefined) throw new DivbindError('BAD_INPUT', 'worker needs --redis URL', { field: '--redis' });
       const config = { ...workerConfig(flags), redisUrl: checkRedisUrl(flags.redis) };
       const worker = await startWorker(config, log);
       log(

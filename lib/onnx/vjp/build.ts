@@ -24,16 +24,7 @@ import {
 } from '../proto';
 import { Emitter } from './emitter';
 import { ConstantFolder } from './fold';
-import {
-  type ConstTensor,
-  DataType,
-  type NodeView,
-  type TensorInfo,
-  dataTypeName,
-  describe,
-  isFloatType,
-  numel,
-} from './ir';
+import { type ConstTensor, DataType, type NodeView, type TensorInfo, dataTypeName, describe, isFloatType, numel } from './ir';
 import { readConstTensor, toNodeProto, toTensorProto, viewNode } from './proto-adapter';
 import { DIFFERENTIABLE_INPUTS, NON_DIFFERENTIABLE_OPS, RULES, type RuleContext } from './rules';
 
@@ -98,11 +89,7 @@ function checkOptions(model: ModelProto, options: VjpOptions): GraphProto {
   if (typeof options.wrt !== 'string' || options.wrt === '') {
     throw new TypeError(`buildVjp: expected a tensor name for options.wrt but received ${String(options.wrt)}`);
   }
-  if (
-    !Array.isArray(options.outputs) ||
-    options.outputs.length === 0 ||
-    options.outputs.some((o) => typeof o !== 'string' || o === '')
-  ) {
+  if (!Array.isArray(options.outputs) || options.outputs.length === 0 || options.outputs.some((o) => typeof o !== 'string' || o === '')) {
     throw new TypeError('buildVjp: expected a non-empty array of tensor names for options.outputs');
   }
   if (new Set(options.outputs).size !== options.outputs.length) {
@@ -112,15 +99,11 @@ function checkOptions(model: ModelProto, options: VjpOptions): GraphProto {
     throw new TypeError('buildVjp: expected a Map of static shapes for options.shapes (see inferStaticShapes)');
   }
   if (options.design !== undefined && options.design !== 'recompute' && options.design !== 'residuals') {
-    throw new RangeError(
-      `buildVjp: expected 'recompute' or 'residuals' for options.design but received '${String(options.design)}'`,
-    );
+    throw new RangeError(`buildVjp: expected 'recompute' or 'residuals' for options.design but received '${String(options.design)}'`);
   }
   const graph = model.graph;
   if (!graph.input.some((i) => i.name === options.wrt)) {
-    throw new RangeError(
-      `buildVjp: options.wrt '${options.wrt}' is not an input of the graph (inputs: ${graph.input.map((i) => i.name).join(', ')})`,
-    );
+    throw new RangeError(`buildVjp: options.wrt '${options.wrt}' is not an input of the graph (inputs: ${graph.input.map((i) => i.name).join(', ')})`);
   }
   return graph;
 }
@@ -210,8 +193,7 @@ function indexSource(model: ModelProto, graph: GraphProto, shapes: Map<string, T
   for (const vi of graph.input) {
     const et = valueInfoElemType(vi);
     const d = valueInfoDims(vi);
-    if (et !== undefined && d?.every((x) => typeof x === 'number'))
-      declared.set(vi.name ?? '', { elemType: et, dims: d as number[] });
+    if (et !== undefined && d?.every((x) => typeof x === 'number')) declared.set(vi.name ?? '', { elemType: et, dims: d as number[] });
   }
   for (const [name, t] of inits) declared.set(name, { elemType: t.data_type ?? 0, dims: tensorDims(t) });
   const info = (name: string): TensorInfo | undefined => shapes.get(name) ?? declared.get(name);
@@ -239,14 +221,10 @@ function checkTargets(src: Source, wrt: string, outputs: string[]): TensorInfo {
     );
   }
   for (const o of outputs) {
-    if (!src.producer.has(o) && !src.inputNames.has(o))
-      throw new RangeError(`buildVjp: options.outputs names '${o}', which no node produces`);
+    if (!src.producer.has(o) && !src.inputNames.has(o)) throw new RangeError(`buildVjp: options.outputs names '${o}', which no node produces`);
   }
   for (const name of [wrt, ...outputs].map(gradName)) {
-    if (src.taken.has(name))
-      throw new RangeError(
-        `buildVjp: the model already has a tensor named '${name}', the name the VJP graph needs for a gradient`,
-      );
+    if (src.taken.has(name)) throw new RangeError(`buildVjp: the model already has a tensor named '${name}', the name the VJP graph needs for a gradient`);
   }
   return wrtInfo;
 }
@@ -265,8 +243,7 @@ interface Activity {
 // finds no rule instead of an Object.prototype member.
 
 /** Input slots through which a node's outputs depend differentiably on its inputs. */
-const diffSlots = (n: NodeView): number[] =>
-  Object.hasOwn(DIFFERENTIABLE_INPUTS, n.opType) ? DIFFERENTIABLE_INPUTS[n.opType] : n.inputs.map((_, i) => i);
+const diffSlots = (n: NodeView): number[] => (Object.hasOwn(DIFFERENTIABLE_INPUTS, n.opType) ? DIFFERENTIABLE_INPUTS[n.opType] : n.inputs.map((_, i) => i));
 
 const hasRule = (n: NodeView): boolean => (n.domain === '' || n.domain === 'ai.onnx') && Object.hasOwn(RULES, n.opType);
 
@@ -279,10 +256,7 @@ function activeTensors(src: Source, wrt: string): Set<string> {
     for (const o of n.outputs) {
       if (!o) continue;
       const inf = src.info(o);
-      if (!inf)
-        throw new RangeError(
-          `buildVjp: no static shape for '${o}' (output of ${describe(n)}); options.shapes must cover every tensor`,
-        );
+      if (!inf) throw new RangeError(`buildVjp: no static shape for '${o}' (output of ${describe(n)}); options.shapes must cover every tensor`);
       if (isFloatType(inf.elemType)) active.add(o);
     }
   }
@@ -484,9 +458,7 @@ function makeModel(src: Source, g: GraphProto): ModelProto {
 
 /** 'recompute': one graph holding the forward nodes the backward reads, then the backward. */
 function assembleRecompute(src: Source, asm: Assembly): { vjp: ModelProto; forwardNodes: number } {
-  const fwd = closure(src, asm.reads, (t) => src.inits.has(t) || src.inputNames.has(t)).map(
-    (n) => n.source as NodeProto,
-  );
+  const fwd = closure(src, asm.reads, (t) => src.inits.has(t) || src.inputNames.has(t)).map((n) => n.source as NodeProto);
   const vjp = makeModel(src, {
     name: `${src.graph.name || 'graph'}_vjp`,
     node: [...fwd, ...asm.newNodes],
@@ -530,11 +502,7 @@ function assembleResiduals(src: Source, asm: Assembly): ResidualGraphs {
     name: `${graph.name || 'graph'}_backward`,
     node: bwdNodes,
     initializer: [...usedInits(src, bwdNodes), ...foldedConsts, ...asm.newInits],
-    input: [
-      ...inputReads.map((vi) => staticInput(src, vi)),
-      ...residualNames.map((r) => valueInfoOf(src, r)),
-      ...asm.cotangentInputs,
-    ],
+    input: [...inputReads.map((vi) => staticInput(src, vi)), ...residualNames.map((r) => valueInfoOf(src, r)), ...asm.cotangentInputs],
     output: [asm.gradOutput],
     value_info: [],
   });

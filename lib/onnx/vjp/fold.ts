@@ -66,11 +66,9 @@ function foldConstant({ node }: FoldContext): ConstTensor | undefined {
   for (const [key, a] of node.attrs) {
     if (key === 'value' && a.kind === 'tensor') return a.value;
     if (key === 'value_int' && a.kind === 'int') return { dataType: DataType.INT64, dims: [], values: [a.value] };
-    if (key === 'value_ints' && a.kind === 'ints')
-      return { dataType: DataType.INT64, dims: [a.value.length], values: a.value };
+    if (key === 'value_ints' && a.kind === 'ints') return { dataType: DataType.INT64, dims: [a.value.length], values: a.value };
     if (key === 'value_float' && a.kind === 'float') return { dataType: DataType.FLOAT, dims: [], values: [a.value] };
-    if (key === 'value_floats' && a.kind === 'floats')
-      return { dataType: DataType.FLOAT, dims: [a.value.length], values: a.value };
+    if (key === 'value_floats' && a.kind === 'floats') return { dataType: DataType.FLOAT, dims: [a.value.length], values: a.value };
   }
   return undefined;
 }
@@ -99,8 +97,7 @@ function foldCast({ node, ins }: FoldContext): ConstTensor | undefined {
   const x = ins(0);
   if (!x) return undefined;
   const to = attrInt(node, 'to', x.dataType);
-  const intTarget =
-    to !== DataType.FLOAT && to !== DataType.DOUBLE && to !== DataType.FLOAT16 && to !== DataType.BFLOAT16;
+  const intTarget = to !== DataType.FLOAT && to !== DataType.DOUBLE && to !== DataType.FLOAT16 && to !== DataType.BFLOAT16;
   const values = intTarget ? x.values.map((v) => (to === DataType.BOOL ? (v !== 0 ? 1 : 0) : Math.trunc(v))) : x.values;
   return { dataType: to, dims: x.dims, values };
 }

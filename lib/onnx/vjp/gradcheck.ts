@@ -55,8 +55,7 @@ export async function shapesByRunning(model: ModelProto, feeds: Feeds): Promise<
       const elemType = ORT_TO_ONNX[t.type];
       if (elemType !== undefined) shapes.set(name, { elemType, dims: [...t.dims] });
     }
-    for (const [name, t] of Object.entries(feeds))
-      shapes.set(name, { elemType: ORT_TO_ONNX[t.type], dims: [...t.dims] });
+    for (const [name, t] of Object.entries(feeds)) shapes.set(name, { elemType: ORT_TO_ONNX[t.type], dims: [...t.dims] });
     return shapes;
   } finally {
     await session.release();
@@ -162,10 +161,7 @@ export async function gradCheck(o: GradCheckOptions): Promise<GradCheckResult> {
     const v = given ? Float64Array.from(given) : Float64Array.from({ length: n }, () => 2 * r() - 1);
     // Round the cotangent to the model's precision so the FD objective uses exactly what the VJP sees.
     cot64[name] = inf.elemType === DataType.DOUBLE ? v : Float64Array.from(Float32Array.from(v));
-    cot[name] =
-      inf.elemType === DataType.DOUBLE
-        ? new ort.Tensor('float64', v, inf.dims)
-        : new ort.Tensor('float32', Float32Array.from(v), inf.dims);
+    cot[name] = inf.elemType === DataType.DOUBLE ? new ort.Tensor('float64', v, inf.dims) : new ort.Tensor('float32', Float32Array.from(v), inf.dims);
   }
   const { grad, stats } = await runVjp(o.model, o.feeds, o.wrt, o.outputs, cot, shapes, o.design);
   const analytic = Float64Array.from(grad.data as Float32Array | Float64Array);

@@ -73,10 +73,7 @@ function reduceAxes(c: RuleContext, axesFromInput: boolean): number[] {
     const name = c.node.inputs[1];
     if (name !== undefined && name !== '') {
       const v = c.fold(name);
-      if (!v)
-        throw new Error(
-          `buildVjp: ${describe(c.node)} has a non-constant axes input '${name}'; only constant axes are supported`,
-        );
+      if (!v) throw new Error(`buildVjp: ${describe(c.node)} has a non-constant axes input '${name}'; only constant axes are supported`);
       axes = v.values;
     }
   } else {
@@ -273,10 +270,8 @@ function convRule(c: RuleContext) {
     const mg = yd[1] / group;
     const parts: string[] = [];
     for (let gi = 0; gi < group; gi++) {
-      const xg =
-        group === 1 ? x : e.op1('Slice', [x, e.constI64([gi * cg]), e.constI64([(gi + 1) * cg]), e.constI64([1])]);
-      const gyg =
-        group === 1 ? gy : e.op1('Slice', [gy, e.constI64([gi * mg]), e.constI64([(gi + 1) * mg]), e.constI64([1])]);
+      const xg = group === 1 ? x : e.op1('Slice', [x, e.constI64([gi * cg]), e.constI64([(gi + 1) * cg]), e.constI64([1])]);
+      const gyg = group === 1 ? gy : e.op1('Slice', [gy, e.constI64([gi * mg]), e.constI64([(gi + 1) * mg]), e.constI64([1])]);
       const perm = [1, 0, ...range(2, nd + 2)];
       const full = e.op1('Conv', [e.transpose(xg, perm), e.transpose(gyg, perm)], {
         strides: attr.ints(dil),
@@ -314,8 +309,7 @@ function sliceRule(c: RuleContext) {
     ends = c.fold(endsN)?.values;
     axes = axesN !== undefined && axesN !== '' ? c.fold(axesN)?.values : undefined;
     steps = stepsN !== undefined && stepsN !== '' ? c.fold(stepsN)?.values : undefined;
-    const unfolded =
-      (axesN !== undefined && axesN !== '' && !axes) || (stepsN !== undefined && stepsN !== '' && !steps);
+    const unfolded = (axesN !== undefined && axesN !== '' && !axes) || (stepsN !== undefined && stepsN !== '' && !steps);
     if (!starts || !ends || unfolded) {
       // Parameters computed at run time: slice an iota of x's flat indices with the same parameters.
       // The index table is built at run time (Range) so no tensor of x's size is stored in the graph.
@@ -535,9 +529,7 @@ export const RULES: Record<string, Rule> = {
     const r = xd.length;
     const axes = range(2, r);
     const eps = attrFloat(c.node, 'epsilon', 1e-5);
-    const scaleB = allOnes(c, c.node.inputs[1])
-      ? undefined
-      : e.reshape(c.node.inputs[1], inDims(c, 1), [xd[1], ...new Array<number>(r - 2).fill(1)]);
+    const scaleB = allOnes(c, c.node.inputs[1]) ? undefined : e.reshape(c.node.inputs[1], inDims(c, 1), [xd[1], ...new Array<number>(r - 2).fill(1)]);
     const { xh, gx } = normBackward(c, c.node.inputs[0], axes, eps, scaleB);
     if (gx) c.addGrad(0, gx);
     if (c.needs(1)) c.addGrad(1, e.reduceSum(e.op1('Mul', [gy0(c), xh]), [0, ...axes], false));

@@ -51,8 +51,7 @@ export async function runVjpGraphs(built: VjpResult, opts: VjpRunnerOptions = {}
       release: () => s.release(),
     };
   }
-  if (!built.forward || !built.backward)
-    throw new TypeError('runVjpGraphs: the residuals result needs forward and backward models');
+  if (!built.forward || !built.backward) throw new TypeError('runVjpGraphs: the residuals result needs forward and backward models');
   const fs = await createSessionFromModel(built.forward, sessionOptions, opts.baseDir);
   const bs = await createSessionFromModel(built.backward, sessionOptions, opts.baseDir);
   let last: { feeds: Feeds; outputs: Record<string, ort.Tensor> } | undefined;

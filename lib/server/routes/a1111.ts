@@ -53,19 +53,15 @@ function finalStatus(ctx: ServerContext, id: string, reply: FastifyReply): Promi
 function jobFailure(status: JobStatus): HttpError {
   if (status.state === 'cancelled') return new HttpError(409, 'CONFLICT', 'the job was cancelled');
   const error = status.error ?? { code: 'FAILED', message: 'the job failed' };
-  if (error.code === 'FAILED' || error.code === 'STALLED' || error.code === 'SHUTDOWN')
-    return new HttpError(500, 'INTERNAL', error.message);
+  if (error.code === 'FAILED' || error.code === 'STALLED' || error.code === 'SHUTDOWN') return new HttpError(500, 'INTERNAL', error.message);
   return new HttpError(statusOfCode(error.code), error.code, error.message, { field: error.field, fix: error.fix });
 }
 
 async function txt2imgAnswer(ctx: ServerContext, status: JobStatus, body: unknown): Promise<Record<string, unknown>> {
   const record = status.record;
   if (!record?.log || record.state !== 'succeeded') throw jobFailure(status);
-  const images = await Promise.all(
-    Array.from({ length: record.images }, (_, n) => ctx.queue.store.image(record.id, n)),
-  );
-  if (images.some((png) => png === null))
-    throw new HttpError(500, 'INTERNAL', `the images of job ${record.id} are gone (result TTL)`);
+  const images = await Promise.all(Array.from({ length: record.images }, (_, n) => ctx.queue.store.image(record.id, n)));
+  if (images.some((png) => png === null)) throw new HttpError(500, 'INTERNAL', `the images of job ${record.id} are gone (result TTL)`);
   return {
     images: images.map((png) => png!.toString('base64')),
     parameters: body,
@@ -89,8 +85,7 @@ export function registerA1111Routes(app: FastifyInstance, ctx: ServerContext): v
       config: { rateLimit: ctx.rateLimit },
     },
     async (request, reply) => {
-      if (request.validationError)
-        throw schemaError(request.validationError.validation as never, extensionOptions(request.body), a1111Fix);
+      if (request.validationError) throw schemaError(request.validationError.validation as never, extensionOptions(request.body), a1111Fix);
       const body = request.body as Record<string, unknown>;
       const { options, model } = fromTxt2img(body);
       const job = ctx.checker.check(options, model, undefined);

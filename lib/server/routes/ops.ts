@@ -30,9 +30,7 @@ export function registerOpsRoutes(app: FastifyInstance, ctx: ServerContext): voi
 
   app.get('/readyz', async (_request, reply) => {
     const ready = await ctx.queue.ready();
-    return reply
-      .code(ready.ok ? 200 : 503)
-      .send({ ready: ready.ok, ...(ready.reason ? { reason: ready.reason } : {}) });
+    return reply.code(ready.ok ? 200 : 503).send({ ready: ready.ok, ...(ready.reason ? { reason: ready.reason } : {}) });
   });
 
   app.get('/metrics', async (_request, reply) => {

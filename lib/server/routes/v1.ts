@@ -25,10 +25,7 @@ export const imagePath = (id: string, n: number) => `${jobPath(id)}/images/${n}.
 /** A job status as the API answers it, with links. */
 export function statusBody(status: JobStatus): Record<string, unknown> {
   const { record, ...rest } = status;
-  const images =
-    record?.state === 'succeeded'
-      ? Array.from({ length: record.images }, (_, n) => imagePath(status.id, n))
-      : undefined;
+  const images = record?.state === 'succeeded' ? Array.from({ length: record.images }, (_, n) => imagePath(status.id, n)) : undefined;
   return {
     ...rest,
     ...(record ? { startedAt: record.startedAt, finishedAt: record.finishedAt } : {}),
@@ -83,8 +80,7 @@ export function registerV1Routes(app: FastifyInstance, ctx: ServerContext): void
       config: { rateLimit: ctx.rateLimit },
     },
     async (request, reply) => {
-      if (request.validationError)
-        throw schemaError(request.validationError.validation as never, v1Options(request.body));
+      if (request.validationError) throw schemaError(request.validationError.validation as never, v1Options(request.body));
       const { options, model, latents } = splitBody(request.body as Record<string, unknown>);
       const job = ctx.checker.check(options, model, latents);
       await ctx.queue.submit(job);
@@ -116,11 +112,7 @@ export function registerV1Routes(app: FastifyInstance, ctx: ServerContext): void
   app.delete<{ Params: { id: string } }>('/v1/generations/:id', async (request, reply) => {
     const before = await jobOf(request);
     if (isFinal(before.state)) {
-      throw new HttpError(
-        409,
-        'CONFLICT',
-        `generation ${before.id} has already ${before.state === 'cancelled' ? 'been cancelled' : before.state}`,
-      );
+      throw new HttpError(409, 'CONFLICT', `generation ${before.id} has already ${before.state === 'cancelled' ? 'been cancelled' : before.state}`);
     }
     const after = (await ctx.queue.cancel(before.id)) ?? before;
     // 200 once it has stopped; 202 while a running job is still on its way to the next step.
