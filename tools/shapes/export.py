@@ -30,6 +30,7 @@ if HERE not in sys.path:
 
 import data as D  # noqa: E402
 import model as M  # noqa: E402
+import pngio  # noqa: E402
 from model import sm  # noqa: E402
 
 import clip_bpe  # noqa: E402
@@ -63,6 +64,14 @@ def load_checkpoint(path: str):
     if not os.path.isfile(ae_path):
         raise SystemExit(f'{ae_path} not found: the autoencoder checkpoint must sit next to {path}')
     return path, ck, _load(ae_path)
+
+
+def training_curves(ckpt_path: str) -> dict:
+    """The loss curves train.py keeps in ckpt-unet.pt (the EMA checkpoint does not carry them)."""
+    unet_path = os.path.join(os.path.dirname(ckpt_path), 'ckpt-unet.pt')
+    if not os.path.isfile(unet_path):
+        return {}
+    return torch.load(unet_path, map_location='cpu').get('curves') or {}
 
 
 def fold_latent_scaling(ae: M.AutoEncoder) -> sm.VaeDecoder:
@@ -190,7 +199,14 @@ def export(ckpt_path: str, out: str) -> dict:
         if os.path.isfile(src):
             shutil.copyfile(src, os.path.join(out, extra))
 
-    write_readme(out, ck, ae_ck, state)
+    curves = ck.get('curves') or training_curves(ckpt_path)
+    if curves and not os.path.isfile(os.path.join(out, 'loss.png')):
+        # A run stopped by its budget before finish() has no loss.json/loss.png: draw them from the checkpoint.
+        with open(os.path.join(out, 'loss.json'), 'w') as f:
+            json.dump({'curves': curves, 'state': state,
+                       'columns': {'ae': ['step', 'loss'], 'unet': ['step', 'loss', 'lr', 'elapsed_s', 'samples_per_s']}}, f)
+        pngio.plot_losses(os.path.join(out, 'loss.png'), curves)
+    write_readme(out, {**ck, 'curves': curves}, ae_ck, state)
 
     import onnx
     sizes = {}
@@ -233,7 +249,9 @@ fixed inputs, checked against onnxruntime by test/eval/shapes-model.test.ts), `l
 (training curves), `samples.png` (PyTorch DDIM preview at the end of training), `train.log`.
 
 ## Architecture
-- Text encoder: CLIP text transformer, hidden {te['hidden_size']}, {te['num_layers']} layers, {te['num_heads']} heads, causal mask, 77 positions;
+- Text encoder: CLIP text transformer, hidden {te['hidden_size']}, {te['num_layers']} layers, {te['num_heads']} heads, 77 positions, a
+  *phrase* mask: attention is causal within each object phrase (the caption split at "and", "," and the first EOT),
+  so every object reaches the UNet only through its own words;
   **frozen** at its seeded random initialisation (as SD keeps CLIP frozen), so its outputs for every training
   caption were computed once.
 - Autoencoder: 64×64×3 → 16×16×4 latent. Encoder (training only): 4×4 space-to-depth + convolutions at 16².
@@ -254,7 +272,8 @@ fixed inputs, checked against onnxruntime by test/eval/shapes-model.test.ts), `l
   AdamW {recipe.get('lr')} (β₂ 0.99, weight decay 0.01, warm-up {recipe.get('warmup')} steps, cosine to 10 % over the wall-clock budget),
   grad-norm clip 1, EMA {recipe.get('ema')} (exported). {recipe.get('procs')} worker processes × batch {recipe.get('batch')}.
 - {state.get('unet_step')} UNet steps, **{state.get('samples_seen')} samples seen at {rate:.0f} samples/s**; final ε-loss {final_loss}.
-  Total wall time {state.get('elapsed_s', 0) / 60:.1f} min over {state.get('runs')} run(s), torch {ck.get('torch')}, 2 CPU cores.
+  Total wall time {state.get('elapsed_s', 0) / 60:.1f} min over {state.get('runs')} run(s), torch {ck.get('torch')}, one worker
+  pinned to one core of a 2-core machine (train.log records the run, including two text-encoder mask changes).
 - Export: `/usr/bin/python3 tools/shapes/export.py <out>/ckpt-ema.pt models/shapes-sd`.
 
 ![loss curves](loss.png)
