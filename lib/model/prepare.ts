@@ -47,7 +47,7 @@ export interface PrepareProgress {
 }
 
 export interface PrepareOptions {
-  /** Image height in pixels (a multiple of the VAE factor). Default: the UNet's static size, else 64 latent pixels. */
+  /** Image height in pixels (a multiple of the VAE factor). Default: the UNet's static size, else the family's default (lib/model/family.ts). */
   height?: number;
   /** Image width in pixels. Default: the UNet's static width, else as height. */
   width?: number;

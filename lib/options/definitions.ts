@@ -280,13 +280,13 @@ export const GENERATE_OPTIONS = {
   }),
   height: option({
     kind: integer(8, 4096),
-    doc: 'image height in pixels, a multiple of the VAE factor (8)',
+    doc: 'image height in pixels, a multiple of the VAE factor (8 for SD exports, 4 for the bundled model)',
     defaultFrom: "the prepared size, else the UNet's",
     cli: '--height <px>',
   }),
   width: option({
     kind: integer(8, 4096),
-    doc: 'image width in pixels, a multiple of the VAE factor (8)',
+    doc: 'image width in pixels, a multiple of the VAE factor (8 for SD exports, 4 for the bundled model)',
     defaultFrom: "the prepared size, else the UNet's",
     cli: '--width <px>',
   }),
@@ -296,7 +296,11 @@ export const GENERATE_OPTIONS = {
     defaultFrom: 'a random seed, recorded with the result',
     cli: '--seed <n>',
   }),
-  latents: option({ kind: latentsKind, doc: 'initial latents [n, 4, h/8, w/8] as float32/float64 .npy (replaces the seed)', cli: '--latents <file.npy>' }),
+  latents: option({
+    kind: latentsKind,
+    doc: 'initial latents [n, 4, h/f, w/f] (f: the VAE factor) as float32/float64 .npy (replaces the seed)',
+    cli: '--latents <file.npy>',
+  }),
   imagesPerPrompt: withDefault({ kind: integer(1, 64), default: 1, doc: 'images for this prompt (one noise draw of shape [n, 4, h, w])', cli: '--images <n>' }),
   scheduler: option({
     kind: oneOf(SCHEDULER_NAMES),

@@ -351,7 +351,7 @@ export function readLatentsNpy(file: string, expectedShape: number[]): Float32Ar
   const same = arr.shape.length === expectedShape.length && arr.shape.every((d, i) => d === expectedShape[i]);
   if (!same) {
     throw new RangeError(
-      `latents: ${file} has shape [${arr.shape.join(', ')}] but the pipeline needs [${expectedShape.join(', ')}] (batch, 4, height/8, width/8)`,
+      `latents: ${file} has shape [${arr.shape.join(', ')}] but the pipeline needs [${expectedShape.join(', ')}] (batch, channels, height/f, width/f with f the VAE factor)`,
     );
   }
   let out: Float32Array;

@@ -109,6 +109,14 @@ export function checkExecutionProvider(name: unknown): string {
   return name;
 }
 
+/** Providers whose libraries are present here: bundled ones and those installed beside the binding (not probed). */
+export function installedExecutionProviders(): string[] {
+  const dir = bindingDir();
+  return knownExecutionProviders()
+    .filter((k) => k.bundled || providerLibraries(k.name).every((f) => fs.existsSync(path.join(dir, f))))
+    .map((k) => k.name);
+}
+
 /** A one-node model (Identity on float[1]) that a provider must be able to run. */
 function probeModel(): Uint8Array {
   return encodeModel({

@@ -14,7 +14,7 @@ export const LATENTS_SCHEMA = {
   minLength: 1,
   maxLength: Math.ceil(MAX_LATENT_BYTES / 3) * 4,
   pattern: '^[A-Za-z0-9+/]+={0,2}$',
-  description: `initial latents [images, 4, height/8, width/8] as a base64 .npy (float32 or float64, C order), at most ${MAX_LATENT_BYTES} bytes; replaces the seed`,
+  description: `initial latents [images, 4, height/f, width/f] as a base64 .npy (float32 or float64, C order), at most ${MAX_LATENT_BYTES} bytes; replaces the seed`,
 } as const;
 
 function refused(message: string, fix?: string): DivbindError {
@@ -29,11 +29,11 @@ export function decodeLatents(base64: string, images: number): Float32Array {
   try {
     array = parseNpy(bytes, 'latents');
   } catch (err) {
-    throw refused((err as Error).message, 'send a base64 .npy of float32 values, shape [images, 4, height/8, width/8]');
+    throw refused((err as Error).message, 'send a base64 .npy of float32 values, shape [images, 4, height/f, width/f]');
   }
   const { shape, dtype, data } = array;
   if (shape.length !== 4 || !shape.every((d) => Number.isSafeInteger(d) && d > 0)) {
-    throw refused(`Expected a 4-D shape [images, channels, height/8, width/8] for latents but received (${shape.join(', ')})`);
+    throw refused(`Expected a 4-D shape [images, channels, height/f, width/f] for latents but received (${shape.join(', ')})`);
   }
   if (shape[0] !== images) {
     throw refused(`latents hold ${shape[0]} image(s) but imagesPerPrompt is ${images}`, 'make the first dimension imagesPerPrompt');

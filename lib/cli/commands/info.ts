@@ -14,6 +14,7 @@ import { readModelFolder, type ComponentName, type ModelFolder } from '../../mod
 import { listPrepared, prepareCommand, sourceIdentity } from '../../model/prepared';
 import { defaultImageSize, formatSize, sizeRule, type ImageSize } from '../../model/size';
 import { defaultModelDir } from '../../pipeline/defaults';
+import { installedExecutionProviders } from '../../pipeline/ort';
 import { exitCodeFor, handleCliError, printCliError } from '../errors';
 
 interface InfoOptions {
@@ -113,7 +114,7 @@ export async function collectInfo(modelDir: string): Promise<{ info: Record<stri
     version: pkg.version,
     node: process.version,
     platform: `${process.platform}-${process.arch}`,
-    onnxruntime: { version: ort.env.versions.common, executionProviders: ['cpu'] },
+    onnxruntime: { version: ort.env.versions.common, executionProviders: installedExecutionProviders() },
     loss: {
       backends: availableBackends(),
       native: native.binding ? native.binding.features : { error: native.error?.message ?? 'not loaded' },

@@ -61,7 +61,7 @@ export function makePrepareCommand(): Command {
     .argument('<model-dir>', 'Stable Diffusion ONNX folder (model_index.json, unet/model.onnx, …)')
     .option(
       '--height <px>',
-      "image height in pixels, a multiple of the VAE factor (default: the UNet's static size, else 64 latent pixels)",
+      "image height in pixels, a multiple of the VAE factor (default: the UNet's static size, else the model family's default size)",
       intOption('height'),
     )
     .option('--width <px>', "image width in pixels (default: the UNet's static width, else as --height)", intOption('width'))
