@@ -178,7 +178,7 @@ test("SDXL components are checked at load: each text encoder's outputs, the size
     t,
     xlUnet,
     'MODEL_MISSING',
-    'text_encoder_2',
+    'text_encoder_2/model.onnx',
     /takes SDXL's text_embeds and time_ids, but the folder has no second text encoder \(read as SD 2\.x/,
   );
 });

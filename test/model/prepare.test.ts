@@ -154,11 +154,11 @@ test('folder errors say what is missing and what layout is expected', async (t) 
   await t.throwsAsync(prepareModel(path.join(d, 'nope')), {
     instanceOf: DivbindError,
     code: 'MODEL_MISSING',
-    message: `model folder not found: ${path.join(d, 'nope')}: ${layout}: model_index.json, text_encoder/model.onnx, unet/model.onnx, vae_decoder/model.onnx, tokenizer/, scheduler/`,
+    message: `model folder not found: ${path.join(d, 'nope')}: ${layout}: model_index.json, text_encoder/model.onnx, unet/model.onnx, vae_decoder/model.onnx, tokenizer/, scheduler/ (SDXL also text_encoder_2/model.onnx and tokenizer_2/)`,
   } as never);
   await t.throwsAsync(prepareModel(d), {
     instanceOf: DivbindError,
-    message: `${d} is not a Stable Diffusion ONNX folder: model_index.json is missing: ${layout}: model_index.json, text_encoder/model.onnx, unet/model.onnx, vae_decoder/model.onnx, tokenizer/, scheduler/`,
+    message: `${d} is not a Stable Diffusion ONNX folder: model_index.json is missing: ${layout}: model_index.json, text_encoder/model.onnx, unet/model.onnx, vae_decoder/model.onnx, tokenizer/, scheduler/ (SDXL also text_encoder_2/model.onnx and tokenizer_2/)`,
   });
   fs.writeFileSync(path.join(d, 'model_index.json'), '{}');
   await t.throwsAsync(prepareModel(d), {

@@ -93,7 +93,7 @@ test('check-spec-refs: a § must be a numbered section of the doc the line cites
       `// (docs/onnx-export.md ${S}5)`, // ok
       `// spec ${S}3`, // no section 3 in divide-and-bind.md
       `// docs/onnx-export.md ${S}2`, // no section 2 there
-      `// docs/divide-and-bind.md ${S}1`, // outside the repository
+      `// ../shared/spec/divide-and-bind.md ${S}1`, // outside the repository
       `const sect = '${S}';`, // not a citation
     ].join('\n'),
   );

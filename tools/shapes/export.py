@@ -126,7 +126,10 @@ def export(ckpt_path: str, out: str) -> dict:
         'vae_encoder': [None, None],
         # 16×16 latent: objects and attributes both from the 16² cross-attention layers (the only level with
         # room for several objects; 8² and 4² are too coarse).
-        'divbind': {'attentionResolution': 16, 'attributeResolutions': [16]},
+        # The model's own D&B defaults (lib/options/model-defaults.ts), chosen on the dev prompts (README):
+        # its padding tokens take most of the attention, so the token softmax stops at EOT; lower refinement caps.
+        'divbind': {'attentionResolution': 16, 'attributeResolutions': [16],
+                    'defaults': {'loss': {'tokenSlice': 'until-eot'}, 'refinement': {'initStep': 20, 'other': 10}}},
         'shapes_sd': {
             'image_size': M.IMAGE_SIZE, 'latent_size': M.LATENT_SIZE, 'vae_scale_factor': M.IMAGE_SIZE // M.LATENT_SIZE,
             'shapes': list(D.SHAPES), 'colours': {k: list(v) for k, v in D.COLOURS.items()},
