@@ -11,6 +11,10 @@ import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { readNpy, type NpyArray } from '../../lib/util/npy';
 import { ClipTokenizer } from '../../lib/tokenizer/clip';
+import { detectObjects } from '../../lib/eval/benchmark';
+import { parsePrompt } from '../../lib/eval/prompts';
+import { scoreImage } from '../../lib/eval/score';
+import { DivBindPipeline } from '../../lib/pipeline/pipeline';
 
 const ROOT = path.resolve(__dirname, '../../..');
 const DIR = process.env.SHAPES_SD_DIR ? path.resolve(process.env.SHAPES_SD_DIR) : path.join(ROOT, 'models', 'shapes-sd');
@@ -80,4 +84,27 @@ check('onnxruntime matches the PyTorch reference outputs', async (t) => {
   t.deepEqual(o3.sample.dims, [1, 3, 64, 64]);
   close(t, o3.sample.data as Float32Array, ref('decoded').data as Float32Array, 'vae decoder');
   await Promise.all([te.release(), unet.release(), vae.release()]);
+});
+
+// The plain model (no guidance) on fixed seeds draws the asked shape in the asked colour: a check of the weights,
+// not of timing. 3 prompts × 4 seeds, 30 steps; the quality gate of the bundled model is ≥ 80 % (README table).
+check.serial('the plain model draws single shapes in the right colour on fixed seeds (≥ 80 %)', async (t) => {
+  const pipe = await DivBindPipeline.load(DIR, { session: { intraOpNumThreads: 1 } });
+  try {
+    const verdicts: string[] = [];
+    let correct = 0;
+    for (const prompt of ['a red circle', 'a blue square', 'a yellow triangle']) {
+      for (const seed of [0, 1, 2, 3]) {
+        const { images } = await pipe.generate({ prompt, mode: 'none', seed, steps: 30 });
+        const found = detectObjects(images[0]);
+        const ok = scoreImage(parsePrompt(prompt).objects, found).success;
+        correct += ok ? 1 : 0;
+        verdicts.push(`${prompt} seed ${seed}: ${found.map((d) => `${d.colour} ${d.shape}`).join(', ') || 'nothing'}`);
+      }
+    }
+    t.log(verdicts.join('\n'));
+    t.true(correct >= 10, `${correct}/12 correct`);
+  } finally {
+    await pipe.release();
+  }
 });
