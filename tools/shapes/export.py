@@ -249,7 +249,7 @@ Standard diffusers ONNX layout (OnnxStableDiffusionPipeline), opset {OPSET}, flo
 `text_encoder/`, `unet/` (dynamic batch, int64 timestep [1]), `vae_decoder/` (latent standardisation folded in;
 SD's 0.18215 convention; `config.json` says the VAE factor is 4, not SD's 8), `reference/` (PyTorch outputs on
 fixed inputs, checked against onnxruntime by test/eval/shapes-model.test.ts), `loss.png` / `loss.json`
-(training curves), `samples.png` (PyTorch DDIM preview at the end of training), `train.log`.
+(training curves), `samples.png` (plain sampling through this package, 9 prompts × seeds 0-3; a run that reaches its end also writes a PyTorch preview there), `train.log`.
 
 ## Architecture
 - Text encoder: CLIP text transformer, hidden {te['hidden_size']}, {te['num_layers']} layers, {te['num_heads']} heads, 77 positions, a
@@ -280,6 +280,11 @@ fixed inputs, checked against onnxruntime by test/eval/shapes-model.test.ts), `l
 - Export: `/usr/bin/python3 tools/shapes/export.py <out>/ckpt-ema.pt models/shapes-sd`.
 
 ![loss curves](loss.png)
+
+Loss curves (log scale): autoencoder reconstruction on the left, UNet ε-MSE (min-SNR-5 weighted) on the right;
+raw in blue, smoothed in red.
+
+![samples](samples.png)
 
 ## What it draws, and its limits
 - Prompts in the caption grammar: "a [colour] shape", "two|three shapes", joined by "," and "and". Other words
