@@ -5,7 +5,7 @@
  */
 import type { DivBindPipeline } from '../index';
 import { HttpError } from './http-errors';
-import { type JobProgress, type JobRecord, type JobRequest, type JobStatus, type JobEvent, finalEvents } from './jobs';
+import { type JobProgress, type JobRecord, type JobRequest, type JobStatus, type JobEvent, cancelledRecord, finalEvents } from './jobs';
 import { CANCEL_WAIT_MS, EventHub, RETRY_AFTER_SECONDS, settledWithin, statusOfRecord, type JobQueue, type QueueOverview } from './queue';
 import type { AbortReason, JobRunner, RunOutcome } from './runner';
 import type { MemoryStore } from './store';
@@ -117,19 +117,7 @@ export class EmbeddedQueue implements JobQueue {
   async close(graceMs: number): Promise<void> {
     this.closing = true;
     for (const request of this.waiting.splice(0)) {
-      await this.end(
-        {
-          id: request.id,
-          model: request.model,
-          state: 'cancelled',
-          createdAt: request.createdAt,
-          startedAt: null,
-          finishedAt: Date.now(),
-          images: 0,
-          error: { code: 'SHUTDOWN', message: 'the server shut down before the job started' },
-        },
-        [],
-      );
+      await this.end({ ...cancelledRecord(request), error: { code: 'SHUTDOWN', message: 'the server shut down before the job started' } }, []);
     }
     const all = Promise.all([...this.running.values()].map((r) => r.done));
     const timer = setTimeout(() => {

@@ -118,3 +118,16 @@ export function finalEvents(record: JobRecord): JobEvent[] {
   const images: JobEvent[] = Array.from({ length: record.images }, (_, index) => ({ type: 'image', index }));
   return [...images, { type: 'done', record }];
 }
+
+/** The record of a job cancelled before it started (no images). */
+export function cancelledRecord(request: JobRequest): JobRecord {
+  return {
+    id: request.id,
+    model: request.model,
+    state: 'cancelled',
+    createdAt: request.createdAt,
+    startedAt: null,
+    finishedAt: Date.now(),
+    images: 0,
+  };
+}

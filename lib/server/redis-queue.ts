@@ -9,12 +9,12 @@ import { Queue, QueueEvents } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { DivBindPipeline } from '../index';
 import { HttpError } from './http-errors';
-import { type JobError, type JobEvent, type JobProgress, type JobRequest, type JobStatus, finalEvents } from './jobs';
+import { type JobError, type JobEvent, type JobProgress, type JobRequest, type JobStatus, cancelledRecord, finalEvents } from './jobs';
 import { CANCEL_WAIT_MS, EventHub, RETRY_AFTER_SECONDS, settledWithin, statusOfRecord, type JobQueue, type QueueOverview } from './queue';
 import { BULL_PREFIX, CANCEL_CHANNEL, QUEUE_NAME, cancelKey, connectRedis, connectionOptions } from './redis';
 import { RedisStore } from './redis-store';
 import type { JobStore } from './store';
-import { type RedisJobWorker, cancelledRecord } from './redis-worker';
+import type { RedisJobWorker } from './redis-worker';
 
 const POLL_MS = 2000;
 

@@ -11,7 +11,7 @@
  */
 import { type Job, UnrecoverableError, WaitingError, Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
-import type { JobRecord, JobRequest } from './jobs';
+import { type JobRequest, cancelledRecord } from './jobs';
 import { BULL_PREFIX, CANCEL_CHANNEL, QUEUE_NAME, cancelKey, connectRedis, connectionOptions } from './redis';
 import { RedisStore } from './redis-store';
 import type { AbortReason, JobRunner } from './runner';
@@ -126,16 +126,4 @@ export class RedisJobWorker {
     await this.subscriber.quit().catch(() => this.subscriber.disconnect());
     await this.redis.quit().catch(() => this.redis.disconnect());
   }
-}
-
-export function cancelledRecord(request: JobRequest): JobRecord {
-  return {
-    id: request.id,
-    model: request.model,
-    state: 'cancelled',
-    createdAt: request.createdAt,
-    startedAt: null,
-    finishedAt: Date.now(),
-    images: 0,
-  };
 }
