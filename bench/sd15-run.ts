@@ -3,6 +3,13 @@
  * images of one mode and size, and reports seconds per image, the phase breakdown, its own peak RSS (VmHWM) and
  * where it left the final latents (for the comparison with the PyTorch peer). Also `prepare` for a size, in its own
  * child so that its memory never counts in a run.
+ *
+ * The child tells the parent when the timed images start ({ phase: 'timed' }): the parent samples Pss only before
+ * that, during the load and the warm-up image (which runs every phase: text encoder, guided forward, loss, VJP,
+ * CFG, VAE). Reading smaps_rollup walks the page tables of every mapping (three sessions on a 3.4 GB weights file)
+ * and takes a core from the two that onnxruntime uses. Measured on the SD 1.5-size model at 256² (6 steps, 3 guided,
+ * two rounds): sampling every 200 ms throughout made tv_bind 33.3 / 35.7 s against 26.3 / 24.2 s unsampled (its CFG
+ * phase 16.9-17.9 s against 11.8-13.0 s), and plain SD 15.4 / 16.9 s against 14.5 / 14.4 s.
  */
 import { fork } from 'node:child_process';
 import * as path from 'node:path';
@@ -71,6 +78,7 @@ async function runMode(s: RunSettings): Promise<ModeRun> {
   const loadSeconds = (performance.now() - t0) / 1000;
   try {
     if (s.warmupSteps > 0) await pipe.generate(generateOptions(s, s.warmupSteps));
+    process.send?.(TIMED);
     const seconds: number[] = [];
     let last: GenerateResult | undefined;
     for (let r = 0; r < s.repeats; r++) {
@@ -98,22 +106,33 @@ async function runMode(s: RunSettings): Promise<ModeRun> {
 
 type ChildJob = { kind: 'run'; settings: RunSettings } | { kind: 'prepare'; modelDir: string; size: number };
 
-function inChild<T>(job: ChildJob, onStart?: (pid: number) => void): Promise<T> {
+/** The message a run child sends when its timed images start (after the load and the warm-up). */
+const TIMED = { phase: 'timed' } as const;
+const isTimed = (m: unknown) => typeof m === 'object' && m !== null && (m as { phase?: unknown }).phase === TIMED.phase;
+
+/** Hooks of a run child: its pid once started, and the moment its timed images start. */
+export interface ChildHooks {
+  onStart?: (pid: number) => void;
+  onTimed?: () => void;
+}
+
+function inChild<T>(job: ChildJob, hooks: ChildHooks = {}): Promise<T> {
   return new Promise((resolve, reject) => {
     const child = fork(__filename, ['--child', JSON.stringify(job)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-    if (child.pid !== undefined) onStart?.(child.pid);
+    if (child.pid !== undefined) hooks.onStart?.(child.pid);
     let result: T | undefined;
     child.on('message', (m) => {
-      result = m as T;
+      if (isTimed(m)) hooks.onTimed?.();
+      else result = m as T;
     });
     child.on('error', reject);
     child.on('exit', (code) => (result !== undefined ? resolve(result) : reject(new Error(`bench child ${job.kind} exited with ${code}`))));
   });
 }
 
-/** Times one mode in a fresh process; `onStart` gets its pid (for memory sampling). */
-export function runModeInChild(settings: RunSettings, onStart?: (pid: number) => void): Promise<ModeRun> {
-  return inChild<ModeRun>({ kind: 'run', settings }, onStart);
+/** Times one mode in a fresh process; `hooks` get its pid and the start of its timed images (for memory sampling). */
+export function runModeInChild(settings: RunSettings, hooks: ChildHooks = {}): Promise<ModeRun> {
+  return inChild<ModeRun>({ kind: 'run', settings }, hooks);
 }
 
 /** Prepares `modelDir` for a size (a no-op when ready) in a fresh process; the seconds it took. */

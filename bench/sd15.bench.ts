@@ -7,8 +7,9 @@
  * (the top-level size/modes are the largest SD 1.5 size run).
  *
  * Every mode runs in its own child process (peak RSS is a process high-water mark), after one warm-up image of
- * `--warmup-steps` steps (first runs page the weights in); the parent samples the child's Pss (bench/memory.ts
- * says why both peaks are reported). Settings: `--steps` steps, maxIterToAlter `--max-iter`, no refinement, the
+ * `--warmup-steps` steps (first runs page the weights in); the parent samples the child's Pss during the load and the
+ * warm-up only, never during the timed images (bench/sd15-run.ts says why; bench/memory.ts why both peaks are
+ * reported). Settings: `--steps` steps, maxIterToAlter `--max-iter`, no refinement, the
  * same initial latents and tokens for every mode and for the peer.
  *
  *   node dist/bench/sd15.bench.js --model /work/perf-models/sd15 [--sizes 256,512] [--modes none,max,tv,tv_bind]
@@ -62,10 +63,18 @@ async function runSize(modelDir: string, kind: 'sd15' | 'tiny', size: number, o:
   for (const mode of o.modes) {
     const settings: RunSettings = { ...o.settings, modelDir, size, mode, latentsFile };
     let peaks: MemoryPeaks | undefined;
-    const run = await runModeInChild(settings, (pid) => {
-      peaks = new MemoryPeaks(pid);
+    let peakPssMB = 0;
+    const stopSampling = () => {
+      if (peaks !== undefined) peakPssMB = Math.max(peakPssMB, peaks.stop().peakPssMB);
+      peaks = undefined;
+    };
+    const run = await runModeInChild(settings, {
+      onStart: (pid) => {
+        peaks = new MemoryPeaks(pid);
+      },
+      onTimed: stopSampling,
     });
-    const { peakPssMB } = peaks!.stop();
+    stopSampling();
     const { finalLatentsFile, ...rest } = run;
     finals[mode] = finalLatentsFile;
     modes[mode] = { ...rest, ratioVsPlain: Number.NaN, peakPssMB };

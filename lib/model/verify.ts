@@ -5,6 +5,7 @@
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { createSession } from '../onnx/model-io';
+import { sessionOptions } from '../pipeline/ort';
 import { dataTypeName, ortTypeOf } from '../onnx/proto';
 import type { InstrumentResult } from '../onnx/attention';
 import type { ShapeMap } from '../onnx/shapes';
@@ -58,8 +59,13 @@ function assertFinite(data: ArrayLike<number>, what: string): void {
   }
 }
 
-/** 'basic': the check needs correctness, not speed, and 'all' takes longer to create sessions for big VJP graphs. */
-const CHECK_SESSION: ort.InferenceSession.SessionOptions = { graphOptimizationLevel: 'basic', logSeverityLevel: 3 };
+/**
+ * The pipeline's session settings (no memory arena, weights read from the mapped file, no spin-waiting), so the check
+ * needs no more memory than a guidance step: with onnxruntime's default arena the check of SDXL's full-size UNet at
+ * 1024² ran out of 24 GB where the step itself peaks at 12 GB of anonymous memory. 'basic': the check needs
+ * correctness, not speed, and 'all' takes longer to create sessions for big VJP graphs.
+ */
+const CHECK_SESSION = sessionOptions({ graphOptimizationLevel: 'basic' });
 
 type Memory = Array<{ location: string; source: string }>;
 

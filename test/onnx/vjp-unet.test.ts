@@ -63,6 +63,19 @@ test.serial('only the path from sample to the maps is differentiated; weights ar
   t.true(shared.some((i) => i.data_location === 1 && (i.external_data ?? []).some((e) => e.key === 'location' && e.value === 'weights.pb')));
   const newInitBytes = vjpInits.filter((i) => !src.has(i)).reduce((s, i) => s + (i.raw_data?.byteLength ?? 0), 0);
   t.true(newInitBytes < 1 << 20, `new constants total ${newInitBytes} bytes`);
+  // Nor a copy made at session creation: onnxruntime constant-folds any node that reads only initializers, so a
+  // Transpose of a weight (ga = gy·Wᵀ) would become a private transposed copy; Gemm(transB) reads W in place.
+  const weightNames = new Set(model.graph!.initializer.filter((i) => (i.dims ?? []).length >= 2).map((i) => i.name));
+  const residuals = buildVjp(model, { wrt: 'sample', outputs: maps, shapes, design: 'residuals' });
+  for (const g of [all.vjp!, residuals.backward!]) {
+    const folded = g.graph!.node.filter((n) => n.op_type === 'Transpose' && n.input.some((i) => weightNames.has(i)));
+    t.deepEqual(
+      folded.map((n) => n.name),
+      [],
+      'no Transpose of a weight in the backward',
+    );
+    t.true(g.graph!.node.some((n) => n.op_type === 'Gemm' && weightNames.has(n.input[1]!)));
+  }
   t.deepEqual(
     all.vjp!.graph!.output.map((o) => o.name),
     ['grad_sample'],
@@ -89,4 +102,24 @@ test.serial('an output that does not depend on wrt gives an exactly zero gradien
   } finally {
     await runner.release();
   }
+});
+
+test.serial('residuals: nothing the backward can rebuild from other residuals by elementwise or layout ops is passed', async (t) => {
+  const v = variants.find((x) => x.name === 'opset17-int64-static')!;
+  const { model, shapes, maps } = await setUp(v);
+  const built = buildVjp(model, { wrt: 'sample', outputs: maps, shapes, design: 'residuals' });
+  const residuals = new Set(built.stats.residualNames);
+  const producer = new Map(model.graph!.node.flatMap((n) => n.output.map((o) => [o, n] as const)));
+  const inputs = new Set(model.graph!.input.map((i) => i.name));
+  const constants = new Set(model.graph!.initializer.map((i) => i.name));
+  const isFloat = (name: string) => [1, 11].includes(shapes.get(name)?.elemType ?? 0);
+  // GEGLU's x/√2, 1 + erf(·) and products of the kept halves; a Reshape of a kept tensor.
+  const rebuildable = [...residuals].filter((r) => {
+    const p = producer.get(r);
+    if (p === undefined || !['Div', 'Add', 'Mul', 'Erf', 'Reshape', 'Transpose'].includes(p.op_type!)) return false;
+    return p.input.every((i) => !i || residuals.has(i) || inputs.has(i) || constants.has(i) || !isFloat(i));
+  });
+  t.deepEqual(rebuildable, []);
+  // The backward rebuilds them: its Erf nodes are the forward's own, recomputed.
+  t.true(built.backward!.graph!.node.some((n) => n.op_type === 'Erf'));
 });

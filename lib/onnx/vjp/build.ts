@@ -486,6 +486,8 @@ function assembleResiduals(src: Source, asm: Assembly): ResidualGraphs {
   const { graph } = src;
   const dynamic = dynamicTensors(src);
   const recomputed = recomputedChains(src, asm.reads, dynamic);
+  const first = splitReads(src, asm.reads, recomputed, dynamic);
+  for (const n of rematerialized(src, first.residualNames, recomputed, dynamic)) recomputed.add(n);
   const { needed, residualNames, foldedConsts, staticReads } = splitReads(src, asm.reads, recomputed, dynamic);
   const inputReads = graph.input.filter((vi) => needed.has(vi.name ?? '') && !src.inits.has(vi.name ?? ''));
   const constNodes = closure(src, staticReads, (t) => src.inits.has(t)).map((n) => n.source as NodeProto);
@@ -551,6 +553,73 @@ function recomputedChains(src: Source, reads: Set<string>, dynamic: Set<string>)
     for (const n of chainFrom(t) ?? []) recomputed.add(n);
   }
   return recomputed;
+}
+
+/** Ops the backward recomputes from other residuals rather than receive: elementwise or layout, no reduction. */
+const CHEAP_OPS = new Set([
+  'Add',
+  'Sub',
+  'Mul',
+  'Div',
+  'Neg',
+  'Erf',
+  'Sqrt',
+  'Sigmoid',
+  'Tanh',
+  'Cast',
+  'Identity',
+  'Reshape',
+  'Squeeze',
+  'Unsqueeze',
+  'Slice',
+  'Transpose',
+]);
+const REMAT_DEPTH = 6;
+
+/**
+ * Forward nodes whose outputs the backward recomputes from the residuals it keeps, so fewer bytes cross from the
+ * forward (every residual is an output the forward allocates and Node copies). A residual is dropped when a chain of
+ * at most REMAT_DEPTH cheap ops rebuilds it from kept residuals, graph inputs, constants and recomputed tensors: a
+ * GEGLU feed-forward keeps its two halves instead of five tensors of that size (x/√2, 1 + erf, the products), a
+ * reshaped or transposed copy of a kept tensor is not passed twice. Residuals are visited in topological order, so
+ * a dropped one is rebuilt only from tensors decided before it.
+ */
+function rematerialized(src: Source, residuals: readonly string[], recomputed: ReadonlySet<NodeView>, dynamic: Set<string>): Set<NodeView> {
+  const order = new Map(src.nodes.map((n, k) => [n, k]));
+  const position = (t: string) => order.get(src.producer.get(t)!) ?? -1;
+  const kept = new Set(residuals);
+  const rebuilt = new Set<string>();
+  for (const n of recomputed) for (const o of n.outputs) rebuilt.add(o);
+  const chosen = new Set<NodeView>();
+  const available = (t: string) =>
+    !t ||
+    kept.has(t) ||
+    rebuilt.has(t) ||
+    src.inits.has(t) ||
+    src.inputNames.has(t) ||
+    !dynamic.has(t) ||
+    (!isFloatType(src.info(t)?.elemType ?? 0) && src.folder.get(t) !== undefined);
+  const rebuild = (t: string, depth: number, chain: NodeView[]): boolean => {
+    if (available(t)) return true;
+    const p = src.producer.get(t);
+    if (!p || depth >= REMAT_DEPTH || !CHEAP_OPS.has(p.opType) || p.outputs.length !== 1 || (p.domain !== '' && p.domain !== 'ai.onnx')) return false;
+    if (!p.inputs.every((i) => rebuild(i, depth + 1, chain))) return false;
+    if (!chain.includes(p)) chain.push(p);
+    return true;
+  };
+  for (const r of [...residuals].sort((a, b) => position(a) - position(b))) {
+    kept.delete(r);
+    const chain: NodeView[] = [];
+    if (rebuild(r, 0, chain)) {
+      for (const n of chain) {
+        chosen.add(n);
+        for (const o of n.outputs) rebuilt.add(o);
+      }
+    } else {
+      kept.add(r);
+    }
+  }
+  return chosen;
 }
 
 interface SplitReads {

@@ -162,7 +162,13 @@ function matmulRule(c: RuleContext) {
   const gy = e.reshape(scaled ? scaled[0] : gy0(c), yd, y2);
   const rescale = (t: string) => (scaled ? e.op1('Mul', [t, scaled[1]]) : t);
   const swapLast = (r: number) => [...range(0, r - 2), r - 1, r - 2];
-  if (c.needs(0)) {
+  if (c.needs(0) && bd.length === 2 && ad.length >= 2) {
+    // y = a·b with a 2-D b (a weight) ⇒ ga = gy·bᵀ as one Gemm(transB) on 2-D views. Not MatMul(gy, Transpose(b)):
+    // onnxruntime constant-folds the Transpose of a weight into a private transposed copy (0.9 GB for SD 1.5).
+    const rows = ad.slice(0, -1).reduce((p, v) => p * v, 1);
+    const ga = rescale(e.op1('Gemm', [e.reshape(scaled ? scaled[0] : gy0(c), yd, [rows, n]), b], { transB: attr.int(1) }));
+    c.addGrad(0, e.reshape(ga, [rows, k], ad));
+  } else if (c.needs(0)) {
     // y = a·b ⇒ ga = gy·bᵀ, summed over broadcast batch axes.
     const bT = e.transpose(e.reshape(b, bd, b2), swapLast(b2.length));
     const ga2 = rescale(e.op1('MatMul', [gy, bT]));
