@@ -9,6 +9,7 @@
         "native/core/attention_loss.cc",
         "native/core/plan.cc",
         "native/core/gradient_write.cc",
+        "native/addon/allocator.cc",
         "native/addon/convert.cc",
         "native/addon/loss_call.cc",
         "native/addon/addon.cc"

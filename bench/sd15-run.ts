@@ -32,6 +32,8 @@ export interface RunSettings {
   threads: number;
   seed: number;
   shareWeights: boolean;
+  /** SessionOptions.retainFreedMemory (false: --release-freed-memory). */
+  retainFreedMemory: boolean;
   prompt: string;
   tokens: SelectionSpec;
 }
@@ -74,7 +76,10 @@ function generateOptions(s: RunSettings, steps: number): GenerateOptions {
 /** The child's work: load, warm up, time. */
 async function runMode(s: RunSettings): Promise<ModeRun> {
   const t0 = performance.now();
-  const pipe = await DivBindPipeline.load(s.modelDir, { prepare: false, session: { intraOpNumThreads: s.threads, shareWeights: s.shareWeights } });
+  const pipe = await DivBindPipeline.load(s.modelDir, {
+    prepare: false,
+    session: { intraOpNumThreads: s.threads, shareWeights: s.shareWeights, retainFreedMemory: s.retainFreedMemory },
+  });
   const loadSeconds = (performance.now() - t0) / 1000;
   try {
     if (s.warmupSteps > 0) await pipe.generate(generateOptions(s, s.warmupSteps));

@@ -10,11 +10,13 @@
  * `--warmup-steps` steps (first runs page the weights in); the parent samples the child's Pss during the load and the
  * warm-up only, never during the timed images (bench/sd15-run.ts says why; bench/memory.ts why both peaks are
  * reported). Settings: `--steps` steps, maxIterToAlter `--max-iter`, no refinement, the
- * same initial latents and tokens for every mode and for the peer.
+ * same initial latents and tokens for every mode and for the peer. The allocator A/B (`releasedFreedMemory`) runs
+ * `--allocator-modes` again with SessionOptions.retainFreedMemory false, in the same run.
  *
  *   node dist/bench/sd15.bench.js --model /work/perf-models/sd15 [--sizes 256,512] [--modes none,max,tv,tv_bind]
  *     [--steps 10] [--max-iter 5] [--repeats 1] [--warmup-steps 1] [--threads N] [--peer-modes none,tv_bind]
- *     [--no-tiny] [--no-peer] [--private-weights] [--out bench/results/sd15.json]
+ *     [--no-tiny] [--no-peer] [--no-sessions] [--private-weights] [--release-freed-memory] [--allocator-modes none,tv_bind]
+ *     [--out bench/results/sd15.json]
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -38,6 +40,10 @@ export interface Sd15BenchOptions {
   settings: Omit<RunSettings, 'modelDir' | 'size' | 'mode' | 'latentsFile'>;
   tiny: boolean;
   peer: boolean;
+  /** Modes also run with freed memory released (the allocator A/B); [] skips it. */
+  allocatorModes: GuidanceMode[];
+  /** Measure each session's memory with shared and private weights (bench/sessions.ts). */
+  sessions: boolean;
   out: string;
 }
 
@@ -49,52 +55,71 @@ interface ModeResult extends Omit<ModeRun, 'finalLatentsFile'> {
 interface SizeResult {
   size: number;
   modes: Record<string, ModeResult>;
+  /** The allocator A/B: modes run with retainFreedMemory false; retainedSpeedup = their time ÷ the default's. */
+  releasedFreedMemory: Record<string, ModeResult> | null;
   peer: PeerResult | null;
 }
 
-/** One child per mode; the parent samples its Pss. The guided modes need the size prepared first (its own child). */
-async function runSize(modelDir: string, kind: 'sd15' | 'tiny', size: number, o: Sd15BenchOptions, scratch: string): Promise<SizeResult> {
-  const prepareSeconds = o.modes.some((m) => m !== 'none') ? await prepareInChild(modelDir, size) : 0;
-  if (prepareSeconds > 0) console.log(`prepared ${modelDir} for ${size}² in ${prepareSeconds.toFixed(0)} s`);
-  const latentsFile = path.join(scratch, `latents-${path.basename(modelDir)}-${size}.npy`);
-  writeNpy(latentsFile, randnTorchCpu(o.settings.seed, [1, 4, size / 8, size / 8]), [1, 4, size / 8, size / 8]);
-  const modes: Record<string, ModeResult> = {};
+/** Each mode in its own child; the parent samples its Pss during the load and the warm-up. */
+async function runModes(
+  modes: readonly GuidanceMode[],
+  base: Omit<RunSettings, 'mode'>,
+  label: string,
+): Promise<{ results: Record<string, ModeResult>; finals: Record<string, string> }> {
+  const results: Record<string, ModeResult> = {};
   const finals: Record<string, string> = {};
-  for (const mode of o.modes) {
-    const settings: RunSettings = { ...o.settings, modelDir, size, mode, latentsFile };
+  for (const mode of modes) {
     let peaks: MemoryPeaks | undefined;
     let peakPssMB = 0;
     const stopSampling = () => {
       if (peaks !== undefined) peakPssMB = Math.max(peakPssMB, peaks.stop().peakPssMB);
       peaks = undefined;
     };
-    const run = await runModeInChild(settings, {
-      onStart: (pid) => {
-        peaks = new MemoryPeaks(pid);
+    const run = await runModeInChild(
+      { ...base, mode },
+      {
+        onStart: (pid) => {
+          peaks = new MemoryPeaks(pid);
+        },
+        onTimed: stopSampling,
       },
-      onTimed: stopSampling,
-    });
+    );
     stopSampling();
     const { finalLatentsFile, ...rest } = run;
     finals[mode] = finalLatentsFile;
-    modes[mode] = { ...rest, ratioVsPlain: Number.NaN, peakPssMB };
+    results[mode] = { ...rest, ratioVsPlain: Number.NaN, peakPssMB };
     console.log(
-      `${path.basename(modelDir)} ${size}² ${mode.padEnd(8)} ${run.secondsPerImage.toFixed(2)} s/image, ` +
-        `peak RSS ${run.peakRssMB.toFixed(0)} MB, peak PSS ${peakPssMB.toFixed(0)} MB`,
+      `${label} ${mode.padEnd(8)} ${run.secondsPerImage.toFixed(2)} s/image, peak RSS ${run.peakRssMB.toFixed(0)} MB, peak PSS ${peakPssMB.toFixed(0)} MB`,
     );
   }
-  const plain = modes.none;
-  for (const r of Object.values(modes)) {
+  const plain = results.none;
+  for (const r of Object.values(results)) {
     r.ratioVsPlain = plain ? r.secondsPerImage / plain.secondsPerImage : Number.NaN;
     if (plain) Object.assign(r, { rssVsPlain: r.peakRssMB / plain.peakRssMB, pssVsPlain: r.peakPssMB / plain.peakPssMB });
   }
+  return { results, finals };
+}
+
+/** The modes, the allocator A/B (SD 1.5 size only) and the PyTorch peer at one size. The guided modes need the size prepared first (its own child). */
+async function runSize(modelDir: string, kind: 'sd15' | 'tiny', size: number, o: Sd15BenchOptions, scratch: string): Promise<SizeResult> {
+  const prepareSeconds = o.modes.some((m) => m !== 'none') ? await prepareInChild(modelDir, size) : 0;
+  if (prepareSeconds > 0) console.log(`prepared ${modelDir} for ${size}² in ${prepareSeconds.toFixed(0)} s`);
+  const latentsFile = path.join(scratch, `latents-${path.basename(modelDir)}-${size}.npy`);
+  writeNpy(latentsFile, randnTorchCpu(o.settings.seed, [1, 4, size / 8, size / 8]), [1, 4, size / 8, size / 8]);
+  const base = { ...o.settings, modelDir, size, latentsFile };
+  const label = `${path.basename(modelDir)} ${size}²`;
+  const { results: modes, finals } = await runModes(o.modes, base, label);
+  // The same modes with glibc free to hand freed memory back (SessionOptions.retainFreedMemory false).
+  const abModes = kind === 'sd15' && o.settings.retainFreedMemory ? o.allocatorModes.filter((m) => o.modes.includes(m)) : [];
+  const released = abModes.length > 0 ? (await runModes(abModes, { ...base, retainFreedMemory: false }, `${label} freed memory released`)).results : null;
+  for (const [mode, r] of Object.entries(released ?? {})) Object.assign(r, { retainedSpeedup: r.secondsPerImage / modes[mode]!.secondsPerImage });
   const peerModes = o.modes.filter((m) => o.peerModes.includes(m));
   const tokens = Object.values(modes).find((m) => m.tokens !== null)?.tokens ?? null;
   const peer =
     o.peer && peerModes.length > 0
       ? await runPeer({ kind, size, modes: peerModes, settings: o.settings, latentsFile, tokens, nodeLatents: finals, nodeSeconds: modes, scratch })
       : null;
-  return { size, modes, peer };
+  return { size, modes, releasedFreedMemory: released, peer };
 }
 
 function meta(o: Sd15BenchOptions): Record<string, unknown> {
@@ -120,7 +145,7 @@ export async function runSd15Bench(o: Sd15BenchOptions): Promise<Record<string, 
     const tiny = o.tiny ? await runSize(tinyDir, 'tiny', 256, o, scratch) : null;
     const sessions: Record<string, SessionMemory[]> = {};
     const largest = o.sizes.length > 0 ? Math.max(...o.sizes) : undefined;
-    for (const shareWeights of largest !== undefined ? [true, false] : []) {
+    for (const shareWeights of largest !== undefined && o.sessions ? [true, false] : []) {
       sessions[shareWeights ? 'sharedWeights' : 'privateWeights'] = await measureSessions(o.model, largest!, shareWeights, o.settings.threads);
     }
     const top = largest !== undefined ? bySize[largest]! : undefined;
@@ -156,11 +181,14 @@ function parseArgs(argv: string[]): Sd15BenchOptions {
       threads: num('--threads', os.cpus().length),
       seed: num('--seed', 42),
       shareWeights: !argv.includes('--private-weights'),
+      retainFreedMemory: !argv.includes('--release-freed-memory'),
       prompt: 'a red cat and a blue dog',
       tokens: { objects: ['cat', 'dog'], attributes: ['red', 'blue'] },
     },
     tiny: !argv.includes('--no-tiny'),
     peer: !argv.includes('--no-peer'),
+    allocatorModes: list('--allocator-modes', 'none,tv_bind') as GuidanceMode[],
+    sessions: !argv.includes('--no-sessions'),
     out: path.resolve(get('--out') ?? path.join(ROOT, 'bench/results/sd15.json')),
   };
 }

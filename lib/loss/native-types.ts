@@ -93,4 +93,9 @@ export interface NativeBinding {
   cudaDevices?: () => { count: number; error: string | null };
   features: NativeFeatures;
   lossOptionSchema: NativeOptionSchema;
+  /**
+   * Makes glibc keep freed memory for the next run (native/addon/allocator.cc); { applied: false } elsewhere.
+   * Absent in addons built before it existed.
+   */
+  retainFreedMemory?: () => { applied: boolean; allocator: string };
 }

@@ -65,12 +65,12 @@ function assertFinite(data: ArrayLike<number>, what: string): void {
  * 1024² ran out of 24 GB where the step itself peaks at 12 GB of anonymous memory. 'basic': the check needs
  * correctness, not speed, and 'all' takes longer to create sessions for big VJP graphs.
  */
-const CHECK_SESSION = sessionOptions({ graphOptimizationLevel: 'basic' });
+const checkSession = () => sessionOptions({ graphOptimizationLevel: 'basic' });
 
 type Memory = Array<{ location: string; source: string }>;
 
 async function runGraph(dir: string, file: string, available: Record<string, ort.Tensor>, memory: Memory): Promise<ort.InferenceSession.OnnxValueMapType> {
-  const sess = await createSession(path.join(dir, file), CHECK_SESSION, { externalData: memory });
+  const sess = await createSession(path.join(dir, file), checkSession(), { externalData: memory });
   try {
     const feeds: Record<string, ort.Tensor> = {};
     for (const n of sess.inputNames) {

@@ -8,6 +8,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { DivbindError } from '../errors';
+import { tryLoadNativeBinding } from '../loss/binding';
 import { encodeModel, makeNode, makeValueInfo, DataType } from '../onnx/proto';
 
 export { ort };
@@ -42,6 +43,15 @@ export interface SessionOptions {
    * would be the sum of all of them instead of the largest.
    */
   memoryArena?: boolean;
+  /**
+   * Keep the memory a run frees for the next run (default true; DIVBIND_RETAIN_FREED_MEMORY=0 in the environment
+   * turns the default off). Without an arena every run mallocs its intermediate tensors afresh, and glibc hands
+   * large blocks back to the kernel, so each run faults its working memory in again (system time, not compute).
+   * Process-wide and one-way: the first session opened with it asks glibc to keep freed blocks in its heap
+   * (native/addon/allocator.cc); a no-op on other C libraries or without the addon. Measured in README
+   * ("Allocator").
+   */
+  retainFreedMemory?: boolean;
 }
 
 /** Session config entries that keep the weights in the mapped external data file (SessionOptions.shareWeights). */
@@ -166,7 +176,16 @@ export async function withExecutionProvider(options: SessionOptions | undefined,
   return { ...options, executionProviders: provider === CPU_PROVIDER ? [CPU_PROVIDER] : [provider, CPU_PROVIDER] };
 }
 
+let retained: boolean | undefined;
+
+/** Asks the C library once per process to keep freed memory (SessionOptions.retainFreedMemory); true when it did. */
+export function retainFreedMemory(): boolean {
+  if (retained === undefined) retained = tryLoadNativeBinding().binding?.retainFreedMemory?.().applied ?? false;
+  return retained;
+}
+
 export function sessionOptions(opts: SessionOptions = {}): ort.InferenceSession.SessionOptions {
+  if (opts.retainFreedMemory ?? process.env.DIVBIND_RETAIN_FREED_MEMORY !== '0') retainFreedMemory();
   const spinning = opts.allowSpinning ? '1' : '0';
   const shared = opts.shareWeights ?? true;
   return {

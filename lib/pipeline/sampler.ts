@@ -37,7 +37,10 @@ export interface GuidedUnet {
   /** T of the text embeddings (and of every map). */
   readonly textLength: number;
   forward(sample: Float32Array, timestep: number, cond: Float32Array): Promise<GuidedForward>;
-  /** ∂L/∂sample for the forward `fwd`, given ∂L/∂maps (one per layer; null = zero). */
+  /**
+   * ∂L/∂sample for the forward `fwd`, given ∂L/∂maps (one per layer; null = zero). An implementation may reuse a
+   * forward's state for the next forward: vjp() then takes only the latest forward (and throws for an older one).
+   */
   vjp(fwd: GuidedForward, cotangents: Array<Float32Array | null>): Promise<Float32Array>;
   /**
    * A guided UNet over fewer layers that holds every layer of `layers` (indices into `layers`): its forward stops

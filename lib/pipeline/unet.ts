@@ -138,10 +138,23 @@ function withExtra(unet: ConditionedGuidedUnet, extra: readonly ExtraUnetInput[]
   return bound;
 }
 
+interface GuidedSetState {
+  sample: Float32Array;
+  timestep: number;
+  cond: Float32Array;
+  extra: readonly ExtraUnetInput[];
+  residuals: ort.Tensor[];
+  /** Which forward of the set this was (its residual buffers are reused by the next one). */
+  generation: number;
+}
+
 /** One layer set's graphs, opened: forward (maps, residuals) and backward (∂L/∂sample) of those layers only. */
 class GuidedSetSessions implements ConditionedGuidedUnet {
   readonly layers: readonly GuidedLayerInfo[];
   readonly textLength: number;
+
+  private residualBuffers: ort.Tensor[] | null = null;
+  private generation = 0;
 
   private constructor(
     private readonly files: PreparedUnetFiles,
@@ -185,16 +198,33 @@ class GuidedSetSessions implements ConditionedGuidedUnet {
     return feeds;
   }
 
+  /**
+   * The maps (fresh arrays) and the residuals of one forward. onnxruntime writes the residuals into the buffers of
+   * the previous forward: allocating and faulting in a new set (249 MiB for SD 1.5 at 256²) cost 0.1–0.5 s per
+   * forward. So a forward's residuals are valid until the next forward on this set, which is how the sampler uses
+   * them; vjp() refuses an older forward rather than differentiate through overwritten residuals.
+   */
   async forward(sample: Float32Array, timestep: number, cond: Float32Array, extra: readonly ExtraUnetInput[] = []): Promise<GuidedForward> {
-    const fetches = [...this.files.mapOutputs, ...this.files.residuals.map((r) => r.output)];
+    const fetches: Record<string, ort.Tensor | null> = {};
+    for (const name of this.files.mapOutputs) fetches[name] = null;
+    this.files.residuals.forEach((r, k) => {
+      fetches[r.output] = this.residualBuffers?.[k] ?? null;
+    });
+    const generation = ++this.generation;
     const out = await this.fwdSession.run(this.feeds(this.fwdInputs, sample, timestep, cond, extra), fetches);
     const maps = this.files.mapOutputs.map((name) => floatOutput(out[name], `attention output ${name}`));
-    const residuals = this.files.residuals.map((r) => out[r.output]);
-    return { maps, state: { sample, timestep, cond, extra, residuals } };
+    const residuals = this.files.residuals.map((r, k) => this.residualBuffers?.[k] ?? out[r.output]);
+    this.residualBuffers = residuals;
+    return { maps, state: { sample, timestep, cond, extra, residuals, generation } };
   }
 
   async vjp(fwd: GuidedForward, cotangents: Array<Float32Array | null>): Promise<Float32Array> {
-    const st = fwd.state as { sample: Float32Array; timestep: number; cond: Float32Array; extra: readonly ExtraUnetInput[]; residuals: ort.Tensor[] };
+    const st = fwd.state as GuidedSetState;
+    if (st.generation !== this.generation) {
+      throw new Error(
+        'vjp() of a superseded forward: its residuals were overwritten by a later forward() on the same layer set; call vjp() before the next forward()',
+      );
+    }
     const feeds = this.feeds(this.bwdInputs, st.sample, st.timestep, st.cond, st.extra);
     this.files.cotangentInputs.forEach((name, k) => {
       feeds[name] = new ort.Tensor('float32', cotangents[k] ?? new Float32Array(fwd.maps[k].length), this.files.mapDims[k]);

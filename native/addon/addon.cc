@@ -2,6 +2,7 @@
 //   attentionLoss(layers, options, grads|null, objectMaps|null, attributeMaps|null, gradState|null)  [sync]
 //   attentionLossAsync(...same) -> Promise<NativeLossResult>                                          [async]
 //   features: { cuda, version, build }
+//   retainFreedMemory() -> { applied, allocator }: glibc keeps freed memory for the next run (allocator.cc)
 //   lossOptionSchema: the option table of native/core/loss_options.h (keys, defaults, ranges) + GradState values
 //   with DIVBIND_WITH_CUDA: attentionLossCuda, attentionLossCudaAsync, cudaDevices()
 // Errors: TypeError / RangeError whose message starts with the field name; anything else is an Error. No
@@ -11,6 +12,7 @@
 
 #include <string>
 
+#include "allocator.h"
 #include "convert.h"
 #include "loss_call.h"
 #ifdef DIVBIND_WITH_CUDA
@@ -105,6 +107,7 @@ Napi::Value AttentionLossCudaAsync(const Napi::CallbackInfo& info) {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("attentionLoss", Napi::Function::New(env, AttentionLoss, "attentionLoss"));
   exports.Set("attentionLossAsync", Napi::Function::New(env, AttentionLossAsync, "attentionLossAsync"));
+  exports.Set("retainFreedMemory", Napi::Function::New(env, RetainFreedMemory, "retainFreedMemory"));
 #ifdef DIVBIND_WITH_CUDA
   exports.Set("attentionLossCuda", Napi::Function::New(env, AttentionLossCuda, "attentionLossCuda"));
   exports.Set("attentionLossCudaAsync", Napi::Function::New(env, AttentionLossCudaAsync, "attentionLossCudaAsync"));
