@@ -47,9 +47,9 @@ export interface SessionOptions {
    * Keep the memory a run frees for the next run (default true; DIVBIND_RETAIN_FREED_MEMORY=0 in the environment
    * turns the default off). Without an arena every run mallocs its intermediate tensors afresh, and glibc hands
    * large blocks back to the kernel, so each run faults its working memory in again (system time, not compute).
-   * Process-wide and one-way: the first session opened with it asks glibc to keep freed blocks in its heap
-   * (native/addon/allocator.cc); a no-op on other C libraries or without the addon. Measured in README
-   * ("Allocator").
+   * Process-wide and one-way: the first session opened with it asks glibc to serve blocks up to 32 MiB from its
+   * heap and keep up to 2 GiB of it free for the next run (native/addon/allocator.cc); a no-op on other C
+   * libraries or without the addon. Measured in README ("Allocator").
    */
   retainFreedMemory?: boolean;
 }
