@@ -28,6 +28,7 @@ import { MemoryPeaks } from './memory';
 import { runPeer, type PeerResult } from './peer';
 import { measureSessions, type SessionMemory } from './sessions';
 import { prepareInChild, runModeInChild, type ModeRun, type RunSettings } from './sd15-run';
+import { hugePagesState, relaunchWithHugePages } from '../lib/pipeline/huge-pages';
 
 const ROOT = path.resolve(__dirname, '../..');
 const TINY = path.join(ROOT, 'test/fixtures/models/tiny-sd');
@@ -128,6 +129,7 @@ function meta(o: Sd15BenchOptions): Record<string, unknown> {
     cpus: `${os.cpus().length} × ${os.cpus()[0]?.model ?? '?'}`,
     loadAverage: os.loadavg(),
     node: process.version,
+    hugePages: hugePagesState(), // children inherit the parent's environment
     settings: { ...o.settings, modes: o.modes, peerModes: o.peerModes, refinement: 'none (thresholds {})' },
     targets: { tvBindRatioVsPlain: 1.8, peakMemoryVsPlain: 1.3 },
   };
@@ -194,6 +196,7 @@ function parseArgs(argv: string[]): Sd15BenchOptions {
 }
 
 if (require.main === module && process.argv[2] !== '--child') {
+  relaunchWithHugePages(); // as the CLI does; DIVBIND_HUGE_PAGES=0 for the run without
   runSd15Bench(parseArgs(process.argv.slice(2))).catch((err) => {
     console.error(err);
     process.exit(1);

@@ -1,9 +1,9 @@
 /**
  * Where a guidance step's time goes at SD size, by phase, with the process's CPU time split into user and system
  * time and its minor page faults: the CFG UNet call (batch 2), the guided forward (maps + residuals) and VJP of one
- * layer set, both in a row, and the CFG call again after them. Each allocator setting (SessionOptions
- * .retainFreedMemory on and off) runs in its own process, since the setting is process-wide and one-way. Writes
- * bench/results/step-profile.json.
+ * layer set, both in a row, and the CFG call again after them. Each allocator setting runs in its own process, since
+ * both are process-wide and fixed once set: the CLI's default (SessionOptions.retainFreedMemory and huge pages for
+ * malloc, lib/pipeline/huge-pages.ts), without huge pages, and without either. Writes bench/results/step-profile.json.
  *
  *   node dist/bench/step-profile.js --model /work/perf-models/sd15 [--size 256] [--set K] [--runs 3]
  *
@@ -16,6 +16,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { readUnetFolder } from '../lib/model/folder';
 import { locatePrepared } from '../lib/model/prepared';
+import { environmentWithHugePages, hugePagesState, transparentHugePages } from '../lib/pipeline/huge-pages';
 import { retainFreedMemory } from '../lib/pipeline/ort';
 import { CfgUnet, OrtGuidedUnet } from '../lib/pipeline/unet';
 import { readMemory } from './memory';
@@ -30,6 +31,7 @@ interface PhaseRow {
 
 interface ProfileResult {
   retainFreedMemory: boolean;
+  hugePages: boolean;
   layers: number;
   residualMiB: number;
   rows: PhaseRow[];
@@ -61,6 +63,7 @@ async function phase(name: string, runs: number, f: () => Promise<unknown>): Pro
 }
 
 async function profile(model: string, size: number, setIndex: number | undefined, runs: number, retain: boolean): Promise<ProfileResult> {
+  const hugePages = hugePagesState().malloc;
   const session = { retainFreedMemory: retain };
   const folder = readUnetFolder(model);
   const prepared = locatePrepared(folder, { height: size, width: size, batch: 1 });
@@ -85,6 +88,7 @@ async function profile(model: string, size: number, setIndex: number | undefined
     rows.push(await phase('CFG UNet after the step', runs, () => bound.predict(z, 500, 7.5)));
     return {
       retainFreedMemory: retain && retainFreedMemory(),
+      hugePages,
       layers: files.layerIndices.length,
       residualMiB: residualBytes / 2 ** 20,
       rows,
@@ -96,9 +100,10 @@ async function profile(model: string, size: number, setIndex: number | undefined
   }
 }
 
-function inChild(args: unknown[]): Promise<ProfileResult> {
+function inChild(args: unknown[], hugePages: boolean): Promise<ProfileResult> {
   return new Promise((resolve, reject) => {
-    const child = fork(__filename, ['--child', JSON.stringify(args)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const env = environmentWithHugePages(hugePages);
+    const child = fork(__filename, ['--child', JSON.stringify(args)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env });
     let r: ProfileResult | undefined;
     child.on('message', (m) => {
       r = m as ProfileResult;
@@ -115,11 +120,16 @@ async function main(argv: string[]): Promise<void> {
   const [size, runs] = [Number(get('--size') ?? 256), Number(get('--runs') ?? 3)];
   const setIndex = get('--set') === undefined ? undefined : Number(get('--set'));
   const results: ProfileResult[] = [];
-  for (const retain of [true, false]) {
-    const r = await inChild([path.resolve(model), size, setIndex, runs, retain]);
+  // The CLI's default (both), then without huge pages, then without either.
+  for (const [retain, hugePages] of [
+    [true, true],
+    [true, false],
+    [false, false],
+  ]) {
+    const r = await inChild([path.resolve(model), size, setIndex, runs, retain], hugePages!);
     results.push(r);
     console.log(
-      `freed memory ${retain ? 'retained' : 'released'} (${r.layers} layers, residuals ${r.residualMiB.toFixed(0)} MiB, PSS at the end ${r.pssMB.toFixed(0)} MB):`,
+      `freed memory ${retain ? 'retained' : 'released'}, huge pages ${r.hugePages ? 'on' : 'off'} (${r.layers} layers, residuals ${r.residualMiB.toFixed(0)} MiB, PSS at the end ${r.pssMB.toFixed(0)} MB):`,
     );
     for (const row of r.rows) {
       console.log(
@@ -128,7 +138,10 @@ async function main(argv: string[]): Promise<void> {
     }
   }
   const out = path.resolve(get('--out') ?? path.join(__dirname, '../../bench/results/step-profile.json'));
-  fs.writeFileSync(out, `${JSON.stringify({ model, size, runs, date: new Date().toISOString(), loadAverage: os.loadavg(), results }, null, 2)}\n`);
+  fs.writeFileSync(
+    out,
+    `${JSON.stringify({ model, size, runs, date: new Date().toISOString(), loadAverage: os.loadavg(), transparentHugePages: transparentHugePages(), results }, null, 2)}\n`,
+  );
   console.log(`wrote ${out}`);
 }
 

@@ -13,6 +13,8 @@ export { DivBindPipeline } from './pipeline/pipeline';
 export type { GenerateOptions, GenerateResult, GeneratedImage, LoadOptions, GenerateLossOptions } from './pipeline/pipeline';
 export { GPU_PROVIDERS_INSTALL, knownExecutionProviders } from './pipeline/ort';
 export type { SessionOptions } from './pipeline/ort';
+export { hugePagesState, relaunchWithHugePages } from './pipeline/huge-pages';
+export type { HugePagesState } from './pipeline/huge-pages';
 export { GENERATE_OPTIONS, checkGenerateOptions, describeGenerationPlan, generateOptionsJsonSchema } from './options/index';
 export type { CheckedGenerateOptions, GenerationPlan, JsonSchema } from './options/index';
 export type { GuidanceMode, RefinementPreset, RefinementCaps } from './pipeline/guidance';

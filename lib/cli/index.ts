@@ -1,57 +1,12 @@
 #!/usr/bin/env node
 /**
- * The `divbind-native` command line. This file only assembles the commands; each lives in
- * lib/cli/commands/<name>.ts and exports a make<Name>Command() factory.
+ * The `divbind-native` executable. It first restarts itself with huge pages for malloc where that helps
+ * (lib/pipeline/huge-pages.ts), before the commands and onnxruntime are loaded, so a restart costs only Node's start;
+ * the commands are assembled in lib/cli/program.ts.
  */
-import { Command, type CommanderError } from 'commander';
-import { makeGenerateCommand } from './commands/generate';
-import { makeEvalCommand } from './commands/eval';
-import { makeInfoCommand } from './commands/info';
-import { makePrepareCommand } from './commands/prepare';
-import { makeTokensCommand } from './commands/tokens';
-import { makeServeCommand } from './commands/serve';
-import { makeWorkerCommand } from './commands/worker';
-import { handleCliError } from './errors';
-import { EXIT } from './exit-codes';
-
-// eslint-disable-next-line @typescript-eslint/no-var-requires
-const pkg = require('../../../package.json') as { version: string };
-
-/** commander's own usage errors exit 2, like most CLIs; --help and --version exit 0. */
-function exitOnUsageError(err: CommanderError): never {
-  if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') {
-    process.exit(EXIT.OK);
-  }
-  process.exit(EXIT.USAGE);
-}
-
-export function makeProgram(): Command {
-  const program = new Command('divbind-native')
-    .description('Divide & Bind / Attend-and-Excite guided Stable Diffusion on onnxruntime-node')
-    .version(pkg.version)
-    .showHelpAfterError()
-    .exitOverride(exitOnUsageError);
-  for (const command of [
-    makeGenerateCommand(),
-    makeTokensCommand(),
-    makePrepareCommand(),
-    makeInfoCommand(),
-    makeEvalCommand(),
-    makeServeCommand(),
-    makeWorkerCommand(),
-  ]) {
-    // addCommand() does not pass settings down to the subcommand, so set them on each.
-    program.addCommand(command.exitOverride(exitOnUsageError).showHelpAfterError());
-  }
-  return program;
-}
+import { relaunchWithHugePages } from '../pipeline/huge-pages';
 
 if (require.main === module) {
-  const onSignal = (signal: NodeJS.Signals) => {
-    process.stderr.write(`\ninterrupted (${signal})\n`);
-    process.exit(EXIT.INTERRUPTED);
-  };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
-  makeProgram().parseAsync(process.argv).catch(handleCliError);
+  relaunchWithHugePages(); // returns only when the process did not restart
+  (require('./program') as typeof import('./program')).runCli();
 }

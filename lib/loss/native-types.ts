@@ -98,4 +98,9 @@ export interface NativeBinding {
    * Absent in addons built before it existed.
    */
   retainFreedMemory?: () => { applied: boolean; allocator: string };
+  /**
+   * Restarts this process in place (same pid and argv) under `environment` ("NAME=value" strings); returns only
+   * when it could not, with the reason (native/addon/allocator.cc).
+   */
+  execSelf?: (environment: string[]) => string;
 }

@@ -3,6 +3,7 @@
 //   attentionLossAsync(...same) -> Promise<NativeLossResult>                                          [async]
 //   features: { cuda, version, build }
 //   retainFreedMemory() -> { applied, allocator }: glibc keeps freed memory for the next run (allocator.cc)
+//   execSelf(environment) -> reason: restarts the process in place under another environment (allocator.cc)
 //   lossOptionSchema: the option table of native/core/loss_options.h (keys, defaults, ranges) + GradState values
 //   with DIVBIND_WITH_CUDA: attentionLossCuda, attentionLossCudaAsync, cudaDevices()
 // Errors: TypeError / RangeError whose message starts with the field name; anything else is an Error. No
@@ -108,6 +109,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("attentionLoss", Napi::Function::New(env, AttentionLoss, "attentionLoss"));
   exports.Set("attentionLossAsync", Napi::Function::New(env, AttentionLossAsync, "attentionLossAsync"));
   exports.Set("retainFreedMemory", Napi::Function::New(env, RetainFreedMemory, "retainFreedMemory"));
+  exports.Set("execSelf", Napi::Function::New(env, ExecSelf, "execSelf"));
 #ifdef DIVBIND_WITH_CUDA
   exports.Set("attentionLossCuda", Napi::Function::New(env, AttentionLossCuda, "attentionLossCuda"));
   exports.Set("attentionLossCudaAsync", Napi::Function::New(env, AttentionLossCudaAsync, "attentionLossCudaAsync"));

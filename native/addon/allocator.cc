@@ -12,8 +12,20 @@
 #include "allocator.h"
 
 #include <climits>
+#include <string>
+#include <vector>
 #if defined(__GLIBC__)
 #include <malloc.h>
+#endif
+#if defined(__linux__)
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <iterator>
 #endif
 
 namespace divbind::addon {
@@ -31,6 +43,79 @@ Napi::Value RetainFreedMemory(const Napi::CallbackInfo& info) {
   out.Set("allocator", Napi::String::New(env, "not glibc"));
 #endif
   return out;
+}
+
+#if defined(__linux__)
+namespace {
+
+// argv of this process as the kernel started it (NUL-separated in /proc/self/cmdline).
+std::vector<std::string> OwnCommandLine() {
+  std::ifstream in("/proc/self/cmdline", std::ios::binary);
+  const std::string raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<std::string> args;
+  for (size_t start = 0; start < raw.size();) {
+    const size_t end = raw.find('\0', start);
+    args.push_back(raw.substr(start, end == std::string::npos ? std::string::npos : end - start));
+    if (end == std::string::npos) break;
+    start = end + 1;
+  }
+  return args;
+}
+
+std::vector<char*> CPointers(std::vector<std::string>& strings) {
+  std::vector<char*> out;
+  for (auto& s : strings) out.push_back(s.data());
+  out.push_back(nullptr);
+  return out;
+}
+
+}  // namespace
+#endif
+
+Napi::Value ExecSelf(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsArray()) {
+    Napi::TypeError::New(env, "execSelf: environment must be an array of \"NAME=value\" strings")
+        .ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Array list = info[0].As<Napi::Array>();
+  std::vector<std::string> environment;
+  for (uint32_t i = 0; i < list.Length(); i++) {
+    Napi::Value v = list.Get(i);
+    if (!v.IsString()) {
+      Napi::TypeError::New(env, "execSelf: environment[" + std::to_string(i) + "] is not a string")
+          .ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    environment.push_back(v.As<Napi::String>().Utf8Value());
+  }
+#if defined(__linux__)
+  std::vector<std::string> args = OwnCommandLine();
+  if (args.empty()) return Napi::String::New(env, "cannot read /proc/self/cmdline");
+  std::vector<char*> argv = CPointers(args);
+  std::vector<char*> envp = CPointers(environment);
+  // Node marks the inherited stdio close-on-exec (uv_disable_stdio_inheritance): the new image needs them open.
+  int stdioFlags[3];
+  for (int fd = 0; fd < 3; fd++) {
+    stdioFlags[fd] = fcntl(fd, F_GETFD);
+    if (stdioFlags[fd] >= 0) fcntl(fd, F_SETFD, stdioFlags[fd] & ~FD_CLOEXEC);
+  }
+  // Signals blocked now would stay blocked in the new image.
+  sigset_t none;
+  sigemptyset(&none);
+  sigset_t previous;
+  pthread_sigmask(SIG_SETMASK, &none, &previous);
+  execve("/proc/self/exe", argv.data(), envp.data());
+  const int err = errno;
+  pthread_sigmask(SIG_SETMASK, &previous, nullptr);
+  for (int fd = 0; fd < 3; fd++) {
+    if (stdioFlags[fd] >= 0) fcntl(fd, F_SETFD, stdioFlags[fd]);
+  }
+  return Napi::String::New(env, std::string("execve: ") + std::strerror(err));
+#else
+  return Napi::String::New(env, "not Linux");
+#endif
 }
 
 }  // namespace divbind::addon

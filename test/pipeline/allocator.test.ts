@@ -15,18 +15,22 @@ const BLOCK_MIB = 20;
 
 /** Minor page faults of each round of allocating, touching and freeing three blocks, in a fresh process. */
 function faultsPerRound(retain: boolean): number[] {
+  // V8 may free a buffer's memory on a background thread after gc(): wait a little before the next round.
   const script = `
     const { retainFreedMemory } = require(${JSON.stringify(path.join(REPO_ROOT, 'dist/lib/pipeline/ort.js'))});
     if (${retain} && !retainFreedMemory()) throw new Error('not applied');
-    const faults = [];
-    for (let round = 0; round < 6; round++) {
-      const before = process.resourceUsage().minorPageFault;
-      let blocks = [0, 1, 2].map(() => Buffer.allocUnsafeSlow(${BLOCK_MIB} << 20).fill(1));
-      faults.push(process.resourceUsage().minorPageFault - before);
-      blocks = null;
-      global.gc();
-    }
-    console.log(JSON.stringify(faults));`;
+    (async () => {
+      const faults = [];
+      for (let round = 0; round < 6; round++) {
+        const before = process.resourceUsage().minorPageFault;
+        let blocks = [0, 1, 2].map(() => Buffer.allocUnsafeSlow(${BLOCK_MIB} << 20).fill(1));
+        faults.push(process.resourceUsage().minorPageFault - before);
+        blocks = null;
+        global.gc();
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      console.log(JSON.stringify(faults));
+    })();`;
   const r = spawnSync(process.execPath, ['--expose-gc', '-e', script], { encoding: 'utf8', cwd: REPO_ROOT });
   if (r.status !== 0) throw new Error(`child failed: ${r.stderr}`);
   return JSON.parse(r.stdout.trim().split('\n').pop()!) as number[];
@@ -59,10 +63,13 @@ test('with freed memory retained, freed blocks serve the next round instead of b
   t.log(
     `minor page faults per round (3 × ${BLOCK_MIB} MiB = ${(3 * BLOCK_MIB * 256).toLocaleString('en')} pages): retained ${retained.join(' ')}; glibc's default ${released.join(' ')}`,
   );
-  const later = (xs: number[]) => xs.slice(2).reduce((a, b) => a + b, 0);
-  t.true(later(retained) < 1024, `retained: ${later(retained)} faults in rounds 3-6, expected < 1024 (4 MiB)`);
+  // Rounds 3-6 (the first ones grow the heap); one round in four may be disturbed (a late free, the test runner).
+  const later = (xs: number[]) => xs.slice(2);
+  const reused = later(retained).filter((f) => f < 256).length;
+  t.true(reused >= 3, `retained: ${reused} of rounds 3-6 faulted in less than 1 MiB, expected at least 3`);
   // glibc's default trims the freed heap top (above twice the largest freed mapping) or maps the blocks afresh:
-  // more than a quarter of the 4 rounds' memory is faulted in again.
-  const quarter = (4 * 3 * BLOCK_MIB * 256) / 4 / pagesPerFault();
-  t.true(later(released) > quarter, `glibc's default: ${later(released)} faults in rounds 3-6, expected > ${quarter}`);
+  // at least one block's pages come back every round.
+  const blockFaults = (BLOCK_MIB * 256) / pagesPerFault();
+  const refaulted = later(released).filter((f) => f >= 0.9 * blockFaults).length;
+  t.true(refaulted >= 3, `glibc's default: ${refaulted} of rounds 3-6 faulted in a ${BLOCK_MIB} MiB block again, expected at least 3`);
 });

@@ -16,6 +16,7 @@ import { defaultImageSize, formatSize, sizeRule, type ImageSize } from '../../mo
 import { defaultModelDir } from '../../pipeline/defaults';
 import { installedExecutionProviders } from '../../pipeline/ort';
 import { exitCodeFor, handleCliError, printCliError } from '../errors';
+import { hugePagesState } from '../../pipeline/huge-pages';
 
 interface InfoOptions {
   model?: string;
@@ -115,6 +116,7 @@ export async function collectInfo(modelDir: string): Promise<{ info: Record<stri
     node: process.version,
     platform: `${process.platform}-${process.arch}`,
     onnxruntime: { version: ort.env.versions.common, executionProviders: installedExecutionProviders() },
+    memory: { hugePages: hugePagesState() },
     loss: {
       backends: availableBackends(),
       native: native.binding ? native.binding.features : { error: native.error?.message ?? 'not loaded' },
