@@ -10,7 +10,8 @@
 import * as fs from 'node:fs';
 import { tryLoadNativeBinding } from '../loss/binding';
 
-export const HUGE_PAGES_TUNABLE = 'glibc.malloc.hugetlb=1';
+const HUGETLB = 'glibc.malloc.hugetlb';
+export const HUGE_PAGES_TUNABLE = `${HUGETLB}=1`;
 
 export type TransparentHugePages = 'always' | 'madvise' | 'never' | 'unknown';
 
@@ -32,11 +33,24 @@ export function transparentHugePages(): TransparentHugePages {
   }
 }
 
-function glibcVersion(): [number, number] | undefined {
+/** The running glibc's [major, minor]; undefined on other C libraries and platforms. */
+export function glibcVersion(): [number, number] | undefined {
   if (process.platform !== 'linux') return undefined;
   const header = (process.report.getReport() as { header: { glibcVersionRuntime?: string } }).header;
   const m = /^(\d+)\.(\d+)/.exec(header.glibcVersionRuntime ?? '');
   return m ? [Number(m[1]), Number(m[2])] : undefined;
+}
+
+/** Whether this glibc knows the huge-pages tunable (2.35+). */
+export function glibcHasHugePagesTunable(): boolean {
+  const v = glibcVersion();
+  return v !== undefined && (v[0] > 2 || (v[0] === 2 && v[1] >= 35));
+}
+
+/** The glibc.malloc.hugetlb value GLIBC_TUNABLES sets (the last one counts), if any. */
+function hugetlbSetting(env: NodeJS.ProcessEnv): string | undefined {
+  const settings = (env.GLIBC_TUNABLES ?? '').split(':').filter((t) => t.startsWith(`${HUGETLB}=`));
+  return settings.at(-1)?.slice(HUGETLB.length + 1);
 }
 
 /** What this process gets, and why. */
@@ -44,8 +58,7 @@ export function hugePagesState(env: NodeJS.ProcessEnv = process.env): HugePagesS
   const thp = transparentHugePages();
   if (thp === 'always') return { transparentHugePages: thp, malloc: true, reason: 'THP is "always"' };
   if (thp !== 'madvise') return { transparentHugePages: thp, malloc: false, reason: `THP is "${thp}"` };
-  const tunables = env.GLIBC_TUNABLES ?? '';
-  if (tunables.split(':').includes(HUGE_PAGES_TUNABLE)) return { transparentHugePages: thp, malloc: true, reason: `GLIBC_TUNABLES has ${HUGE_PAGES_TUNABLE}` };
+  if (hugetlbSetting(env) === '1') return { transparentHugePages: thp, malloc: true, reason: `GLIBC_TUNABLES has ${HUGE_PAGES_TUNABLE}` };
   return { transparentHugePages: thp, malloc: false, reason: `GLIBC_TUNABLES lacks ${HUGE_PAGES_TUNABLE}` };
 }
 
@@ -54,7 +67,7 @@ export function hugePagesState(env: NodeJS.ProcessEnv = process.env): HugePagesS
  * processes, which read GLIBC_TUNABLES when they start.
  */
 export function environmentWithHugePages(on: boolean, env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
-  const others = (env.GLIBC_TUNABLES ?? '').split(':').filter((t) => t !== '' && !t.startsWith('glibc.malloc.hugetlb='));
+  const others = (env.GLIBC_TUNABLES ?? '').split(':').filter((t) => t !== '' && !t.startsWith(`${HUGETLB}=`));
   const tunables = on ? [...others, HUGE_PAGES_TUNABLE] : others;
   const out: NodeJS.ProcessEnv = { ...env, DIVBIND_HUGE_PAGES: on ? '1' : '0' };
   if (tunables.length > 0) out.GLIBC_TUNABLES = tunables.join(':');
@@ -71,9 +84,8 @@ export function relaunchWithHugePages(env: NodeJS.ProcessEnv = process.env): str
   if (env.DIVBIND_HUGE_PAGES === '0') return 'DIVBIND_HUGE_PAGES=0';
   const state = hugePagesState(env);
   if (state.malloc || state.transparentHugePages !== 'madvise') return state.reason;
-  if (/(^|:)glibc\.malloc\.hugetlb=/.test(env.GLIBC_TUNABLES ?? '')) return 'GLIBC_TUNABLES sets glibc.malloc.hugetlb';
-  const glibc = glibcVersion();
-  if (glibc === undefined || glibc[0] < 2 || (glibc[0] === 2 && glibc[1] < 35)) return 'needs glibc 2.35 or later';
+  if (hugetlbSetting(env) !== undefined) return `GLIBC_TUNABLES sets ${HUGETLB}`;
+  if (!glibcHasHugePagesTunable()) return 'needs glibc 2.35 or later';
   const execSelf = tryLoadNativeBinding().binding?.execSelf;
   if (execSelf === undefined) return 'the native addon is not loaded';
   const environment = Object.entries(environmentWithHugePages(true, env)).flatMap(([k, v]) => (v === undefined ? [] : [`${k}=${v}`]));

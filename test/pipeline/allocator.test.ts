@@ -6,8 +6,8 @@
  */
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
-import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { glibcVersion, transparentHugePages } from '../../lib/pipeline/huge-pages';
 import { retainFreedMemory } from '../../lib/pipeline/ort';
 import { REPO_ROOT } from '../helpers/fixtures';
 
@@ -37,16 +37,9 @@ function faultsPerRound(retain: boolean): number[] {
 }
 
 /** Pages of 4 KiB one fault brings in: 512 where transparent huge pages back every anonymous mapping. */
-function pagesPerFault(): number {
-  try {
-    return fs.readFileSync('/sys/kernel/mm/transparent_hugepage/enabled', 'utf8').includes('[always]') ? 512 : 1;
-  } catch {
-    return 1;
-  }
-}
+const pagesPerFault = transparentHugePages() === 'always' ? 512 : 1;
 
-const glibc =
-  process.platform === 'linux' && (process.report.getReport() as { header: { glibcVersionRuntime?: string } }).header.glibcVersionRuntime !== undefined;
+const glibc = glibcVersion() !== undefined;
 
 test('retainFreedMemory applies on glibc and is a no-op elsewhere; asking again changes nothing', (t) => {
   t.is(retainFreedMemory(), glibc);
@@ -69,7 +62,7 @@ test('with freed memory retained, freed blocks serve the next round instead of b
   t.true(reused >= 3, `retained: ${reused} of rounds 3-6 faulted in less than 1 MiB, expected at least 3`);
   // glibc's default trims the freed heap top (above twice the largest freed mapping) or maps the blocks afresh:
   // at least one block's pages come back every round.
-  const blockFaults = (BLOCK_MIB * 256) / pagesPerFault();
+  const blockFaults = (BLOCK_MIB * 256) / pagesPerFault;
   const refaulted = later(released).filter((f) => f >= 0.9 * blockFaults).length;
   t.true(refaulted >= 3, `glibc's default: ${refaulted} of rounds 3-6 faulted in a ${BLOCK_MIB} MiB block again, expected at least 3`);
 });

@@ -6,20 +6,15 @@ import test from 'ava';
 import { spawn, spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { tryLoadNativeBinding } from '../../lib/loss/binding';
-import { environmentWithHugePages, HUGE_PAGES_TUNABLE, hugePagesState, transparentHugePages } from '../../lib/pipeline/huge-pages';
+import { environmentWithHugePages, glibcHasHugePagesTunable, HUGE_PAGES_TUNABLE, hugePagesState, transparentHugePages } from '../../lib/pipeline/huge-pages';
 import { REPO_ROOT } from '../helpers/fixtures';
 
 const CLI = path.join(REPO_ROOT, 'dist', 'lib', 'cli', 'index.js');
 const HUGE_PAGES_JS = path.join(REPO_ROOT, 'dist', 'lib', 'pipeline', 'huge-pages.js');
 
-function glibcAtLeast235(): boolean {
-  const v = (process.report.getReport() as { header: { glibcVersionRuntime?: string } }).header.glibcVersionRuntime;
-  const m = /^(\d+)\.(\d+)/.exec(v ?? '');
-  return m !== null && (Number(m[1]) > 2 || (Number(m[1]) === 2 && Number(m[2]) >= 35));
-}
-
 /** Whether this machine restarts the CLI: THP "madvise", glibc 2.35+, the addon loaded. */
-const restarts = process.platform === 'linux' && transparentHugePages() === 'madvise' && glibcAtLeast235() && tryLoadNativeBinding().binding !== undefined;
+const restarts =
+  process.platform === 'linux' && transparentHugePages() === 'madvise' && glibcHasHugePagesTunable() && tryLoadNativeBinding().binding !== undefined;
 
 test('environmentWithHugePages adds or removes only the huge-pages tunable', (t) => {
   const on = environmentWithHugePages(true, { GLIBC_TUNABLES: 'glibc.malloc.tcache_count=0:glibc.malloc.hugetlb=0', X: '1' });
