@@ -9,6 +9,7 @@
         "native/core/attention_loss.cc",
         "native/core/plan.cc",
         "native/core/gradient_write.cc",
+        "native/core/parallel.cc",
         "native/addon/allocator.cc",
         "native/addon/convert.cc",
         "native/addon/loss_call.cc",
@@ -29,7 +30,7 @@
       ],
       "cflags!": ["-fno-exceptions", "-O2"],
       "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-std=gnu++17", "-std=gnu++14", "-O2"],
-      "cflags_cc": ["-std=c++17", "-O3", "-fvisibility=hidden"],
+      "cflags_cc": ["-std=c++17", "-O3", "-fvisibility=hidden", "-ffp-contract=off"],
       "xcode_settings": {
         "GCC_ENABLE_CPP_EXCEPTIONS": "YES",
         "GCC_ENABLE_CPP_RTTI": "YES",

@@ -6,7 +6,8 @@
  *
  * Cases: 'native' and 'js' through attentionLoss (validation included) writing every gradient float;
  * 'native-reuse' and 'js-reuse' the same with gradOutReuse (kept buffers, only the regions where a gradient can be
- * non-zero are written); 'native-raw' = the addon alone on pre-normalized options. Sizes (T = 77, caller-owned
+ * non-zero are written); 'native-raw' and 'native-raw-reuse' = the addon alone on pre-normalized options (the
+ * difference to 'native' / 'native-reuse' is the TypeScript side: validation, reuse bookkeeping). Sizes (T = 77, caller-owned
  * gradients; two objects with attributes, mode tv_bind, unless noted):
  *   sd15-512       SD 1.x at 512²: 5 layers × 8 heads at 16², 5 at 32², 5 at 64², 1 mid at 8²
  *   sd15-512-tv    the same in mode 'tv' (only the 16² layers get a gradient: where reuse saves most)
@@ -55,7 +56,7 @@ interface Size {
 export interface LossBenchCase {
   size: string;
   /** 'native-raw' = binding.attentionLoss on pre-normalized options (no TS validation); '-reuse': gradOutReuse. */
-  backend: LossBackend | 'native-raw' | 'native-reuse' | 'js-reuse';
+  backend: LossBackend | 'native-raw' | 'native-raw-reuse' | 'native-reuse' | 'js-reuse';
   meanMs: number;
   medianMs: number;
   rmePercent: number;
@@ -168,7 +169,8 @@ export function trueFloorBytes(layers: AttentionLayer[], normalized: NormalizedL
 
 /**
  * Process CPU time (user + system) per call: on a machine shared with other jobs the wall time includes
- * waiting for a core, the CPU time does not (native calls are single-threaded unless DIVBIND_THREADS > 1).
+ * waiting for a core, the CPU time does not. Native calls at SD size use two threads (DIVBIND_THREADS=1: one), so
+ * their CPU time can exceed the wall time.
  */
 function cpuPerCall(fn: () => void, calls: number): number {
   fn();
@@ -282,10 +284,17 @@ async function benchSize(
     };
   }
   // The addon alone on pre-validated options: the difference to 'native' is the TS-side overhead.
-  if (binding)
+  if (binding) {
     runners['native-raw'] = () => {
       binding.attentionLoss(layers, normalized, gradOut, null, null);
     };
+    // ... and with kept buffers, carrying the states the addon reports from call to call (what gradOutReuse does).
+    const kept = layers.map((l) => new Float32Array(l.data.length));
+    let states = Uint8Array.from(binding.attentionLoss(layers, normalized, kept, null, null).gradStates ?? []);
+    runners['native-raw-reuse'] = () => {
+      states = Uint8Array.from(binding.attentionLoss(layers, normalized, kept, null, null, states).gradStates ?? []);
+    };
+  }
   const summary = await b.suite(
     `attention loss fwd+bwd: ${size.name}`,
     b.configure({ cases: quick ? { minSamples: 3, maxTime: 0.5 } : { minSamples: 10, maxTime: 4 } }),

@@ -16,6 +16,7 @@
 #include "allocator.h"
 #include "convert.h"
 #include "loss_call.h"
+#include "simd.h"
 #ifdef DIVBIND_WITH_CUDA
 #include "../cuda/attention_loss_cuda.h"
 #endif
@@ -56,6 +57,9 @@ std::string BuildInfo() {
 #endif
 #if defined(__ARM_NEON)
   s += " neon";
+#endif
+#if defined(DIVBIND_HAS_CPU_CLONES)
+  s += " (hot loops also as avx2/avx512f clones)";
 #endif
 #ifdef NDEBUG
   s += ", release";

@@ -131,8 +131,7 @@ class AsyncLoss {
         job_(MakeJob(engine, c)),
         with_grad_(!c.grads.empty()),
         shapes_(layer_shapes(c.layers)),
-        prior_(c.grad_prior),
-        stream_(use_streaming_stores(shapes_)) {
+        prior_(c.grad_prior) {
     for (size_t i = 0; i < c.grad_arrays.size(); ++i) grads_.emplace_back(c.grad_arrays[i], indexed("grads", i));
     if (!c.object_maps_array.IsEmpty()) object_maps_ = std::make_unique<OutputRef>(c.object_maps_array, "objectMaps");
     if (!c.attribute_maps_array.IsEmpty())
@@ -157,9 +156,10 @@ class AsyncLoss {
     std::vector<float*> grads;
     for (const OutputRef& g : grads_) grads.push_back(g.Acquire());
     const GradState* prior = prior_.empty() ? nullptr : prior_.data();
+    const bool stream = use_streaming_stores(shapes_, job_->Gradient(), prior);
     const int64_t end = SliceEnd(next_block_, prior);
-    write_gradient_blocks(grads.data(), shapes_, job_->Gradient(), prior, next_block_, end, stream_);
-    if (stream_) store_fence();
+    write_gradient_blocks(grads.data(), shapes_, job_->Gradient(), prior, next_block_, end, stream);
+    if (stream) store_fence();
     next_block_ = end;
     return next_block_ >= gradient_blocks(shapes_);
   }
@@ -193,7 +193,6 @@ class AsyncLoss {
   bool with_grad_;
   std::vector<LayerShape> shapes_;
   std::vector<GradState> prior_;
-  bool stream_;
   std::vector<OutputRef> grads_;
   std::unique_ptr<OutputRef> object_maps_, attribute_maps_;
   bool maps_written_ = false;

@@ -50,8 +50,6 @@ struct LayerView {
   LayerPlace place = LayerPlace::Down;
 };
 
-inline constexpr int kDefaultGradientThreads = 1;
-
 // What a gradient buffer holds between calls (the "reuse" contract, see attention_loss). The values travel to
 // JS unchanged (NativeLossResult.gradStates, lib/loss/native-types.ts GRAD_STATE).
 enum class GradState : uint8_t {
@@ -101,8 +99,7 @@ LossResult attention_loss(const std::vector<LayerView>& layers, const LossOption
                           float* object_maps_out = nullptr, float* attribute_maps_out = nullptr,
                           const GradState* grad_prior = nullptr);
 
-// Threads that write large gradient buffers (>= 8 MB in total): 1 or 2 (clamped). Default: the environment
-// variable DIVBIND_THREADS when set, else kDefaultGradientThreads. Process-wide; for benchmarks and tuning.
-void set_gradient_threads(int threads);
+// Large calls read the layers, take the token softmax and write the gradients on two threads: set_core_threads
+// and DIVBIND_THREADS (parallel.h) choose 1 or 2; results are the same bit for bit either way.
 
 }  // namespace divbind

@@ -2,21 +2,21 @@
 #include "gradient_write.h"
 
 #include <algorithm>
-#include <atomic>
-#include <cstdlib>
 #include <cstring>
-#include <system_error>
-#include <thread>
 
+#include "parallel.h"
 #include "plan.h"
 #if defined(__SSE2__) || defined(_M_X64)
 #include <emmintrin.h>
 #endif
 
-// Gradient buffers at least this large (all layers together) are written with non-temporal stores.
+// Gradient writes that touch at least this many bytes (all layers together) use non-temporal stores.
 #ifndef DIVBIND_STREAM_THRESHOLD_BYTES
 #define DIVBIND_STREAM_THRESHOLD_BYTES (8LL << 20)
 #endif
+
+// Writes of at least this many floats (1 MB) are shared with the helper thread (parallel.h).
+constexpr int64_t kSplitWrittenFloats = int64_t(1) << 18;
 
 namespace divbind {
 
@@ -54,23 +54,19 @@ double* row_accumulator(ResolutionGradient& rg, int p, int r0, int tk) {
 }
 
 void finish_resolution(ResolutionGradient& rg, int k0, int tk, int T) {
-  const int r = rg.resolution;
   const size_t n_rows = rg.sums.size() / size_t(tk);
   rg.rows.assign(n_rows * size_t(T), 0.0f);  // zeros outside the kept tokens
   for (size_t i = 0; i < n_rows; ++i)
     for (int j = 0; j < tk; ++j) rg.rows[i * T + k0 + j] = static_cast<float>(rg.sums[i * tk + j]);
-  // image lines: every image row (r pixels x T floats) that holds a touched pixel, zeros at the others
-  const size_t line = size_t(r) * T;
-  rg.line_of_row.assign(size_t(r), -1);
-  rg.lines.clear();
-  for (int y = 0; y < r; ++y) {
-    const int* pixels = rg.row_of_pixel.data() + size_t(y) * r;
-    if (std::all_of(pixels, pixels + r, [](int row) { return row < 0; })) continue;
-    rg.line_of_row[size_t(y)] = static_cast<int>(rg.lines.size() / line);
-    rg.lines.resize(rg.lines.size() + line, 0.0f);
-    float* dst = rg.lines.data() + rg.lines.size() - line;
-    for (int x = 0; x < r; ++x)
-      if (pixels[x] >= 0) std::memcpy(dst + size_t(x) * T, rg.rows.data() + size_t(pixels[x]) * T, size_t(T) * 4);
+  rg.runs.clear();
+  for (size_t pixel = 0; pixel < rg.row_of_pixel.size(); ++pixel) {
+    const int row = rg.row_of_pixel[pixel];
+    if (row < 0) continue;
+    PixelRun* last = rg.runs.empty() ? nullptr : &rg.runs.back();
+    if (last && last->pixel + last->count == int64_t(pixel) && last->row + last->count == row)
+      ++last->count;
+    else
+      rg.runs.push_back({int64_t(pixel), row, 1});
   }
 }
 
@@ -93,19 +89,22 @@ std::vector<GradState> states_after(const std::vector<LayerShape>& shapes, const
 
 namespace {
 
-// Writes n floats (src, or zeros when src == nullptr) to dst. With `stream`, non-temporal stores: at SD size
-// the gradient buffers (66 MB) dwarf the caches, and plain stores would first read every line they write
-// (read-for-ownership), doubling the memory traffic that bounds this call. The caller issues the fence.
+// Writes n floats (src, or zeros when src == nullptr) to dst. With `stream`, non-temporal stores for the whole
+// cache lines: at SD size the gradient writes (9-66 MB) dwarf the caches, and plain stores would first read
+// every line they write (read-for-ownership), doubling the memory traffic that bounds this call. The partial
+// lines at either end take plain stores (a partial non-temporal line is written back piecemeal). The caller
+// issues the fence.
 void store_floats(float* dst, const float* src, size_t n, bool stream) {
 #if defined(__SSE2__) || defined(_M_X64)
-  if (stream) {
+  if (stream && n >= 32) {
     size_t i = 0;
-    for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 15) != 0; ++i) dst[i] = src ? src[i] : 0.0f;
+    for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 63) != 0; ++i) dst[i] = src ? src[i] : 0.0f;
+    const size_t body = i + (n - i) / 16 * 16;
     if (src) {
-      for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+      for (; i < body; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
     } else {
       const __m128 zero = _mm_setzero_ps();
-      for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, zero);
+      for (; i < body; i += 4) _mm_stream_ps(dst + i, zero);
     }
     for (; i < n; ++i) dst[i] = src ? src[i] : 0.0f;
     return;
@@ -119,54 +118,44 @@ void store_floats(float* dst, const float* src, size_t n, bool stream) {
     std::memset(dst, 0, n * sizeof(float));
 }
 
-// Full write of heads [h0, h1) of one layer, image row by image row, each float once (rg == nullptr: zeros).
+// Full write of heads [h0, h1) of one layer, each float once, in address order: zeros up to each run of touched
+// pixels, then the run's rows (rg == nullptr: all zeros).
 void write_full(float* grad, const LayerShape& l, const ResolutionGradient* rg, int T, int h0, int h1, bool stream) {
-  const int r = l.resolution;
-  const size_t line = size_t(r) * T;
+  const size_t head_floats = size_t(l.resolution) * l.resolution * T;
   if (!rg) {
-    store_floats(grad + size_t(h0) * r * line, nullptr, size_t(h1 - h0) * r * line, stream);
+    store_floats(grad + size_t(h0) * head_floats, nullptr, size_t(h1 - h0) * head_floats, stream);
     return;
   }
-  for (int h = h0; h < h1; ++h)
-    for (int y = 0; y < r; ++y) {
-      const int k = rg->line_of_row[size_t(y)];
-      store_floats(grad + (size_t(h) * r + y) * line, k < 0 ? nullptr : rg->lines.data() + size_t(k) * line, line,
-                   stream);
+  for (int h = h0; h < h1; ++h) {
+    float* head = grad + size_t(h) * head_floats;
+    size_t at = 0;
+    for (const PixelRun& run : rg->runs) {
+      const size_t start = size_t(run.pixel) * T;
+      store_floats(head + at, nullptr, start - at, stream);
+      store_floats(head + start, rg->rows.data() + size_t(run.row) * T, size_t(run.count) * T, stream);
+      at = start + size_t(run.count) * T;
     }
+    store_floats(head + at, nullptr, head_floats - at, stream);
+  }
 }
 
 // Sparse write of heads [h0, h1) for a buffer that holds zeros outside the sampled pixel rows of (r, r0):
 // the new rows there, or zeros when the layer gets no gradient this time but may hold one from the last.
 void write_sparse(float* grad, const LayerShape& l, const ResolutionGradient* rg, GradState prior, int T, int r0,
-                  int h0, int h1) {
+                  int h0, int h1, bool stream) {
   const int r = l.resolution;
-  const size_t hw = size_t(r) * r;
+  const size_t head_floats = size_t(r) * r * T;
   if (!rg && prior == GradState::Zero) return;
   for (int h = h0; h < h1; ++h) {
-    float* head = grad + size_t(h) * hw * T;
+    float* head = grad + size_t(h) * head_floats;
     if (rg) {
-      for (size_t pix = 0; pix < hw; ++pix) {
-        const int row = rg->row_of_pixel[pix];
-        if (row >= 0) std::memcpy(head + pix * T, rg->rows.data() + size_t(row) * T, size_t(T) * sizeof(float));
-      }
+      for (const PixelRun& run : rg->runs)
+        store_floats(head + size_t(run.pixel) * T, rg->rows.data() + size_t(run.row) * T, size_t(run.count) * T,
+                     stream);
     } else {
       for (int p = 0; p < r0 * r0; ++p) std::memset(head + sampled_pixel(p, r, r0) * T, 0, size_t(T) * sizeof(float));
     }
   }
-}
-
-std::atomic<int> g_gradient_threads{0};  // 0 = not set yet: DIVBIND_THREADS or the default
-
-int gradient_threads() {
-  int n = g_gradient_threads.load(std::memory_order_relaxed);
-  if (n > 0) return n;
-  n = kDefaultGradientThreads;
-  if (const char* env = std::getenv("DIVBIND_THREADS")) {
-    const int v = std::atoi(env);
-    if (v >= 1) n = std::min(v, 2);
-  }
-  g_gradient_threads.store(n, std::memory_order_relaxed);
-  return n;
 }
 
 }  // namespace
@@ -175,10 +164,6 @@ void store_fence() {
 #if defined(__SSE2__) || defined(_M_X64)
   _mm_sfence();  // non-temporal stores are weakly ordered: publish them before another thread reads
 #endif
-}
-
-void set_gradient_threads(int threads) {
-  g_gradient_threads.store(std::clamp(threads, 1, 2), std::memory_order_relaxed);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -211,45 +196,35 @@ void write_gradient_blocks(float* const* grads, const std::vector<LayerShape>& s
     if (state == GradState::Unknown)
       write_full(grads[i], l, rg, T, int(b), int(e), stream);
     else
-      write_sparse(grads[i], l, rg, state, T, g.r0, int(b), int(e));
+      write_sparse(grads[i], l, rg, state, T, g.r0, int(b), int(e), stream);
   }
 }
 
-bool use_streaming_stores(const std::vector<LayerShape>& shapes) {
-  int64_t total = 0;
-  for (const LayerShape& l : shapes) total += l.length;
-  return total * int64_t(sizeof(float)) >= int64_t(DIVBIND_STREAM_THRESHOLD_BYTES);
+int64_t written_floats(const std::vector<LayerShape>& shapes, const CompactGradient& g, const GradState* prior) {
+  int64_t floats = 0;
+  for (size_t i = 0; i < shapes.size(); ++i)
+    floats += shapes[i].heads * block_floats(shapes[i], g, prior ? prior[i] : GradState::Unknown);
+  return floats;
+}
+
+bool use_streaming_stores(const std::vector<LayerShape>& shapes, const CompactGradient& g, const GradState* prior) {
+  return written_floats(shapes, g, prior) * int64_t(sizeof(float)) >= int64_t(DIVBIND_STREAM_THRESHOLD_BYTES);
 }
 
 std::vector<GradState> write_gradients(float* const* grads, const std::vector<LayerShape>& shapes,
                                        const CompactGradient& g, const GradState* prior) {
-  // A second thread only helps where one core cannot saturate memory: with the streaming stores of large calls.
-  const bool stream = use_streaming_stores(shapes);
-  int64_t total = 0;
-  for (const LayerShape& l : shapes) total += l.length;
-  const int64_t blocks = gradient_blocks(shapes);
-  auto run = [&](int64_t from, int64_t to) {
+  const int64_t total = written_floats(shapes, g, prior);
+  const bool stream = total * int64_t(sizeof(float)) >= int64_t(DIVBIND_STREAM_THRESHOLD_BYTES);
+  // split point: the first block at which the floats written reach half the total
+  int64_t acc = 0, split = 0;
+  for (size_t i = 0; i < shapes.size() && acc * 2 < total; ++i) {
+    const int64_t per = block_floats(shapes[i], g, prior ? prior[i] : GradState::Unknown);
+    for (int h = 0; h < shapes[i].heads && acc * 2 < total; ++h, ++split) acc += per;
+  }
+  run_split(split, gradient_blocks(shapes), total >= kSplitWrittenFloats, [&](int64_t from, int64_t to) {
     write_gradient_blocks(grads, shapes, g, prior, from, to, stream);
     if (stream) store_fence();
-  };
-  const int threads = stream ? gradient_threads() : 1;
-  if (threads < 2 || blocks < 2) {
-    run(0, blocks);
-    return states_after(shapes, g);
-  }
-  // split point: first block at which the cumulative size reaches half the total
-  int64_t acc = 0, split = 0;
-  for (size_t i = 0; i < shapes.size() && acc * 2 < total; ++i)
-    for (int h = 0; h < shapes[i].heads && acc * 2 < total; ++h, ++split) acc += shapes[i].length / shapes[i].heads;
-  std::thread helper;
-  try {
-    helper = std::thread(run, split, blocks);
-  } catch (const std::system_error&) {  // no thread available: do it all here
-    run(0, blocks);
-    return states_after(shapes, g);
-  }
-  run(0, split);
-  helper.join();
+  });
   return states_after(shapes, g);
 }
 

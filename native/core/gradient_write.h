@@ -17,13 +17,19 @@
 
 namespace divbind {
 
+// Pixels [pixel, pixel + count) of a layer take rows [row, row + count): contiguous in both, so one copy each.
+struct PixelRun {
+  int64_t pixel = 0;
+  int row = 0;
+  int count = 0;
+};
+
 // One resolution's gradient rows; every (layer, head) at this resolution receives the same rows.
 struct ResolutionGradient {
   int resolution = 0;
   std::vector<int> row_of_pixel;  // (r*r) index into rows, or -1: the pixel's gradient is zero
   std::vector<float> rows;        // (rows, T) one pixel's gradient over the whole text axis
-  std::vector<int> line_of_row;   // (r) image row -> index into lines, or -1 (an all-zero image row)
-  std::vector<float> lines;       // (image rows with a touched pixel, r*T): the rows laid out as written
+  std::vector<PixelRun> runs;     // the touched pixels, ascending (all 256 of a 16² layer at r0 16 are one run)
   std::vector<double> sums;       // (rows, tk) double accumulators while building
 };
 
@@ -44,8 +50,8 @@ struct CompactGradient {
 ResolutionGradient& begin_resolution(CompactGradient& g, int resolution);
 // The tk double accumulators of the input pixel that output pixel p (of the r0 grid) samples, zero on first use.
 double* row_accumulator(ResolutionGradient& rg, int p, int r0, int tk);
-// Rounds the accumulators into T-wide float rows (zeros outside the kept tokens [k0, k0 + tk)) and lays out the
-// image lines the full write copies.
+// Rounds the accumulators into T-wide float rows (zeros outside the kept tokens [k0, k0 + tk)) and finds the runs
+// of touched pixels the writes copy.
 void finish_resolution(ResolutionGradient& rg, int k0, int tk, int T);
 
 // Geometry of one gradient buffer: (heads, resolution^2, T) floats.
@@ -59,12 +65,15 @@ std::vector<LayerShape> layer_shapes(const std::vector<LayerView>& layers);
 // Blocks are the (layer, head) pairs in layer order.
 int64_t gradient_blocks(const std::vector<LayerShape>& shapes);
 
-// Whether full writes use non-temporal stores: only when the buffers are far larger than the caches (a small
-// call's caller reads them straight back).
-bool use_streaming_stores(const std::vector<LayerShape>& shapes);
+// Floats a write of g touches in all buffers (prior: nullptr for full writes, or one state per layer).
+int64_t written_floats(const std::vector<LayerShape>& shapes, const CompactGradient& g, const GradState* prior);
+
+// Whether a write uses non-temporal stores: only when it touches far more memory than the caches hold (a small
+// call's caller reads the buffers straight back).
+bool use_streaming_stores(const std::vector<LayerShape>& shapes, const CompactGradient& g, const GradState* prior);
 
 // Writes blocks [from, to). prior: nullptr (full writes) or one state per layer. stream: non-temporal stores for
-// full writes (the caller issues store_fence() before another thread reads the buffers).
+// whole cache lines (the caller issues store_fence() before another thread reads the buffers).
 void write_gradient_blocks(float* const* grads, const std::vector<LayerShape>& shapes, const CompactGradient& g,
                            const GradState* prior, int64_t from, int64_t to, bool stream);
 void store_fence();
@@ -72,7 +81,7 @@ void store_fence();
 // Floats a write of one block of this layer touches (full writes: the whole block; sparse: the sampled rows).
 int64_t block_floats(const LayerShape& shape, const CompactGradient& g, GradState prior);
 
-// Writes every buffer: streaming stores and up to gradient_threads() threads when the buffers are large.
+// Writes every buffer: streaming stores and a second thread (parallel.h) when the write is large.
 // Returns the state each buffer is left in.
 std::vector<GradState> write_gradients(float* const* grads, const std::vector<LayerShape>& shapes,
                                        const CompactGradient& g, const GradState* prior);

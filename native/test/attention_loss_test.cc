@@ -13,11 +13,14 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "attention_loss.h"
+#include "parallel.h"
+#include "simd.h"
 
 using namespace divbind;
 
@@ -463,7 +466,7 @@ void check_sampled_fd(const Input& in, const LossOptions& o, const std::vector<s
   check(bad == 0 && max_fd > 0, "large: sampled gradient entries match central differences");
   std::printf("  max|fd| %.4g over %zu samples\n", max_fd, samples.size());
 }
-// Large buffers (>= 8 MB: streaming stores, optional second thread): every float overwritten, zeros exactly where
+// Large buffers (>= 8 MB: streaming stores, second thread): every float overwritten, zeros exactly where
 // nothing is read, one thread == two threads bit for bit, and sampled entries vs central differences
 // (h = 1e-5, tol 2e-4 * max|fd| + 2e-3 * |fd|).
 void large_case() {
@@ -488,11 +491,12 @@ void large_case() {
   for (auto& v : g1) p1.push_back(v.data());
   // the second set starts 0..3 floats past a 16-byte boundary: the streaming stores' unaligned head and tail
   for (size_t i = 0; i < g2.size(); ++i) p2.push_back(g2[i].data() + i % 4);
-  set_gradient_threads(1);
+  const int threads = core_threads();
+  set_core_threads(1);
   const LossResult a = attention_loss(in.layers, o, p1.data());
-  set_gradient_threads(2);
+  set_core_threads(2);
   const LossResult b = attention_loss(in.layers, o, p2.data());
-  set_gradient_threads(kDefaultGradientThreads);
+  set_core_threads(threads);
   bool same = a.loss == b.loss;
   for (size_t i = 0; i < g1.size(); ++i) {
     same = same && std::equal(g1[i].begin(), g1[i].end(), p2[i]);
@@ -514,6 +518,23 @@ void large_case() {
         }
   }
   check(zeros, "large: zeros wherever nothing is read, every pre-filled float overwritten");
+  // Sparse writes at this size (two threads) into the unaligned buffers, for another selected token: equal to a
+  // full write into fresh buffers by one thread, bit for bit.
+  LossOptions swapped = o;
+  swapped.token_indices = {5, 2};
+  swapped.attribute_indices = {7, 4};
+  std::vector<std::vector<float>> g3;
+  std::vector<float*> p3;
+  for (const auto& d : in.data) g3.emplace_back(d.size(), 9.0f);
+  for (auto& v : g3) p3.push_back(v.data());
+  set_core_threads(2);
+  const LossResult c = attention_loss(in.layers, swapped, p2.data(), nullptr, nullptr, b.grad_states.data());
+  set_core_threads(1);
+  const LossResult d = attention_loss(in.layers, swapped, p3.data());
+  set_core_threads(threads);
+  bool sparse_same = c.loss == d.loss && c.grad_states == d.grad_states;
+  for (size_t i = 0; i < g3.size(); ++i) sparse_same = sparse_same && std::equal(g3[i].begin(), g3[i].end(), p2[i]);
+  check(sparse_same, "large: sparse writes by two threads equal a full write by one, bit for bit");
   std::printf("  loss %.9g\n", a.loss);
   check_sampled_fd(in, o, g1, rng);
 }
@@ -789,6 +810,27 @@ void validation_scalars(const Input& base) {
   expect_error("empty schedule", call_with(x, base), "bindingCoefficients", "at least one", true);
 }
 
+// exp_nonpositive (simd.h), which the token softmax uses instead of std::exp: within 1e-15 relative of std::exp on
+// a fine grid over [-700, 0] and at its edges, 0 below -700, NaN for NaN.
+void exp_case() {
+  std::printf("case exp_nonpositive vs std::exp\n");
+  double worst = 0;
+  for (int i = 0; i <= 1400000; ++i) {
+    const double x = -700.0 + i * 0.0005 + 1e-7 * (i % 7);
+    if (x > 0) break;
+    worst = std::max(worst, std::abs(exp_nonpositive(x) - std::exp(x)) / std::exp(x));
+  }
+  for (double x : {0.0, -0.0, -1e-300, -1e-17, -0.5 * std::log(2.0), -std::log(2.0), -699.999999}) {
+    worst = std::max(worst, std::abs(exp_nonpositive(x) - std::exp(x)) / std::exp(x));
+  }
+  std::printf("  max relative error %.3g\n", worst);
+  check(worst <= 1e-15, "exp_nonpositive: within 1e-15 relative of std::exp on [-700, 0]");
+  check(exp_nonpositive(-700.5) == 0.0 && exp_nonpositive(-1e300) == 0.0 &&
+            exp_nonpositive(-std::numeric_limits<double>::infinity()) == 0.0,
+        "exp_nonpositive: 0 below -700");
+  check(std::isnan(exp_nonpositive(std::numeric_limits<double>::quiet_NaN())), "exp_nonpositive: NaN stays NaN");
+}
+
 void validation_cases() {
   std::printf("case validation\n");
   const Input base = small_input(12, 3);
@@ -806,6 +848,7 @@ int main() {
   structural_cases();
   large_case();
   reuse_cases();
+  exp_case();
   validation_cases();
   std::printf(failures == 0 ? "OK: all native core checks passed\n" : "FAILED: %d check(s)\n", failures);
   return failures == 0 ? 0 : 1;
