@@ -133,15 +133,28 @@ DIVBIND_CPU_CLONES void softmax_rows(double* soft, const double* mean, double te
   for (int64_t p = p_begin; p < p_end; ++p) {
     const double* x = mean + p * tk;
     double* s = soft + p * tk;
-    // four running maxima and sums: one long chain of dependent operations would set the pace otherwise
-    double mx4[4], z4[4] = {0, 0, 0, 0};
-    std::fill(mx4, mx4 + 4, -std::numeric_limits<double>::infinity());
-    for (int j = 0; j < tk; ++j) mx4[j % 4] = std::max(mx4[j % 4], temperature * x[j]);
-    const double mx = std::max(std::max(mx4[0], mx4[1]), std::max(mx4[2], mx4[3]));
-    for (int j = 0; j < tk; ++j) s[j] = exp_nonpositive(temperature * x[j] - mx);
-    for (int j = 0; j < tk; ++j) z4[j % 4] += s[j];
-    const double inv = 1.0 / ((z4[0] + z4[1]) + (z4[2] + z4[3]));
-    for (int j = 0; j < tk; ++j) s[j] *= inv;
+    // four running maxima and sums: one chain of dependent operations would set the pace otherwise
+    double m0 = -std::numeric_limits<double>::infinity(), m1 = m0, m2 = m0, m3 = m0;
+    int j = 0;
+    for (; j + 4 <= tk; j += 4) {
+      m0 = std::max(m0, temperature * x[j]);
+      m1 = std::max(m1, temperature * x[j + 1]);
+      m2 = std::max(m2, temperature * x[j + 2]);
+      m3 = std::max(m3, temperature * x[j + 3]);
+    }
+    for (; j < tk; ++j) m0 = std::max(m0, temperature * x[j]);
+    const double mx = std::max(std::max(m0, m1), std::max(m2, m3));
+    for (j = 0; j < tk; ++j) s[j] = exp_nonpositive(temperature * x[j] - mx);
+    double z0 = 0, z1 = 0, z2 = 0, z3 = 0;
+    for (j = 0; j + 4 <= tk; j += 4) {
+      z0 += s[j];
+      z1 += s[j + 1];
+      z2 += s[j + 2];
+      z3 += s[j + 3];
+    }
+    for (; j < tk; ++j) z0 += s[j];
+    const double inv = 1.0 / ((z0 + z1) + (z2 + z3));
+    for (j = 0; j < tk; ++j) s[j] *= inv;
   }
 }
 
