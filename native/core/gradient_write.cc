@@ -207,14 +207,20 @@ int64_t written_floats(const std::vector<LayerShape>& shapes, const CompactGradi
   return floats;
 }
 
+namespace {
+bool streams(int64_t floats_written) {
+  return floats_written * int64_t(sizeof(float)) >= int64_t(DIVBIND_STREAM_THRESHOLD_BYTES);
+}
+}  // namespace
+
 bool use_streaming_stores(const std::vector<LayerShape>& shapes, const CompactGradient& g, const GradState* prior) {
-  return written_floats(shapes, g, prior) * int64_t(sizeof(float)) >= int64_t(DIVBIND_STREAM_THRESHOLD_BYTES);
+  return streams(written_floats(shapes, g, prior));
 }
 
 std::vector<GradState> write_gradients(float* const* grads, const std::vector<LayerShape>& shapes,
                                        const CompactGradient& g, const GradState* prior) {
   const int64_t total = written_floats(shapes, g, prior);
-  const bool stream = total * int64_t(sizeof(float)) >= int64_t(DIVBIND_STREAM_THRESHOLD_BYTES);
+  const bool stream = streams(total);
   // split point: the first block at which the floats written reach half the total
   int64_t acc = 0, split = 0;
   for (size_t i = 0; i < shapes.size() && acc * 2 < total; ++i) {

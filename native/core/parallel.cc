@@ -35,7 +35,9 @@ inline void cpu_relax() {
 class Helper {
  public:
   // Never destroyed (see helper()): the thread may still wait on these members while the process exits.
-  Helper() : thread_([this] { Loop(); }) { thread_.detach(); }
+  Helper() {
+    std::thread([this] { Loop(); }).detach();
+  }  // started once every member exists
 
   // Runs fn(from, to) on the helper while the caller works on its own part; Wait() blocks until it has ended.
   void Post(const std::function<void(int64_t, int64_t)>* fn, int64_t from, int64_t to) {
@@ -85,7 +87,6 @@ class Helper {
   const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
   int64_t from_ = 0, to_ = 0;
   std::exception_ptr error_;
-  std::thread thread_;
 };
 
 std::atomic<Helper*> g_helper{nullptr};
