@@ -90,89 +90,77 @@ DIVBIND_CPU_CLONES void aggregate_rows(double* out, const std::vector<LayerView>
   }
 }
 
-// out (P0, Tk) = (1/N) * sum_{layer in ids, head} probs[head, sampled_pixel(p), k0 + j]
-// Two threads take one half of the output pixels each: every row is summed in the same order either way.
-void aggregate_forward(std::vector<double>& out, const std::vector<LayerView>& layers, const std::vector<int>& ids,
-                       int64_t n_maps, const Plan& plan) {
+// Rows [p_begin, p_end) of out (P0, Tk) = (1/N) * sum_{layer in ids, head} probs[head, sampled_pixel(p), k0 + j];
+// false when a non-finite value was read.
+bool aggregate_forward(std::vector<double>& out, const std::vector<LayerView>& layers, const std::vector<int>& ids,
+                       int64_t n_maps, const Plan& plan, int64_t p_begin, int64_t p_end) {
   const int tk = plan.tk;
-  out.assign(size_t(plan.p0) * tk, 0.0);
+  std::fill(out.data() + p_begin * tk, out.data() + p_end * tk, 0.0);
+  aggregate_rows(out.data(), layers, ids, plan, int(p_begin), int(p_end));
   const double inv = 1.0 / double(n_maps);
-  std::atomic<bool> finite{true};
-  const int64_t floats = n_maps * plan.p0 * tk;
-  run_split(plan.p0 / 2, plan.p0, floats >= kSplitFloats, [&](int64_t p_begin, int64_t p_end) {
-    aggregate_rows(out.data(), layers, ids, plan, int(p_begin), int(p_end));
-    bool ok = true;
-    for (double* v = out.data() + p_begin * tk; v != out.data() + p_end * tk; ++v) {
-      *v *= inv;
-      ok &= std::isfinite(*v);
-    }
-    if (!ok) finite.store(false, std::memory_order_relaxed);
-  });
-  if (!finite.load(std::memory_order_relaxed)) throw_first_nonfinite(layers, ids, plan);
+  bool finite = true;
+  for (double* v = out.data() + p_begin * tk; v != out.data() + p_end * tk; ++v) {
+    *v *= inv;
+    finite &= std::isfinite(*v);
+  }
+  return finite;
 }
 
-// grad (P0, Tk) of the mean -> the gradient rows of one resolution r (accumulated into rg).
+// grad rows [p_begin, p_end) of the mean (P0, Tk) -> the gradient rows of one resolution r (added to rg).
 // In the forward this was: out[p, j] += probs[head, sampled_pixel(p), k0 + j] / N for every (layer, head).
 // Every head of every layer at that resolution receives the same row, so it is built once here.
-void aggregate_backward(ResolutionGradient& rg, const std::vector<double>& d_mean, int64_t n_maps, const Plan& plan) {
+void aggregate_backward(ResolutionGradient& rg, bool first_source, const std::vector<double>& d_mean, int64_t n_maps,
+                        const Plan& plan, int p_begin, int p_end) {
   const int tk = plan.tk;
   const double inv = 1.0 / double(n_maps);
-  for (int p = 0; p < plan.p0; ++p) {
-    double* dst = row_accumulator(rg, p, plan.r0, tk);
-    const double* src = d_mean.data() + size_t(p) * tk;
-    for (int j = 0; j < tk; ++j) dst[j] += src[j] * inv;  // several p share a pixel when r < r0
-  }
+  const double* d = d_mean.data();
+  accumulate_rows(rg, first_source, p_begin, p_end, [&](int p, int j) { return d[size_t(p) * tk + j] * inv; });
 }
 
 // ------------------------------------------------------------------------------------------------
 // 2. Token softmax: S[p, j] = softmax_j(temperature * mean[p, j]) over the Tk kept tokens.
 
-// Rows [p_begin, p_end) of S. The exponentials go in a loop of their own, where they vectorize.
+// Rows [p_begin, p_end) of S, in passes over the block: logits less each row's maximum, then every exponential of
+// the block in one flat loop (a 75-token row would leave a scalar remainder of the 12-term polynomial per row),
+// then the row sums. Maxima and sums keep eight lanes in a fixed order, so every clone rounds alike.
 DIVBIND_CPU_CLONES void softmax_rows(double* soft, const double* mean, double temperature, int tk, int64_t p_begin,
                                      int64_t p_end) {
+  constexpr int kLanes = 8;
   for (int64_t p = p_begin; p < p_end; ++p) {
     const double* x = mean + p * tk;
     double* s = soft + p * tk;
-    // four running maxima and sums: one chain of dependent operations would set the pace otherwise
-    double m0 = -std::numeric_limits<double>::infinity(), m1 = m0, m2 = m0, m3 = m0;
+    double m[kLanes];
+    std::fill(m, m + kLanes, -std::numeric_limits<double>::infinity());
     int j = 0;
-    for (; j + 4 <= tk; j += 4) {
-      m0 = std::max(m0, temperature * x[j]);
-      m1 = std::max(m1, temperature * x[j + 1]);
-      m2 = std::max(m2, temperature * x[j + 2]);
-      m3 = std::max(m3, temperature * x[j + 3]);
-    }
-    for (; j < tk; ++j) m0 = std::max(m0, temperature * x[j]);
-    const double mx = std::max(std::max(m0, m1), std::max(m2, m3));
-    for (j = 0; j < tk; ++j) s[j] = exp_nonpositive(temperature * x[j] - mx);
-    double z0 = 0, z1 = 0, z2 = 0, z3 = 0;
-    for (j = 0; j + 4 <= tk; j += 4) {
-      z0 += s[j];
-      z1 += s[j + 1];
-      z2 += s[j + 2];
-      z3 += s[j + 3];
-    }
-    for (; j < tk; ++j) z0 += s[j];
-    const double inv = 1.0 / ((z0 + z1) + (z2 + z3));
+    for (; j + kLanes <= tk; j += kLanes)
+      for (int k = 0; k < kLanes; ++k) m[k] = std::max(m[k], temperature * x[j + k]);
+    for (int k = 0; j < tk; ++j, ++k) m[k] = std::max(m[k], temperature * x[j]);
+    const double mx = std::max(std::max(std::max(m[0], m[1]), std::max(m[2], m[3])),
+                               std::max(std::max(m[4], m[5]), std::max(m[6], m[7])));
+    for (j = 0; j < tk; ++j) s[j] = temperature * x[j] - mx;
+  }
+  double* block = soft + p_begin * tk;
+  const int64_t n = (p_end - p_begin) * tk;
+  for (int64_t i = 0; i < n; ++i) block[i] = exp_nonpositive(block[i]);
+  for (int64_t p = p_begin; p < p_end; ++p) {
+    double* s = soft + p * tk;
+    double z[kLanes] = {};
+    int j = 0;
+    for (; j + kLanes <= tk; j += kLanes)
+      for (int k = 0; k < kLanes; ++k) z[k] += s[j + k];
+    for (int k = 0; j < tk; ++j, ++k) z[k] += s[j];
+    const double inv = 1.0 / (((z[0] + z[1]) + (z[2] + z[3])) + ((z[4] + z[5]) + (z[6] + z[7])));
     for (j = 0; j < tk; ++j) s[j] *= inv;
   }
 }
 
-void token_softmax_forward(std::vector<double>& soft, const std::vector<double>& mean, double temperature, int p0,
-                           int tk) {
-  soft.resize(mean.size());
-  run_split(p0 / 2, p0, int64_t(p0) * tk >= kSplitExps, [&](int64_t p_begin, int64_t p_end) {
-    softmax_rows(soft.data(), mean.data(), temperature, tk, p_begin, p_end);
-  });
-}
-
-// Only column `col` of S carries a gradient (d_col, (P0)); d_mean (P0, Tk) is overwritten.
+// Only column `col` of S carries a gradient (d_col, (P0)); rows [p_begin, p_end) of d_mean (P0, Tk) are overwritten.
 // In the forward this was: S[p, :] = softmax(temperature * mean[p, :]); then A = S[:, col].
 //   dlogit[p, j] = S[p, j] * (delta_{j,col} - S[p, col]) * d_col[p];  d_mean = temperature * dlogit.
 void token_softmax_backward(std::vector<double>& d_mean, const std::vector<double>& soft,
-                            const std::vector<double>& d_col, int col, double temperature, int p0, int tk) {
-  d_mean.resize(size_t(p0) * tk);  // every entry is written below
-  for (int p = 0; p < p0; ++p) {
+                            const std::vector<double>& d_col, int col, double temperature, int tk, int p_begin,
+                            int p_end) {
+  for (int p = p_begin; p < p_end; ++p) {
     const double* s = soft.data() + size_t(p) * tk;
     double* d = d_mean.data() + size_t(p) * tk;
     const double g = d_col[size_t(p)] * temperature;
@@ -311,11 +299,12 @@ struct JsdState {
   double m_o, m_c, tau;
 };
 
-void spatial_softmax(double* out, const double* x, int n, double scale) {
+DIVBIND_CPU_CLONES void spatial_softmax(double* out, const double* x, int n, double scale) {
   double mx = -std::numeric_limits<double>::infinity();
   for (int i = 0; i < n; ++i) mx = std::max(mx, scale * x[i]);
+  for (int i = 0; i < n; ++i) out[i] = exp_nonpositive(scale * x[i] - mx);  // a loop of its own: it vectorizes
   double z = 0;
-  for (int i = 0; i < n; ++i) z += (out[i] = std::exp(scale * x[i] - mx));
+  for (int i = 0; i < n; ++i) z += out[i];
   for (int i = 0; i < n; ++i) out[i] /= z;
 }
 
@@ -391,15 +380,27 @@ double binding_rho(const LossOptions& o, double tv) {
 // ------------------------------------------------------------------------------------------------
 // 7. The loss over the maps: forward per token, selection, backward of the selected token.
 
-// Per source (object / attribute): token softmax of the mean, then the smoothed column of each token.
-// maps (K, P0) = smooth(S[:, col_s]); tokens without a column (col < 0) keep zeros.
-void maps_forward(std::vector<double>& soft, std::vector<double>& maps, const std::vector<double>& mean,
-                  const std::vector<int>& columns, const Plan& plan, const LossOptions& o, const Kernel* k) {
+// Token softmax of both sources' means (the attribute one only when attributes are active): two threads take the
+// same halves of the output pixels as the reading did, so each finds its rows in its own cache.
+void token_softmaxes(Workspace& ws, const LossOptions& o) {
+  const Plan& plan = ws.plan;
   const int p0 = plan.p0, tk = plan.tk;
-  token_softmax_forward(soft, mean, o.temperature, p0, tk);
+  const int64_t sources = plan.attributes_active ? 2 : 1;
+  ws.object_soft.resize(ws.object_mean.size());
+  if (plan.attributes_active) ws.attribute_soft.resize(ws.attribute_mean.size());
+  run_split(p0 / 2, p0, sources * p0 * tk >= kSplitExps, [&](int64_t p_begin, int64_t p_end) {
+    softmax_rows(ws.object_soft.data(), ws.object_mean.data(), o.temperature, tk, p_begin, p_end);
+    if (plan.attributes_active)
+      softmax_rows(ws.attribute_soft.data(), ws.attribute_mean.data(), o.temperature, tk, p_begin, p_end);
+  });
+}
+
+// maps (K, P0) = smooth(S[:, col_s]) of one source; tokens without a column (col < 0) keep zeros.
+void smooth_maps(std::vector<double>& maps, const std::vector<double>& soft, const std::vector<int>& columns,
+                 const Plan& plan, const Kernel* k) {
   for (int s = 0; s < plan.tokens; ++s)
     if (columns[size_t(s)] >= 0)
-      smooth_forward(maps.data() + size_t(s) * p0, soft.data(), tk, columns[size_t(s)], plan.r0, k);
+      smooth_forward(maps.data() + size_t(s) * plan.p0, soft.data(), plan.tk, columns[size_t(s)], plan.r0, k);
 }
 
 // Diagnostics of token s: m, TV and, in tv_bind with an attribute, JSD; value v_s as in attention_loss.h.
@@ -485,18 +486,9 @@ bool token_backward(Workspace& ws, const LossOptions& o, int s, const TokenDiagn
   return true;
 }
 
-// Backward of maps_forward for the selected token's column: d map (P0) -> d mean (P0, Tk).
-void maps_backward(std::vector<double>& d_mean, std::vector<double>& d_col, const std::vector<double>& d_map,
-                   const std::vector<double>& soft, int col, const Plan& plan, const LossOptions& o, const Kernel* k) {
-  d_col.resize(size_t(plan.p0));
-  smooth_backward(d_col.data(), d_map.data(), plan.r0, k);
-  token_softmax_backward(d_mean, soft, d_col, col, o.temperature, plan.p0, plan.tk);
-}
-
-// d mean -> the compact gradient: one set of rows per resolution that receives a gradient, object rows first.
-// Resolutions take their rows on two threads (each writes only its own slot; slots are made first, since making
-// one may move the others).
-void gradient_rows(Workspace& ws, const LossOptions& o, bool attribute_gradient) {
+// The resolutions that receive a gradient, ascending, each begun in ws.gradient (slots made before any thread fills
+// one, since making one may move the others).
+void begin_resolutions(Workspace& ws, const LossOptions& o, bool attribute_gradient) {
   const Plan& plan = ws.plan;
   std::vector<int> resolutions = {plan.r0};
   if (attribute_gradient)
@@ -504,39 +496,53 @@ void gradient_rows(Workspace& ws, const LossOptions& o, bool attribute_gradient)
   std::sort(resolutions.begin(), resolutions.end());
   resolutions.erase(std::unique(resolutions.begin(), resolutions.end()), resolutions.end());
   for (int r : resolutions) begin_resolution(ws.gradient, r);
-  const int64_t n = int64_t(resolutions.size());
-  run_split((n + 1) / 2, n, n * plan.p0 * plan.tk >= kSplitExps, [&](int64_t from, int64_t to) {
-    for (int64_t i = from; i < to; ++i) {
-      ResolutionGradient& rg = ws.gradient.slots[size_t(i)];
-      const int r = rg.resolution;
-      if (r == plan.r0) aggregate_backward(rg, ws.d_object_mean, plan.object_maps, plan);
-      if (attribute_gradient &&
-          std::find(o.attribute_resolutions.begin(), o.attribute_resolutions.end(), r) != o.attribute_resolutions.end())
-        aggregate_backward(rg, ws.d_attribute_mean, plan.attribute_maps, plan);
-      finish_resolution(rg, plan.k0, plan.tk, plan.text_length);
-    }
-  });
+}
+
+// Output pixels [p_begin, p_end) from the smoothed maps' column gradients to the compact gradient: token softmax
+// backward of each source, then every resolution's rows (object rows first where a resolution takes both).
+void backward_rows(Workspace& ws, const LossOptions& o, int s, bool attribute_gradient, int p_begin, int p_end) {
+  const Plan& plan = ws.plan;
+  token_softmax_backward(ws.d_object_mean, ws.object_soft, ws.d_object_col, plan.token_columns[size_t(s)],
+                         o.temperature, plan.tk, p_begin, p_end);
+  if (attribute_gradient)
+    token_softmax_backward(ws.d_attribute_mean, ws.attribute_soft, ws.d_attribute_col,
+                           plan.attribute_columns[size_t(s)], o.temperature, plan.tk, p_begin, p_end);
+  for (size_t i = 0; i < ws.gradient.count; ++i) {
+    ResolutionGradient& rg = ws.gradient.slots[i];
+    const bool object = rg.resolution == plan.r0;
+    if (object) aggregate_backward(rg, true, ws.d_object_mean, plan.object_maps, plan, p_begin, p_end);
+    const auto& attribute_resolutions = o.attribute_resolutions;
+    if (attribute_gradient && std::find(attribute_resolutions.begin(), attribute_resolutions.end(), rg.resolution) !=
+                                  attribute_resolutions.end())
+      aggregate_backward(rg, !object, ws.d_attribute_mean, plan.attribute_maps, plan, p_begin, p_end);
+    finish_rows(rg, p_begin, p_end);
+  }
 }
 
 // Backward of the whole loss for the selected token s into ws.gradient (left empty when L has no gradient).
-// The object and attribute sources go back through their maps on two threads.
+// Down to the maps' columns on this thread (P0 values per source), then per output pixel on two threads, with
+// the halves the forward used, when no gradient row is shared by both halves.
 void loss_backward(Workspace& ws, const LossOptions& o, int s, const TokenDiagnostics& chosen, const Kernel* k) {
   const Plan& plan = ws.plan;
-  ws.gradient.reset(plan.text_length, plan.r0);
+  const int p0 = plan.p0, tk = plan.tk;
+  ws.gradient.reset(plan.text_length, plan.r0, plan.k0, tk);
   bool attribute_gradient = false;
   if (!token_backward(ws, o, s, chosen, &attribute_gradient)) return;
-  const int64_t sources = attribute_gradient ? 2 : 1;
-  run_split(1, sources, int64_t(plan.p0) * plan.tk >= kSplitExps, [&](int64_t from, int64_t to) {
-    for (int64_t source = from; source < to; ++source) {
-      if (source == 0)
-        maps_backward(ws.d_object_mean, ws.d_object_col, ws.d_object_map, ws.object_soft, plan.token_columns[size_t(s)],
-                      plan, o, k);
-      else
-        maps_backward(ws.d_attribute_mean, ws.d_attribute_col, ws.d_attribute_map, ws.attribute_soft,
-                      plan.attribute_columns[size_t(s)], plan, o, k);
-    }
+  ws.d_object_col.resize(size_t(p0));
+  smooth_backward(ws.d_object_col.data(), ws.d_object_map.data(), plan.r0, k);
+  ws.d_object_mean.resize(size_t(p0) * tk);  // every entry is written by backward_rows
+  if (attribute_gradient) {
+    ws.d_attribute_col.resize(size_t(p0));
+    smooth_backward(ws.d_attribute_col.data(), ws.d_attribute_map.data(), plan.r0, k);
+    ws.d_attribute_mean.resize(size_t(p0) * tk);
+  }
+  begin_resolutions(ws, o, attribute_gradient);
+  bool independent = true;
+  for (size_t i = 0; i < ws.gradient.count; ++i) independent &= ws.gradient.slots[i].geometry.independent_halves;
+  const int64_t work = int64_t(ws.gradient.count + (attribute_gradient ? 2 : 1)) * p0 * tk;
+  run_split(p0 / 2, p0, independent && work >= kSplitExps, [&](int64_t p_begin, int64_t p_end) {
+    backward_rows(ws, o, s, attribute_gradient, int(p_begin), int(p_end));
   });
-  gradient_rows(ws, o, attribute_gradient);
 }
 
 Workspace& thread_workspace() {  // the addon runs on the JS thread or a libuv pool thread: each keeps its own
@@ -552,9 +558,21 @@ Workspace& thread_workspace() {  // the addon runs on the JS thread or a libuv p
 void read_layers(Workspace& ws, const std::vector<LayerView>& layers, const LossOptions& options) {
   ws.plan = make_plan(layers, options);
   const Plan& plan = ws.plan;
-  aggregate_forward(ws.object_mean, layers, plan.object_layers, plan.object_maps, plan);
-  if (plan.attributes_active)
-    aggregate_forward(ws.attribute_mean, layers, plan.attribute_layers, plan.attribute_maps, plan);
+  const int p0 = plan.p0, tk = plan.tk;
+  ws.object_mean.resize(size_t(p0) * tk);  // every entry is written by aggregate_forward
+  if (plan.attributes_active) ws.attribute_mean.resize(size_t(p0) * tk);
+  // Two threads take one half of the output pixels each: every row is summed in the same order either way.
+  std::atomic<bool> object_finite{true}, attribute_finite{true};
+  const int64_t floats = (plan.object_maps + (plan.attributes_active ? plan.attribute_maps : 0)) * p0 * tk;
+  run_split(p0 / 2, p0, floats >= kSplitFloats, [&](int64_t p_begin, int64_t p_end) {
+    if (!aggregate_forward(ws.object_mean, layers, plan.object_layers, plan.object_maps, plan, p_begin, p_end))
+      object_finite.store(false, std::memory_order_relaxed);
+    if (plan.attributes_active &&
+        !aggregate_forward(ws.attribute_mean, layers, plan.attribute_layers, plan.attribute_maps, plan, p_begin, p_end))
+      attribute_finite.store(false, std::memory_order_relaxed);
+  });
+  if (!object_finite.load(std::memory_order_relaxed)) throw_first_nonfinite(layers, plan.object_layers, plan);
+  if (!attribute_finite.load(std::memory_order_relaxed)) throw_first_nonfinite(layers, plan.attribute_layers, plan);
 }
 
 LossResult compute_loss(Workspace& ws, const LossOptions& options, bool with_grad) {
@@ -564,9 +582,9 @@ LossResult compute_loss(Workspace& ws, const LossOptions& options, bool with_gra
   // forward: maps (K, P0) of both sources; attribute maps only in tv_bind with attributes, zeros otherwise
   ws.object_maps.assign(size_t(plan.tokens) * plan.p0, 0.0);
   ws.attribute_maps.assign(size_t(plan.tokens) * plan.p0, 0.0);
-  maps_forward(ws.object_soft, ws.object_maps, ws.object_mean, plan.token_columns, plan, options, k);
-  if (plan.attributes_active)
-    maps_forward(ws.attribute_soft, ws.attribute_maps, ws.attribute_mean, plan.attribute_columns, plan, options, k);
+  token_softmaxes(ws, options);
+  smooth_maps(ws.object_maps, ws.object_soft, plan.token_columns, plan, k);
+  if (plan.attributes_active) smooth_maps(ws.attribute_maps, ws.attribute_soft, plan.attribute_columns, plan, k);
   LossResult result;
   result.tokens.reserve(size_t(plan.tokens));
   for (int s = 0; s < plan.tokens; ++s) result.tokens.push_back(token_forward(ws, options, s));

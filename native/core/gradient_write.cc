@@ -23,9 +23,11 @@ namespace divbind {
 // ------------------------------------------------------------------------------------------------
 // Building
 
-void CompactGradient::reset(int T, int object_resolution) {
+void CompactGradient::reset(int T, int object_resolution, int kept_begin, int kept_count) {
   text_length = T;
   r0 = object_resolution;
+  k0 = kept_begin;
+  tk = kept_count;
   count = 0;
 }
 
@@ -35,40 +37,72 @@ const ResolutionGradient* CompactGradient::find(int resolution) const {
   return nullptr;
 }
 
+namespace {
+
+void build_geometry(RowGeometry& geo, int resolution, const CompactGradient& g) {
+  geo.resolution = resolution;
+  geo.r0 = g.r0;
+  geo.text_length = g.text_length;
+  geo.k0 = g.k0;
+  geo.tk = g.tk;
+  const int p0 = g.r0 * g.r0;
+  std::vector<int> row_of_pixel(size_t(resolution) * resolution, -1);
+  geo.row_of_output.resize(size_t(p0));
+  geo.first_use.resize(size_t(p0));
+  geo.rows_before.resize(size_t(p0) + 1);
+  geo.n_rows = 0;
+  for (int p = 0; p < p0; ++p) {
+    geo.rows_before[size_t(p)] = geo.n_rows;
+    int& row = row_of_pixel[size_t(sampled_pixel(p, resolution, g.r0))];
+    geo.first_use[size_t(p)] = row < 0;
+    if (row < 0) row = geo.n_rows++;
+    geo.row_of_output[size_t(p)] = row;
+  }
+  geo.rows_before[size_t(p0)] = geo.n_rows;
+  geo.independent_halves = true;
+  for (int p = p0 / 2; p < p0; ++p)
+    if (geo.row_of_output[size_t(p)] < geo.rows_before[size_t(p0 / 2)]) geo.independent_halves = false;
+  geo.runs.clear();
+  for (size_t pixel = 0; pixel < row_of_pixel.size(); ++pixel) {
+    const int row = row_of_pixel[pixel];
+    if (row < 0) continue;
+    PixelRun* last = geo.runs.empty() ? nullptr : &geo.runs.back();
+    if (last && last->pixel + last->count == int64_t(pixel) && last->row + last->count == row)
+      ++last->count;
+    else
+      geo.runs.push_back({int64_t(pixel), row, 1});
+  }
+}
+
+bool same_geometry(const RowGeometry& geo, int resolution, const CompactGradient& g) {
+  return geo.resolution == resolution && geo.r0 == g.r0 && geo.text_length == g.text_length && geo.k0 == g.k0 &&
+         geo.tk == g.tk;
+}
+
+}  // namespace
+
 ResolutionGradient& begin_resolution(CompactGradient& g, int resolution) {
   if (g.count == g.slots.size()) g.slots.emplace_back();
   ResolutionGradient& rg = g.slots[g.count++];
   rg.resolution = resolution;
-  rg.row_of_pixel.assign(size_t(resolution) * resolution, -1);
-  rg.sums.clear();
+  if (!same_geometry(rg.geometry, resolution, g)) {
+    build_geometry(rg.geometry, resolution, g);
+    rg.rows.assign(size_t(rg.geometry.n_rows) * size_t(g.text_length), 0.0f);  // columns outside [k0, k0+tk) stay 0
+  }
+  rg.sums.resize(size_t(rg.geometry.n_rows) * size_t(g.tk));  // cleared by the first source (accumulate_rows)
   return rg;
 }
 
-double* row_accumulator(ResolutionGradient& rg, int p, int r0, int tk) {
-  int& row = rg.row_of_pixel[size_t(sampled_pixel(p, rg.resolution, r0))];
-  if (row < 0) {
-    row = static_cast<int>(rg.sums.size() / size_t(tk));
-    rg.sums.resize(rg.sums.size() + size_t(tk), 0.0);
+void finish_rows(ResolutionGradient& rg, int p_begin, int p_end) {
+  const RowGeometry& geo = rg.geometry;
+  for (int i = geo.rows_before[size_t(p_begin)]; i < geo.rows_before[size_t(p_end)]; ++i) {
+    const double* src = rg.sums.data() + size_t(i) * geo.tk;
+    float* dst = rg.rows.data() + size_t(i) * geo.text_length + geo.k0;
+    for (int j = 0; j < geo.tk; ++j) dst[j] = static_cast<float>(src[j]);
   }
-  return rg.sums.data() + size_t(row) * tk;
 }
 
-void finish_resolution(ResolutionGradient& rg, int k0, int tk, int T) {
-  const size_t n_rows = rg.sums.size() / size_t(tk);
-  rg.rows.assign(n_rows * size_t(T), 0.0f);  // zeros outside the kept tokens
-  for (size_t i = 0; i < n_rows; ++i)
-    for (int j = 0; j < tk; ++j) rg.rows[i * T + k0 + j] = static_cast<float>(rg.sums[i * tk + j]);
-  rg.runs.clear();
-  for (size_t pixel = 0; pixel < rg.row_of_pixel.size(); ++pixel) {
-    const int row = rg.row_of_pixel[pixel];
-    if (row < 0) continue;
-    PixelRun* last = rg.runs.empty() ? nullptr : &rg.runs.back();
-    if (last && last->pixel + last->count == int64_t(pixel) && last->row + last->count == row)
-      ++last->count;
-    else
-      rg.runs.push_back({int64_t(pixel), row, 1});
-  }
-}
+void finish_resolution(ResolutionGradient& rg) { finish_rows(rg, 0, rg.geometry.r0 * rg.geometry.r0); }
 
 std::vector<LayerShape> layer_shapes(const std::vector<LayerView>& layers) {
   std::vector<LayerShape> shapes;
@@ -129,7 +163,7 @@ void write_full(float* grad, const LayerShape& l, const ResolutionGradient* rg, 
   for (int h = h0; h < h1; ++h) {
     float* head = grad + size_t(h) * head_floats;
     size_t at = 0;
-    for (const PixelRun& run : rg->runs) {
+    for (const PixelRun& run : rg->geometry.runs) {
       const size_t start = size_t(run.pixel) * T;
       store_floats(head + at, nullptr, start - at, stream);
       store_floats(head + start, rg->rows.data() + size_t(run.row) * T, size_t(run.count) * T, stream);
@@ -149,7 +183,7 @@ void write_sparse(float* grad, const LayerShape& l, const ResolutionGradient* rg
   for (int h = h0; h < h1; ++h) {
     float* head = grad + size_t(h) * head_floats;
     if (rg) {
-      for (const PixelRun& run : rg->runs)
+      for (const PixelRun& run : rg->geometry.runs)
         store_floats(head + size_t(run.pixel) * T, rg->rows.data() + size_t(run.row) * T, size_t(run.count) * T,
                      stream);
     } else {

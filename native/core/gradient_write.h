@@ -24,35 +24,66 @@ struct PixelRun {
   int count = 0;
 };
 
+// Which rows one resolution's gradient has: fixed by (resolution, r0) and the token range, so a slot keeps it
+// from one call to the next and only rebuilds it when one of them changes.
+// Rows are numbered in the order output pixels first use them, so the rows first used by output pixels [a, b) are
+// rows [rows_before[a], rows_before[b]).
+struct RowGeometry {
+  int resolution = 0, r0 = 0, text_length = 0, k0 = 0, tk = 0;
+  int n_rows = 0;
+  std::vector<int> row_of_output;   // (r0*r0) the row that output pixel p's gradient lands in
+  std::vector<char> first_use;      // (r0*r0) whether p is the first output pixel to use its row
+  std::vector<int> rows_before;     // (r0*r0 + 1) rows first used by output pixels < p
+  bool independent_halves = false;  // no row is used by output pixels on both sides of r0*r0/2 (the split point)
+  std::vector<PixelRun> runs;       // the touched pixels, ascending (all 256 of a 16² layer at r0 16 are one run)
+};
+
 // One resolution's gradient rows; every (layer, head) at this resolution receives the same rows.
 struct ResolutionGradient {
   int resolution = 0;
-  std::vector<int> row_of_pixel;  // (r*r) index into rows, or -1: the pixel's gradient is zero
-  std::vector<float> rows;        // (rows, T) one pixel's gradient over the whole text axis
-  std::vector<PixelRun> runs;     // the touched pixels, ascending (all 256 of a 16² layer at r0 16 are one run)
-  std::vector<double> sums;       // (rows, tk) double accumulators while building
+  RowGeometry geometry;
+  std::vector<float> rows;   // (n_rows, T) one pixel's gradient over the whole text axis; zero outside [k0, k0+tk)
+  std::vector<double> sums;  // (n_rows, tk) double accumulators while building
 };
 
 struct CompactGradient {
   int text_length = 0;  // T
   int r0 = 0;           // object resolution of the call (defines the sampled pixels)
+  int k0 = 0, tk = 0;   // the kept tokens [k0, k0 + tk): the only columns a gradient row can have
   // Resolutions that receive a non-zero gradient: slots[0, count). Slots are kept between calls so that a
   // reused CompactGradient does not allocate.
   std::vector<ResolutionGradient> slots;
   size_t count = 0;
 
-  void reset(int T, int object_resolution);
+  void reset(int T, int object_resolution, int kept_begin, int kept_count);
   const ResolutionGradient* find(int resolution) const;
   GradState state_after(int resolution) const { return find(resolution) ? GradState::Sampled : GradState::Zero; }
 };
 
-// Building, one resolution at a time: begin, accumulate per output pixel, finish.
+// Building, per resolution: begin, accumulate one or more sources, finish. Sources and finishing may run for
+// ranges of output pixels on different threads when the geometry has independent halves.
 ResolutionGradient& begin_resolution(CompactGradient& g, int resolution);
-// The tk double accumulators of the input pixel that output pixel p (of the r0 grid) samples, zero on first use.
-double* row_accumulator(ResolutionGradient& rg, int p, int r0, int tk);
-// Rounds the accumulators into T-wide float rows (zeros outside the kept tokens [k0, k0 + tk)) and finds the runs
-// of touched pixels the writes copy.
-void finish_resolution(ResolutionGradient& rg, int k0, int tk, int T);
+
+// Adds one source's gradient for output pixels [p_begin, p_end) to the rows they sample:
+// row(p)[j] += value(p, j) for j < tk (output pixels share a row when r < r0). The accumulators are not cleared
+// between calls: the first source of a call (first_source) stores 0.0 + value where p is its row's first user,
+// which rounds exactly like adding to a zeroed row.
+template <class Value>
+void accumulate_rows(ResolutionGradient& rg, bool first_source, int p_begin, int p_end, const Value& value) {
+  const RowGeometry& geo = rg.geometry;
+  for (int p = p_begin; p < p_end; ++p) {
+    double* dst = rg.sums.data() + size_t(geo.row_of_output[size_t(p)]) * size_t(geo.tk);
+    if (first_source && geo.first_use[size_t(p)])
+      for (int j = 0; j < geo.tk; ++j) dst[j] = 0.0 + value(p, j);
+    else
+      for (int j = 0; j < geo.tk; ++j) dst[j] += value(p, j);
+  }
+}
+
+// Rounds the accumulators of the rows first used by output pixels [p_begin, p_end) into the kept tokens of their
+// T-wide float rows; finish_resolution: all of them.
+void finish_rows(ResolutionGradient& rg, int p_begin, int p_end);
+void finish_resolution(ResolutionGradient& rg);
 
 // Geometry of one gradient buffer: (heads, resolution^2, T) floats.
 struct LayerShape {

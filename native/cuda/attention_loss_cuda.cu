@@ -1074,7 +1074,7 @@ LossResult assemble_result(const Plan& plan, const LossOptions& o, const double*
 // cg[o] * (delta_{j,col} - S[o, j]) on the kept tokens, object source first.
 void build_host_gradient(CompactGradient& g, const Plan& plan, const LossOptions& o, const int* sel, const double* soft,
                          const double* cg) {
-  g.reset(plan.text_length, plan.r0);
+  g.reset(plan.text_length, plan.r0, plan.k0, plan.tk);
   const int s = sel[0];
   const bool any = sel[1] != 0, attr_g = sel[2] != 0;
   if (!any) return;
@@ -1083,22 +1083,20 @@ void build_host_gradient(CompactGradient& g, const Plan& plan, const LossOptions
   if (attr_g) resolutions.insert(resolutions.end(), o.attribute_resolutions.begin(), o.attribute_resolutions.end());
   std::sort(resolutions.begin(), resolutions.end());
   resolutions.erase(std::unique(resolutions.begin(), resolutions.end()), resolutions.end());
-  auto add = [&](ResolutionGradient& rg, int src, int col) {
+  auto add = [&](ResolutionGradient& rg, bool first_source, int src, int col) {
     const double* sf = soft + size_t(src) * n0 * tk;
     const double* c = cg + size_t(src) * n0;
-    for (int p = 0; p < n0; ++p) {
-      double* dst = row_accumulator(rg, p, plan.r0, tk);
-      const double* sp = sf + size_t(p) * tk;
-      for (int j = 0; j < tk; ++j) dst[j] += c[p] * ((j == col ? 1.0 : 0.0) - sp[j]);
-    }
+    accumulate_rows(rg, first_source, 0, n0,
+                    [&](int p, int j) { return c[p] * ((j == col ? 1.0 : 0.0) - sf[size_t(p) * tk + j]); });
   };
   for (int r : resolutions) {
     ResolutionGradient& rg = begin_resolution(g, r);
-    if (r == plan.r0) add(rg, 0, plan.token_columns[size_t(s)]);
+    const bool object = r == plan.r0;
+    if (object) add(rg, true, 0, plan.token_columns[size_t(s)]);
     if (attr_g &&
         std::find(o.attribute_resolutions.begin(), o.attribute_resolutions.end(), r) != o.attribute_resolutions.end())
-      add(rg, 1, plan.attribute_columns[size_t(s)]);
-    finish_resolution(rg, plan.k0, tk, plan.text_length);
+      add(rg, !object, 1, plan.attribute_columns[size_t(s)]);
+    finish_resolution(rg);
   }
 }
 

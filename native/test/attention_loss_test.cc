@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "attention_loss.h"
+#include "gradient_write.h"
 #include "parallel.h"
 #include "simd.h"
 
@@ -557,6 +558,50 @@ bool same_bits(const Buffers& a, const Buffers& b) {
   return true;
 }
 
+// Two threads split the backward by halves of the output pixels only where no gradient row is shared by both
+// halves (an odd r0 with attribute layers smaller than r0 shares some): with and without that split, one thread
+// and two agree bit for bit.
+void halves_case() {
+  std::printf("case output-pixel halves (1 vs 2 threads, shared and independent rows)\n");
+  struct Geometry {
+    int r0;
+    std::vector<int> attribute_resolutions;
+    bool independent;  // every attribute resolution's rows split at r0*r0/2
+  };
+  const Geometry geometries[] = {{16, {8, 32}, true}, {15, {8, 32}, false}, {9, {4, 18}, false}, {24, {8, 48}, true}};
+  const int threads = core_threads();
+  for (const Geometry& geo : geometries) {
+    std::mt19937 rng(uint32_t(geo.r0));
+    Input in;
+    in.add(8, geo.r0, 77, rng, 8);
+    for (int r : geo.attribute_resolutions) in.add(8, r, 77, rng, 8);
+    in.add(8, geo.r0, 77, rng, 8);
+    LossOptions o;
+    o.mode = LossMode::TvBind;
+    o.attention_resolution = geo.r0;
+    o.attribute_resolutions = geo.attribute_resolutions;
+    o.token_indices = {2, 5};
+    o.attribute_indices = {1, 4};
+    bool independent = true;
+    CompactGradient g;
+    g.reset(77, geo.r0, 1, 75);
+    for (int r : geo.attribute_resolutions) independent &= begin_resolution(g, r).geometry.independent_halves;
+    Buffers one, two;
+    for (const auto& d : in.data) {
+      one.emplace_back(d.size());
+      two.emplace_back(d.size());
+    }
+    set_core_threads(1);
+    const LossResult a = attention_loss(in.layers, o, pointers(one).data());
+    set_core_threads(2);
+    const LossResult b = attention_loss(in.layers, o, pointers(two).data());
+    set_core_threads(threads);
+    const std::string name = "halves r0 " + std::to_string(geo.r0) + (independent ? " (split)" : " (shared rows)");
+    check(independent == geo.independent, name + ": rows shared across the halves as expected");
+    check(a.loss == b.loss && same_bits(one, two), name + ": one and two threads agree bit for bit");
+  }
+}
+
 LossOptions random_reuse_options(std::mt19937& rng) {
   const LossMode modes[] = {LossMode::Max, LossMode::Tv, LossMode::TvBind, LossMode::TvBind, LossMode::TvMax};
   LossOptions o = small_options(modes[rng() % 5]);
@@ -848,6 +893,7 @@ int main() {
   gradient_cases();
   structural_cases();
   large_case();
+  halves_case();
   reuse_cases();
   exp_case();
   validation_cases();
