@@ -489,13 +489,7 @@ bool token_backward(Workspace& ws, const LossOptions& o, int s, const TokenDiagn
 // The resolutions that receive a gradient, ascending, each begun in ws.gradient (slots made before any thread fills
 // one, since making one may move the others).
 void begin_resolutions(Workspace& ws, const LossOptions& o, bool attribute_gradient) {
-  const Plan& plan = ws.plan;
-  std::vector<int> resolutions = {plan.r0};
-  if (attribute_gradient)
-    resolutions.insert(resolutions.end(), o.attribute_resolutions.begin(), o.attribute_resolutions.end());
-  std::sort(resolutions.begin(), resolutions.end());
-  resolutions.erase(std::unique(resolutions.begin(), resolutions.end()), resolutions.end());
-  for (int r : resolutions) begin_resolution(ws.gradient, r);
+  for (int r : gradient_resolutions(ws.plan, o, attribute_gradient)) begin_resolution(ws.gradient, r);
 }
 
 // Output pixels [p_begin, p_end) from the smoothed maps' column gradients to the compact gradient: token softmax
@@ -509,11 +503,9 @@ void backward_rows(Workspace& ws, const LossOptions& o, int s, bool attribute_gr
                            plan.attribute_columns[size_t(s)], o.temperature, plan.tk, p_begin, p_end);
   for (size_t i = 0; i < ws.gradient.count; ++i) {
     ResolutionGradient& rg = ws.gradient.slots[i];
-    const bool object = rg.resolution == plan.r0;
+    const bool object = rg.geometry.resolution == plan.r0;
     if (object) aggregate_backward(rg, true, ws.d_object_mean, plan.object_maps, plan, p_begin, p_end);
-    const auto& attribute_resolutions = o.attribute_resolutions;
-    if (attribute_gradient && std::find(attribute_resolutions.begin(), attribute_resolutions.end(), rg.resolution) !=
-                                  attribute_resolutions.end())
+    if (attribute_gradient && is_attribute_resolution(o, rg.geometry.resolution))
       aggregate_backward(rg, !object, ws.d_attribute_mean, plan.attribute_maps, plan, p_begin, p_end);
     finish_rows(rg, p_begin, p_end);
   }
@@ -537,10 +529,11 @@ void loss_backward(Workspace& ws, const LossOptions& o, int s, const TokenDiagno
     ws.d_attribute_mean.resize(size_t(p0) * tk);
   }
   begin_resolutions(ws, o, attribute_gradient);
+  const int split = p0 / 2;
   bool independent = true;
-  for (size_t i = 0; i < ws.gradient.count; ++i) independent &= ws.gradient.slots[i].geometry.independent_halves;
+  for (size_t i = 0; i < ws.gradient.count; ++i) independent &= rows_split_at(ws.gradient.slots[i].geometry, split);
   const int64_t work = int64_t(ws.gradient.count + (attribute_gradient ? 2 : 1)) * p0 * tk;
-  run_split(p0 / 2, p0, independent && work >= kSplitExps, [&](int64_t p_begin, int64_t p_end) {
+  run_split(split, p0, independent && work >= kSplitExps, [&](int64_t p_begin, int64_t p_end) {
     backward_rows(ws, o, s, attribute_gradient, int(p_begin), int(p_end));
   });
 }

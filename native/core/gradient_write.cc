@@ -33,7 +33,7 @@ void CompactGradient::reset(int T, int object_resolution, int kept_begin, int ke
 
 const ResolutionGradient* CompactGradient::find(int resolution) const {
   for (size_t i = 0; i < count; ++i)
-    if (slots[i].resolution == resolution) return &slots[i];
+    if (slots[i].geometry.resolution == resolution) return &slots[i];
   return nullptr;
 }
 
@@ -48,20 +48,15 @@ void build_geometry(RowGeometry& geo, int resolution, const CompactGradient& g) 
   const int p0 = g.r0 * g.r0;
   std::vector<int> row_of_pixel(size_t(resolution) * resolution, -1);
   geo.row_of_output.resize(size_t(p0));
-  geo.first_use.resize(size_t(p0));
   geo.rows_before.resize(size_t(p0) + 1);
   geo.n_rows = 0;
   for (int p = 0; p < p0; ++p) {
     geo.rows_before[size_t(p)] = geo.n_rows;
     int& row = row_of_pixel[size_t(sampled_pixel(p, resolution, g.r0))];
-    geo.first_use[size_t(p)] = row < 0;
     if (row < 0) row = geo.n_rows++;
     geo.row_of_output[size_t(p)] = row;
   }
   geo.rows_before[size_t(p0)] = geo.n_rows;
-  geo.independent_halves = true;
-  for (int p = p0 / 2; p < p0; ++p)
-    if (geo.row_of_output[size_t(p)] < geo.rows_before[size_t(p0 / 2)]) geo.independent_halves = false;
   geo.runs.clear();
   for (size_t pixel = 0; pixel < row_of_pixel.size(); ++pixel) {
     const int row = row_of_pixel[pixel];
@@ -81,10 +76,16 @@ bool same_geometry(const RowGeometry& geo, int resolution, const CompactGradient
 
 }  // namespace
 
+bool rows_split_at(const RowGeometry& geo, int split) {
+  // rows are numbered by first use: a row used at or after split is shared iff it was first used before split
+  for (size_t p = size_t(split); p < geo.row_of_output.size(); ++p)
+    if (geo.row_of_output[p] < geo.rows_before[size_t(split)]) return false;
+  return true;
+}
+
 ResolutionGradient& begin_resolution(CompactGradient& g, int resolution) {
   if (g.count == g.slots.size()) g.slots.emplace_back();
   ResolutionGradient& rg = g.slots[g.count++];
-  rg.resolution = resolution;
   if (!same_geometry(rg.geometry, resolution, g)) {
     build_geometry(rg.geometry, resolution, g);
     rg.rows.assign(size_t(rg.geometry.n_rows) * size_t(g.text_length), 0.0f);  // columns outside [k0, k0+tk) stay 0

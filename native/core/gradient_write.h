@@ -27,21 +27,22 @@ struct PixelRun {
 // Which rows one resolution's gradient has: fixed by (resolution, r0) and the token range, so a slot keeps it
 // from one call to the next and only rebuilds it when one of them changes.
 // Rows are numbered in the order output pixels first use them, so the rows first used by output pixels [a, b) are
-// rows [rows_before[a], rows_before[b]).
+// rows [rows_before[a], rows_before[b]), and p is its row's first user when row_of_output[p] == rows_before[p].
 struct RowGeometry {
   int resolution = 0, r0 = 0, text_length = 0, k0 = 0, tk = 0;
   int n_rows = 0;
-  std::vector<int> row_of_output;   // (r0*r0) the row that output pixel p's gradient lands in
-  std::vector<char> first_use;      // (r0*r0) whether p is the first output pixel to use its row
-  std::vector<int> rows_before;     // (r0*r0 + 1) rows first used by output pixels < p
-  bool independent_halves = false;  // no row is used by output pixels on both sides of r0*r0/2 (the split point)
-  std::vector<PixelRun> runs;       // the touched pixels, ascending (all 256 of a 16² layer at r0 16 are one run)
+  std::vector<int> row_of_output;  // (r0*r0) the row that output pixel p's gradient lands in
+  std::vector<int> rows_before;    // (r0*r0 + 1) rows first used by output pixels < p
+  std::vector<PixelRun> runs;      // the touched pixels, ascending (all 256 of a 16² layer at r0 16 are one run)
 };
+
+// Whether output pixels [0, split) and [split, r0*r0) use disjoint rows, so that the two ranges can be accumulated
+// and finished on different threads (an odd r0 with a resolution below r0 can share rows across a split).
+bool rows_split_at(const RowGeometry& geo, int split);
 
 // One resolution's gradient rows; every (layer, head) at this resolution receives the same rows.
 struct ResolutionGradient {
-  int resolution = 0;
-  RowGeometry geometry;
+  RowGeometry geometry;      // geometry.resolution: the resolution these rows are for
   std::vector<float> rows;   // (n_rows, T) one pixel's gradient over the whole text axis; zero outside [k0, k0+tk)
   std::vector<double> sums;  // (n_rows, tk) double accumulators while building
 };
@@ -72,8 +73,9 @@ template <class Value>
 void accumulate_rows(ResolutionGradient& rg, bool first_source, int p_begin, int p_end, const Value& value) {
   const RowGeometry& geo = rg.geometry;
   for (int p = p_begin; p < p_end; ++p) {
-    double* dst = rg.sums.data() + size_t(geo.row_of_output[size_t(p)]) * size_t(geo.tk);
-    if (first_source && geo.first_use[size_t(p)])
+    const int row = geo.row_of_output[size_t(p)];
+    double* dst = rg.sums.data() + size_t(row) * size_t(geo.tk);
+    if (first_source && row == geo.rows_before[size_t(p)])
       for (int j = 0; j < geo.tk; ++j) dst[j] = 0.0 + value(p, j);
     else
       for (int j = 0; j < geo.tk; ++j) dst[j] += value(p, j);

@@ -196,7 +196,6 @@ void plan_layers(Plan& plan, const std::vector<LayerView>& layers, const LossOpt
   if (layers.empty()) fail("layers", "must contain at least one attention layer", true);
   plan.is_object.assign(layers.size(), 0);
   plan.is_attribute.assign(layers.size(), 0);
-  const auto& res = o.attribute_resolutions;
   for (size_t i = 0; i < layers.size(); ++i) {
     const LayerView& l = layers[i];
     check_layer(l, i, o.text_length);
@@ -205,7 +204,7 @@ void plan_layers(Plan& plan, const std::vector<LayerView>& layers, const LossOpt
       plan.object_maps += l.heads;
       plan.is_object[i] = 1;
     }
-    if (plan.attributes_active && std::find(res.begin(), res.end(), l.resolution) != res.end()) {
+    if (plan.attributes_active && is_attribute_resolution(o, l.resolution)) {
       plan.attribute_layers.push_back(static_cast<int>(i));
       plan.attribute_maps += l.heads;
       plan.is_attribute[i] = 1;
@@ -217,6 +216,7 @@ void plan_layers(Plan& plan, const std::vector<LayerView>& layers, const LossOpt
              "; pass the cross-attention layers of that resolution (16 for SD at 512x512)",
          true);
   if (!plan.attributes_active) return;
+  const auto& res = o.attribute_resolutions;
   for (size_t i = 0; i < res.size(); ++i) {
     const int r = res[i];
     if (std::none_of(layers.begin(), layers.end(), [r](const LayerView& l) { return l.resolution == r; }))
@@ -241,6 +241,20 @@ Plan make_plan(const std::vector<LayerView>& layers, const LossOptions& o) {
   plan.r0 = o.attention_resolution;
   plan.p0 = plan.r0 * plan.r0;
   return plan;
+}
+
+std::vector<int> gradient_resolutions(const Plan& plan, const LossOptions& options, bool attribute_gradient) {
+  std::vector<int> resolutions = {plan.r0};
+  if (attribute_gradient)
+    resolutions.insert(resolutions.end(), options.attribute_resolutions.begin(), options.attribute_resolutions.end());
+  std::sort(resolutions.begin(), resolutions.end());
+  resolutions.erase(std::unique(resolutions.begin(), resolutions.end()), resolutions.end());
+  return resolutions;
+}
+
+bool is_attribute_resolution(const LossOptions& options, int r) {
+  const std::vector<int>& rs = options.attribute_resolutions;
+  return std::find(rs.begin(), rs.end(), r) != rs.end();
 }
 
 }  // namespace divbind

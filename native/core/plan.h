@@ -32,6 +32,12 @@ struct Plan {
 // field (its JS key) and the fix.
 Plan make_plan(const std::vector<LayerView>& layers, const LossOptions& options);
 
+// The resolutions whose layers receive gradient rows, ascending: r0 (the object maps) and, when the attribute map has
+// a gradient, every attribute resolution. Shared by the CPU core and the CUDA host path.
+std::vector<int> gradient_resolutions(const Plan& plan, const LossOptions& options, bool attribute_gradient);
+// Whether layers of resolution r feed the attribute map (and so take its gradient).
+bool is_attribute_resolution(const LossOptions& options, int r);
+
 // Nearest resize index (torch mode='nearest'): output o of an n_out grid reads input floor(o*n_in/n_out).
 inline int nearest(int o, int n_in, int n_out) { return static_cast<int>((int64_t(o) * n_in) / n_out); }
 

@@ -1079,23 +1079,17 @@ void build_host_gradient(CompactGradient& g, const Plan& plan, const LossOptions
   const bool any = sel[1] != 0, attr_g = sel[2] != 0;
   if (!any) return;
   const int tk = plan.tk, n0 = plan.p0;
-  std::vector<int> resolutions = {plan.r0};
-  if (attr_g) resolutions.insert(resolutions.end(), o.attribute_resolutions.begin(), o.attribute_resolutions.end());
-  std::sort(resolutions.begin(), resolutions.end());
-  resolutions.erase(std::unique(resolutions.begin(), resolutions.end()), resolutions.end());
   auto add = [&](ResolutionGradient& rg, bool first_source, int src, int col) {
     const double* sf = soft + size_t(src) * n0 * tk;
     const double* c = cg + size_t(src) * n0;
     accumulate_rows(rg, first_source, 0, n0,
                     [&](int p, int j) { return c[p] * ((j == col ? 1.0 : 0.0) - sf[size_t(p) * tk + j]); });
   };
-  for (int r : resolutions) {
+  for (int r : gradient_resolutions(plan, o, attr_g)) {
     ResolutionGradient& rg = begin_resolution(g, r);
     const bool object = r == plan.r0;
     if (object) add(rg, true, 0, plan.token_columns[size_t(s)]);
-    if (attr_g &&
-        std::find(o.attribute_resolutions.begin(), o.attribute_resolutions.end(), r) != o.attribute_resolutions.end())
-      add(rg, !object, 1, plan.attribute_columns[size_t(s)]);
+    if (attr_g && is_attribute_resolution(o, r)) add(rg, !object, 1, plan.attribute_columns[size_t(s)]);
     finish_resolution(rg);
   }
 }

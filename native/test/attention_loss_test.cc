@@ -585,7 +585,8 @@ void halves_case() {
     bool independent = true;
     CompactGradient g;
     g.reset(77, geo.r0, 1, 75);
-    for (int r : geo.attribute_resolutions) independent &= begin_resolution(g, r).geometry.independent_halves;
+    for (int r : geo.attribute_resolutions)
+      independent &= rows_split_at(begin_resolution(g, r).geometry, geo.r0 * geo.r0 / 2);
     Buffers one, two;
     for (const auto& d : in.data) {
       one.emplace_back(d.size());
